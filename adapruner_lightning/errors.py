@@ -1,0 +1,53 @@
+"""The library's exception types and the one message style they share.
+
+Every error says what is wrong, the value given, and the allowed values or the fix::
+
+    raise ConfigError("target_ratio", 1.5, "a fraction in (0, 1)", hint="0.2 removes 20% of the parameters")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AdaPrunerError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class ConfigError(AdaPrunerError, ValueError):
+    """A user-supplied value is wrong (bad option, bad file, bad model, bad data).
+
+    Args:
+        what: the name of the option, file or object that is wrong.
+        value: the value given.
+        expected: what would have been accepted (allowed values, a range, a format).
+        hint: how to fix it.
+    """
+
+    def __init__(self, what: str, value: Any, expected: str, hint: str | None = None) -> None:
+        self.what, self.value, self.expected, self.hint = what, value, expected, hint
+        message = f"{what}={value!r} is invalid: expected {expected}."
+        if hint:
+            message += f" Fix: {hint}"
+        super().__init__(message)
+
+
+class SearchFailed(AdaPrunerError, RuntimeError):
+    """The search could not produce a plan (every trial failed, or a rank failed)."""
+
+
+def check_choice(what: str, value: str, allowed: "list[str] | tuple[str, ...] | dict") -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise a :class:`ConfigError` listing them."""
+    names = sorted(allowed)
+    if value not in allowed:
+        raise ConfigError(what, value, f"one of {names}")
+    return value
+
+
+def check_fraction(what: str, value: float, *, closed_low: bool = False) -> float:
+    """Return ``value`` if it lies in (0, 1) (or [0, 1) with ``closed_low``), else raise :class:`ConfigError`."""
+    low_ok = value >= 0 if closed_low else value > 0
+    if not (isinstance(value, (int, float)) and low_ok and value < 1):
+        interval = "[0, 1)" if closed_low else "(0, 1)"
+        raise ConfigError(what, value, f"a fraction in {interval}", hint="e.g. 0.2 removes 20% of the parameters")
+    return float(value)
