@@ -1,0 +1,45 @@
+"""Reversible masks: make a model behave as if a selection were removed, without copying or reshaping it.
+
+Heads are independent in attention and MLP channels in the MLP, so zeroing the *input columns* of
+``o_proj`` (for removed heads) and ``down_proj`` (for removed channels) gives exactly the logits of the
+physically pruned model. Only those columns are saved, so a mask costs a few MB and restores bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from adapruner_lightning.groups import LayerStructure
+from adapruner_lightning.selection import LayerSelection
+
+
+def _column_index(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]) if heads else torch.empty(0, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def masked(layers: list[LayerStructure], selection: dict[int, LayerSelection]) -> Iterator[None]:
+    """Within the block, the model computes as if ``selection`` were physically removed."""
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            _zero_columns(layers, selection, saved)
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, cols, values in reversed(saved):
+                weight[:, cols] = values
+
+
+def _zero_columns(layers, selection, saved) -> None:
+    for i, sel in selection.items():
+        layer = layers[i]
+        for weight, cols in ((layer.o.weight, _column_index(sel.heads, layer.head_dim)),
+                             (layer.down.weight, torch.as_tensor(sel.channels, dtype=torch.long))):
+            if cols.numel():
+                cols = cols.to(weight.device)
+                saved.append((weight, cols, weight[:, cols].clone()))
+                weight[:, cols] = 0

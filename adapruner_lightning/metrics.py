@@ -1,0 +1,626 @@
+"""Perplexity and multiple-choice (zero-shot) accuracy, as torchmetrics metrics and as plain functions.
+
+Both metrics keep only sums as state (``dist_reduce_fx="sum"``), so they sync across ranks exactly and
+cheaply: a Lightning module can ``update`` them in ``validation_step`` and log them, and the
+standalone functions below use the same code for one-off evaluations.
+
+Conventions follow Hugging Face and lm-evaluation-harness (lm-eval):
+
+* :class:`Perplexity` takes labels aligned with ``input_ids`` and shifts them inside (position ``t``
+  predicts token ``t + 1``); label ``-100`` is ignored. The negative log-likelihood is summed in float32
+  straight away, so no logits are kept.
+* :class:`MultipleChoiceAccuracy` scores one log-likelihood per choice: ``acc`` takes the arg-max of
+  the summed log-likelihoods, ``acc_norm`` the arg-max of the log-likelihood divided by the choice's
+  length in characters, as lm-eval's ``multiple_choice`` output type does.
+* :func:`choice_logliks` computes those log-likelihoods the way lm-eval's ``HFLM`` does: the context and
+  the context + continuation are tokenised separately (no special tokens), the continuation's tokens are
+  the tail that differs, trailing spaces of the context move onto the continuation, an empty context is
+  replaced by the BOS (else EOS) token, and over-long inputs are truncated from the left.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from adapruner_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adapruner_lightning.zeroshot import MCItem
+
+log = logging.getLogger(__name__)
+
+#: Label value ignored by the loss, as in Hugging Face and PyTorch.
+IGNORE_INDEX = -100
+#: Context length assumed when neither the model config nor the tokenizer names one (lm-eval's default).
+DEFAULT_MAX_LENGTH = 2048
+
+_T = TypeVar("_T")
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MultipleChoiceAccuracy",
+    "Perplexity",
+    "causal_lm_nll",
+    "choice_logliks",
+    "encode_pair",
+    "evaluate_perplexity",
+    "model_max_length",
+    "multiple_choice_tensors",
+    "score_multiple_choice",
+    "track",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def track(items: Iterable[_T], *, total: int | None, description: str, progress: bool = True) -> Iterator[_T]:
+    """Iterate over ``items`` with a transient ``rich`` progress bar (none when ``progress`` is False).
+
+    Args:
+        items: what to iterate over.
+        total: number of items, for the bar's length (``None``: unknown).
+        description: label shown left of the bar.
+        progress: show the bar at all.
+
+    Yields:
+        The items of ``items``, unchanged.
+    """
+    if not progress:
+        yield from items
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Return ``device`` (moving ``model`` there) or, when ``None``, the device of the model's weights."""
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+        return device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def model_max_length(model: nn.Module, tokenizer: Any = None) -> int:
+    """The longest input ``model`` accepts, found as lm-eval's ``HFLM.max_length`` finds it.
+
+    Args:
+        model: a Hugging Face model (its ``config`` is read).
+        tokenizer: optional tokenizer; its ``model_max_length`` is used when the config names no length.
+
+    Returns:
+        The first of ``n_positions``, ``max_position_embeddings``, ``n_ctx`` in the model config, else the
+        tokenizer's ``model_max_length`` when it is a real value, else :data:`DEFAULT_MAX_LENGTH`.
+    """
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 1_000_000_000:
+        return value
+    return DEFAULT_MAX_LENGTH
+
+
+def causal_lm_nll(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Summed next-token negative log-likelihood of ``labels`` under ``logits`` (HF convention).
+
+    Position ``t`` of ``logits`` predicts ``labels[:, t + 1]``; labels equal to ``ignore_index`` are
+    skipped. Computed in float32 one sequence at a time, so a half-precision ``[B, T, V]`` logits tensor is
+    never copied whole.
+
+    Args:
+        logits: ``[B, T, V]`` scores.
+        labels: ``[B, T]`` token ids aligned with the model's ``input_ids``.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``(nll_sum, n_tokens)``: a float64 scalar and a long scalar, on ``logits``' device.
+
+    Raises:
+        ConfigError: the shapes do not match.
+    """
+    if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
+        raise ConfigError(
+            "logits/labels shapes", (tuple(logits.shape), tuple(labels.shape)), "logits [B, T, V] and labels [B, T]"
+        )
+    labels = labels.to(logits.device)
+    nll = torch.zeros((), dtype=torch.float64, device=logits.device)
+    count = torch.zeros((), dtype=torch.long, device=logits.device)
+    for row_logits, row_labels in zip(logits[:, :-1], labels[:, 1:]):
+        keep = row_labels != ignore_index
+        if not bool(keep.any()):
+            continue
+        row_nll = F.cross_entropy(row_logits[keep].float(), row_labels[keep], reduction="sum")
+        nll += row_nll.double()
+        count += keep.sum()
+    return nll, count
+
+
+# --------------------------------------------------------------------------------------------------
+# perplexity
+# --------------------------------------------------------------------------------------------------
+class Perplexity(Metric):
+    """Corpus perplexity ``exp(sum NLL / number of predicted tokens)``, synced across ranks by summing.
+
+    Args:
+        ignore_index: label value that is not scored (default ``-100``).
+        **kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute=False``).
+
+    Example::
+
+        ppl = Perplexity()
+        ppl.update(model(input_ids).logits, input_ids)
+        ppl.compute()  # tensor(23.4)
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    nll_sum: Tensor
+    token_count: Tensor
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ignore_index = ignore_index
+        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("token_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(  # type: ignore[override]
+        self,
+        logits: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        nll_sum: Tensor | float | None = None,
+        n_tokens: Tensor | int | None = None,
+    ) -> None:
+        """Add the NLL of ``labels`` under ``logits`` (``[B, T, V]`` and ``[B, T]``, shifted inside).
+
+        Args:
+            logits: ``[B, T, V]`` scores (``None`` with ``nll_sum``/``n_tokens``).
+            labels: ``[B, T]`` token ids aligned with the inputs; ``-100`` is not scored.
+            nll_sum: an already summed NLL instead of logits (see :meth:`update_nll`).
+            n_tokens: the number of tokens ``nll_sum`` covers.
+        """
+        if logits is not None and labels is not None:
+            nll_sum, n_tokens = causal_lm_nll(logits.detach(), labels, self.ignore_index)
+        elif nll_sum is None or n_tokens is None:
+            raise ConfigError("Perplexity.update arguments", "incomplete", "(logits, labels) or (nll_sum=, n_tokens=)")
+        nll = torch.as_tensor(nll_sum).detach().to(self.nll_sum.device, torch.float64)
+        count = torch.as_tensor(n_tokens).detach().to(self.token_count.device, torch.long)
+        if nll.numel() != 1 or count.numel() != 1:
+            raise ConfigError("nll_sum/n_tokens", (tuple(nll.shape), tuple(count.shape)), "two scalars")
+        if int(count) < 0:
+            raise ConfigError("n_tokens", int(count), "a count >= 0")
+        self.nll_sum += nll.reshape(())
+        self.token_count += count.reshape(())
+
+    def update_nll(self, nll_sum: Tensor | float, n_tokens: Tensor | int) -> None:
+        """Add an already summed negative log-likelihood over ``n_tokens`` predicted tokens.
+
+        Args:
+            nll_sum: summed NLL (natural log), a scalar.
+            n_tokens: how many tokens it covers.
+        """
+        self.update(nll_sum=nll_sum, n_tokens=n_tokens)
+
+    def compute(self) -> Tensor:
+        """Return ``exp(nll_sum / token_count)`` as a float32 scalar (``inf`` on overflow).
+
+        Raises:
+            ConfigError: no token was scored (every label was ``-100`` or nothing was added).
+        """
+        if int(self.token_count) == 0:
+            raise ConfigError(
+                "Perplexity.token_count",
+                0,
+                "at least one scored token",
+                hint="call update() with labels that are not all -100 (each sequence needs >= 2 tokens)",
+            )
+        return torch.exp(self.nll_sum / self.token_count).float()
+
+
+@torch.no_grad()
+def evaluate_perplexity(
+    model: nn.Module,
+    windows: Tensor,
+    *,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str = "perplexity",
+) -> float:
+    """Perplexity of ``model`` on fixed, non-overlapping token windows, each scored on its own.
+
+    The standard protocol: the caller cuts the held-out text into windows once (e.g. with
+    ``adapruner_lightning.data.tokenize_windows``) and passes the same tensor for every model compared.
+    Each window is its own sequence (``labels = window``), so its first token is context only. The
+    model runs in eval mode with ``use_cache=False`` and gets its previous train/eval mode back.
+    The result is local to this process (no cross-rank sync).
+
+    Args:
+        model: a causal LM returning ``.logits``.
+        windows: ``LongTensor[n, T]`` token ids, ``T >= 2``.
+        batch_size: windows per forward pass.
+        device: where to run; the model is moved there. ``None``: where the model's weights are.
+        progress: show a progress bar.
+        description: label of the progress bar.
+
+    Returns:
+        The perplexity as a Python float.
+
+    Raises:
+        ConfigError: ``windows`` is not a non-empty 2-D integer tensor with at least 2 columns, or
+            ``batch_size < 1``.
+    """
+    _check_windows(windows)
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer >= 1")
+    device = _model_device(model, device)
+    metric = Perplexity(sync_on_compute=False).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        batches = windows.split(batch_size)
+        for batch in track(batches, total=len(batches), description=description, progress=progress):
+            batch = batch.to(device)
+            logits = model(input_ids=batch, use_cache=False).logits
+            metric.update(logits, batch)
+    finally:
+        model.train(was_training)
+    value = float(metric.compute())
+    log.debug("%s: %.4f over %d tokens", description, value, int(metric.token_count))
+    return value
+
+
+def _check_windows(windows: Any) -> None:
+    """Raise :class:`ConfigError` unless ``windows`` is a usable ``LongTensor[n, T]``."""
+    ok = isinstance(windows, Tensor) and windows.ndim == 2 and not windows.is_floating_point()
+    if not ok or windows.shape[0] == 0 or windows.shape[1] < 2:
+        shape = tuple(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__
+        raise ConfigError(
+            "windows", shape, "a LongTensor [n_windows >= 1, seq_len >= 2]", hint="build it with data.tokenize_windows"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# multiple choice
+# --------------------------------------------------------------------------------------------------
+class MultipleChoiceAccuracy(Metric):
+    """Accuracy and length-normalised accuracy of log-likelihood multiple choice (lm-eval's scoring).
+
+    ``acc``: the choice with the highest summed log-likelihood is the prediction. ``acc_norm``: the
+    log-likelihood is first divided by the choice's length in characters. Ties go to the first choice
+    (as ``numpy.argmax``). Items may have different numbers of choices: pad and mark the real ones with
+    ``valid``.
+
+    Args:
+        **kwargs: passed to :class:`torchmetrics.Metric`.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    correct_norm: Tensor
+    total: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("correct_norm", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(  # type: ignore[override]
+        self, logliks: Tensor, choice_lengths: Tensor, gold: Tensor, valid: Tensor | None = None
+    ) -> None:
+        """Score a batch of items.
+
+        Args:
+            logliks: ``[B, C]`` summed log-likelihood of each choice.
+            choice_lengths: ``[B, C]`` length of each choice in characters (for ``acc_norm``).
+            gold: ``[B]`` index of the correct choice.
+            valid: ``[B, C]`` bool, False for padding choices (default: all valid).
+
+        Raises:
+            ConfigError: shapes disagree, or a gold index points at a missing choice.
+        """
+        logliks = logliks.detach().double()
+        lengths = choice_lengths.detach().to(logliks.device, torch.float64)
+        gold = gold.detach().to(logliks.device, torch.long).reshape(-1)
+        valid = torch.ones_like(logliks, dtype=torch.bool) if valid is None else valid.to(logliks.device, torch.bool)
+        self._check(logliks, lengths, gold, valid)
+        masked = logliks.masked_fill(~valid, -math.inf)
+        normed = (logliks / lengths.clamp_min(1.0)).masked_fill(~valid, -math.inf)
+        self.correct += (masked.argmax(dim=1) == gold).sum().to(self.correct.device)
+        self.correct_norm += (normed.argmax(dim=1) == gold).sum().to(self.correct.device)
+        self.total += torch.tensor(gold.numel(), dtype=torch.long, device=self.total.device)
+
+    @staticmethod
+    def _check(logliks: Tensor, lengths: Tensor, gold: Tensor, valid: Tensor) -> None:
+        """Raise :class:`ConfigError` when the update's tensors are inconsistent."""
+        if logliks.ndim != 2 or lengths.shape != logliks.shape or valid.shape != logliks.shape:
+            shapes = (tuple(logliks.shape), tuple(lengths.shape), tuple(valid.shape))
+            raise ConfigError("logliks/choice_lengths/valid shapes", shapes, "three equal shapes [B, C]")
+        if gold.shape[0] != logliks.shape[0]:
+            raise ConfigError("gold shape", tuple(gold.shape), f"[{logliks.shape[0]}] (one per item)")
+        in_range = (gold >= 0) & (gold < logliks.shape[1])
+        if not bool(in_range.all()) or not bool(valid.gather(1, gold.clamp(0, logliks.shape[1] - 1)[:, None]).all()):
+            raise ConfigError("gold", gold.tolist(), "indices of valid choices")
+
+    def compute(self) -> dict[str, Tensor]:
+        """Return ``{"acc": ..., "acc_norm": ...}`` as float32 scalars.
+
+        Raises:
+            ConfigError: no item was scored.
+        """
+        if int(self.total) == 0:
+            raise ConfigError("MultipleChoiceAccuracy.total", 0, "at least one scored item", hint="call update() first")
+        total = self.total.double()
+        return {"acc": (self.correct / total).float(), "acc_norm": (self.correct_norm / total).float()}
+
+
+def multiple_choice_tensors(
+    items: Sequence[MCItem], logliks: Sequence[Sequence[float]]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pack per-item choice log-likelihoods into the padded tensors :class:`MultipleChoiceAccuracy` takes.
+
+    Args:
+        items: the items scored.
+        logliks: per item, one log-likelihood per choice (as returned by :func:`choice_logliks`).
+
+    Returns:
+        ``(logliks [B, C], choice_lengths [B, C], gold [B], valid [B, C])`` with ``C`` the largest number
+        of choices; padding has log-likelihood ``-inf``, length 1 and ``valid=False``.
+    """
+    width = max((len(item.choices) for item in items), default=1)
+    scores = torch.full((len(items), width), -math.inf, dtype=torch.float64)
+    lengths = torch.ones((len(items), width), dtype=torch.float64)
+    valid = torch.zeros((len(items), width), dtype=torch.bool)
+    for row, (item, lls) in enumerate(zip(items, logliks, strict=True)):
+        n = len(item.choices)
+        scores[row, :n] = torch.tensor(list(lls), dtype=torch.float64)
+        lengths[row, :n] = torch.tensor(item.choice_lengths(), dtype=torch.float64)
+        valid[row, :n] = True
+    gold = torch.tensor([item.gold for item in items], dtype=torch.long)
+    return scores, lengths, gold, valid
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _prefix_token_id(tokenizer: Any) -> int:
+    """The token standing in for an empty context: BOS if the tokenizer has one, else EOS (as lm-eval)."""
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise ConfigError("tokenizer", type(tokenizer).__name__, "a tokenizer with a BOS or EOS token for empty contexts")
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokenise a (context, continuation) request as lm-eval's ``HFLM._encode_pair`` does.
+
+    Trailing whitespace of ``context`` moves to the start of ``continuation``; then ``context`` and
+    ``context + continuation`` are tokenised (no special tokens) and the continuation's tokens are the
+    tail of the whole beyond the context's length. An empty context becomes the BOS (else EOS) token.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        context: the conditioning text.
+        continuation: the scored text, with its own leading space (``" yes"``).
+
+    Returns:
+        ``(context_ids, continuation_ids)``.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    if not context:
+        return [_prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+    whole = _encode(tokenizer, context + continuation)
+    context_ids = _encode(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """Token id used for right padding (its value never matters: padded positions are masked and unread)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+@torch.no_grad()
+def _score_batch(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> list[float]:
+    """Summed log-probabilities of the last ``n_cont`` tokens of each ``(tokens, n_cont)`` sequence."""
+    inputs = [tokens[:-1] for tokens, _ in batch]
+    width = max(len(x) for x in inputs)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(inputs):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    scores = []
+    for row, (tokens, n_cont) in enumerate(batch):
+        n_in = len(tokens) - 1
+        logprobs = F.log_softmax(logits[row, n_in - n_cont : n_in].float(), dim=-1)
+        target = torch.tensor(tokens[-n_cont:], dtype=torch.long, device=logprobs.device)
+        scores.append(float(logprobs.gather(1, target[:, None]).sum()) if n_cont else 0.0)
+    return scores
+
+
+@torch.no_grad()
+def _score_shared(model: nn.Module, context: list[int], conts: list[list[int]], pad_id: int, device: torch.device) -> list[float]:
+    """Score several continuations of one context, running the context once and reusing its KV cache.
+
+    Gives the same numbers as scoring each ``context + continuation`` on its own (up to float rounding):
+    the context minus its last token is run once, its cache is repeated for every choice, and each
+    choice's ``[last context token] + continuation[:-1]`` runs on top of it (right-padded, masked).
+    """
+    prefix = torch.tensor([context[:-1]], dtype=torch.long, device=device)
+    out = model(input_ids=prefix, use_cache=True)
+    cache_arg = "cache" if "cache" in out else "past_key_values"  # transformers >= 5.2x renamed it
+    cache = out[cache_arg]
+    cache.batch_repeat_interleave(len(conts))
+    width = max(len(c) for c in conts)
+    input_ids = torch.full((len(conts), width), pad_id, dtype=torch.long)
+    mask = torch.ones((len(conts), prefix.shape[1] + width), dtype=torch.long)
+    for row, cont in enumerate(conts):
+        ids = [context[-1], *cont[:-1]]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, prefix.shape[1] + len(ids) :] = 0
+    kwargs = {cache_arg: cache}
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=True, **kwargs).logits
+    if cache.get_seq_length() != mask.shape[1]:
+        raise RuntimeError(f"{type(model).__name__} ignored the KV cache; call choice_logliks(share_context=False)")
+    scores = []
+    for row, cont in enumerate(conts):
+        logprobs = F.log_softmax(logits[row, : len(cont)].float(), dim=-1)
+        target = torch.tensor(cont, dtype=torch.long, device=logprobs.device)
+        scores.append(float(logprobs.gather(1, target[:, None]).sum()))
+    return scores
+
+
+def _can_share(pairs: list[tuple[list[int], list[int]]], max_length: int) -> bool:
+    """True when every choice has the same context (>= 2 tokens), a continuation, and no truncation."""
+    context = pairs[0][0]
+    return (
+        len(pairs) > 1
+        and len(context) >= 2
+        and all(ctx == context and cont for ctx, cont in pairs)
+        and len(context) + max(len(cont) for _, cont in pairs) - 1 <= max_length
+    )
+
+
+@torch.no_grad()
+def choice_logliks(
+    model: nn.Module,
+    tokenizer: Any,
+    items: Sequence[MCItem],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    max_length: int | None = None,
+    share_context: bool = True,
+) -> list[list[float]]:
+    """Summed log-probability of each choice's continuation given its context, as lm-eval computes it.
+
+    Every ``(context, continuation)`` request of every item (see :meth:`MCItem.requests`) is tokenised by
+    :func:`encode_pair`, truncated from the left to ``max_length`` tokens, and scored in batches sorted
+    by length, right-padded with an attention mask. With ``share_context``, an item whose choices share
+    one context (all but partial-scoring items) runs that context once and scores its choices on the
+    context's KV cache instead: the same numbers up to float rounding, ``n_choices`` times less context
+    compute. The model runs in eval mode and gets its previous mode back.
+
+    Args:
+        model: a causal LM returning ``.logits`` (and ``past_key_values`` for ``share_context``).
+        tokenizer: its tokenizer.
+        items: the multiple-choice items.
+        batch_size: sequences per forward pass of the batched path.
+        device: where to run; the model is moved there. ``None``: where the model's weights are.
+        progress: show a progress bar.
+        max_length: longest input; default :func:`model_max_length`.
+        share_context: score choices of a shared context on one KV cache (``False``: lm-eval's plain
+            batched path for every item, ``use_cache=False``).
+
+    Returns:
+        For each item, one log-likelihood per choice, in the items' order.
+    """
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer >= 1")
+    device = _model_device(model, device)
+    max_length = max_length or model_max_length(model, tokenizer)
+    pad_id = _pad_id(tokenizer)
+    out: list[list[float]] = [[0.0] * len(item.choices) for item in items]
+    shared: list[tuple[int, list[int], list[list[int]]]] = []  # (item, context, continuations)
+    plain: list[tuple[int, int, list[int], int]] = []  # (item, choice, tokens, n_cont)
+    for i, item in enumerate(items):
+        pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in item.requests()]
+        if share_context and _can_share(pairs, max_length):
+            shared.append((i, pairs[0][0], [cont for _, cont in pairs]))
+            continue
+        for j, (context_ids, cont_ids) in enumerate(pairs):
+            tokens = (context_ids + cont_ids)[-(max_length + 1) :]
+            plain.append((i, j, tokens, min(len(cont_ids), len(tokens) - 1)))
+    order = sorted(range(len(plain)), key=lambda k: -len(plain[k][2]))
+    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        steps = [("shared", s) for s in shared] + [("plain", c) for c in chunks]
+        for kind, job in track(steps, total=len(steps), description="choice log-likelihoods", progress=progress):
+            if kind == "shared":
+                out[job[0]] = _score_shared(model, job[1], job[2], pad_id, device)
+                continue
+            scores = _score_batch(model, [(plain[k][2], plain[k][3]) for k in job], pad_id, device)
+            for k, score in zip(job, scores):
+                out[plain[k][0]][plain[k][1]] = score
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _stderr(p: float, n: int) -> float:
+    """Standard error of a mean of ``n`` 0/1 scores with mean ``p`` (lm-eval's sample-stddev formula)."""
+    return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
+
+
+def score_multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MCItem], **kw: Any) -> dict[str, float]:
+    """Zero-shot accuracy of ``model`` on ``items`` (local to this process, no cross-rank sync).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        items: the multiple-choice items.
+        **kw: passed to :func:`choice_logliks` (``batch_size``, ``device``, ``progress``, ``max_length``).
+
+    Returns:
+        ``{"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"}``.
+
+    Raises:
+        ConfigError: ``items`` is empty.
+    """
+    if not items:
+        raise ConfigError("items", [], "at least one multiple-choice item")
+    logliks = choice_logliks(model, tokenizer, items, **kw)
+    metric = MultipleChoiceAccuracy(sync_on_compute=False)
+    metric.update(*multiple_choice_tensors(items, logliks))
+    result = {name: float(value) for name, value in metric.compute().items()}
+    n = len(items)
+    return {
+        "acc": result["acc"],
+        "acc_norm": result["acc_norm"],
+        "acc_stderr": _stderr(result["acc"], n),
+        "acc_norm_stderr": _stderr(result["acc_norm"], n),
+        "n": float(n),
+    }

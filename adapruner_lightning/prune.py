@@ -1,0 +1,113 @@
+"""Physical pruning: turn a selection into a :class:`PruningPlan` and apply a plan to a model.
+
+Attention rows/columns are removed with torch-pruning's low-level ``prune_linear_out_channels`` /
+``prune_linear_in_channels`` driven by the architecture table (GQA-aware); MLP channels through
+torch-pruning's traced ``DependencyGraph`` group (gate/up rows + down columns), whose coupling is checked
+first. The HF config is rewritten (``head_dim`` always explicit); per-layer GQA factors are set on each
+attention module, so non-uniform layers run ``forward`` and ``generate`` with a KV cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adapruner_lightning.architectures import get_architecture, head_layout
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.groups import (
+    LayerStructure, build_dependency_graph, check_mlp_coupling, layer_structures, mlp_group, total_params,
+)
+from adapruner_lightning.plan import LayerPlan, PruningPlan, library_versions
+from adapruner_lightning.selection import LayerSelection
+
+
+def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_ratio: float = 0.0,
+              ratio_basis: str = "total", provenance: dict | None = None) -> PruningPlan:
+    """Describe ``selection`` on ``model`` (unpruned) as a :class:`PruningPlan`, with resulting shapes and counts."""
+    layers = layer_structures(model)
+    layout = head_layout(model.config)
+    before = total_params(model)
+    removed = 0
+    plans = []
+    for layer in layers:
+        sel = selection.get(layer.index, LayerSelection())
+        removed += sel.removed_params(layer)
+        plans.append(LayerPlan(
+            index=layer.index, heads_removed=list(sel.heads), kv_heads_removed=list(sel.kv_heads),
+            channels_removed=list(sel.channels), num_heads=layer.num_heads - len(sel.heads),
+            num_kv_heads=layer.num_kv_heads - len(sel.kv_heads), intermediate_size=layer.intermediate - len(sel.channels),
+        ))
+    return PruningPlan(
+        model_type=model.config.model_type, num_layers=len(layers), hidden_size=layout.hidden_size,
+        head_dim=layout.head_dim, original_num_heads=layout.num_heads, original_num_kv_heads=layout.num_kv_heads,
+        original_intermediate_size=layout.intermediate_size, layers=plans, params_before=before,
+        params_after=before - removed, target_ratio=target_ratio, ratio_basis=ratio_basis,
+        provenance={**(provenance or {}), "versions": library_versions()},
+    )
+
+
+def check_plan_fits(model: nn.Module, plan: PruningPlan) -> list[LayerStructure]:
+    """Raise a clear :class:`ConfigError` unless ``plan`` was made for a model shaped like ``model``."""
+    layers = layer_structures(model)
+    layout = head_layout(model.config)
+    got = (model.config.model_type, len(layers), layout.hidden_size, layout.head_dim)
+    want = (plan.model_type, plan.num_layers, plan.hidden_size, plan.head_dim)
+    if got != want:
+        raise ConfigError("pruning plan", f"made for (type, layers, hidden, head_dim)={want}", f"a plan for {got}",
+                          hint="use the plan saved with this model, or search a new one")
+    for layer, lp in zip(layers, plan.layers):
+        shape = (layer.num_heads, layer.num_kv_heads, layer.intermediate)
+        expected = (lp.num_heads + len(lp.heads_removed), lp.num_kv_heads + len(lp.kv_heads_removed),
+                    lp.intermediate_size + len(lp.channels_removed))
+        if shape != expected:
+            raise ConfigError(f"pruning plan, layer {lp.index}", f"(heads, kv, mlp)={expected} before pruning",
+                              f"the model's {shape}", hint="the plan belongs to another model or was already applied")
+    return layers
+
+
+def _rows(heads: list[int], head_dim: int) -> list[int]:
+    return [h * head_dim + j for h in heads for j in range(head_dim)]
+
+
+@torch.no_grad()
+def _prune_attention(layer: LayerStructure, lp: LayerPlan) -> None:
+    import torch_pruning as tp
+
+    if lp.heads_removed:
+        rows = _rows(lp.heads_removed, layer.head_dim)
+        tp.prune_linear_out_channels(layer.q, rows)
+        tp.prune_linear_in_channels(layer.o, rows)
+    if lp.kv_heads_removed:
+        rows = _rows(lp.kv_heads_removed, layer.head_dim)
+        tp.prune_linear_out_channels(layer.k, rows)
+        tp.prune_linear_out_channels(layer.v, rows)
+    attn = layer.attention
+    attn.num_key_value_groups = lp.num_heads // lp.num_kv_heads
+    for name, value in (("num_heads", lp.num_heads), ("num_key_value_heads", lp.num_kv_heads)):
+        if hasattr(attn, name):
+            setattr(attn, name, value)
+
+
+def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
+    config = getattr(model.config, "text_config", None) or model.config
+    config.head_dim = plan.head_dim
+    if plan.is_uniform:
+        first = plan.layers[0]
+        config.num_attention_heads = first.num_heads
+        config.num_key_value_heads = first.num_kv_heads
+        config.intermediate_size = first.intermediate_size
+
+
+@torch.no_grad()
+def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``."""
+    get_architecture(model)
+    layers = check_plan_fits(model, plan)
+    graph = build_dependency_graph(model) if any(lp.channels_removed for lp in plan.layers) else None
+    for layer, lp in zip(layers, plan.layers):
+        if lp.channels_removed:
+            check_mlp_coupling(graph, layer)
+            mlp_group(graph, layer, list(lp.channels_removed)).prune()
+        _prune_attention(layer, lp)
+    _rewrite_config(model, plan)
+    return model
