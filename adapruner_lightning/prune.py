@@ -91,8 +91,10 @@ def _prune_attention(layer: LayerStructure, lp: LayerPlan) -> None:
 def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
     config = getattr(model.config, "text_config", None) or model.config
     config.head_dim = plan.head_dim
-    if plan.is_uniform:
-        first = plan.layers[0]
+    first = plan.layers[0]
+    # transformers validates hidden_size % num_attention_heads; otherwise keep the original dims and reload
+    # through load_pruned, which replays the plan
+    if plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0:
         config.num_attention_heads = first.num_heads
         config.num_key_value_heads = first.num_kv_heads
         config.intermediate_size = first.intermediate_size

@@ -37,6 +37,7 @@ class SelectionOptions:
     layer_ramp: float = 0.0
     round_to: int = 1
     prune_attention: bool = True
+    uniform: bool = False  # every pruned layer loses exactly as many units and channels
 
 
 @dataclass
@@ -164,7 +165,18 @@ def _select_layerwise(layers, attn, mlp, weights, opts) -> list[_Unit]:
         n = min(len(units), int(round(target / units[0].cost)))
         chosen += units[:n]
         spent += sum(u.cost for u in units[:n])
+    if opts.uniform:
+        return chosen + _fill_mlp_uniform(mlp, opts.budget - spent)
     return chosen + _fill_mlp_layerwise(layers, mlp, weights, opts.budget - spent)
+
+
+def _fill_mlp_uniform(mlp, budget: float) -> list[_Unit]:
+    """The same number of MLP blocks from every layer (identical shapes), as close to ``budget`` as possible."""
+    first = next(iter(mlp.values()))
+    if not first:
+        return []
+    n = min(len(first), max(0, int(round(budget / (first[0].cost * len(mlp))))))
+    return [u for units in mlp.values() for u in units[:n]]
 
 
 def _fill_mlp_layerwise(layers, mlp, weights, budget: float) -> list[_Unit]:

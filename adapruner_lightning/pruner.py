@@ -1,0 +1,242 @@
+"""The pruning engine on a plain HF causal LM (no Lightning): score a candidate cheaply, then prune.
+
+:class:`PruningSession` holds the model, its structures, the calibration pool and its cached per-sample
+statistics; :meth:`PruningSession.select` turns a :class:`Candidate` (metric, reducer, samples, layer
+schedule) into a selection, :meth:`PruningSession.objective` scores it under reversible masks, and
+:func:`prune` is the one-call API (optionally searching first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapruner_lightning.architectures import get_architecture
+from adapruner_lightning.config import PruningConfig
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.groups import layer_structures, prunable_params, resolve_attention_unit, total_params
+from adapruner_lightning.importance import ScoreInputs, UnitScores, get_metric, unit_scores
+from adapruner_lightning.masking import masked
+from adapruner_lightning.plan import PruningPlan
+from adapruner_lightning.prune import apply_plan, make_plan
+from adapruner_lightning.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
+from adapruner_lightning.stats import StatsCache, collect_activation_stats, collect_gradient_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One point of the solution space: which samples, which metric and reducer, which layer schedule."""
+
+    metric: str
+    reducer: str
+    subset: list[int]
+    keep_first: int = 0
+    keep_last: int = 0
+    layer_ramp: float = 0.0
+    attn_share: float | None = None
+    scope: str = "layerwise"
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data description (for traces and plan provenance)."""
+        return {"metric": self.metric, "reducer": self.reducer, "subset": list(self.subset),
+                "keep_first": self.keep_first, "keep_last": self.keep_last, "layer_ramp": self.layer_ramp,
+                "attn_share": self.attn_share, "scope": self.scope}
+
+
+def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
+    """Fail fast on models that cannot be pruned (unknown family, quantized weights, no gradients)."""
+    get_architecture(model)
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        raise ConfigError("model", type(model).__name__, "a de-quantized float model",
+                          hint="load the model in float32/bfloat16 (a GGUF is de-quantized by adapruner's loader)")
+    if needs_gradients and any(not p.is_floating_point() for p in model.parameters()):
+        raise ConfigError("model parameters", "integer/quantized", "floating-point parameters for gradient metrics",
+                          hint="use an activation or magnitude metric, or load the model in float precision")
+    if needs_gradients and next(model.parameters()).device.type == "cpu" and \
+            next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        log.warning("half precision on CPU: upcasting the model to float32 for gradient statistics")
+        model.float()
+
+
+class PruningSession:
+    """Everything needed to score pruning candidates on one model, with statistics computed once.
+
+    Args:
+        model: a supported HF causal LM (pruned in place only by :meth:`apply`).
+        config: the pruning configuration (target, basis, schedule defaults).
+        pool: calibration pool, LongTensor ``[N, T]``.
+        objective: held-apart windows ``[M, T']`` that score candidates (may be None without a search).
+        pool_ids: stable ids of the pool's samples (recorded in plans and traces).
+        batch_size: batch size of statistics passes and objective evaluation.
+        progress: show progress bars.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
+                 objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
+                 batch_size: int = 8, progress: bool = True) -> None:
+        self.model, self.config = model, config
+        self.pool = pool
+        self.objective_windows = objective
+        self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
+        self.batch_size, self.progress = batch_size, progress
+        self.layers = layer_structures(model)
+        self.attention_unit = resolve_attention_unit(config.attention_unit, model.config)
+        self.params_total = total_params(model)
+        basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
+        self.budget = int(round(config.target_ratio * basis))
+        self._stats: StatsCache | None = None
+        self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+
+    @property
+    def stats(self) -> StatsCache:
+        """Per-sample activation statistics of the pool (computed on first use, then cached)."""
+        if self._stats is None:
+            self._stats = collect_activation_stats(self.model, self.layers, self.pool, batch_size=self.batch_size,
+                                                   sample_ids=self.pool_ids, progress=self.progress)
+        return self._stats
+
+    def _gradient_stats(self, subset: list[int], second_order: bool) -> list[dict[str, torch.Tensor]]:
+        key = (tuple(sorted(subset)), second_order)
+        if key not in self._grad_cache:
+            if len(self._grad_cache) >= 4:  # weight-sized tensors: keep only a few subsets
+                self._grad_cache.pop(next(iter(self._grad_cache)))
+            samples = self.pool[torch.as_tensor(sorted(subset))]
+            self._grad_cache[key] = collect_gradient_stats(self.model, self.layers, samples, second_order=second_order,
+                                                           batch_size=self.batch_size)
+        return self._grad_cache[key]
+
+    def unit_scores(self, candidate: Candidate) -> dict[int, UnitScores]:
+        """Scores of every unit of every pruned layer under ``candidate``'s metric, reducer and samples."""
+        spec = get_metric(candidate.metric)
+        indices = pruned_layer_range(len(self.layers), candidate.keep_first, candidate.keep_last)
+        activation = self.stats.reduce(candidate.subset) if spec.needs == "activations" else None
+        gradients = self._gradient_stats(candidate.subset, spec.second_order) if spec.needs == "gradients" else None
+        out = {}
+        for i in indices:
+            inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
+                                 gradient_stats=gradients[i] if gradients else {},
+                                 generator=torch.Generator().manual_seed(self.config.seed * 1000 + i))
+            out[i] = unit_scores(self.layers[i], spec.fn(inputs), candidate.reducer)
+        return out
+
+    def select(self, candidate: Candidate) -> dict[int, LayerSelection]:
+        """The groups ``candidate`` removes to meet the budget."""
+        opts = SelectionOptions(
+            budget=self.budget, scope=candidate.scope, attention_unit=self.attention_unit,
+            keep_first=candidate.keep_first, keep_last=candidate.keep_last, attn_share=candidate.attn_share,
+            layer_ramp=candidate.layer_ramp, round_to=self.config.round_to, prune_attention=self.config.prune_attention,
+            uniform=self.config.per_layer == "uniform",
+        )
+        return select_groups(self.layers, self.unit_scores(candidate), opts)
+
+    @torch.no_grad()
+    def objective(self, selection: dict[int, LayerSelection]) -> float:
+        """Negative log perplexity of the masked model on the objective windows (higher is better)."""
+        from adapruner_lightning.metrics import evaluate_perplexity
+
+        if self.objective_windows is None:
+            raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
+                              hint="pass objective=... (disjoint from calibration and evaluation text)")
+        with masked(self.layers, selection):
+            ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
+        return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
+
+    def default_candidate(self) -> Candidate:
+        """The configured metric/reducer/schedule with ``num_samples`` seeded random samples (no search)."""
+        k = min(self.config.num_samples, self.pool.shape[0])
+        gen = torch.Generator().manual_seed(self.config.seed)
+        subset = sorted(torch.randperm(self.pool.shape[0], generator=gen)[:k].tolist())
+        c = self.config
+        return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope)
+
+    def plan(self, candidate: Candidate, selection: dict[int, LayerSelection] | None = None,
+             **provenance: Any) -> PruningPlan:
+        """A :class:`PruningPlan` for ``candidate`` with its provenance (samples, metric, seed ...)."""
+        selection = selection if selection is not None else self.select(candidate)
+        info = {**candidate.describe(), "sample_ids": [self.pool_ids[i] for i in candidate.subset],
+                "seed": self.config.seed, "attention_unit": self.attention_unit, **provenance}
+        return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
+                         ratio_basis=self.config.ratio_basis, provenance=info)
+
+    def release(self) -> None:
+        """Drop cached statistics (frees memory before fine-tuning)."""
+        self._stats, self._grad_cache = None, {}
+
+
+def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample_len: int, seed: int = 0) -> torch.Tensor:
+    """Turn strings, a ``datasets.Dataset`` (``text`` or ``input_ids`` column) or token tensors into ``[n, T]``."""
+    if isinstance(calibration, torch.Tensor):
+        batch = calibration
+    else:
+        if hasattr(calibration, "column_names"):  # datasets.Dataset
+            column = "input_ids" if "input_ids" in calibration.column_names else "text"
+            calibration = list(calibration[column])
+        calibration = list(calibration or [])
+        if calibration and not isinstance(calibration[0], str):
+            batch = torch.tensor([list(x)[:sample_len] for x in calibration if len(x) >= sample_len], dtype=torch.long)
+        else:
+            from adapruner_lightning.data import tokenize_windows
+
+            text = "\n\n".join(calibration)
+            if not text.strip():
+                raise ConfigError("calibration", "empty", "non-empty text, token batches or a datasets.Dataset")
+            batch = tokenize_windows(tokenizer, text, sample_len)
+    if batch.ndim != 2 or batch.shape[0] == 0:
+        raise ConfigError("calibration", tuple(batch.shape), f"at least one sample of {sample_len} tokens",
+                          hint="provide more calibration text or lower sample_len")
+    return batch
+
+
+def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: float = 0.2, metric: str = "taylor",
+          calibration: Any = None, objective: Any = None, search: "Any | None" = None, progress: bool = True,
+          **options: Any) -> PruningPlan:
+    """Prune ``model`` in place and return the plan: the one-call API for users without Lightning.
+
+    Args:
+        model: a supported HF causal LM.
+        tokenizer: its tokenizer (needed when ``calibration``/``objective`` are strings).
+        target_ratio: fraction of parameters to remove.
+        metric: importance metric when not searching.
+        calibration: list of strings, a ``datasets.Dataset`` or a LongTensor ``[n, T]``.
+        objective: held-apart text or windows scoring candidates (required with ``search``).
+        search: a :class:`~adapruner_lightning.config.SearchConfig` to search the solution space first.
+        progress: show progress bars.
+        **options: any other :class:`~adapruner_lightning.config.PruningConfig` field.
+
+    Example::
+
+        plan = prune(model, tokenizer, target_ratio=0.2, metric="taylor", calibration=["some text ..."])
+    """
+    config = PruningConfig(target_ratio=target_ratio, metric=metric, **options)
+    needs = get_metric(metric).needs if search is None else "gradients"
+    check_model(model, needs_gradients=needs == "gradients")
+    if needs != "nothing" and calibration is None:
+        raise ConfigError("calibration", None, f"calibration data for metric {metric!r} (it needs {needs})",
+                          hint="pass calibration=[...texts...] or use magnitude_l2/random")
+    n = search.pool_size if search is not None else config.num_samples
+    pool = (as_token_batch(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed)[:n]
+            if calibration is not None else torch.zeros(1, 2, dtype=torch.long))
+    windows = None
+    if search is not None and search.trials > 0:
+        if objective is None:
+            raise ConfigError("objective", None, "held-apart text or windows for the search to score candidates")
+        windows = as_token_batch(objective, tokenizer, num_samples=search.objective_windows,
+                                 sample_len=search.objective_seq_len)[: search.objective_windows]
+    session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective=windows, progress=progress)
+    if search is not None and search.trials > 0:
+        from adapruner_lightning.search import run_search
+
+        plan = run_search(session, search).plan
+    else:
+        plan = session.plan(session.default_candidate())
+    session.release()
+    apply_plan(model, plan)
+    return plan
