@@ -13,16 +13,18 @@ Conventions follow Hugging Face and lm-evaluation-harness (lm-eval):
   the summed log-likelihoods, ``acc_norm`` the arg-max of the log-likelihood divided by the choice's
   length in characters, as lm-eval's ``multiple_choice`` output type does.
 * :func:`choice_logliks` computes those log-likelihoods the way lm-eval's ``HFLM`` does: the context and
-  the context + continuation are tokenised separately (no special tokens), the continuation's tokens are
+  the context + continuation are tokenised separately (the tokenizer's default special tokens, as lm-eval
+  0.4.9+; pass ``add_special_tokens=False`` for older lm-eval), the continuation's tokens are
   the tail that differs, trailing spaces of the context move onto the continuation, an empty context is
   replaced by the BOS (else EOS) token, and over-long inputs are truncated from the left.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -410,9 +412,17 @@ def multiple_choice_tensors(
     return scores, lengths, gold, valid
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _encode(tokenizer: Any, text: str, add_special_tokens: bool | None) -> list[int]:
+    """Token ids of ``text``; ``add_special_tokens=None`` keeps the tokenizer's default (lm-eval >= 0.4.9).
+
+    As lm-eval's ``HFLM.tok_encode``: with the default, a text that already starts with the BOS string
+    gets no second BOS.
+    """
+    kwargs: dict[str, bool] = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    bos = getattr(tokenizer, "bos_token", None)
+    if add_special_tokens is None and isinstance(bos, str) and bos and text.startswith(bos):
+        kwargs = {"add_special_tokens": False}
+    return list(tokenizer(text, verbose=False, **kwargs)["input_ids"])
 
 
 def _prefix_token_id(tokenizer: Any) -> int:
@@ -424,28 +434,37 @@ def _prefix_token_id(tokenizer: Any) -> int:
     raise ConfigError("tokenizer", type(tokenizer).__name__, "a tokenizer with a BOS or EOS token for empty contexts")
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Tokenise a (context, continuation) request as lm-eval's ``HFLM._encode_pair`` does.
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, add_special_tokens: bool | None = None
+) -> tuple[list[int], list[int]]:
+    """Tokenise a (context, continuation) request as lm-eval's ``loglikelihood`` / ``_encode_pair`` do.
 
     Trailing whitespace of ``context`` moves to the start of ``continuation``; then ``context`` and
-    ``context + continuation`` are tokenised (no special tokens) and the continuation's tokens are the
-    tail of the whole beyond the context's length. An empty context becomes the BOS (else EOS) token.
+    ``context + continuation`` are tokenised and the continuation's tokens are the tail of the whole
+    beyond the context's length. An empty context becomes the BOS (else EOS) token, unless the
+    continuation already starts with that token (then its first token is the context).
 
     Args:
         tokenizer: a Hugging Face tokenizer.
         context: the conditioning text.
-        continuation: the scored text, with its own leading space (``" yes"``).
+        continuation: the scored text, with its leading space (``" yes"``).
+        add_special_tokens: passed to the tokenizer for the context and the whole; ``None`` keeps the
+            tokenizer's default (lm-eval's ``HFLM`` default since 0.4.9: Llama-style tokenizers add BOS).
 
     Returns:
         ``(context_ids, continuation_ids)``.
     """
+    if not context:
+        cont = _encode(tokenizer, continuation, False)
+        prefix = _prefix_token_id(tokenizer)
+        return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    if not context:
-        return [_prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
-    whole = _encode(tokenizer, context + continuation)
-    context_ids = _encode(tokenizer, context)
+    if not context:  # the context was only whitespace: lm-eval asserts here; score after BOS instead
+        return encode_pair(tokenizer, "", continuation, add_special_tokens)
+    whole = _encode(tokenizer, context + continuation, add_special_tokens)
+    context_ids = _encode(tokenizer, context, add_special_tokens)
     return context_ids, whole[len(context_ids) :]
 
 
@@ -532,6 +551,7 @@ def choice_logliks(
     progress: bool = True,
     max_length: int | None = None,
     share_context: bool = True,
+    add_special_tokens: bool | None = None,
 ) -> list[list[float]]:
     """Summed log-probability of each choice's continuation given its context, as lm-eval computes it.
 
@@ -552,6 +572,7 @@ def choice_logliks(
         max_length: longest input; default :func:`model_max_length`.
         share_context: score choices of a shared context on one KV cache (``False``: lm-eval's plain
             batched path for every item, ``use_cache=False``).
+        add_special_tokens: see :func:`encode_pair` (``None``: the tokenizer's default, as lm-eval).
 
     Returns:
         For each item, one log-likelihood per choice, in the items' order.
@@ -561,33 +582,46 @@ def choice_logliks(
     device = _model_device(model, device)
     max_length = max_length or model_max_length(model, tokenizer)
     pad_id = _pad_id(tokenizer)
+    shared, plain = _plan_requests(tokenizer, items, max_length, share_context, add_special_tokens)
     out: list[list[float]] = [[0.0] * len(item.choices) for item in items]
-    shared: list[tuple[int, list[int], list[list[int]]]] = []  # (item, context, continuations)
-    plain: list[tuple[int, int, list[int], int]] = []  # (item, choice, tokens, n_cont)
+
+    def run_shared(item: int, context: list[int], conts: list[list[int]]) -> None:
+        out[item] = _score_shared(model, context, conts, pad_id, device)
+
+    def run_plain(chunk: list[int]) -> None:
+        scores = _score_batch(model, [(plain[k][2], plain[k][3]) for k in chunk], pad_id, device)
+        for k, score in zip(chunk, scores):
+            out[plain[k][0]][plain[k][1]] = score
+
+    order = sorted(range(len(plain)), key=lambda k: -len(plain[k][2]))  # longest first, as lm-eval
+    jobs: list[Callable[[], None]] = [functools.partial(run_shared, *job) for job in shared]
+    jobs += [functools.partial(run_plain, order[k : k + batch_size]) for k in range(0, len(order), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        for job in track(jobs, total=len(jobs), description="choice log-likelihoods", progress=progress):
+            job()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _plan_requests(
+    tokenizer: Any, items: Sequence[MCItem], max_length: int, share_context: bool, add_special_tokens: bool | None
+) -> tuple[list[tuple[int, list[int], list[list[int]]]], list[tuple[int, int, list[int], int]]]:
+    """Tokenise every request; return the shared-context jobs ``(item, context, continuations)`` and the
+    plain requests ``(item, choice, tokens truncated from the left, n_continuation_tokens)``."""
+    shared: list[tuple[int, list[int], list[list[int]]]] = []
+    plain: list[tuple[int, int, list[int], int]] = []
     for i, item in enumerate(items):
-        pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in item.requests()]
+        pairs = [encode_pair(tokenizer, c, k, add_special_tokens) for c, k in item.requests()]
         if share_context and _can_share(pairs, max_length):
             shared.append((i, pairs[0][0], [cont for _, cont in pairs]))
             continue
         for j, (context_ids, cont_ids) in enumerate(pairs):
             tokens = (context_ids + cont_ids)[-(max_length + 1) :]
             plain.append((i, j, tokens, min(len(cont_ids), len(tokens) - 1)))
-    order = sorted(range(len(plain)), key=lambda k: -len(plain[k][2]))
-    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    was_training = model.training
-    model.eval()
-    try:
-        steps = [("shared", s) for s in shared] + [("plain", c) for c in chunks]
-        for kind, job in track(steps, total=len(steps), description="choice log-likelihoods", progress=progress):
-            if kind == "shared":
-                out[job[0]] = _score_shared(model, job[1], job[2], pad_id, device)
-                continue
-            scores = _score_batch(model, [(plain[k][2], plain[k][3]) for k in job], pad_id, device)
-            for k, score in zip(job, scores):
-                out[plain[k][0]][plain[k][1]] = score
-    finally:
-        model.train(was_training)
-    return out
+    return shared, plain
 
 
 def _stderr(p: float, n: int) -> float:
@@ -602,7 +636,8 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MCIt
         model: a causal LM.
         tokenizer: its tokenizer.
         items: the multiple-choice items.
-        **kw: passed to :func:`choice_logliks` (``batch_size``, ``device``, ``progress``, ``max_length``).
+        **kw: passed to :func:`choice_logliks` (``batch_size``, ``device``, ``progress``, ``max_length``,
+            ``share_context``, ``add_special_tokens``).
 
     Returns:
         ``{"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"}``.

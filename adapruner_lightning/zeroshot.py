@@ -550,7 +550,7 @@ def _offline(name: str, description: str, n_choices: int, builder: Callable[...,
 
 
 STANDARD_TASKS: dict[str, TaskSpec] = {
-    "boolq": TaskSpec("boolq", "BoolQ yes/no questions on a passage", 2, convert_boolq, "google/boolq", None,
+    "boolq": TaskSpec("boolq", "BoolQ yes/no questions on a passage", 2, convert_boolq, "aps/super_glue", "boolq",
                       fields=("passage", "question", "label|answer")),
     "piqa": TaskSpec("piqa", "PIQA physical commonsense, 2 solutions", 2, convert_piqa, "baber/piqa", None,
                      fields=("goal", "sol1", "sol2", "label")),

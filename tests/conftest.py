@@ -55,3 +55,48 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def make_tiny_model(model_type: str = "llama", *, vocab_size: int = 512, layers: int = 4, seed: int = 0, **overrides):
+    """A tiny randomly initialised model of a real architecture (GQA: 6 query heads over 2 KV heads)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(vocab_size=vocab_size, hidden_size=96, num_hidden_layers=layers, num_attention_heads=6,
+                  num_key_value_heads=2, head_dim=16, intermediate_size=128, max_position_embeddings=512)
+    kwargs.update(overrides)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_text(n_words: int = 6000, seed: int = 0) -> str:
+    """Deterministic pseudo-English text (words of the fixture corpus, reshuffled) for tokenising tests."""
+    import random
+
+    words = _CORPUS.split()
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s) for s in sentences) < n_words:
+        sentences.append([rng.choice(words) for _ in range(rng.randint(6, 18))])
+    return "\n\n".join(" ".join(s).capitalize() + "." for s in sentences)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer tiny Llama (6 heads / 2 KV heads, hidden 96) saved with the tiny tokenizer."""
+    tokenizer = _tiny_tokenizer()
+    model = make_tiny_model("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    path = tmp_path_factory.mktemp("tiny_lm")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with two generated text files (enough for pools, objectives and fine-tuning windows)."""
+    path = tmp_path_factory.mktemp("texts")
+    (path / "alpha.txt").write_text(random_text(seed=1))
+    (path / "beta.txt").write_text(random_text(seed=2))
+    return path
