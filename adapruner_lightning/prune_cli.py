@@ -1,0 +1,97 @@
+"""``adapruner prune``: search + physical prune + export + report, without training, for any supported model.
+
+Example::
+
+    adapruner prune --model PATH --text austen:calibration --target-ratio 0.2 --trials 16 --out pruned/
+    adapruner prune --trials 0 --metric taylor --keep-first 4 --keep-last 2 --out llm_pruner_default/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from adapruner_lightning.importance import REDUCERS, metric_names
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapruner prune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M)")
+    p.add_argument("--text", nargs="+", default=["austen:calibration"],
+                   help="calibration/objective text: files, directories or austen: selectors (never evaluation text)")
+    p.add_argument("--target-ratio", type=float, default=0.2, help="fraction of parameters to remove (default 0.2)")
+    p.add_argument("--ratio-basis", choices=["total", "prunable"], default="total")
+    p.add_argument("--trials", type=int, default=16, help="search trials; 0 = no search, use --metric (default 16)")
+    p.add_argument("--engine", choices=["gp", "tpe", "random"], default="gp")
+    p.add_argument("--metric", choices=metric_names(), default="taylor", help="metric when --trials 0")
+    p.add_argument("--reducer", choices=sorted(REDUCERS), default="sum", help="reducer when --trials 0")
+    p.add_argument("--metrics", nargs="+", choices=metric_names(), default=None, help="metrics the search may pick")
+    p.add_argument("--scope", choices=["layerwise", "global"], default="layerwise")
+    p.add_argument("--keep-first", type=int, default=0)
+    p.add_argument("--keep-last", type=int, default=0)
+    p.add_argument("--uniform", action="store_true", help="identical layer shapes (plain from_pretrained reloads)")
+    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--pool-size", type=int, default=64)
+    p.add_argument("--subset-size", type=int, default=10)
+    p.add_argument("--sample-len", type=int, default=128)
+    p.add_argument("--objective-windows", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (export, plan, report, trace)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``adapruner prune``."""
+    args = _parser().parse_args(argv)
+    from adapruner_lightning.calibration import make_splits
+    from adapruner_lightning.config import PruningConfig, SearchConfig
+    from adapruner_lightning.data import texts_for
+    from adapruner_lightning.export import save_pruned
+    from adapruner_lightning.models import load_model
+    from adapruner_lightning.pruner import PruningSession, check_model
+    from adapruner_lightning.prune import apply_plan
+    from adapruner_lightning.report import plot_search, write_report
+    from adapruner_lightning.search import run_search
+
+    config = PruningConfig(target_ratio=args.target_ratio, ratio_basis=args.ratio_basis, metric=args.metric,
+                           reducer=args.reducer, scope=args.scope, keep_first=args.keep_first, keep_last=args.keep_last,
+                           per_layer="uniform" if args.uniform else "auto", round_to=args.round_to,
+                           num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
+    search = SearchConfig(trials=args.trials, engine=args.engine, pool_size=args.pool_size, subset_size=args.subset_size,
+                          objective_windows=args.objective_windows, **({"metrics": args.metrics} if args.metrics else {}))
+    texts = texts_for(args.text)
+    out = Path(args.out)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    check_model(model, needs_gradients=True)
+    seconds["load"] = time.perf_counter() - t
+    splits = make_splits(tokenizer, texts, n_pool=args.pool_size, pool_seq_len=args.sample_len,
+                         n_objective=args.objective_windows, objective_seq_len=search.objective_seq_len, seed=args.seed)
+    session = PruningSession(model, config, splits.pool, objective=splits.objective, pool_ids=splits.pool_ids,
+                             progress=not args.no_progress)
+    t = time.perf_counter()
+    trace = []
+    if args.trials > 0:
+        out.mkdir(parents=True, exist_ok=True)
+        result = run_search(session, search, trace_path=out.parent / f"{out.name}.search_trace.jsonl",
+                            progress=not args.no_progress)
+        plan, trace = result.plan, result.trace()
+    else:
+        plan = session.plan(session.default_candidate())
+    seconds["search"] = time.perf_counter() - t
+    session.release()
+    t = time.perf_counter()
+    apply_plan(model, plan)
+    seconds["prune"] = time.perf_counter() - t
+    save_pruned(model, tokenizer, out, plan)
+    if trace:
+        plot_search(trace, plan, out / "search_trace.png")
+    report = {"params": {"before": plan.params_before, "after": plan.params_after, "removed_ratio": plan.achieved_ratio},
+              "seconds": seconds, "plan_summary": {k: v for k, v in plan.provenance.items() if k != "versions"}}
+    write_report(out, report)
+    print(json.dumps(report, indent=1, default=str))
+    return 0

@@ -1,0 +1,148 @@
+"""The Bayesian search: determinism, resume after a kill, failed trials, space validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from adapruner_lightning.config import PruningConfig, SearchConfig
+from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.pruner import PruningSession
+from adapruner_lightning.search import run_search
+from conftest import make_tiny_model
+
+SMALL = dict(trials=6, init_points=3, pool_size=12, subset_size=4, max_keep_first=1, max_keep_last=1,
+             metrics=["taylor_vector", "wanda_sp", "magnitude_l2"])
+
+
+def _session(seed: int = 0, **cfg) -> PruningSession:
+    model = make_tiny_model("llama", vocab_size=128, layers=4)
+    gen = torch.Generator().manual_seed(123)
+    pool = torch.randint(0, 128, (12, 16), generator=gen)
+    objective = torch.randint(0, 128, (3, 32), generator=gen)
+    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective=objective,
+                          progress=False)
+
+
+@pytest.mark.parametrize("engine", ["gp", "tpe", "random"])
+def test_same_seed_same_plan(engine):
+    a = run_search(_session(), SearchConfig(engine=engine, **SMALL), progress=False)
+    b = run_search(_session(), SearchConfig(engine=engine, **SMALL), progress=False)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert a.plan.layers == b.plan.layers
+    assert a.best.score == max(t.score for t in a.trials if t.status == "ok")
+    assert a.plan.provenance["seed"] == 0 and a.plan.provenance["sample_ids"]
+
+
+def test_resume_from_trace_equals_uninterrupted(tmp_path):
+    full = run_search(_session(), SearchConfig(**SMALL), trace_path=tmp_path / "full.jsonl", progress=False)
+    part = tmp_path / "part.jsonl"
+    run_search(_session(), SearchConfig(**{**SMALL, "trials": 4}), trace_path=part, progress=False)
+    with part.open("a") as fh:  # a kill during a write leaves a torn line
+        fh.write('{"type": "trial", "trial": 4, "par')
+    resumed = run_search(_session(), SearchConfig(**SMALL), trace_path=part, progress=False)
+    assert [t.params for t in resumed.trials] == [t.params for t in full.trials]
+    assert resumed.plan.layers == full.plan.layers
+
+
+def test_killed_process_resumes_without_repeating_trials(tmp_path):
+    """kill -9 a search process after some trials; the rerun repeats no finished trial."""
+    trace = tmp_path / "trace.jsonl"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_search import _session, SMALL
+        from adapruner_lightning.config import SearchConfig
+        from adapruner_lightning.search import run_search
+        import adapruner_lightning.search as s
+        orig = s.evaluate_point
+        def slow(*a, **k):
+            r = orig(*a, **k); time.sleep(float(sys.argv[1])); return r
+        s.evaluate_point = slow
+        res = run_search(_session(), SearchConfig(**SMALL), trace_path={str(trace)!r}, progress=False)
+        print("BEST", res.best.trial, [t.trial for t in res.trials])
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            done = [l for l in trace.read_text().splitlines() if '"type": "trial"' in l] if trace.exists() else []
+            if len(done) >= 2:
+                break
+            proc.poll()
+            assert proc.returncode is None, proc.stdout.read().decode()[-2000:]
+            import time
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    assert 2 <= len(finished) < SMALL["trials"]
+    out = subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True, check=True).stdout
+    trials = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    assert trials == list(range(SMALL["trials"]))  # every trial once: none repeated, none lost
+    reference = run_search(_session(), SearchConfig(**SMALL), progress=False)
+    assert f"BEST {reference.best.trial}" in out
+
+
+def test_trace_from_another_space_is_refused(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    run_search(_session(), SearchConfig(**{**SMALL, "trials": 2}), trace_path=trace, progress=False)
+    with pytest.raises(ConfigError, match="trace"):
+        run_search(_session(), SearchConfig(**{**SMALL, "trials": 2, "metrics": ["flap"]}), trace_path=trace, progress=False)
+
+
+def test_nan_trials_are_failed_with_finite_penalty_and_search_continues(monkeypatch):
+    session = _session()
+    calls = {"n": 0}
+    real = session.objective
+
+    def flaky(selection):
+        calls["n"] += 1
+        return float("nan") if calls["n"] % 2 == 0 else real(selection)
+
+    monkeypatch.setattr(session, "objective", flaky)
+    result = run_search(session, SearchConfig(**SMALL), progress=False)
+    failed = [t for t in result.trials if t.status == "failed"]
+    assert len(failed) == 3 and all("nan" in t.error for t in failed)
+    assert len(result.trials) == SMALL["trials"] and math.isfinite(result.best.score)
+
+
+def test_repeated_failures_stop_with_a_summary(monkeypatch):
+    session = _session()
+    monkeypatch.setattr(session, "objective", lambda selection: float("inf"))
+    with pytest.raises(SearchFailed, match="consecutive trials failed"):
+        run_search(session, SearchConfig(**{**SMALL, "max_failures": 3}), progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(metrics=[]), "metrics"),
+    (dict(metrics=["nope"]), "metrics"),
+    (dict(reducers=[]), "reducers"),
+    (dict(pool_size=8, subset_size=9), "subset_size"),
+    (dict(engine="annealing"), "engine"),
+    (dict(time_budget_s=0), "time_budget_s"),
+])
+def test_space_rejects_bad_configs(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchConfig(**kwargs)
+
+
+def test_subset_encoding_neighbours_overlap():
+    from adapruner_lightning.space import SearchSpace
+
+    session = _session()
+    space = SearchSpace.build(SearchConfig(**SMALL), session.config, session.stats.features())
+    a = set(space.subset({"u0": 0.5, "u1": 0.5}))
+    b = set(space.subset({"u0": 0.52, "u1": 0.5}))
+    far = set(space.subset({"u0": 0.0, "u1": 0.0}))
+    assert len(a) == len(b) == SMALL["subset_size"]
+    assert len(a & b) >= len(a & far)
