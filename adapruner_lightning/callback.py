@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
+SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "DeepSpeedStrategy")
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    """Refuse strategies that shard or wrap the model before ``setup`` (pruning needs whole modules)."""
+    names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
+    if not names & set(SUPPORTED_STRATEGIES):
+        raise ConfigError("trainer strategy", type(trainer.strategy).__name__, f"one of {list(SUPPORTED_STRATEGIES)}",
+                          hint="prune with DDP/DeepSpeed (or a single device), then fine-tune the export with any strategy")
+
+
 def _fit_ckpt_path(trainer: Trainer) -> str | None:
     """The checkpoint ``fit`` is resuming from, already during ``setup``.
 
@@ -124,6 +135,7 @@ class AdaPrunerCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or self._applied:
             return
+        _check_strategy(trainer)
         attr, model = self.find_model(pl_module)
         check_lora_targets(model, self.recovery)
         plan = self._plan_from_checkpoint(trainer) or self._plan_from_file()
