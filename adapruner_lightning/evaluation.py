@@ -124,8 +124,9 @@ def task_items(
         name: a key of :data:`adapruner_lightning.zeroshot.TASKS`.
         texts: the evaluation texts (offline tasks are built from them when ``source`` is None,
             ``n_items`` split evenly across the texts).
-        source: for an offline task, the raw text to build from instead; for a standard task, a local file
-            in the published format (``None``: ``datasets.load_dataset``, which needs network).
+        source: for an offline task, the raw text to build from instead (a :class:`~pathlib.Path` is read);
+            for a standard task, a local file in the published format (``None``: ``datasets.load_dataset``,
+            which needs network).
         n_items: number of items (standard tasks: the first ``n_items`` records; ``None``: all of them;
             offline tasks need a number and use 200 when ``None``).
         seed: generator seed of offline tasks.
@@ -139,7 +140,9 @@ def task_items(
     spec = get_task(name)
     if not spec.offline:
         return load_task(name, source, limit=n_items)
-    sources = {"source": str(source)} if source is not None else dict(texts)
+    if isinstance(source, Path):
+        source = source.expanduser().read_text(encoding="utf-8")
+    sources = {"source": source} if source is not None else dict(texts)
     if not sources:
         raise ConfigError(f"texts for offline task {name}", {}, "at least one evaluation text")
     items: list[MCItem] = []

@@ -58,7 +58,12 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         os.replace(directory, old)
-    os.replace(tmp, directory)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        if old.exists():  # put the previous export back
+            os.replace(old, directory)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

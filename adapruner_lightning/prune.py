@@ -55,6 +55,9 @@ def check_plan_fits(model: nn.Module, plan: PruningPlan) -> list[LayerStructure]
     if got != want:
         raise ConfigError("pruning plan", f"made for (type, layers, hidden, head_dim)={want}", f"a plan for {got}",
                           hint="use the plan saved with this model, or search a new one")
+    if len(plan.layers) != len(layers):
+        raise ConfigError("pruning plan layers", f"{len(plan.layers)} entries", f"one entry per decoder layer "
+                          f"({len(layers)})", hint="the plan file was edited or truncated")
     for layer, lp in zip(layers, plan.layers):
         shape = (layer.num_heads, layer.num_kv_heads, layer.intermediate)
         expected = (lp.num_heads + len(lp.heads_removed), lp.num_kv_heads + len(lp.kv_heads_removed),
@@ -62,7 +65,27 @@ def check_plan_fits(model: nn.Module, plan: PruningPlan) -> list[LayerStructure]
         if shape != expected:
             raise ConfigError(f"pruning plan, layer {lp.index}", f"(heads, kv, mlp)={expected} before pruning",
                               f"the model's {shape}", hint="the plan belongs to another model or was already applied")
+        _check_layer_indices(layer, lp)
     return layers
+
+
+def _check_layer_indices(layer: LayerStructure, lp: LayerPlan) -> None:
+    """Raise unless the plan's indices exist, are distinct, and keep every KV group's query heads uniform."""
+    what = f"pruning plan, layer {lp.index}"
+    for name, idxs, n in (("heads_removed", lp.heads_removed, layer.num_heads),
+                          ("kv_heads_removed", lp.kv_heads_removed, layer.num_kv_heads),
+                          ("channels_removed", lp.channels_removed, layer.intermediate)):
+        if len(set(idxs)) != len(idxs) or any(not 0 <= int(i) < n for i in idxs):
+            raise ConfigError(f"{what}, {name}", sorted(idxs)[:8], f"distinct indices in [0, {n})",
+                              hint="the plan file was edited or belongs to another model")
+    qpk, removed = layer.queries_per_kv, set(lp.heads_removed)
+    kept = {g: sum(h not in removed for h in range(g * qpk, (g + 1) * qpk)) for g in range(layer.num_kv_heads)}
+    dropped = set(lp.kv_heads_removed)
+    kept_counts = {kept[g] for g in kept if g not in dropped}
+    if any(kept[g] for g in dropped) or len(kept_counts) > 1 or 0 in kept_counts:
+        raise ConfigError(f"{what}, heads_removed", sorted(removed), "the query heads of removed KV groups plus the "
+                          "same number of heads from every kept KV group (GQA stays uniform)",
+                          hint="the plan file was edited or belongs to another model")
 
 
 def _rows(heads: list[int], head_dim: int) -> list[int]:

@@ -192,6 +192,9 @@ def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample
     if batch.ndim != 2 or batch.shape[0] == 0:
         raise ConfigError("calibration", tuple(batch.shape), f"at least one sample of {sample_len} tokens",
                           hint="provide more calibration text or lower sample_len")
+    if batch.shape[0] > num_samples:  # a seeded choice of samples, not always the first ones
+        pick = torch.randperm(batch.shape[0], generator=torch.Generator().manual_seed(seed))[:num_samples]
+        batch = batch[pick.sort().values]
     return batch
 
 
@@ -216,22 +219,23 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: float = 0.2,
         plan = prune(model, tokenizer, target_ratio=0.2, metric="taylor", calibration=["some text ..."])
     """
     config = PruningConfig(target_ratio=target_ratio, metric=metric, **options)
-    needs = get_metric(metric).needs if search is None else "gradients"
+    searching = search is not None and search.trials > 0
+    needs = "gradients" if searching else get_metric(metric).needs
     check_model(model, needs_gradients=needs == "gradients")
     if needs != "nothing" and calibration is None:
         raise ConfigError("calibration", None, f"calibration data for metric {metric!r} (it needs {needs})",
                           hint="pass calibration=[...texts...] or use magnitude_l2/random")
-    n = search.pool_size if search is not None else config.num_samples
-    pool = (as_token_batch(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed)[:n]
+    n = search.pool_size if searching else config.num_samples
+    pool = (as_token_batch(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed)
             if calibration is not None else torch.zeros(1, 2, dtype=torch.long))
     windows = None
-    if search is not None and search.trials > 0:
+    if searching:
         if objective is None:
             raise ConfigError("objective", None, "held-apart text or windows for the search to score candidates")
         windows = as_token_batch(objective, tokenizer, num_samples=search.objective_windows,
                                  sample_len=search.objective_seq_len)[: search.objective_windows]
     session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective=windows, progress=progress)
-    if search is not None and search.trials > 0:
+    if searching:
         from adapruner_lightning.search import run_search
 
         plan = run_search(session, search).plan

@@ -91,13 +91,23 @@ def _attention_units(layer: LayerStructure, scores: UnitScores, unit: str) -> li
 
 
 def _mlp_units(layer: LayerStructure, scores: UnitScores, round_to: int) -> list[_Unit]:
-    """Removable MLP blocks of ``round_to`` channels, lowest score first, keeping at least ``round_to``."""
+    """Removable MLP blocks of ``round_to`` channels, lowest score first, keeping at least ``round_to``.
+
+    A width that is not a multiple of ``round_to`` first loses its remainder (the lowest channels, one smaller
+    block), so every width that results is a multiple of ``round_to``.
+    """
     order = torch.argsort(scores.channels, stable=True).tolist()
-    keep = max(round_to, 1)
-    removable = (layer.intermediate - keep) // round_to * round_to
-    cost = layer.channel_cost() * round_to
-    return [_Unit(layer.index, "mlp", float(scores.channels[order[i:i + round_to]].sum()), cost, [], [],
-                  order[i:i + round_to]) for i in range(0, removable, round_to)]
+    if layer.intermediate <= round_to:
+        return []
+    rem = layer.intermediate % round_to
+    sizes = ([rem] if rem else []) + [round_to] * ((layer.intermediate - rem) // round_to - 1)
+    units, start = [], 0
+    for size in sizes:
+        idx = order[start:start + size]
+        units.append(_Unit(layer.index, "mlp", float(scores.channels[idx].sum()), layer.channel_cost() * size,
+                           [], [], idx))
+        start += size
+    return units
 
 
 def _layer_weights(indices: list[int], ramp: float) -> dict[int, float]:
@@ -162,7 +172,8 @@ def _select_layerwise(layers, attn, mlp, weights, opts) -> list[_Unit]:
         if not units:
             continue
         target = attn_budget * weights[i] * layers[i].attention_params() / norm
-        n = min(len(units), int(round(target / units[0].cost)))
+        affordable = int((opts.budget - spent) // units[0].cost)  # rounding up must not overshoot the budget
+        n = max(0, min(len(units), int(round(target / units[0].cost)), affordable))
         chosen += units[:n]
         spent += sum(u.cost for u in units[:n])
     if opts.uniform:
@@ -175,8 +186,21 @@ def _fill_mlp_uniform(mlp, budget: float) -> list[_Unit]:
     first = next(iter(mlp.values()))
     if not first:
         return []
-    n = min(len(first), max(0, int(round(budget / (first[0].cost * len(mlp))))))
+    spent = [0]
+    for unit in first:
+        spent.append(spent[-1] + unit.cost * len(mlp))
+    n = min(range(len(spent)), key=lambda k: abs(spent[k] - budget))
     return [u for units in mlp.values() for u in units[:n]]
+
+
+def _fits(units: list[_Unit], start: int, budget: float) -> tuple[int, int]:
+    """How many of ``units[start:]``, taken in order, fit in ``budget``, and what they cost."""
+    n = spent = 0
+    for unit in units[start:]:
+        if spent + unit.cost > budget:
+            break
+        n, spent = n + 1, spent + unit.cost
+    return n, spent
 
 
 def _fill_mlp_layerwise(layers, mlp, weights, budget: float) -> list[_Unit]:
@@ -184,22 +208,22 @@ def _fill_mlp_layerwise(layers, mlp, weights, budget: float) -> list[_Unit]:
     counts = {i: 0 for i in mlp}
     remaining = budget
     active = {i for i in mlp if mlp[i]}
-    while active and remaining >= min(mlp[i][0].cost for i in active):
+    while active and remaining >= min(mlp[i][counts[i]].cost for i in active):
         norm = sum(weights[i] * layers[i].mlp_params() for i in active)
         grant = {i: remaining * weights[i] * layers[i].mlp_params() / norm for i in active}
         progressed = False
         for i in sorted(active):
-            extra = min(int(grant[i] // mlp[i][0].cost), len(mlp[i]) - counts[i])
+            extra, cost = _fits(mlp[i], counts[i], grant[i])
             counts[i] += extra
-            remaining -= extra * mlp[i][0].cost
+            remaining -= cost
             progressed |= extra > 0
             if counts[i] == len(mlp[i]):
                 active.discard(i)
         if not progressed:  # grants below one block each: hand out single blocks by largest share
             for i in sorted(active, key=lambda i: -grant[i]):
-                if remaining >= mlp[i][0].cost and counts[i] < len(mlp[i]):
+                if counts[i] < len(mlp[i]) and remaining >= mlp[i][counts[i]].cost:
                     counts[i] += 1
-                    remaining -= mlp[i][0].cost
+                    remaining -= mlp[i][counts[i] - 1].cost
             break
     return [u for i, n in counts.items() for u in mlp[i][:n]]
 
