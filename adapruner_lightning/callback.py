@@ -8,6 +8,7 @@ On resume (``ckpt_path``) the plan stored in the checkpoint is replayed before t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -28,6 +29,16 @@ from adapruner_lightning.recovery import RecoveryConfig, check_lora_targets, unw
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+
+
+def _gathered(model: nn.Module):
+    """Gather ZeRO-3 partitioned parameters (full weights on rank 0) for the block; a no-op otherwise."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
 SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "DeepSpeedStrategy")
@@ -110,6 +121,7 @@ class AdaPrunerCallback(Callback):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
         self._applied = False
+        self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
 
     # ------------------------------------------------------------------ finding things in the user's objects
 
@@ -144,14 +156,26 @@ class AdaPrunerCallback(Callback):
             plan = self._search_and_broadcast(trainer, pl_module, model)
         else:
             rank_zero_info(f"adapruner: replaying a stored plan ({plan.achieved_ratio:.1%} removed); no search")
+        if not self._data_split:
+            self._exclude_objective_from_training(trainer)
         self._prune(trainer, pl_module, attr, model, plan)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
+
+    def _exclude_objective_from_training(self, trainer: Trainer) -> None:
+        """Ranks that did not search (and resumed runs) split the datamodule's data the same way rank 0 did,
+        so the objective windows stay out of fine-tuning on every rank."""
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "pruning_data"):
+            self.pruning_data(trainer, None, None)
 
     def _plan_from_file(self) -> PruningPlan | None:
         return PruningPlan.load(self.plan_path) if self.plan_path else None
 
     def _plan_from_checkpoint(self, trainer: Trainer) -> PruningPlan | None:
         path = _fit_ckpt_path(trainer)
+        if path and Path(path).is_dir():  # a DeepSpeed checkpoint is a directory; callback state is in rank 0's file
+            found = sorted(Path(path).glob("*/mp_rank_00_model_states.pt"))
+            path = str(found[0]) if found else None
         if not path or not Path(path).is_file():
             return None
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -167,6 +191,7 @@ class AdaPrunerCallback(Callback):
             try:
                 envelope = {"ok": True, **self._search(trainer, pl_module, model)}
             except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
+                log.exception("adapruner: the search failed on rank 0")
                 envelope = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 if trainer.world_size == 1:
                     raise
@@ -185,6 +210,7 @@ class AdaPrunerCallback(Callback):
         s, p = self.search, self.pruning
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "pruning_data"):
+            self._data_split = True
             return dm.pruning_data(pool_size=s.pool_size, pool_seq_len=p.sample_len, objective_windows=s.objective_windows,
                                    objective_seq_len=s.objective_seq_len, seed=p.seed)
         rows = self._train_rows(trainer, pl_module, s.pool_size + s.objective_windows)
@@ -283,16 +309,15 @@ class AdaPrunerCallback(Callback):
             return
         self.report["seconds"]["fine_tune"] = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
         attr, model = self._wrapped_model(pl_module)
-        if self.recovery.mode == "lora" and self.recovery.merge_on_end:
-            model = unwrap(model, merge=True)
-            setattr(pl_module, attr, model)
-        if not trainer.is_global_zero:
-            return
-        out_dir = self._out_dir(trainer)
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if self.eval_texts:
-            self._evaluate("recovered", model, tokenizer)
-        self._write_outputs(out_dir, model, tokenizer)
+        with _gathered(model):  # ZeRO-3: every rank joins the gather, rank 0 merges, evaluates and exports
+            if self.recovery.mode == "lora" and self.recovery.merge_on_end:
+                model = unwrap(model, merge=True)
+                setattr(pl_module, attr, model)
+            if trainer.is_global_zero:
+                tokenizer = getattr(pl_module, "tokenizer", None)
+                if self.eval_texts:
+                    self._evaluate("recovered", model, tokenizer)
+                self._write_outputs(self._out_dir(trainer), model, tokenizer)
 
     def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
         if self.model_attr:

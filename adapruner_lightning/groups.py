@@ -144,6 +144,7 @@ def build_dependency_graph(model: nn.Module, vocab_probe: int = 8):
     device = next(model.parameters()).device
     example = {"input_ids": torch.zeros(1, vocab_probe, dtype=torch.long, device=device), "use_cache": False}
     ignored = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    modes = {m: m.training for m in model.modules()}  # torch-pruning switches the model to eval and leaves it
     try:
         with warnings.catch_warnings(), torch.enable_grad():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
@@ -153,6 +154,9 @@ def build_dependency_graph(model: nn.Module, vocab_probe: int = 8):
             f"torch-pruning could not trace {type(model).__name__}: {exc}. Fix: make sure the model runs a plain "
             "forward(input_ids=..., use_cache=False) on its device, or register an ArchitectureSpec for it."
         ) from exc
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def mlp_group(graph, layer: LayerStructure, idxs: list[int]):
