@@ -146,6 +146,26 @@ def measure_stats(session: Any, device: torch.device) -> dict[str, float]:
             / session.stats.num_samples}
 
 
+def measure_stats_and_plain(session: Any, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """Statistics pass and plain forward+backward, ``repeats`` times each in ABBA order (drift cancels in the
+    mean); seconds are the mean over repeats, peak memory the largest."""
+    runs: dict[str, list[dict]] = {"stats": [], "plain": []}
+    for r in range(repeats):
+        for what in (("stats", "plain") if r % 2 == 0 else ("plain", "stats")):
+            if what == "stats":
+                runs["stats"].append(measure_stats(session, device))
+            else:
+                runs["plain"].append(measure_plain(session.model, session.pool, session.batch_size, device))
+    out = []
+    for what in ("stats", "plain"):
+        first = dict(runs[what][-1])
+        first["runs_s"] = [x["seconds"] for x in runs[what]]
+        first["seconds"] = statistics.fmean(first["runs_s"])
+        first["peak_mib"] = max(x["peak_mib"] for x in runs[what])
+        out.append(first)
+    return out[0], out[1]
+
+
 def measure_plain(model: torch.nn.Module, pool: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
     """Time and peak memory of one plain forward+backward over ``pool``."""
     _free()
@@ -210,12 +230,14 @@ def _splits(cache: dict, tok: Any, texts: dict, n_pool: int, n_objective: int, s
     return cache[key]
 
 
-def _session(model: torch.nn.Module, splits: Any, ratio: float, seed: int, batch_size: int) -> Any:
+def _session(model: torch.nn.Module, splits: Any, ratio: float, seed: int, batch_size: int,
+             basis: str = "total") -> Any:
     from adapruner_lightning.config import PruningConfig
     from adapruner_lightning.pruner import PruningSession
 
     device = next(model.parameters()).device
-    return PruningSession(model, PruningConfig(target_ratio=ratio, seed=seed), splits.pool.to(device),
+    config = PruningConfig(target_ratio=ratio, seed=seed, ratio_basis=basis)
+    return PruningSession(model, config, splits.pool.to(device),
                           objective=splits.objective.to(device), pool_ids=splits.pool_ids, batch_size=batch_size,
                           progress=False)
 
@@ -227,6 +249,7 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
 
     from adapruner_lightning.config import SearchConfig
     from adapruner_lightning.groups import total_params
+    from adapruner_lightning.pruner import Candidate
     from adapruner_lightning.search import evaluate_point
     from adapruner_lightning.space import SearchSpace
 
@@ -238,10 +261,10 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device).eval()
     params = total_params(model)
     log(f"[scaling] {name}: {params / 1e6:.1f}M parameters")
-    session = _session(model, splits, args.ratio, args.seed, args.batch_size)
+    # ratio of the decoder projections: at 11M parameters the (unprunable) embedding is 85 % of the model
+    session = _session(model, splits, args.ratio, args.seed, args.batch_size, basis="prunable")
     warm_up(session)
-    stats = measure_stats(session, device)
-    plain = measure_plain(model, session.pool, args.batch_size, device)
+    stats, plain = measure_stats_and_plain(session, 1, device)
     objective = measure_objective(session, 2, device)
     search = SearchConfig(trials=args.scaling_trials, metrics=CACHED_METRICS, pool_size=session.pool.shape[0],
                           subset_size=min(args.subset_size, session.pool.shape[0]))
@@ -249,11 +272,16 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     rng = np.random.RandomState(args.seed)
     trials = [evaluate_point(session, space, space.random_point(rng), i) for i in range(args.scaling_trials)]
     trial_s = [t.seconds for t in trials]
+    gen = torch.Generator().manual_seed(args.seed)
+    n, k = session.pool.shape[0], min(args.subset_size, session.pool.shape[0])
+    select = measure_select(session, [Candidate(m, "sum", sorted(torch.randperm(n, generator=gen)[:k].tolist()))
+                                      for m in CACHED_METRICS], device)
     row = {
         "name": name, "dims": dims, "params": params, "layers_x_hidden": dims["num_hidden_layers"] * dims["hidden_size"],
         "weights_mib": params * 4 / 2**20, "stats": stats, "plain": plain, "objective": objective,
         "trial_seconds": trial_s, "median_trial_s": statistics.median(trial_s),
-        "trial_over_objective": statistics.median(trial_s) / objective["median_s"],
+        "trial_over_objective": statistics.median(trial_s) / objective["median_s"], "select": select,
+        "mlp_channels": dims["num_hidden_layers"] * dims["intermediate_size"],
         "stats_over_plain": stats["seconds"] / plain["seconds"],
     }
     log(f"[scaling] {name}: stats {stats['seconds']:.1f}s ({row['stats_over_plain']:.2f}x plain), "
@@ -279,13 +307,17 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         p = np.array([r["params"] for r in rows], dtype=float)
         ts = np.array([r["stats"]["seconds"] for r in rows])
         slope_t = float(np.polyfit(np.log(p), np.log(ts), 1)[0])
+        ch = np.array([r["mlp_channels"] for r in rows], dtype=float)
+        sel = np.array([r["select"]["median_s"] for r in rows])
+        s1, s0 = np.polyfit(ch, sel, 1)
     else:
-        c1 = c0 = p1 = p0 = float("nan")
+        c1 = c0 = p1 = p0 = s1 = s0 = float("nan")
         slope_t = float("nan")
     bytes_per_tlh = c1 / batch_tokens  # fp32 bytes per (token x layer x hidden)
     est["fit"] = {"stats_peak_bytes_per_token_layer_hidden_fp32": bytes_per_tlh, "stats_peak_intercept_mib": c0 / 2**20,
                   "plain_activation_bytes_per_token_layer_hidden_fp32": p1 / batch_tokens,
-                  "stats_time_vs_params_exponent": slope_t}
+                  "stats_time_vs_params_exponent": slope_t,
+                  "select_seconds_intercept": s0, "select_seconds_per_mlp_channel": s1}
     main = result["main"]
     ratio_stats = main["stats"]["seconds"] / main["plain"]["seconds"]
     cached = main["searches"]["cached"]["trial_over_objective"]
@@ -299,8 +331,10 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         "kept in host RAM (stats.py moves every per-sample row to the CPU)",
         "throughput 400 TFLOP/s (H100 bf16 at ~40 % of peak); forward = 2 P FLOPs/token, statistics pass "
         f"= measured {ratio_stats:.2f} x a plain forward+backward (6 P FLOPs/token)",
-        f"trial = measured trial/objective ratio x objective (cached metrics {cached:.2f}; "
-        f"element-wise taylor {taylor:.2f}, whose gradient pass over k samples dominates)",
+        "trial = objective + importance/selection, the latter extrapolated linearly in the number of MLP channels "
+        f"from the random models on this CPU (it is a Python loop over channels; measured trial/objective on the "
+        f"embedded model: cached metrics {cached:.2f}, element-wise taylor {taylor:.2f}); element-wise taylor adds "
+        "a weight-gradient pass over k=8 samples x 128 tokens per new subset",
     ]
     for name, t in TARGETS.items():
         per_layer = cache_floats_per_layer_sample(t["heads"], t["kv_heads"], t["head_dim"], t["intermediate"])
@@ -308,10 +342,12 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         weights = t["params"] * 2
         tokens = batch * 128
         act = 0.5 * bytes_per_tlh * tokens * t["layers"] * t["hidden"] + 3 * tokens * t["vocab"] * 4
-        plain_act = 0.5 * (p1 / batch_tokens) * tokens * t["layers"] * t["hidden"] + 3 * tokens * t["vocab"] * 4
+        plain_act = act  # same activations (a plain pass also saves the linear inputs; see the measured peaks)
         stats_s = ratio_stats * 6 * t["params"] * n_pool * 128 / tflops
         objective_s = 2 * t["params"] * n_obj * 256 / tflops
         grad_sum = t["params"] * 4  # collect_gradient_stats' fp32 running sum, weight-shaped
+        select_s = s0 + s1 * t["layers"] * t["intermediate"]  # CPU-side importance + selection, fitted per channel
+        grad_pass_s = 6 * t["params"] * 8 * 128 / tflops  # element-wise taylor: k=8 samples x 128, weight grads
         est[name] = {
             "cache_floats_per_layer_sample": per_layer, "cache_mib_per_sample": cache_sample / 2**20,
             "cache_gib_pool": cache_sample * n_pool / 2**30, "weights_gib": weights / 2**30,
@@ -319,8 +355,9 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
             "plain_fwd_bwd_peak_gib": (weights + weights + plain_act) / 2**30,
             "taylor_peak_gib": (weights + weights + grad_sum + plain_act) / 2**30,
             "fits_80gb": (weights + act) / 2**30 < 78, "stats_seconds": stats_s, "objective_seconds": objective_s,
-            "cached_trial_seconds": cached * objective_s, "taylor_trial_seconds": taylor * objective_s,
-            "search_100_trials_min": (stats_s + 100 * cached * objective_s) / 60,
+            "select_seconds": select_s, "cached_trial_seconds": objective_s + select_s,
+            "taylor_trial_seconds": objective_s + select_s + grad_pass_s,
+            "search_100_trials_min": (stats_s + 100 * (objective_s + select_s)) / 60,
         }
     return est
 
@@ -356,11 +393,11 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"per trial; the rest of a trial is the masked objective."]
     st, pl = main["stats"], main["plain"]
     L += ["", f"## Statistics pass vs one plain forward+backward (N = {s['pool']} x 128 tokens)", "",
-          "| pass | seconds | x plain fwd+bwd | peak memory above weights (MiB) | per-sample cache (MiB) |",
+          "| pass | seconds (mean; runs in ABBA order) | x plain fwd+bwd | peak memory above weights (MiB) | per-sample cache (MiB) |",
           "|---|---:|---:|---:|---:|",
-          f"| statistics pass (activation grads only, hooks) | {_f(st['seconds'], 1)} | "
+          f"| statistics pass (activation grads only, hooks) | {_f(st['seconds'], 1)} {st.get('runs_s', '')} | "
           f"**{_f(st['seconds'] / pl['seconds'])}** | {_f(st['peak_mib'], 0)} | {_f(st['cache_mib'], 1)} |",
-          f"| plain forward+backward (weight grads) | {_f(pl['seconds'], 1)} | 1.00 | {_f(pl['peak_mib'], 0)} | - |",
+          f"| plain forward+backward (weight grads) | {_f(pl['seconds'], 1)} {pl.get('runs_s', '')} | 1.00 | {_f(pl['peak_mib'], 0)} | - |",
           "", f"Cache layout: {int(st['cache_floats_per_layer_sample'])} floats per layer and sample (formula "
           "4 Hq + 2 Hkv + 5 I = "
           f"{cache_floats_per_layer_sample(9, 3, 64, 1536)} for SmolLM2-135M).",
@@ -371,14 +408,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         L.append(f"| {row['pool']} | {_f(row['stats']['seconds'], 1)} | {_f(row['stats']['seconds'] / row['pool'], 2)} | "
                  f"{_f(row['stats']['peak_mib'], 0)} | {_f(row['stats']['cache_mib'], 1)} | {_f(row['select']['median_s'], 3)} |")
     L += ["", f"## Model size (random init, N = {s['scaling_pool']} x 128, objective {s['scaling_objective_windows']} x 256, "
-          f"{s['scaling_trials']} random trials of the cached metrics)", "",
+          f"{s['scaling_trials']} random trials of the cached metrics, {s['ratio']:.0%} of the decoder projections removed)", "",
           "| config | params (M) | L x H | stats pass (s) | plain fwd+bwd (s) | stats / plain | stats peak (MiB) | "
-          "plain peak (MiB) | objective (s) | median trial (s) | trial / objective |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "plain peak (MiB) | objective (s) | importance+selection (s) | median trial (s) | trial / objective |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["scaling"]:
         L.append(f"| {r['name']} | {r['params'] / 1e6:.1f} | {r['layers_x_hidden']} | {_f(r['stats']['seconds'], 1)} | "
                  f"{_f(r['plain']['seconds'], 1)} | {_f(r['stats_over_plain'])} | {_f(r['stats']['peak_mib'], 0)} | "
-                 f"{_f(r['plain']['peak_mib'], 0)} | {_f(r['objective']['median_s'])} | {_f(r['median_trial_s'])} | "
+                 f"{_f(r['plain']['peak_mib'], 0)} | {_f(r['objective']['median_s'])} | {_f(r['select']['median_s'])} | "
+                 f"{_f(r['median_trial_s'])} | "
                  f"{_f(r['trial_over_objective'])} |")
     est = result["estimate"]
     fit = est["fit"]
@@ -386,20 +424,23 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"Measured scaling: statistics-pass peak memory above the weights = {_f(fit['stats_peak_intercept_mib'], 0)} MiB + "
           f"{_f(fit['stats_peak_bytes_per_token_layer_hidden_fp32'], 1)} bytes x tokens x layers x hidden (fp32, fitted "
           f"over the random models; the intercept is mostly the {s['batch_size']}x128x49152 fp32 logits and their "
-          f"gradient); a plain forward+backward holds {_f(fit['plain_activation_bytes_per_token_layer_hidden_fp32'], 1)} "
-          "bytes x tokens x layers x hidden of activations plus weight gradients. Statistics-pass time grows as "
-          f"params^{_f(fit['stats_time_vs_params_exponent'])} over this range (fixed tokens).", "",
+          "gradient); the estimates give a plain forward+backward the same activations plus weight gradients "
+          "(the measured plain peaks above are higher still). Statistics-pass time grows as "
+          f"params^{_f(fit['stats_time_vs_params_exponent'])} over this range (fixed tokens). Importance + selection "
+          f"takes {_f(fit['select_seconds_intercept'], 3)} s + {_f(1e6 * fit['select_seconds_per_mlp_channel'], 1)} us per "
+          "MLP channel (selection.py builds one Python unit, with a torch sum, per channel).", "",
           "| model | cache floats / layer / sample | cache per sample (MiB) | cache, N=64 (GiB, host RAM) | "
           "bf16 weights (GiB) | stats pass activations (GiB) | stats pass peak (GiB) | plain fwd+bwd peak (GiB) | "
-          "element-wise taylor peak (GiB) | stats pass (s) | objective (s) | cached trial (s) | taylor trial (s) | "
-          "100-trial search (min) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "element-wise taylor peak (GiB) | stats pass (s) | objective (s) | importance+selection (s) | cached trial (s) | "
+          "taylor trial (s) | 100-trial search (min) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in TARGETS:
         e = est[name]
         L.append(f"| {name} | {e['cache_floats_per_layer_sample']:,} | {_f(e['cache_mib_per_sample'], 1)} | "
                  f"{_f(e['cache_gib_pool'], 2)} | {_f(e['weights_gib'], 1)} | {_f(e['stats_activation_gib'], 1)} | "
                  f"{_f(e['stats_peak_gib'], 1)} | {_f(e['plain_fwd_bwd_peak_gib'], 1)} | {_f(e['taylor_peak_gib'], 1)} | "
-                 f"{_f(e['stats_seconds'], 1)} | {_f(e['objective_seconds'], 2)} | {_f(e['cached_trial_seconds'], 2)} | "
+                 f"{_f(e['stats_seconds'], 1)} | {_f(e['objective_seconds'], 2)} | {_f(e['select_seconds'], 2)} | "
+                 f"{_f(e['cached_trial_seconds'], 2)} | "
                  f"{_f(e['taylor_trial_seconds'], 2)} | {_f(e['search_100_trials_min'], 1)} |")
     e7, e70 = est["LLaMA-7B"], est["LLaMA-2-70B"]
     stream_s = e70["weights_gib"] * 2**30 / 50e9  # one pass of the bf16 weights over PCIe at ~50 GB/s
@@ -421,6 +462,11 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"the per-sample cache (N=64) takes {_f(e70['cache_gib_pool'], 1)} GiB of host RAM. The element-wise taylor "
           f"metric is out of reach there (its fp32 gradient sum alone is {_f(2 * e70['weights_gib'], 0)} GiB). "
           "FP8/INT8 weights would fit but `check_model` refuses quantized weights today.",
+          f"- On the GPU the objective is cheap (7B: {_f(e7['objective_seconds'], 2)} s for 8 x 256 tokens) and the "
+          f"CPU-side importance + selection dominates a cached-metric trial (~{_f(e7['select_seconds'], 1)} s at 7B, "
+          f"~{_f(e70['select_seconds'], 1)} s at 70B, extrapolated): `selection._mlp_units` makes one Python object "
+          "and one tensor `.sum()` / `float()` per MLP channel (a GPU sync each on CUDA). Vectorising it (cumulative "
+          "sums over the sorted channel scores) would make the 7B trial ~objective-bound.",
           "- These are estimates from CPU measurements of small models; the ratios (trial/objective, stats/plain) "
           "are the part that transfers, the absolute GPU seconds assume 400 TFLOP/s.", "",
           "Assumptions: " + "; ".join(est["assumptions"]) + "."]
@@ -437,6 +483,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--objective-windows", type=int, default=8, help="objective windows (x 256 tokens)")
     p.add_argument("--cached-trials", type=int, default=12, help="trials of the cached-metric search")
     p.add_argument("--taylor-trials", type=int, default=4, help="trials of the element-wise taylor search (0: skip)")
+    p.add_argument("--pass-repeats", type=int, default=2,
+                   help="statistics pass and plain forward+backward runs each (ABBA order, mean) on the main pool")
     p.add_argument("--objective-repeats", type=int, default=3, help="timed objective evaluations (median)")
     p.add_argument("--sizes", nargs="+", default=list(SCALING_CONFIGS), choices=list(SCALING_CONFIGS),
                    help="random-init configs of the model-size scaling")
@@ -487,12 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"[main] splits N={args.pool}, objective {args.objective_windows} x 256")
     splits = _splits(split_cache, tok, texts, args.pool, args.objective_windows, args.seed)
     session = _session(model, splits, args.ratio, args.seed, args.batch_size)
-    log("[main] warm-up (both passes on 2 samples), then the statistics pass")
+    log(f"[main] warm-up (both passes on 2 samples), then statistics pass and plain fwd+bwd x {args.pass_repeats} (ABBA)")
     warm_up(session)
-    stats = measure_stats(session, device)
-    log(f"[main] statistics pass {stats['seconds']:.1f}s, peak {stats['peak_mib']:.0f} MiB; plain forward+backward")
-    plain = measure_plain(model, session.pool, args.batch_size, device)
-    log(f"[main] plain fwd+bwd {plain['seconds']:.1f}s, peak {plain['peak_mib']:.0f} MiB; objective evaluations")
+    stats, plain = measure_stats_and_plain(session, args.pass_repeats, device)
+    log(f"[main] statistics pass {stats['runs_s']} s, peak {stats['peak_mib']:.0f} MiB; plain forward+backward "
+        f"{plain['runs_s']} s, peak {plain['peak_mib']:.0f} MiB; objective evaluations")
     objective = measure_objective(session, args.objective_repeats, device)
     log(f"[main] one objective evaluation: {objective['median_s']:.2f}s")
     searches = {}
