@@ -63,6 +63,7 @@ SCALING_CONFIGS: dict[str, dict[str, int]] = {
     "h1152-L30": dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=30, num_attention_heads=18,
                       num_key_value_heads=6),
 }
+SCALING_VOCAB = 49152  # the random models keep SmolLM2's vocabulary
 QUICK_SIZES = ["h192-L4", "h384-L12", "h576-L30 (135M shape)"]
 
 #: Target models of the paper estimate (public configs).
@@ -314,10 +315,11 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         c1 = c0 = p1 = p0 = s1 = s0 = float("nan")
         slope_t = float("nan")
     bytes_per_tlh = c1 / batch_tokens  # fp32 bytes per (token x layer x hidden)
+    logit_copies = c0 / (batch_tokens * SCALING_VOCAB * 4)  # the intercept in units of one fp32 logits tensor
     est["fit"] = {"stats_peak_bytes_per_token_layer_hidden_fp32": bytes_per_tlh, "stats_peak_intercept_mib": c0 / 2**20,
                   "plain_activation_bytes_per_token_layer_hidden_fp32": p1 / batch_tokens,
                   "stats_time_vs_params_exponent": slope_t,
-                  "select_seconds_intercept": s0, "select_seconds_per_mlp_channel": s1}
+                  "logits_copies_in_intercept": logit_copies, "select_seconds_intercept": s0, "select_seconds_per_mlp_channel": s1}
     main = result["main"]
     ratio_stats = main["stats"]["seconds"] / main["plain"]["seconds"]
     cached = main["searches"]["cached"]["trial_over_objective"]
@@ -325,8 +327,9 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
     n_pool, n_obj, batch = 64, 8, 8
     tflops = 400e12  # bf16 H100 at ~40 % of dense peak
     est["assumptions"] = [
-        "bf16 weights and activations on the GPU (activation bytes = half the fp32 fit), logits upcast to fp32 "
-        "(the loss does `.float()`): 3 x tokens x vocab x 4 bytes for logits, their fp32 copy and the softmax grad",
+        "bf16 weights and activations on the GPU (activation bytes = half the fp32 fit); the loss works in fp32 "
+        f"(`.float()`), so the fitted intercept, {logit_copies:.1f} fp32 tensors of tokens x vocab (logits, the "
+        "shifted copy, log-softmax and their gradients), is kept in fp32 with the target's vocab",
         f"pool N={n_pool} x 128 tokens in batches of {batch}; objective {n_obj} x 256 tokens; per-sample caches "
         "kept in host RAM (stats.py moves every per-sample row to the CPU)",
         "throughput 400 TFLOP/s (H100 bf16 at ~40 % of peak); forward = 2 P FLOPs/token, statistics pass "
@@ -341,7 +344,7 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         cache_sample = per_layer * t["layers"] * 4
         weights = t["params"] * 2
         tokens = batch * 128
-        act = 0.5 * bytes_per_tlh * tokens * t["layers"] * t["hidden"] + 3 * tokens * t["vocab"] * 4
+        act = 0.5 * bytes_per_tlh * tokens * t["layers"] * t["hidden"] + logit_copies * tokens * t["vocab"] * 4
         plain_act = act  # same activations (a plain pass also saves the linear inputs; see the measured peaks)
         stats_s = ratio_stats * 6 * t["params"] * n_pool * 128 / tflops
         objective_s = 2 * t["params"] * n_obj * 256 / tflops
@@ -423,8 +426,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     L += ["", "## Paper estimate: 7B and 70B on one 80 GB GPU", "",
           f"Measured scaling: statistics-pass peak memory above the weights = {_f(fit['stats_peak_intercept_mib'], 0)} MiB + "
           f"{_f(fit['stats_peak_bytes_per_token_layer_hidden_fp32'], 1)} bytes x tokens x layers x hidden (fp32, fitted "
-          f"over the random models; the intercept is mostly the {s['batch_size']}x128x49152 fp32 logits and their "
-          "gradient); the estimates give a plain forward+backward the same activations plus weight gradients "
+          f"over the random models; the intercept is {_f(fit.get('logits_copies_in_intercept', float('nan')), 1)} fp32 "
+          f"tensors the size of the {s['batch_size']}x128x49152 logits: the fp32 loss, its inputs and "
+          "gradients); the estimates give a plain forward+backward the same activations plus weight gradients "
           "(the measured plain peaks above are higher still). Statistics-pass time grows as "
           f"params^{_f(fit['stats_time_vs_params_exponent'])} over this range (fixed tokens). Importance + selection "
           f"takes {_f(fit['select_seconds_intercept'], 3)} s + {_f(1e6 * fit['select_seconds_per_mlp_channel'], 1)} us per "
@@ -496,6 +500,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the splits, the search and the random models")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where search_cost.md / .json go")
+    p.add_argument("--report-only", type=Path, default=None, metavar="JSON",
+                   help="only re-derive the estimate and rewrite the .md/.json from a saved search_cost.json")
     p.add_argument("--quick", action="store_true",
                    help="N=16 (pool sizes 16 32), 4 objective windows, 5 cached + 2 taylor trials, 3 small "
                         "models with N=8 and 2 objective windows, 2 random trials each")
@@ -510,6 +516,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:  # re-derive the estimate and the Markdown from a saved JSON (no measurement)
+        result = json.loads(args.report_only.read_text())
+        result["estimate"] = paper_estimate(result)
+        text = render_markdown(result)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "search_cost.md").write_text(text)
+        (args.out_dir / "search_cost.json").write_text(json.dumps(result, indent=1, default=str))
+        print(text)
+        return 0
     from rich.console import Console
 
     from adapruner_lightning.data import texts_for
