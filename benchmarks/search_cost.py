@@ -520,10 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = json.loads(args.report_only.read_text())
         result["estimate"] = paper_estimate(result)
         text = render_markdown(result)
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "search_cost.md").write_text(text)
-        (args.out_dir / "search_cost.json").write_text(json.dumps(result, indent=1, default=str))
-        print(text)
+        _speed.write_results(args.out_dir, "search_cost", result, text)
         return 0
     from rich.console import Console
 
@@ -617,10 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["estimate"] = paper_estimate(result)
     result["wall_seconds"] = time.perf_counter() - t0
     text = render_markdown(result)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "search_cost.md").write_text(text)
-    (args.out_dir / "search_cost.json").write_text(json.dumps(result, indent=1, default=str))
-    print(text)
+    _speed.write_results(args.out_dir, "search_cost", result, text)
     log(f"written {args.out_dir / 'search_cost.md'} and .json in {result['wall_seconds']:.0f} s")
     return 0
 

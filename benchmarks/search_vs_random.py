@@ -263,10 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t0,
     }
     text = render_markdown(result)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "search_vs_random.md").write_text(text)
-    (args.out_dir / "search_vs_random.json").write_text(json.dumps(result, indent=1, default=str))
-    print(text)
+    speed.write_results(args.out_dir, "search_vs_random", result, text)
     log(f"written {args.out_dir / 'search_vs_random.md'} and .json in {result['wall_seconds']:.0f} s")
     return 0
 

@@ -287,6 +287,16 @@ def _quiet_generation() -> Iterator[None]:
             logging.getLogger("transformers").setLevel(level)
 
 
+def write_results(out_dir: Path, name: str, result: dict[str, Any], text: str) -> tuple[Path, Path]:
+    """Write ``<name>.md`` and ``<name>.json`` into ``out_dir`` and print the Markdown (shared by the benchmarks)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = out_dir / f"{name}.md", out_dir / f"{name}.json"
+    md_path.write_text(text)
+    json_path.write_text(json.dumps(result, indent=1, default=str))
+    print(text)
+    return md_path, json_path
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x != x else f"{x:,.{digits}f}"
 
@@ -493,11 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t_start,
     }
     text = render_markdown(result)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = args.out_dir / f"{args.out_name}.md", args.out_dir / f"{args.out_name}.json"
-    md_path.write_text(text + f"\nWall time of the benchmark: {result['wall_seconds']:.0f} s\n")
-    json_path.write_text(json.dumps(result, indent=1))
-    print(text)
+    text += f"\nWall time of the benchmark: {result['wall_seconds']:.0f} s\n"
+    md_path, json_path = write_results(args.out_dir, args.out_name, result, text)
     log(f"written {md_path} and {json_path.name} in {result['wall_seconds']:.0f} s")
     return 0
 
