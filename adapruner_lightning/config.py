@@ -45,6 +45,10 @@ class PruningConfig:
         layer_ramp: per-layer ratio slope in [-2, 2]; > 0 prunes later layers more.
         round_to: MLP widths stay multiples of this (8/64 for efficient kernels).
         prune_attention: whether attention may lose units at all.
+        bias_compensation: FLAP's bias compensation: the mean contribution of the removed ``o_proj`` /
+            ``down_proj`` input channels over the candidate's calibration samples is added to those layers as a
+            bias (stored in the plan; exports then reload with ``load_pruned``). Applied to the final plan only;
+            search trials score candidates without it.
         num_samples: calibration samples used for the importance (k).
         sample_len: tokens per calibration sample.
         seed: seed for sample choice, random metric and search.
@@ -63,6 +67,7 @@ class PruningConfig:
     layer_ramp: float = 0.0
     round_to: int = 1
     prune_attention: bool = True
+    bias_compensation: bool = False
     num_samples: int = 10
     sample_len: int = 128
     seed: int = 0
@@ -100,6 +105,8 @@ class SearchConfig:
         engine: ``"gp"`` (bayesian-optimization's Gaussian process), ``"tpe"`` (optuna, the paper's BO-TPE,
             extra ``[tpe]``) or ``"random"``.
         acquisition: ``"ucb"``, ``"ei"`` or ``"poi"`` (gp engine).
+        score_transform: ``"copula"`` (default: the GP sees normal quantiles of the scores' ranks, robust
+            to collapsed candidates with huge perplexity) or ``"none"`` (raw negative log perplexity).
         time_budget_s: stop starting new trials after this many seconds (None: no limit).
         metrics: metrics the search may pick.
         reducers: reducers the search may pick.
@@ -123,6 +130,7 @@ class SearchConfig:
     init_points: int = 5
     engine: Literal["gp", "tpe", "random"] = "gp"
     acquisition: Literal["ucb", "ei", "poi"] = "ei"
+    score_transform: Literal["copula", "none"] = "copula"
     time_budget_s: Optional[float] = None
     metrics: list[str] = field(default_factory=lambda: ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"])
     reducers: list[str] = field(default_factory=lambda: ["sum", "mean", "max", "first"])
@@ -147,6 +155,7 @@ class SearchConfig:
         _non_negative("init_points", self.init_points)
         check_choice("engine", self.engine, ("gp", "tpe", "random"))
         check_choice("acquisition", self.acquisition, ("ucb", "ei", "poi"))
+        check_choice("score_transform", self.score_transform, ("copula", "none"))
         if not self.metrics:
             raise ConfigError("metrics", self.metrics, f"a non-empty list drawn from {metric_names()}")
         for name in self.metrics:

@@ -30,6 +30,13 @@ class LayerPlan:
     num_heads: int = 0
     num_kv_heads: int = 0
     intermediate_size: int = 0
+    o_bias: list[float] | None = None  # FLAP bias compensation added to o_proj (hidden_size floats)
+    down_bias: list[float] | None = None  # ... and to down_proj
+
+    @property
+    def compensated(self) -> bool:
+        """Whether this layer carries bias compensation (then the export needs ``load_pruned``)."""
+        return self.o_bias is not None or self.down_bias is not None
 
 
 @dataclass
@@ -53,9 +60,14 @@ class PruningPlan:
 
     @property
     def is_uniform(self) -> bool:
-        """Whether every layer ends with the same shape (then plain ``from_pretrained`` can load it)."""
+        """Whether every layer ends with the same shape and no added biases (then plain ``from_pretrained`` loads it)."""
         shapes = {(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in self.layers}
-        return len(shapes) == 1
+        return len(shapes) == 1 and not self.compensated
+
+    @property
+    def compensated(self) -> bool:
+        """Whether any layer carries FLAP bias compensation (o_proj/down_proj biases the config cannot express)."""
+        return any(lp.compensated for lp in self.layers)
 
     @property
     def achieved_ratio(self) -> float:

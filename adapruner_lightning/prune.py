@@ -22,8 +22,12 @@ from adapruner_lightning.selection import LayerSelection
 
 
 def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_ratio: float = 0.0,
-              ratio_basis: str = "total", provenance: dict | None = None) -> PruningPlan:
-    """Describe ``selection`` on ``model`` (unpruned) as a :class:`PruningPlan`, with resulting shapes and counts."""
+              ratio_basis: str = "total", provenance: dict | None = None,
+              biases: dict[int, dict[str, list[float]]] | None = None) -> PruningPlan:
+    """Describe ``selection`` on ``model`` (unpruned) as a :class:`PruningPlan`, with resulting shapes and counts.
+
+    ``biases`` (from :func:`compensation_biases`) adds FLAP bias compensation: ``{layer: {"o": [...], "down": [...]}}``.
+    """
     layers = layer_structures(model)
     layout = head_layout(model.config)
     before = total_params(model)
@@ -31,8 +35,9 @@ def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_
     plans = []
     for layer in layers:
         sel = selection.get(layer.index, LayerSelection())
-        removed += sel.removed_params(layer)
-        plans.append(LayerPlan(
+        bias = (biases or {}).get(layer.index, {})
+        removed += sel.removed_params(layer) - len(bias.get("o", [])) - len(bias.get("down", []))
+        plans.append(LayerPlan(o_bias=bias.get("o"), down_bias=bias.get("down"),
             index=layer.index, heads_removed=list(sel.heads), kv_heads_removed=list(sel.kv_heads),
             channels_removed=list(sel.channels), num_heads=layer.num_heads - len(sel.heads),
             num_kv_heads=layer.num_kv_heads - len(sel.kv_heads), intermediate_size=layer.intermediate - len(sel.channels),
@@ -44,6 +49,39 @@ def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_
         params_after=before - removed, target_ratio=target_ratio, ratio_basis=ratio_basis,
         provenance={**(provenance or {}), "versions": library_versions()},
     )
+
+
+@torch.no_grad()
+def compensation_biases(layers: list[LayerStructure], selection: dict[int, LayerSelection],
+                        activation_stats: list[dict[str, torch.Tensor]]) -> dict[int, dict[str, list[float]]]:
+    """FLAP's bias compensation: ``W[:, removed] @ mean(x[removed])`` for ``o_proj`` and ``down_proj`` per layer.
+
+    ``activation_stats`` are the calibration sums of :meth:`StatsCache.reduce` (``sum:o``, ``sum:down``,
+    ``tokens``), so the added bias is the removed channels' mean contribution on the calibration samples.
+    """
+    out: dict[int, dict[str, list[float]]] = {}
+    for i, sel in selection.items():
+        layer, stats = layers[i], activation_stats[i]
+        tokens = float(stats["tokens"])
+        parts = {}
+        for name, module, cols in (("o", layer.o, _rows(sel.heads, layer.head_dim)), ("down", layer.down, sel.channels)):
+            if cols:
+                idx = torch.as_tensor(cols, dtype=torch.long)
+                mean = (stats[f"sum:{name}"][idx] / tokens).to(module.weight.device, torch.float32)
+                parts[name] = (module.weight[:, idx.to(module.weight.device)].float() @ mean).cpu().tolist()
+        if parts:
+            out[i] = parts
+    return out
+
+
+def _add_bias(module: nn.Linear, values: list[float] | None) -> None:
+    if values is None:
+        return
+    add = torch.tensor(values, dtype=module.weight.dtype, device=module.weight.device)
+    if module.bias is None:
+        module.bias = nn.Parameter(add, requires_grad=module.weight.requires_grad)
+    else:
+        module.bias.add_(add)
 
 
 def check_plan_fits(model: nn.Module, plan: PruningPlan) -> list[LayerStructure]:
@@ -116,7 +154,8 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
     config.head_dim = plan.head_dim
     first = plan.layers[0]
     # transformers validates hidden_size % num_attention_heads; otherwise keep the original dims and reload
-    # through load_pruned, which replays the plan
+    # through load_pruned, which replays the plan (also when biases were added: the families' configs cannot
+    # ask for o_proj/down_proj biases alone, and plain from_pretrained must then fail on shapes, not drop them)
     if plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0:
         config.num_attention_heads = first.num_heads
         config.num_key_value_heads = first.num_kv_heads
@@ -134,5 +173,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             check_mlp_coupling(graph, layer)
             mlp_group(graph, layer, list(lp.channels_removed)).prune()
         _prune_attention(layer, lp)
+        _add_bias(layer.o, lp.o_bias)
+        _add_bias(layer.down, lp.down_bias)
     _rewrite_config(model, plan)
     return model

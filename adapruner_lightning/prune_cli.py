@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, default=0)
     p.add_argument("--uniform", action="store_true", help="identical layer shapes (plain from_pretrained reloads)")
     p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--bias-compensation", action="store_true",
+                   help="FLAP bias compensation on the final plan (the export then reloads with load_pruned)")
     p.add_argument("--pool-size", type=int, default=64)
     p.add_argument("--subset-size", type=int, default=10)
     p.add_argument("--sample-len", type=int, default=128)
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PruningConfig(target_ratio=args.target_ratio, ratio_basis=args.ratio_basis, metric=args.metric,
                            reducer=args.reducer, scope=args.scope, keep_first=args.keep_first, keep_last=args.keep_last,
                            per_layer="uniform" if args.uniform else "auto", round_to=args.round_to,
+                           bias_compensation=args.bias_compensation,
                            num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
     search = SearchConfig(trials=args.trials, engine=args.engine, pool_size=args.pool_size, subset_size=args.subset_size,
                           objective_windows=args.objective_windows, **({"metrics": args.metrics} if args.metrics else {}))

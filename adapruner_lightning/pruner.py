@@ -24,7 +24,7 @@ from adapruner_lightning.groups import layer_structures, prunable_params, resolv
 from adapruner_lightning.importance import ScoreInputs, UnitScores, get_metric, unit_scores
 from adapruner_lightning.masking import masked
 from adapruner_lightning.plan import PruningPlan
-from adapruner_lightning.prune import apply_plan, make_plan
+from adapruner_lightning.prune import apply_plan, compensation_biases, make_plan
 from adapruner_lightning.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
 from adapruner_lightning.stats import StatsCache, collect_activation_stats, collect_gradient_stats
 
@@ -162,9 +162,12 @@ class PruningSession:
         """A :class:`PruningPlan` for ``candidate`` with its provenance (samples, metric, seed ...)."""
         selection = selection if selection is not None else self.select(candidate)
         info = {**candidate.describe(), "sample_ids": [self.pool_ids[i] for i in candidate.subset],
-                "seed": self.config.seed, "attention_unit": self.attention_unit, **provenance}
+                "seed": self.config.seed, "attention_unit": self.attention_unit,
+                "bias_compensation": self.config.bias_compensation, **provenance}
+        biases = (compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+                  if self.config.bias_compensation else None)
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
-                         ratio_basis=self.config.ratio_basis, provenance=info)
+                         ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 
     def release(self) -> None:
         """Drop cached statistics (frees memory before fine-tuning)."""

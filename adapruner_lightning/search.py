@@ -73,10 +73,22 @@ def _rng(seed: int, trial: int) -> np.random.RandomState:
     return np.random.RandomState((seed * 1_000_003 + trial * 7919 + 17) % (2**32 - 1))
 
 
-def _optimizer_scores(trials: list[TrialRecord], penalty: float) -> list[float]:
+def _optimizer_scores(trials: list[TrialRecord], penalty: float, transform: str = "none") -> list[float]:
+    """Targets registered with the optimiser: failed trials get a finite floor below the worst finite score.
+
+    ``transform="copula"`` replaces each target by the normal quantile of its rank (ties averaged): a few
+    collapsed candidates (perplexity 1e4-1e6 next to ~100) otherwise dominate the GP's length scales and
+    its fit ignores the differences among good candidates. The ranking, and so the best trial, is unchanged.
+    """
     finite = [t.score for t in trials if t.status == "ok"]
     floor = (min(finite) - penalty) if finite else -50.0
-    return [t.score if t.status == "ok" else floor for t in trials]
+    scores = [t.score if t.status == "ok" else floor for t in trials]
+    if transform != "copula" or len(scores) < 2:
+        return scores
+    from scipy.stats import norm, rankdata
+
+    ranks = rankdata(scores, method="average")
+    return [float(v) for v in norm.ppf((ranks - 0.5) / len(scores))]
 
 
 def suggest(space: SearchSpace, done: list[TrialRecord], trial: int, seed: int) -> dict[str, Any]:
@@ -84,7 +96,7 @@ def suggest(space: SearchSpace, done: list[TrialRecord], trial: int, seed: int) 
     config, rng = space.config, _rng(seed, trial)
     if config.engine == "random" or trial < config.init_points or not done:
         return space.random_point(rng)
-    scores = _optimizer_scores(done, config.failure_penalty)
+    scores = _optimizer_scores(done, config.failure_penalty, config.score_transform if config.engine == "gp" else "none")
     if config.engine == "tpe":
         return _suggest_tpe(space, done, scores, int(rng.randint(2**31 - 1)))
     return _suggest_gp(space, done, scores, rng)

@@ -96,16 +96,17 @@ def _mlp_units(layer: LayerStructure, scores: UnitScores, round_to: int) -> list
     A width that is not a multiple of ``round_to`` first loses its remainder (the lowest channels, one smaller
     block), so every width that results is a multiple of ``round_to``.
     """
-    order = torch.argsort(scores.channels, stable=True).tolist()
     if layer.intermediate <= round_to:
         return []
+    order_t = torch.argsort(scores.channels, stable=True)
     rem = layer.intermediate % round_to
     sizes = ([rem] if rem else []) + [round_to] * ((layer.intermediate - rem) // round_to - 1)
-    units, start = [], 0
-    for size in sizes:
-        idx = order[start:start + size]
-        units.append(_Unit(layer.index, "mlp", float(scores.channels[idx].sum()), layer.channel_cost() * size,
-                           [], [], idx))
+    ends = torch.tensor(sizes).cumsum(0)
+    csum = torch.cat([torch.zeros(1, dtype=torch.float64), scores.channels[order_t].double().cumsum(0)])
+    block_scores = (csum[ends] - csum[ends - torch.tensor(sizes)]).tolist()  # one sum per block, no per-channel ops
+    order, cost, units, start = order_t.tolist(), layer.channel_cost(), [], 0
+    for size, score in zip(sizes, block_scores):
+        units.append(_Unit(layer.index, "mlp", score, cost * size, [], [], order[start:start + size]))
         start += size
     return units
 

@@ -201,6 +201,38 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """Bar chart: mean held-out perplexity and accuracy as % of dense per method, before/after recovery."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
+    dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
+    dense_ppl = statistics.mean(dense[k] for k in ppl_keys)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] != "dense":
+            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+    labels = [f"{m}\n{ratio:.0%}{' +LoRA' if rec else ''}" for ratio, m, rec in groups]
+    ppl = [100 * statistics.mean(statistics.mean(r[k] for k in ppl_keys) for r in rs) / dense_ppl for rs in groups.values()]
+    acc = [100 * statistics.mean(r["acc"] for r in rs) / dense["acc"] for rs in groups.values()]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, len(labels) * 0.9), 7), sharex=True)
+    a.bar(range(len(ppl)), ppl, color="tab:red")
+    a.set_yscale("log")
+    a.set_ylabel("held-out ppl, % of dense (log)")
+    a.axhline(100, color="k", lw=0.8)
+    b.bar(range(len(acc)), acc, color="tab:blue")
+    b.set_ylabel("zero-shot acc, % of dense")
+    b.axhline(100, color="k", lw=0.8)
+    b.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
@@ -224,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    plot(rows, out / "quality.png")
     print(header + "\n\n" + md)
     return 0
 

@@ -79,7 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[8, 16], help="trial budgets compared")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (splits and search), >= 3")
-    p.add_argument("--engines", nargs="+", default=["gp", "tpe", "random"], choices=["gp", "tpe", "random"])
+    p.add_argument("--engines", nargs="+", default=["gp", "tpe", "random"], choices=["gp", "gp-raw", "tpe", "random"],
+                   help="gp-raw: the GP on raw scores (score_transform='none') instead of the default copula")
+    p.add_argument("--seed-encoding-engines", nargs="*", default=["gp", "tpe"], choices=["gp", "gp-raw", "tpe"],
+                   help="engines also run with the seed-integer subset encoding")
     p.add_argument("--no-seed-encoding", action="store_true", help="skip the seed-integer encoding runs")
     p.add_argument("--init-points", type=int, default=4, help="random trials before GP/TPE take over")
     p.add_argument("--pool", type=int, default=32, help="pool size N")
@@ -191,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = max(args.budgets)
     plan = [(e, "subset") for e in args.engines]
     if not args.no_seed_encoding:
-        plan += [(e, "seed") for e in args.engines if e != "random"]
+        plan += [(e, "seed") for e in args.seed_encoding_engines]
     runs, references = [], {}
     for seed in args.seeds:
         splits = make_splits(tok, texts, n_pool=args.pool, pool_seq_len=128, n_objective=args.objective_windows,
@@ -212,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"seed {seed}: statistics pass {stats_s:.0f}s; dense ppl {math.exp(-dense):.3f}, "
             f"default candidate ppl {math.exp(-default):.3f}")
         for engine, encoding in plan:
-            config = SearchConfig(trials=budget, init_points=args.init_points, engine=engine, metrics=METRICS,
+            config = SearchConfig(trials=budget, init_points=args.init_points, engine=engine.removesuffix("-raw"),
+                                  score_transform="none" if engine == "gp-raw" else "copula", metrics=METRICS,
                                   pool_size=args.pool, subset_size=args.subset_size,
                                   objective_windows=args.objective_windows, objective_seq_len=256)
             space = (SeedIntegerSpace if encoding == "seed" else SearchSpace).build(config, session.config, features)
@@ -254,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary.append(row)
     result = {
         "machine": info,
-        "settings": {"budgets": args.budgets, "seeds": args.seeds, "engines": args.engines, "init_points": args.init_points,
+        "settings": {"budgets": args.budgets, "seeds": args.seeds, "engines": args.engines,
+                     "seed_encoding_engines": [] if args.no_seed_encoding else args.seed_encoding_engines,
+                     "init_points": args.init_points,
                      "pool": args.pool, "subset_size": args.subset_size, "objective_windows": args.objective_windows,
                      "ratio": args.ratio, "metrics": METRICS, "batch_size": args.batch_size, "quick": args.quick,
                      "seed_encoding_range": SEED_RANGE},

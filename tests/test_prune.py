@@ -264,3 +264,51 @@ def test_corrupted_plan_json(tmp_path):
         PruningPlan.load(path)
     with pytest.raises(ConfigError, match="an existing pruning_plan.json"):
         PruningPlan.load(tmp_path / "missing.json")
+
+
+def _mean_inputs(model, pool: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean input of every o_proj/down_proj over all tokens of ``pool`` (dense model), by hooks."""
+    sums, hooks = {}, []
+    for name, module in model.named_modules():
+        if name.endswith(("o_proj", "down_proj")):
+            def hook(mod, args, name=name):
+                sums[name] = sums.get(name, 0) + args[0].detach().reshape(-1, args[0].shape[-1]).sum(0)
+            hooks.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(pool)
+    for h in hooks:
+        h.remove()
+    return {k: v / pool.numel() for k, v in sums.items()}
+
+
+def test_flap_bias_compensation_adds_the_removed_mean_contribution(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning.export import load_pruned, save_pruned
+
+    model = make_tiny_model("llama", vocab_size=VOCAB, layers=3)
+    pool = tokens(4, 16)
+    session = PruningSession(model, PruningConfig(target_ratio=0.2, metric="flap", bias_compensation=True,
+                                                  num_samples=4, per_layer="uniform"), pool, progress=False)
+    candidate = session.default_candidate()
+    plan = session.plan(candidate)
+    assert plan.compensated and not plan.is_uniform and plan.provenance["bias_compensation"]
+    means = _mean_inputs(model, pool)
+    layers = layer_structures(model)
+    for lp, layer in zip(plan.layers, layers):
+        w_down = layer.down.weight.detach()
+        expected = w_down[:, lp.channels_removed] @ means[f"model.layers.{lp.index}.mlp.down_proj"][lp.channels_removed]
+        assert torch.allclose(torch.tensor(lp.down_bias), expected, atol=1e-5)
+        cols = [h * layer.head_dim + j for h in lp.heads_removed for j in range(layer.head_dim)]
+        if cols:
+            mean_o = means[f"model.layers.{lp.index}.self_attn.o_proj"]
+            assert torch.allclose(torch.tensor(lp.o_bias), layer.o.weight.detach()[:, cols] @ mean_o[cols], atol=1e-5)
+    apply_plan(model, plan)
+    assert total_params(model) == plan.params_after and model.model.layers[0].mlp.down_proj.bias is not None
+    save_pruned(model, None, tmp_path / "export", plan)
+    reloaded, _, replayed = load_pruned(tmp_path / "export")
+    x = tokens(2, 12, seed=5)
+    assert torch.equal(_logits(reloaded, x), _logits(model, x))
+    assert replayed.layers[0].down_bias == plan.layers[0].down_bias
+    with pytest.raises(RuntimeError, match="mismatched"):  # plain from_pretrained must not silently drop the biases
+        AutoModelForCausalLM.from_pretrained(tmp_path / "export")
