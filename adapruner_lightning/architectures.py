@@ -28,6 +28,10 @@ class ArchitectureSpec:
         q, k, v, o: attribute names of the attention projections.
         mlp: attribute of a decoder layer holding the gated MLP.
         gate, up, down: attribute names of the MLP projections.
+        fused_qkv: attribute of a fused projection whose output rows are ``[q | k | v]`` (Phi-3's
+            ``qkv_proj``), replacing q/k/v.
+        fused_gate_up: attribute of a fused projection whose output rows are ``[gate | up]`` (Phi-3's
+            ``gate_up_proj``), replacing gate/up.
         per_layer_heads: whether attention reads its head counts from per-module attributes (so layers can
             differ); families whose attention reads the shared config only allow uniform pruning.
         notes: anything a user should know (shown by ``supported_architectures()``).
@@ -45,6 +49,8 @@ class ArchitectureSpec:
     gate: str = "gate_proj"
     up: str = "up_proj"
     down: str = "down_proj"
+    fused_qkv: str | None = None
+    fused_gate_up: str | None = None
     per_layer_heads: bool = True
     notes: str = ""
 
@@ -129,5 +135,8 @@ for _spec in (
     ArchitectureSpec("gemma", ("gemma",)),
     ArchitectureSpec("gemma2", ("gemma2",)),
     ArchitectureSpec("gemma3", ("gemma3_text",), notes="single-KV-head variants can only lose query heads"),
+    ArchitectureSpec("phi3", ("phi3",), fused_qkv="qkv_proj", fused_gate_up="gate_up_proj", per_layer_heads=False,
+                     notes="fused qkv_proj/gate_up_proj; its attention reads the shared config's head count, so "
+                           "every layer is pruned alike (per_layer='uniform')"),
 ):
     register_architecture(_spec)

@@ -29,19 +29,64 @@ ATTENTION_UNITS = ("auto", "kv_group", "query_head")
 
 
 @dataclass
+class FusedRows:
+    """A block of consecutive output rows of a fused projection (Phi-3's ``qkv_proj``/``gate_up_proj``), with the
+    parts of the ``nn.Linear`` interface the pruner reads (``weight``, ``bias``, ``in_features``, ``out_features``)."""
+
+    module: nn.Linear
+    start: int
+    size: int
+
+    @property
+    def rows(self) -> slice:
+        """The rows of ``module`` this block covers."""
+        return slice(self.start, self.start + self.size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """View of the block's weight rows."""
+        return self.module.weight[self.rows]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """View of the block's bias entries (None without bias)."""
+        return None if self.module.bias is None else self.module.bias[self.rows]
+
+    @property
+    def in_features(self) -> int:
+        """Input width."""
+        return self.module.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Rows in the block."""
+        return self.size
+
+
+def output_site(proj: "nn.Linear | FusedRows") -> tuple[nn.Linear, slice]:
+    """The real module computing ``proj`` and the slice of its output (last dim) that belongs to ``proj``."""
+    return (proj.module, proj.rows) if isinstance(proj, FusedRows) else (proj, slice(None))
+
+
+@dataclass
 class LayerStructure:
     """The prunable modules of one decoder layer and their current widths."""
 
     index: int
     attention: nn.Module
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
+    q: "nn.Linear | FusedRows"
+    k: "nn.Linear | FusedRows"
+    v: "nn.Linear | FusedRows"
     o: nn.Linear
-    gate: nn.Linear
-    up: nn.Linear
+    gate: "nn.Linear | FusedRows"
+    up: "nn.Linear | FusedRows"
     down: nn.Linear
     head_dim: int
+
+    @property
+    def fused(self) -> bool:
+        """Whether q/k/v or gate/up are blocks of fused projections."""
+        return isinstance(self.q, FusedRows) or isinstance(self.gate, FusedRows)
 
     @property
     def num_heads(self) -> int:
@@ -64,7 +109,7 @@ class LayerStructure:
         return self.gate.out_features
 
     def attention_params(self) -> int:
-        """Parameters in q/k/v/o (weights and biases)."""
+        """Parameters in q/k/v/o (weights and biases; fused blocks count their own rows)."""
         return sum(_numel(m) for m in (self.q, self.k, self.v, self.o))
 
     def mlp_params(self) -> int:
@@ -103,12 +148,27 @@ def layer_structures(model: nn.Module, spec: ArchitectureSpec | None = None) -> 
     out = []
     for index, layer in enumerate(spec.decoder_layers(model)):
         attn, mlp = getattr(layer, spec.attention), getattr(layer, spec.mlp)
-        out.append(LayerStructure(
-            index=index, attention=attn, head_dim=head_dim,
-            q=getattr(attn, spec.q), k=getattr(attn, spec.k), v=getattr(attn, spec.v), o=getattr(attn, spec.o),
-            gate=getattr(mlp, spec.gate), up=getattr(mlp, spec.up), down=getattr(mlp, spec.down),
-        ))
+        out.append(LayerStructure(index=index, attention=attn, head_dim=head_dim, o=getattr(attn, spec.o),
+                                  down=getattr(mlp, spec.down), **_qkv(spec, attn, head_dim), **_gate_up(spec, mlp)))
     return out
+
+
+def _qkv(spec: ArchitectureSpec, attn: nn.Module, head_dim: int) -> dict:
+    if spec.fused_qkv is None:
+        return {"q": getattr(attn, spec.q), "k": getattr(attn, spec.k), "v": getattr(attn, spec.v)}
+    fused = getattr(attn, spec.fused_qkv)
+    kv_rows = int(attn.num_key_value_heads) * head_dim  # kept current by the pruner
+    q_rows = fused.out_features - 2 * kv_rows
+    return {"q": FusedRows(fused, 0, q_rows), "k": FusedRows(fused, q_rows, kv_rows),
+            "v": FusedRows(fused, q_rows + kv_rows, kv_rows)}
+
+
+def _gate_up(spec: ArchitectureSpec, mlp: nn.Module) -> dict:
+    if spec.fused_gate_up is None:
+        return {"gate": getattr(mlp, spec.gate), "up": getattr(mlp, spec.up)}
+    fused = getattr(mlp, spec.fused_gate_up)
+    half = fused.out_features // 2
+    return {"gate": FusedRows(fused, 0, half), "up": FusedRows(fused, half, half)}
 
 
 def resolve_attention_unit(unit: str, model_config) -> str:

@@ -15,7 +15,8 @@ from torch import nn
 from adapruner_lightning.architectures import get_architecture, head_layout
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.groups import (
-    LayerStructure, build_dependency_graph, check_mlp_coupling, layer_structures, mlp_group, total_params,
+    FusedRows, LayerStructure, build_dependency_graph, check_mlp_coupling, layer_structures, mlp_group, output_site,
+    total_params,
 )
 from adapruner_lightning.plan import LayerPlan, PruningPlan, library_versions
 from adapruner_lightning.selection import LayerSelection
@@ -130,23 +131,43 @@ def _rows(heads: list[int], head_dim: int) -> list[int]:
     return [h * head_dim + j for h in heads for j in range(head_dim)]
 
 
+def _remove_rows(parts: list[tuple["nn.Linear | FusedRows", list[int]]]) -> None:
+    """Remove output rows (indices local to each projection); rows of one fused module go in one call."""
+    import torch_pruning as tp
+
+    by_module: dict[nn.Linear, list[int]] = {}
+    for proj, rows in parts:
+        module, block = output_site(proj)
+        offset = block.start or 0
+        by_module.setdefault(module, []).extend(offset + r for r in rows)
+    for module, rows in by_module.items():
+        if rows:
+            tp.prune_linear_out_channels(module, sorted(rows))
+
+
 @torch.no_grad()
 def _prune_attention(layer: LayerStructure, lp: LayerPlan) -> None:
     import torch_pruning as tp
 
-    if lp.heads_removed:
-        rows = _rows(lp.heads_removed, layer.head_dim)
-        tp.prune_linear_out_channels(layer.q, rows)
-        tp.prune_linear_in_channels(layer.o, rows)
-    if lp.kv_heads_removed:
-        rows = _rows(lp.kv_heads_removed, layer.head_dim)
-        tp.prune_linear_out_channels(layer.k, rows)
-        tp.prune_linear_out_channels(layer.v, rows)
+    q_rows = _rows(lp.heads_removed, layer.head_dim)
+    kv_rows = _rows(lp.kv_heads_removed, layer.head_dim)
+    _remove_rows([(layer.q, q_rows), (layer.k, kv_rows), (layer.v, kv_rows)])
+    if q_rows:
+        tp.prune_linear_in_channels(layer.o, q_rows)
     attn = layer.attention
     attn.num_key_value_groups = lp.num_heads // lp.num_kv_heads
     for name, value in (("num_heads", lp.num_heads), ("num_key_value_heads", lp.num_kv_heads)):
         if hasattr(attn, name):
             setattr(attn, name, value)
+
+
+@torch.no_grad()
+def _prune_fused_mlp(layer: LayerStructure, channels: list[int]) -> None:
+    """gate/up rows (blocks of one fused projection) and down columns, by torch-pruning's low-level functions."""
+    import torch_pruning as tp
+
+    _remove_rows([(layer.gate, channels), (layer.up, channels)])
+    tp.prune_linear_in_channels(layer.down, channels)
 
 
 def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
@@ -156,20 +177,34 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
     # transformers validates hidden_size % num_attention_heads; otherwise keep the original dims and reload
     # through load_pruned, which replays the plan (also when biases were added: the families' configs cannot
     # ask for o_proj/down_proj biases alone, and plain from_pretrained must then fail on shapes, not drop them)
-    if plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0:
+    if not get_architecture(model).per_layer_heads:  # attention reads the shared config: uniform plans only
+        config.num_attention_heads, config.num_key_value_heads = first.num_heads, first.num_kv_heads
+        config.intermediate_size = first.intermediate_size
+    elif plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0:
         config.num_attention_heads = first.num_heads
         config.num_key_value_heads = first.num_kv_heads
         config.intermediate_size = first.intermediate_size
+
+
+def _same_shapes(plan: PruningPlan) -> bool:
+    return len({(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in plan.layers}) == 1
 
 
 @torch.no_grad()
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``."""
     get_architecture(model)
+    spec = get_architecture(model)
     layers = check_plan_fits(model, plan)
-    graph = build_dependency_graph(model) if any(lp.channels_removed for lp in plan.layers) else None
+    if not spec.per_layer_heads and not _same_shapes(plan):
+        raise ConfigError("pruning plan", "layers of different shapes", f"identical layer shapes for {spec.name} (its "
+                          "attention reads the shared config)", hint="prune with per_layer='uniform'")
+    traced = any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
+    graph = build_dependency_graph(model) if traced else None
     for layer, lp in zip(layers, plan.layers):
-        if lp.channels_removed:
+        if lp.channels_removed and layer.fused:
+            _prune_fused_mlp(layer, list(lp.channels_removed))
+        elif lp.channels_removed:
             check_mlp_coupling(graph, layer)
             mlp_group(graph, layer, list(lp.channels_removed)).prune()
         _prune_attention(layer, lp)

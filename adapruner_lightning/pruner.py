@@ -88,6 +88,10 @@ class PruningSession:
         self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
         self.batch_size, self.progress = batch_size, progress
         self.layers = layer_structures(model)
+        self.uniform = config.per_layer == "uniform" or not get_architecture(model).per_layer_heads
+        if self.uniform:
+            self._check_uniform(Candidate(config.metric, config.reducer, [], config.keep_first, config.keep_last,
+                                          config.layer_ramp, config.attn_share, config.scope))
         self.attention_unit = resolve_attention_unit(config.attention_unit, model.config)
         self.params_total = total_params(model)
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
@@ -127,13 +131,23 @@ class PruningSession:
             out[i] = unit_scores(self.layers[i], spec.fn(inputs), candidate.reducer)
         return out
 
+    def _check_uniform(self, candidate: Candidate) -> None:
+        if candidate.keep_first or candidate.keep_last or candidate.layer_ramp or candidate.scope == "global":
+            family = get_architecture(self.model).name
+            raise ConfigError("layer schedule", {k: v for k, v in candidate.describe().items() if k in
+                                                 ("keep_first", "keep_last", "layer_ramp", "scope")},
+                              f"every layer pruned alike (per_layer='uniform'{'' if self.config.per_layer == 'uniform' else f', required by {family}'})",
+                              hint="drop keep_first/keep_last/layer_ramp and use scope='layerwise'")
+
     def select(self, candidate: Candidate) -> dict[int, LayerSelection]:
         """The groups ``candidate`` removes to meet the budget."""
+        if self.uniform:
+            self._check_uniform(candidate)
         opts = SelectionOptions(
             budget=self.budget, scope=candidate.scope, attention_unit=self.attention_unit,
             keep_first=candidate.keep_first, keep_last=candidate.keep_last, attn_share=candidate.attn_share,
             layer_ramp=candidate.layer_ramp, round_to=self.config.round_to, prune_attention=self.config.prune_attention,
-            uniform=self.config.per_layer == "uniform",
+            uniform=self.uniform,
         )
         return select_groups(self.layers, self.unit_scores(candidate), opts)
 

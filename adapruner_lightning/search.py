@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,9 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
                trace_path: str | Path | None = None, progress: bool = True) -> SearchResult:
     """Search the solution space of ``session`` and return the best plan (the model is left unpruned)."""
     seed = session.config.seed if seed is None else seed
+    if session.uniform and (config.search_keep_layers or config.search_layer_ramp or config.search_scope):
+        log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
+        config = replace(config, search_keep_layers=False, search_layer_ramp=False, search_scope=False)
     t0 = time.perf_counter()
     features = session.stats.features()
     stats_seconds = time.perf_counter() - t0

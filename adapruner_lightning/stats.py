@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.groups import LayerStructure
+from adapruner_lightning.groups import LayerStructure, output_site
 from adapruner_lightning.importance import MEMBERS, ROW_MEMBERS
 from adapruner_lightning.progress import progress_bar
 
@@ -111,10 +111,10 @@ def collect_activation_stats(
         buf = store[layer_idx].setdefault(key, torch.zeros(n, value.shape[-1], dtype=torch.float32))
         buf[current["rows"]] += value.float().cpu()
 
-    def out_hook(layer_idx: int, member: str):
-        def hook(module, args, output):
-            y = output.detach()
-            output.register_hook(lambda g: put(layer_idx, f"tv:{member}", (y.float() * g.float()).sum(1)))
+    def out_hook(layer_idx: int, member: str, rows: slice):
+        def hook(module, args, output):  # rows: this member's block of a fused projection's output
+            y = output.detach()[..., rows]
+            output.register_hook(lambda g: put(layer_idx, f"tv:{member}", (y.float() * g[..., rows].float()).sum(1)))
         return hook
 
     def in_hook(layer_idx: int, member: str):
@@ -129,7 +129,9 @@ def collect_activation_stats(
 
     handles = [model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))]
     for i, layer in enumerate(layers):
-        handles += [getattr(layer, m).register_forward_hook(out_hook(i, m)) for m in ROW_MEMBERS]
+        for m in ROW_MEMBERS:
+            module, rows = output_site(getattr(layer, m))
+            handles.append(module.register_forward_hook(out_hook(i, m, rows)))
         handles += [getattr(layer, m).register_forward_pre_hook(in_hook(i, m)) for m in ("o", "down")]
     was_training = model.training
     model.eval()
@@ -145,8 +147,14 @@ def collect_activation_stats(
     return StatsCache(layers=store, tokens=tokens, sample_ids=list(sample_ids or [str(i) for i in range(n)]))
 
 
-def _gradient_targets(layers: list[LayerStructure]) -> list[tuple[int, str, torch.Tensor]]:
-    return [(i, m, getattr(layer, m).weight) for i, layer in enumerate(layers) for m in MEMBERS]
+def _gradient_targets(layers: list[LayerStructure]) -> list[tuple[int, str, torch.Tensor, slice]]:
+    """(layer, member, parameter, rows): fused projections appear once per member, with that member's rows."""
+    out = []
+    for i, layer in enumerate(layers):
+        for m in MEMBERS:
+            module, rows = output_site(getattr(layer, m))
+            out.append((i, m, module.weight, rows))
+    return out
 
 
 def collect_gradient_stats(
@@ -160,31 +168,32 @@ def collect_gradient_stats(
     """
     _check_samples(samples, "calibration samples")
     targets = _gradient_targets(layers)
-    weights = [w for _, _, w in targets]
+    weights = list({id(w): w for _, _, w, _ in targets}.values())
     if any(not (w.is_floating_point()) for w in weights):
         raise ConfigError("model weights", "non-float (quantized)", "floating-point weights for gradient metrics",
                           hint="de-quantize the model or use a data-free or activation metric")
     device = weights[0].device
     k = samples.shape[0]
     step = 1 if second_order else batch_size
-    g_sum = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
-    h_sum = [torch.zeros_like(w, dtype=torch.float32) for w in weights] if second_order else None
+    g_sum = [torch.zeros_like(w[rows], dtype=torch.float32) for _, _, w, rows in targets]
+    h_sum = [torch.zeros_like(w[rows], dtype=torch.float32) for _, _, w, rows in targets] if second_order else None
     was_training = model.training
     model.eval()
     try:
         with _frozen_weights(model, weights), torch.enable_grad():
             for start in progress_bar(range(0, k, step), "gradient pass", enabled=progress):
                 _lm_loss(model, samples[start:start + step].to(device)).backward()
-                for j, w in enumerate(weights):
-                    grad = w.grad.float()
+                for j, (_, _, w, rows) in enumerate(targets):
+                    grad = w.grad[rows].float()
                     g_sum[j] += grad
                     if h_sum is not None:
                         h_sum[j] += grad.square()
+                for w in weights:
                     w.grad = None
     finally:
         model.train(was_training)
     out: list[dict[str, torch.Tensor]] = [{} for _ in layers]
-    for j, (i, member, _) in enumerate(targets):
+    for j, (i, member, _, _) in enumerate(targets):
         out[i][f"g:{member}"] = g_sum[j] / k
         if h_sum is not None:
             out[i][f"h:{member}"] = h_sum[j] / k

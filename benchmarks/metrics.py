@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=metric_names(), choices=metric_names())
     p.add_argument("--eval-tokens", type=int, default=8192, help="perplexity tokens per evaluation novel")
     p.add_argument("--restore", type=int, default=4, help="removed high-energy channels restored in the diagnosis")
+    p.add_argument("--restore-above", type=float, default=None,
+                   help="instead: restore every removed channel whose energy is at least this multiple of its "
+                        "layer's median")
     p.add_argument("--split", action="store_true",
                    help="also score the attention part and the MLP part of each selection alone")
     p.add_argument("--bias-compensation", action="store_true",
@@ -68,8 +71,9 @@ def held_out_ppl(session, selection, windows: dict[str, torch.Tensor]) -> dict[s
         return {name: evaluate_perplexity(session.model, w, progress=False) for name, w in windows.items()}
 
 
-def energy_outliers(session, candidate, selection, top: int) -> list[dict[str, Any]]:
-    """Removed MLP channels with the largest activation energy relative to their layer's median."""
+def energy_outliers(session, candidate, selection, top: int, above: float | None = None) -> list[dict[str, Any]]:
+    """Removed MLP channels with the largest activation energy relative to their layer's median (the ``top`` ones,
+    or all of at least ``above`` times the median)."""
     stats = session.stats.reduce(candidate.subset)
     found = []
     for i, sel in selection.items():
@@ -80,7 +84,8 @@ def energy_outliers(session, candidate, selection, top: int) -> list[dict[str, A
         for c in sel.channels:
             found.append({"layer": i, "channel": c, "x_median": float(energy[c]) / median,
                           "rank_in_layer": int((energy > energy[c]).sum()) + 1})
-    return sorted(found, key=lambda d: -d["x_median"])[:top]
+    found.sort(key=lambda d: -d["x_median"])
+    return [d for d in found if d["x_median"] >= above] if above is not None else found[:top]
 
 
 def _restored(selection, channels: list[dict[str, Any]]):
@@ -139,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             selection = session.select(cand)
             row[label] = held_out_ppl(session, selection, windows)
             if label == "all":
-                outliers = energy_outliers(session, cand, selection, args.restore)
+                outliers = energy_outliers(session, cand, selection, args.restore, args.restore_above)
                 row["outliers"] = outliers
                 row["restored"] = held_out_ppl(session, _restored(selection, outliers), windows)
                 row["attn_heads_removed"] = sum(len(s.heads) for s in selection.values())
@@ -164,6 +169,8 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
     """Markdown: the per-metric table and the diagnosis."""
     rows = result["rows"]
     names = list(rows[0].keys())[1:]
+    restored = (f"removed channels >= {args.restore_above:g}x median energy" if args.restore_above is not None
+                else f"{args.restore} highest-energy channels")
     L = ["# Importance metrics side by side (adapruner-lightning)", "",
          f"- date: {info['date']}; machine: {info['platform']}, {info['cpu_count']} cores, torch {info['torch']}; "
          f"wall time {result['wall_seconds']:.0f} s",
@@ -174,14 +181,15 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
          "of each evaluation novel (seq 256), masked model (= physically pruned logits)", "",
          "| metric | " + " | ".join(f"ppl {n} (all layers)" for n in names)
          + " | " + " | ".join(f"ppl {n} (layers [4, N-2))" for n in names)
-         + " | " + " | ".join(f"ppl {n}, {args.restore} channels restored" for n in names) + " |",
+         + " | " + " | ".join(f"ppl {n}, {restored} restored" for n in names) + " |",
          "|---|" + "---:|" * (3 * len(names))]
     for r in rows:
         if r["metric"] == "dense":
             dense = _fmt({n: r[n] for n in names})
             L.append(f"| dense | {dense} | {dense} | {dense} |")
             continue
-        L.append(f"| {r['metric']} | {_fmt(r['all'])} | {_fmt(r['llm_pruner_range'])} | {_fmt(r['restored'])} |")
+        L.append(f"| {r['metric']} | {_fmt(r['all'])} | {_fmt(r['llm_pruner_range'])} | {_fmt(r['restored'])} "
+                 f"({len(r['outliers'])} channels) |")
     if any("attn_only" in r for r in rows):
         L += ["", "Each selection split (all layers): its attention removals alone, its MLP removals alone:", "",
               "| metric | query heads removed | " + " | ".join(f"ppl {n}, attention part only" for n in names) + " | "
@@ -200,7 +208,7 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
           "| metric | channels (layer:channel, x median, rank in layer) |", "|---|---|"]
     for r in rows[1:]:
         L.append(f"| {r['metric']} | " + ", ".join(f"{o['layer']}:{o['channel']} ({o['x_median']:,.0f}x, #{o['rank_in_layer']})"
-                                                  for o in r["outliers"]) + " |")
+                                                  for o in r["outliers"][:6]) + " |")
     return "\n".join(L) + "\n"
 
 

@@ -12,6 +12,7 @@ from adapruner_lightning.importance import (
     ScoreInputs, get_metric, metric_names, reduce_members, register_metric, unit_scores,
 )
 from adapruner_lightning.stats import StatsCache, collect_activation_stats, collect_gradient_stats
+from conftest import make_tiny_model
 from test_prune import tiny, tokens
 
 PLANTED_LAYER, PLANTED_CHANNEL, PLANTED_GROUP = 1, 37, 1
@@ -32,10 +33,15 @@ def _all_scores(model, layers, pool, metric: str, reducer: str = "sum", cache: S
     return out
 
 
-@pytest.fixture(scope="module")
-def planted():
-    """A tiny Qwen2 (q/k/v biases) with 3 KV groups where one MLP channel and one KV group are all zeros."""
-    model = tiny("qwen2", num_key_value_heads=3)
+@pytest.fixture(scope="module", params=["qwen2", "phi3"])
+def planted(request):
+    """A tiny Qwen2 (q/k/v biases) or Phi-3 (fused qkv/gate_up) with 3 KV groups where one MLP channel and one KV
+    group are all zeros."""
+    if request.param == "phi3":
+        model = make_tiny_model("phi3", vocab_size=256, layers=2, num_key_value_heads=3, pad_token_id=0,
+                                eos_token_id=1, bos_token_id=2)
+    else:
+        model = tiny("qwen2", num_key_value_heads=3)
     layers = layer_structures(model)
     layer = layers[PLANTED_LAYER]
     qpk = layer.queries_per_kv

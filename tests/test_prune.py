@@ -312,3 +312,43 @@ def test_flap_bias_compensation_adds_the_removed_mean_contribution(tmp_path):
     assert replayed.layers[0].down_bias == plan.layers[0].down_bias
     with pytest.raises(RuntimeError, match="mismatched"):  # plain from_pretrained must not silently drop the biases
         AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+
+
+@pytest.mark.parametrize("metric", ["taylor_vector", "wanda_sp", "taylor"])
+def test_phi3_fused_projections_prune_uniformly(tmp_path, metric):
+    """Phi-3 (fused qkv_proj / gate_up_proj, attention reading the shared config): masked == physical logits,
+    identical layer shapes, plain from_pretrained reload, generation with a KV cache."""
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning.export import save_pruned
+
+    model = make_tiny_model("phi3", vocab_size=VOCAB, layers=3, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    session = PruningSession(model, PruningConfig(target_ratio=0.25, metric=metric, num_samples=4), tokens(),
+                             progress=False)
+    assert session.uniform and session.layers[0].fused
+    candidate = session.default_candidate()
+    selection = session.select(candidate)
+    plan = session.plan(candidate, selection)
+    assert any(lp.heads_removed for lp in plan.layers) and any(lp.channels_removed for lp in plan.layers)
+    assert len({(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in plan.layers}) == 1
+    x = tokens(2, SEQ, seed=1)
+    with masked(session.layers, selection):
+        masked_logits = _logits(model, x)
+    apply_plan(model, plan)
+    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
+    assert abs(plan.achieved_ratio - 0.25) < 0.005 and total_params(model) == plan.params_after
+    lp = plan.layers[0]
+    attn = model.model.layers[0].self_attn
+    assert attn.qkv_proj.out_features == 16 * (lp.num_heads + 2 * lp.num_kv_heads)
+    assert model.model.layers[0].mlp.gate_up_proj.out_features == 2 * lp.intermediate_size
+    _check_generation(model, x)
+    save_pruned(model, None, tmp_path / "phi3", plan)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "phi3").eval()
+    assert torch.equal(_logits(reloaded, x), _logits(model, x))
+
+
+def test_phi3_refuses_a_layer_schedule():
+    model = make_tiny_model("phi3", vocab_size=VOCAB, layers=3, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    with pytest.raises(ConfigError, match="per_layer='uniform'.*phi3"):
+        PruningSession(model, PruningConfig(target_ratio=0.2, metric="magnitude_l2", keep_first=1), tokens(),
+                       progress=False)
