@@ -47,8 +47,8 @@ class PruningConfig:
         prune_attention: whether attention may lose units at all.
         bias_compensation: FLAP's bias compensation: the mean contribution of the removed ``o_proj`` /
             ``down_proj`` input channels over the candidate's calibration samples is added to those layers as a
-            bias (stored in the plan; exports then reload with ``load_pruned``). Applied to the final plan only;
-            search trials score candidates without it.
+            bias (stored in the plan; exports then reload with ``load_pruned``). Search trials score it under
+            masks too; ``SearchConfig.search_bias_compensation`` lets the search choose.
         num_samples: calibration samples used for the importance (k).
         sample_len: tokens per calibration sample.
         seed: seed for sample choice, random metric and search.
@@ -119,6 +119,8 @@ class SearchConfig:
         search_layer_ramp: search the per-layer ratio slope in [-1, 1].
         search_attn_share: search the share of attention in the removed parameters in [0, 0.6].
         search_scope: search layerwise vs global selection.
+        search_bias_compensation: search whether FLAP's bias compensation is applied (trials score it under
+            masks; see :class:`PruningConfig`).
         objective_windows: held-apart windows scoring each candidate (negative log perplexity).
         objective_seq_len: tokens per objective window.
         failure_penalty: score registered for a failed (NaN/inf/OOM) trial, below the worst finite score.
@@ -144,6 +146,7 @@ class SearchConfig:
     search_layer_ramp: bool = True
     search_attn_share: bool = False
     search_scope: bool = False
+    search_bias_compensation: bool = True
     objective_windows: int = 8
     objective_seq_len: int = 256
     failure_penalty: float = 1.0

@@ -21,17 +21,39 @@ def _column_index(heads: list[int], head_dim: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def masked(layers: list[LayerStructure], selection: dict[int, LayerSelection]) -> Iterator[None]:
-    """Within the block, the model computes as if ``selection`` were physically removed."""
+def masked(layers: list[LayerStructure], selection: dict[int, LayerSelection],
+           biases: dict[int, dict[str, list[float]]] | None = None) -> Iterator[None]:
+    """Within the block, the model computes as if ``selection`` were physically removed (with the bias
+    compensation ``biases`` of :func:`~adapruner_lightning.prune.compensation_biases` added, if given)."""
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    old_biases: list[tuple[torch.nn.Linear, torch.Tensor | None]] = []
     try:
         with torch.no_grad():
             _zero_columns(layers, selection, saved)
+            _add_biases(layers, biases or {}, old_biases)
         yield
     finally:
         with torch.no_grad():
             for weight, cols, values in reversed(saved):
                 weight[:, cols] = values
+            for module, old in reversed(old_biases):
+                if old is None:
+                    module.bias = None
+                else:
+                    module.bias.copy_(old)
+
+
+def _add_biases(layers, biases, old_biases) -> None:
+    for i, parts in biases.items():
+        for module, values in ((layers[i].o, parts.get("o")), (layers[i].down, parts.get("down"))):
+            if values is None:
+                continue
+            add = torch.as_tensor(values, dtype=module.weight.dtype, device=module.weight.device)
+            old_biases.append((module, None if module.bias is None else module.bias.detach().clone()))
+            if module.bias is None:
+                module.bias = torch.nn.Parameter(add, requires_grad=False)
+            else:
+                module.bias.add_(add)
 
 
 def _zero_columns(layers, selection, saved) -> None:

@@ -43,12 +43,13 @@ class Candidate:
     layer_ramp: float = 0.0
     attn_share: float | None = None
     scope: str = "layerwise"
+    bias_compensation: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Plain-data description (for traces and plan provenance)."""
         return {"metric": self.metric, "reducer": self.reducer, "subset": list(self.subset),
                 "keep_first": self.keep_first, "keep_last": self.keep_last, "layer_ramp": self.layer_ramp,
-                "attn_share": self.attn_share, "scope": self.scope}
+                "attn_share": self.attn_share, "scope": self.scope, "bias_compensation": self.bias_compensation}
 
 
 def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
@@ -151,15 +152,21 @@ class PruningSession:
         )
         return select_groups(self.layers, self.unit_scores(candidate), opts)
 
+    def compensation(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> dict | None:
+        """FLAP bias compensation of ``selection`` from ``candidate``'s samples, or None when it is off."""
+        if not candidate.bias_compensation:
+            return None
+        return compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+
     @torch.no_grad()
-    def objective(self, selection: dict[int, LayerSelection]) -> float:
-        """Negative log perplexity of the masked model on the objective windows (higher is better)."""
+    def objective(self, selection: dict[int, LayerSelection], biases: dict | None = None) -> float:
+        """Negative log perplexity of the masked model (plus ``biases``) on the objective windows (higher is better)."""
         from adapruner_lightning.metrics import evaluate_perplexity
 
         if self.objective_windows is None:
             raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
                               hint="pass objective=... (disjoint from calibration and evaluation text)")
-        with masked(self.layers, selection):
+        with masked(self.layers, selection, biases):
             ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
         return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
 
@@ -169,17 +176,16 @@ class PruningSession:
         gen = torch.Generator().manual_seed(self.config.seed)
         subset = sorted(torch.randperm(self.pool.shape[0], generator=gen)[:k].tolist())
         c = self.config
-        return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope)
+        return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope,
+                         c.bias_compensation)
 
     def plan(self, candidate: Candidate, selection: dict[int, LayerSelection] | None = None,
              **provenance: Any) -> PruningPlan:
         """A :class:`PruningPlan` for ``candidate`` with its provenance (samples, metric, seed ...)."""
         selection = selection if selection is not None else self.select(candidate)
         info = {**candidate.describe(), "sample_ids": [self.pool_ids[i] for i in candidate.subset],
-                "seed": self.config.seed, "attention_unit": self.attention_unit,
-                "bias_compensation": self.config.bias_compensation, **provenance}
-        biases = (compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
-                  if self.config.bias_compensation else None)
+                "seed": self.config.seed, "attention_unit": self.attention_unit, **provenance}
+        biases = self.compensation(candidate, selection)
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
                          ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 

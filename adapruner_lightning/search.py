@@ -177,7 +177,8 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
     candidate = space.candidate(point)
     score, status, error = None, "ok", ""
     try:
-        value = session.objective(session.select(candidate))
+        selection = session.select(candidate)
+        value = session.objective(selection, session.compensation(candidate, selection))
         if not math.isfinite(value):
             status, error = "failed", f"objective is {value}"
         else:

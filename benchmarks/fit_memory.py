@@ -5,8 +5,9 @@ other, with the embedded model, the recipe's data settings (calibration novels, 
 same seed: ``dense`` fine-tunes the unpruned model; ``pruned`` adds ``AdaPrunerCallback(target_ratio)`` with
 no search (``wanda_sp``, 10 samples) so that only the shapes differ. Both in LoRA mode (the recipe) and in full
 fine-tuning (AdamW states for every weight). Memory is measured from ``on_train_start`` to ``on_train_end``
-only (after pruning, so the statistics pass is not counted): resident set size sampled every 5 ms on CPU,
-``torch.cuda.max_memory_allocated`` (reset at train start) on a GPU.
+only (after pruning, so the statistics pass is not counted), with ``speed.PeakMemory``: on Linux CPUs the process
+high-water mark (VmHWM, reset at train start after ``gc`` and ``malloc_trim``), on a GPU
+``torch.cuda.max_memory_allocated`` (reset at train start).
 
     python benchmarks/fit_memory.py                # LoRA and full, 8 steps each (~5 min on 2 CPU cores)
     python benchmarks/fit_memory.py --modes full --steps 20
@@ -15,12 +16,10 @@ only (after pruning, so the statistics pass is not counted): resident set size s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,11 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def _sibling(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _speed():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+    import speed
 
-
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return speed
 
 
 def _probe():
@@ -47,21 +39,17 @@ def _probe():
     import torch
     from lightning.pytorch import Callback
 
+    speed = _speed()
+
     class MemoryProbe(Callback):
         def __init__(self) -> None:
-            self.peak_rss, self.start_rss, self.steps, self._stop = 0.0, 0.0, [], threading.Event()
-
-        def _sample(self) -> None:
-            while not self._stop.is_set():
-                self.peak_rss = max(self.peak_rss, _rss_mib())
-                time.sleep(0.005)
+            self.steps: list[float] = []
 
         def on_train_start(self, trainer, pl_module) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            self.start_rss = self.peak_rss = _rss_mib()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            device = pl_module.device
+            self.meter = speed.PeakMemory(device).__enter__()  # gc + malloc_trim, then reset the high-water mark
+            self.start_mib = (speed._status_kb("VmRSS") or 0) / 1024 if device.type == "cpu" else \
+                torch.cuda.memory_allocated(device) / 2**20
 
         def on_train_batch_start(self, *args) -> None:
             self._t = time.perf_counter()
@@ -70,9 +58,7 @@ def _probe():
             self.steps.append(time.perf_counter() - self._t)
 
         def on_train_end(self, trainer, pl_module) -> None:
-            self._stop.set()
-            self._thread.join()
-            self.cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+            self.meter.__exit__(None, None, None)
             self.params = sum(p.numel() for p in pl_module.parameters())
             self.trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
 
@@ -104,7 +90,8 @@ def child(variant: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer.fit(module, datamodule=data)
     steady = probe.steps[2:] or probe.steps  # the first steps include allocator warm-up
     return {"variant": variant, "mode": mode, "params": probe.params, "trainable": probe.trainable,
-            "rss_start_mib": probe.start_rss, "rss_peak_mib": probe.peak_rss, "cuda_peak_mib": probe.cuda_peak,
+            "start_mib": probe.start_mib, "growth_mib": probe.meter.peak_mib,
+            "peak_mib": probe.start_mib + probe.meter.peak_mib, "method": probe.meter.method,
             "step_s": statistics.median(steady), "steps": len(probe.steps)}
 
 
@@ -126,20 +113,22 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], wall: float) -> str
          f"`{info['device']}`, torch {info['torch']}; wall time {wall:.0f} s",
          f"- command: `{info['command']}`",
          "- embedded SmolLM2-135M, calibration novels, batches of 4 x 256 tokens, AdamW lr 3e-4, seed 0; each run in "
-         "a fresh process, one at a time; memory from train start to train end (pruning excluded)", "",
-         "| mode | model | params | trainable | RSS at train start (MiB) | peak RSS in training (MiB) | growth in "
-         "training (MiB) | CUDA peak (MiB) | median step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "a fresh process, one at a time, nothing else running; pruned = `AdaPrunerCallback(target_ratio=0.2)`, no "
+         "search (wanda_sp, 10 samples)",
+         f"- memory ({rows[0]['method']}): resident at train start (weights, optimizer not yet built, leftovers of "
+         "pruning) and the high-water mark *above* it during training (activations, gradients, optimizer states), "
+         "reset at train start after `gc` + `malloc_trim`", "",
+         "| mode | model | params | trainable | resident at train start (MiB) | peak above it in training (MiB) | "
+         "peak total (MiB) | median step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cuda = f"{r['cuda_peak_mib']:,.0f}" if r["cuda_peak_mib"] is not None else "-"
-        L.append(f"| {r['mode']} | {r['variant']} | {r['params']:,} | {r['trainable']:,} | {r['rss_start_mib']:,.0f} | "
-                 f"{r['rss_peak_mib']:,.0f} | {r['rss_peak_mib'] - r['rss_start_mib']:,.0f} | {cuda} | {r['step_s']:.2f} |")
+        L.append(f"| {r['mode']} | {r['variant']} | {r['params']:,} | {r['trainable']:,} | {r['start_mib']:,.0f} | "
+                 f"{r['growth_mib']:,.0f} | {r['peak_mib']:,.0f} | {r['step_s']:.2f} |")
     L += ["", "Pruned / dense:", ""]
     for mode in dict.fromkeys(r["mode"] for r in rows):
         d = next(r for r in rows if r["mode"] == mode and r["variant"] == "dense")
         p = next(r for r in rows if r["mode"] == mode and r["variant"] == "pruned")
-        key = "cuda_peak_mib" if d["cuda_peak_mib"] is not None else "rss_peak_mib"
-        L.append(f"- {mode}: params {p['params'] / d['params']:.3f}, peak memory {p[key] / d[key]:.3f} "
-                 f"({key}), memory growth in training {(p['rss_peak_mib'] - p['rss_start_mib']) / max(1e-9, d['rss_peak_mib'] - d['rss_start_mib']):.3f}, "
+        L.append(f"- {mode}: params {p['params'] / d['params']:.3f}, training memory (peak above train start) "
+                 f"{p['growth_mib'] / d['growth_mib']:.3f}, peak total {p['peak_mib'] / d['peak_mib']:.3f}, "
                  f"step time {p['step_s'] / d['step_s']:.3f}")
     return "\n".join(L) + "\n"
 
@@ -151,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    speed = _sibling("speed")
+    speed = _speed()
     info, start, rows = speed.machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")), time.perf_counter(), []
     for mode in args.modes:
         for variant in ("dense", "pruned"):

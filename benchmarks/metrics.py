@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,6 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _sibling(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,7 +206,9 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    speed = _sibling("speed")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+    import speed
+
     start = time.perf_counter()
     info = speed.machine_info(torch.device("cpu"))
     result = run(args)

@@ -4,7 +4,8 @@ On the embedded model (SmolLM2-135M) every method prunes the same dense weights 
 scored on the same held-out tokens (Persuasion, Northanger Abbey) and the same zero-shot items built from
 them; calibration and the search objective come only from the four calibration novels. Methods:
 dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
-[4, N-2)); wanda_sp and flap (10 random samples); AdaPruner (Bayesian search). Before and after the same
+[4, N-2)); wanda_sp and FLAP (its fluctuation metric with its bias compensation; 10 random samples); AdaPruner
+(Bayesian search). Before and after the same
 short LoRA recovery. Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
     python benchmarks/quality.py --quick            # 20%, 3 seeds before recovery, 1 after
@@ -43,7 +44,7 @@ METHODS = {
     "magnitude_l2": (dict(metric="magnitude_l2"), False, False),
     "llm_pruner": (dict(metric="taylor", keep_first=4, keep_last=2), False, True),
     "wanda_sp": (dict(metric="wanda_sp"), False, True),
-    "flap": (dict(metric="flap"), False, True),
+    "flap": (dict(metric="flap", bias_compensation=True), False, True),  # FLAP: fluctuation metric + bias compensation
     "adapruner": ({}, True, True),
 }
 
@@ -184,7 +185,7 @@ def table(rows: list[dict], args) -> str:
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
     lines = ["| ratio | method | recovery | " + " | ".join(k[4:] + " ppl" for k in ppl_keys)
              + " | mean ppl % of dense | acc | acc % of dense | Δppl vs LLM-Pruner (paired) | seeds |",
-             "|---" * (len(ppl_keys) + 7) + "|"]
+             "|---" * (len(ppl_keys) + 8) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib.util
 import json
 import math
 import statistics
@@ -75,15 +74,8 @@ TARGETS = {
 }
 
 
-def _sibling(name: str) -> Any:
-    """Import ``benchmarks/<name>.py`` (shared helpers) however this script was started."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_speed = _sibling("speed")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by path
+import speed as _speed  # noqa: E402
 PeakMemory, machine_info, timed = _speed.PeakMemory, _speed.machine_info, _speed.timed
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import statistics
@@ -65,13 +64,6 @@ class SeedIntegerSpace(SearchSpace):
         n, k = self.embedding.shape[0], int(point.get("k", self.config.subset_size))
         gen = torch.Generator().manual_seed(int(point["subset_seed"]))
         return sorted(torch.randperm(n, generator=gen)[:k].tolist())
-
-
-def _sibling(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -182,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adapruner_lightning.pruner import Candidate, PruningSession
     from adapruner_lightning.search import evaluate_point, suggest
 
-    speed = _sibling("speed")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+    import speed
+
     console = Console(stderr=True)
     log = console.log
     t0 = time.perf_counter()

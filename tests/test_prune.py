@@ -303,11 +303,18 @@ def test_flap_bias_compensation_adds_the_removed_mean_contribution(tmp_path):
         if cols:
             mean_o = means[f"model.layers.{lp.index}.self_attn.o_proj"]
             assert torch.allclose(torch.tensor(lp.o_bias), layer.o.weight.detach()[:, cols] @ mean_o[cols], atol=1e-5)
+    x = tokens(2, 12, seed=5)
+    selection = session.select(candidate)
+    before = _snapshot(model)
+    with masked(session.layers, selection, session.compensation(candidate, selection)):
+        masked_logits = _logits(model, x)  # what a search trial scores
+    assert model.model.layers[0].mlp.down_proj.bias is None  # the masks' biases are gone again
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(model).items())
     apply_plan(model, plan)
+    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
     assert total_params(model) == plan.params_after and model.model.layers[0].mlp.down_proj.bias is not None
     save_pruned(model, None, tmp_path / "export", plan)
     reloaded, _, replayed = load_pruned(tmp_path / "export")
-    x = tokens(2, 12, seed=5)
     assert torch.equal(_logits(reloaded, x), _logits(model, x))
     assert replayed.layers[0].down_bias == plan.layers[0].down_bias
     with pytest.raises(RuntimeError, match="mismatched"):  # plain from_pretrained must not silently drop the biases

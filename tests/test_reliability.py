@@ -97,11 +97,11 @@ def test_out_of_memory_trial_is_recorded_and_the_search_goes_on(monkeypatch):
     session = _session()
     real, calls = session.objective, {"n": 0}
 
-    def sometimes_oom(selection):
+    def sometimes_oom(selection, biases=None):
         calls["n"] += 1
         if calls["n"] in (2, 4):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(selection)
+        return real(selection, biases)
 
     monkeypatch.setattr(session, "objective", sometimes_oom)
     result = run_search(session, SearchConfig(**SMALL), progress=False)
@@ -113,7 +113,7 @@ def test_out_of_memory_trial_is_recorded_and_the_search_goes_on(monkeypatch):
 def test_repeated_out_of_memory_stops_with_a_summary(monkeypatch):
     session = _session()
 
-    def oom(selection):
+    def oom(selection, biases=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(session, "objective", oom)
@@ -125,7 +125,7 @@ def test_other_runtime_errors_are_not_swallowed(monkeypatch):
     """Only OOM, NaN/inf and infeasible schedules fail a trial; a bug surfaces at once."""
     session = _session()
 
-    def broken(selection):
+    def broken(selection, biases=None):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(session, "objective", broken)

@@ -105,9 +105,9 @@ def test_nan_trials_are_failed_with_finite_penalty_and_search_continues(monkeypa
     calls = {"n": 0}
     real = session.objective
 
-    def flaky(selection):
+    def flaky(selection, biases=None):
         calls["n"] += 1
-        return float("nan") if calls["n"] % 2 == 0 else real(selection)
+        return float("nan") if calls["n"] % 2 == 0 else real(selection, biases)
 
     monkeypatch.setattr(session, "objective", flaky)
     result = run_search(session, SearchConfig(**SMALL), progress=False)
@@ -118,7 +118,7 @@ def test_nan_trials_are_failed_with_finite_penalty_and_search_continues(monkeypa
 
 def test_repeated_failures_stop_with_a_summary(monkeypatch):
     session = _session()
-    monkeypatch.setattr(session, "objective", lambda selection: float("inf"))
+    monkeypatch.setattr(session, "objective", lambda selection, biases=None: float("inf"))
     with pytest.raises(SearchFailed, match="consecutive trials failed"):
         run_search(session, SearchConfig(**{**SMALL, "max_failures": 3}), progress=False)
 
