@@ -80,6 +80,18 @@ def energy_outliers(session, candidate, selection, top: int, above: float | None
     return [d for d in found if d["x_median"] >= above] if above is not None else found[:top]
 
 
+def energy_correlation(session, candidate) -> float:
+    """Mean over pruned layers of the Spearman correlation between a metric's MLP channel scores and the
+    channels' activation energy (sum x^2 at the down_proj input over the candidate's samples)."""
+    stats = session.stats.reduce(candidate.subset)
+    rank = lambda t: torch.argsort(torch.argsort(t)).double()  # noqa: E731
+    corr = []
+    for i, scores in session.unit_scores(candidate).items():
+        a, b = rank(scores.channels.double()), rank(stats[i]["sq:down"].double())
+        corr.append(float(torch.corrcoef(torch.stack([a, b]))[0, 1]))
+    return sum(corr) / len(corr)
+
+
 def _restored(selection, channels: list[dict[str, Any]]):
     out = copy.deepcopy(selection)
     for d in channels:
@@ -140,6 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["outliers"] = outliers
                 row["restored"] = held_out_ppl(session, _restored(selection, outliers), windows)
                 row["attn_heads_removed"] = sum(len(s.heads) for s in selection.values())
+                row["energy_spearman"] = energy_correlation(session, cand)
                 if args.bias_compensation:
                     row["compensated"] = compensated_ppl(session, cand, selection, windows)
                 if args.split:
@@ -197,9 +210,10 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
             L.append(f"| {r['metric']} | {_fmt(r['all'])} | {_fmt(r['compensated'])} |")
     L += ["", f"Removed MLP channels with the highest activation energy (sum x^2 at the down_proj input over the "
           f"calibration samples, as a multiple of the layer's median channel):", "",
-          "| metric | channels (layer:channel, x median, rank in layer) |", "|---|---|"]
+          "| metric | Spearman(channel score, energy), mean over layers | channels (layer:channel, x median, rank in layer) |",
+          "|---|---:|---|"]
     for r in rows[1:]:
-        L.append(f"| {r['metric']} | " + ", ".join(f"{o['layer']}:{o['channel']} ({o['x_median']:,.0f}x, #{o['rank_in_layer']})"
+        L.append(f"| {r['metric']} | {r.get('energy_spearman', float('nan')):+.3f} | " + ", ".join(f"{o['layer']}:{o['channel']} ({o['x_median']:,.0f}x, #{o['rank_in_layer']})"
                                                   for o in r["outliers"][:6]) + " |")
     return "\n".join(L) + "\n"
 
