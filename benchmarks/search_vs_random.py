@@ -106,7 +106,8 @@ def render_markdown(result: dict[str, Any]) -> str:
          f"- command: `{m['command']}`",
          f"- embedded SmolLM2-135M, {s['ratio']:.0%} of total parameters removed; pool N={s['pool']} x 128 tokens, "
          f"k={s['subset_size']}, objective {s['objective_windows']} x 256 tokens (negative log perplexity, higher "
-         f"is better); metrics {', '.join(s['metrics'])}; reducers, keep_first/last and layer ramp searched; "
+         f"is better); metrics {', '.join(s['metrics'])}; reducers, keep_first/last, layer ramp and FLAP bias "
+         "compensation searched; gp = the library's GP (scores copula-transformed), gp-raw = the GP on raw scores; "
          f"{s['init_points']} random initial trials for GP/TPE; seeds {s['seeds']} (the seed sets the splits and "
          "the search)",
          "- one run of the largest budget per (engine, encoding, seed): a trial's suggestion does not depend on "
@@ -159,6 +160,34 @@ def observations(summary: list[dict[str, Any]], budgets: list[int]) -> list[str]
                            f"{wins}/{len(r['budgets'][str(b)]['values'])} seeds"
                            + (" (within the seed spread)" if abs(diff) < spread else ""))
     return out
+
+
+def _report(args, info, plan, runs, references, t0, speed, log) -> None:
+    """Summarise the seeds finished so far and write the .md/.json (called after every seed)."""
+    summary = []
+    for engine, encoding in plan:
+        mine = [r for r in runs if r["engine"] == engine and r["encoding"] == encoding]
+        row = {"engine": engine, "encoding": encoding, "budgets": {}}
+        for b in args.budgets:
+            values = [r["best_at"][str(b)] for r in mine]
+            ppls = [math.exp(-v) for v in values]
+            mean, std = _mean_std(values)
+            pm, ps = _mean_std(ppls)
+            row["budgets"][str(b)] = {"values": values, "mean": mean, "std": std, "ppl_mean": pm, "ppl_std": ps}
+        summary.append(row)
+    result = {
+        "machine": info,
+        "settings": {"budgets": args.budgets, "seeds": sorted({r["seed"] for r in runs}), "engines": args.engines,
+                     "seed_encoding_engines": [] if args.no_seed_encoding else args.seed_encoding_engines,
+                     "init_points": args.init_points, "pool": args.pool, "subset_size": args.subset_size,
+                     "objective_windows": args.objective_windows, "ratio": args.ratio, "metrics": METRICS,
+                     "batch_size": args.batch_size, "quick": args.quick, "seed_encoding_range": SEED_RANGE},
+        "summary": summary, "runs": runs, "references": references,
+        "observations": observations(summary, args.budgets),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    speed.write_results(args.out_dir, "search_vs_random", result, render_markdown(result))
+    log(f"written {args.out_dir / 'search_vs_random.md'} and .json in {result['wall_seconds']:.0f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,33 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "status": t.status, "seconds": t.seconds} for t in done]})
             log(f"seed {seed} {engine}/{encoding}: " + ", ".join(f"b{b} {v:.4f}" for b, v in best_at.items()))
         session.release()
-
-    summary = []
-    for engine, encoding in plan:
-        mine = [r for r in runs if r["engine"] == engine and r["encoding"] == encoding]
-        row = {"engine": engine, "encoding": encoding, "budgets": {}}
-        for b in args.budgets:
-            values = [r["best_at"][str(b)] for r in mine]
-            ppls = [math.exp(-v) for v in values]
-            mean, std = _mean_std(values)
-            pm, ps = _mean_std(ppls)
-            row["budgets"][str(b)] = {"values": values, "mean": mean, "std": std, "ppl_mean": pm, "ppl_std": ps}
-        summary.append(row)
-    result = {
-        "machine": info,
-        "settings": {"budgets": args.budgets, "seeds": args.seeds, "engines": args.engines,
-                     "seed_encoding_engines": [] if args.no_seed_encoding else args.seed_encoding_engines,
-                     "init_points": args.init_points,
-                     "pool": args.pool, "subset_size": args.subset_size, "objective_windows": args.objective_windows,
-                     "ratio": args.ratio, "metrics": METRICS, "batch_size": args.batch_size, "quick": args.quick,
-                     "seed_encoding_range": SEED_RANGE},
-        "summary": summary, "runs": runs, "references": references,
-        "observations": observations(summary, args.budgets),
-        "wall_seconds": time.perf_counter() - t0,
-    }
-    text = render_markdown(result)
-    speed.write_results(args.out_dir, "search_vs_random", result, text)
-    log(f"written {args.out_dir / 'search_vs_random.md'} and .json in {result['wall_seconds']:.0f} s")
+        _report(args, info, plan, runs, references, t0, speed, log)  # after every seed: partial results survive
     return 0
 
 
