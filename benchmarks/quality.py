@@ -103,7 +103,8 @@ class Bench:
             plan = result.plan
             info = {"search_seconds": result.seconds, "best_trial": result.best.trial,
                     "objective": result.best.score, **{k: plan.provenance[k] for k in ("metric", "reducer", "keep_first",
-                                                                                       "keep_last", "layer_ramp")}}
+                                                                                       "keep_last", "layer_ramp",
+                                                                                       "bias_compensation")}}
         else:
             plan = session.plan(session.default_candidate())
         session.release()
