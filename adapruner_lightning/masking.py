@@ -43,17 +43,21 @@ def masked(layers: list[LayerStructure], selection: dict[int, LayerSelection],
                     module.bias.copy_(old)
 
 
+def add_bias(module: torch.nn.Linear, values: list[float], *, trainable: bool) -> None:
+    """Add ``values`` to ``module``'s bias, creating the bias parameter when the layer has none."""
+    add = torch.as_tensor(values, dtype=module.weight.dtype, device=module.weight.device)
+    if module.bias is None:
+        module.bias = torch.nn.Parameter(add, requires_grad=trainable)
+    else:
+        module.bias.add_(add)
+
+
 def _add_biases(layers, biases, old_biases) -> None:
     for i, parts in biases.items():
         for module, values in ((layers[i].o, parts.get("o")), (layers[i].down, parts.get("down"))):
-            if values is None:
-                continue
-            add = torch.as_tensor(values, dtype=module.weight.dtype, device=module.weight.device)
-            old_biases.append((module, None if module.bias is None else module.bias.detach().clone()))
-            if module.bias is None:
-                module.bias = torch.nn.Parameter(add, requires_grad=False)
-            else:
-                module.bias.add_(add)
+            if values is not None:
+                old_biases.append((module, None if module.bias is None else module.bias.detach().clone()))
+                add_bias(module, values, trainable=False)
 
 
 def _zero_columns(layers, selection, saved) -> None:

@@ -59,10 +59,14 @@ class PruningPlan:
     version: int = PLAN_VERSION
 
     @property
+    def same_shapes(self) -> bool:
+        """Whether every layer ends with the same (heads, KV heads, MLP width)."""
+        return len({(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in self.layers}) == 1
+
+    @property
     def is_uniform(self) -> bool:
         """Whether every layer ends with the same shape and no added biases (then plain ``from_pretrained`` loads it)."""
-        shapes = {(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in self.layers}
-        return len(shapes) == 1 and not self.compensated
+        return self.same_shapes and not self.compensated
 
     @property
     def compensated(self) -> bool:

@@ -18,6 +18,7 @@ from adapruner_lightning.groups import (
     FusedRows, LayerStructure, build_dependency_graph, check_mlp_coupling, layer_structures, mlp_group, output_site,
     total_params,
 )
+from adapruner_lightning.masking import add_bias
 from adapruner_lightning.plan import LayerPlan, PruningPlan, library_versions
 from adapruner_lightning.selection import LayerSelection
 
@@ -73,16 +74,6 @@ def compensation_biases(layers: list[LayerStructure], selection: dict[int, Layer
         if parts:
             out[i] = parts
     return out
-
-
-def _add_bias(module: nn.Linear, values: list[float] | None) -> None:
-    if values is None:
-        return
-    add = torch.tensor(values, dtype=module.weight.dtype, device=module.weight.device)
-    if module.bias is None:
-        module.bias = nn.Parameter(add, requires_grad=module.weight.requires_grad)
-    else:
-        module.bias.add_(add)
 
 
 def check_plan_fits(model: nn.Module, plan: PruningPlan) -> list[LayerStructure]:
@@ -177,26 +168,20 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
     # transformers validates hidden_size % num_attention_heads; otherwise keep the original dims and reload
     # through load_pruned, which replays the plan (also when biases were added: the families' configs cannot
     # ask for o_proj/down_proj biases alone, and plain from_pretrained must then fail on shapes, not drop them)
-    if not get_architecture(model).per_layer_heads:  # attention reads the shared config: uniform plans only
-        config.num_attention_heads, config.num_key_value_heads = first.num_heads, first.num_kv_heads
-        config.intermediate_size = first.intermediate_size
-    elif plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0:
+    # families whose attention reads the shared config (apply_plan allows them same-shaped plans only) always need it
+    shared = not get_architecture(model).per_layer_heads
+    if shared or (plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0):
         config.num_attention_heads = first.num_heads
         config.num_key_value_heads = first.num_kv_heads
         config.intermediate_size = first.intermediate_size
 
 
-def _same_shapes(plan: PruningPlan) -> bool:
-    return len({(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in plan.layers}) == 1
-
-
 @torch.no_grad()
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``."""
-    get_architecture(model)
     spec = get_architecture(model)
     layers = check_plan_fits(model, plan)
-    if not spec.per_layer_heads and not _same_shapes(plan):
+    if not spec.per_layer_heads and not plan.same_shapes:
         raise ConfigError("pruning plan", "layers of different shapes", f"identical layer shapes for {spec.name} (its "
                           "attention reads the shared config)", hint="prune with per_layer='uniform'")
     traced = any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
@@ -208,7 +193,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             check_mlp_coupling(graph, layer)
             mlp_group(graph, layer, list(lp.channels_removed)).prune()
         _prune_attention(layer, lp)
-        _add_bias(layer.o, lp.o_bias)
-        _add_bias(layer.down, lp.down_bias)
+        for module, values in ((layer.o, lp.o_bias), (layer.down, lp.down_bias)):
+            if values is not None:
+                add_bias(module, values, trainable=module.weight.requires_grad)
     _rewrite_config(model, plan)
     return model

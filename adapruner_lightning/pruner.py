@@ -91,8 +91,7 @@ class PruningSession:
         self.layers = layer_structures(model)
         self.uniform = config.per_layer == "uniform" or not get_architecture(model).per_layer_heads
         if self.uniform:
-            self._check_uniform(Candidate(config.metric, config.reducer, [], config.keep_first, config.keep_last,
-                                          config.layer_ramp, config.attn_share, config.scope))
+            self._check_uniform(self._config_candidate([]))
         self.attention_unit = resolve_attention_unit(config.attention_unit, model.config)
         self.params_total = total_params(model)
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
@@ -174,7 +173,9 @@ class PruningSession:
         """The configured metric/reducer/schedule with ``num_samples`` seeded random samples (no search)."""
         k = min(self.config.num_samples, self.pool.shape[0])
         gen = torch.Generator().manual_seed(self.config.seed)
-        subset = sorted(torch.randperm(self.pool.shape[0], generator=gen)[:k].tolist())
+        return self._config_candidate(sorted(torch.randperm(self.pool.shape[0], generator=gen)[:k].tolist()))
+
+    def _config_candidate(self, subset: list[int]) -> Candidate:
         c = self.config
         return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope,
                          c.bias_compensation)

@@ -101,9 +101,10 @@ def _mlp_units(layer: LayerStructure, scores: UnitScores, round_to: int) -> list
     order_t = torch.argsort(scores.channels, stable=True)
     rem = layer.intermediate % round_to
     sizes = ([rem] if rem else []) + [round_to] * ((layer.intermediate - rem) // round_to - 1)
-    ends = torch.tensor(sizes).cumsum(0)
+    sizes_t = torch.tensor(sizes)
+    ends = sizes_t.cumsum(0)
     csum = torch.cat([torch.zeros(1, dtype=torch.float64), scores.channels[order_t].double().cumsum(0)])
-    block_scores = (csum[ends] - csum[ends - torch.tensor(sizes)]).tolist()  # one sum per block, no per-channel ops
+    block_scores = (csum[ends] - csum[ends - sizes_t]).tolist()  # one sum per block, no per-channel ops
     order, cost, units, start = order_t.tolist(), layer.channel_cost(), [], 0
     for size, score in zip(sizes, block_scores):
         units.append(_Unit(layer.index, "mlp", score, cost * size, [], [], order[start:start + size]))
