@@ -16,12 +16,15 @@ Conventions follow Hugging Face and lm-evaluation-harness (lm-eval):
   the context + continuation are tokenised separately (the tokenizer's default special tokens, as lm-eval
   0.4.9+; pass ``add_special_tokens=False`` for older lm-eval), the continuation's tokens are
   the tail that differs, trailing spaces of the context move onto the continuation, an empty context is
-  replaced by the BOS (else EOS) token, and over-long inputs are truncated from the left.
+  replaced by the BOS (else EOS) token, and over-long inputs are truncated from the left. Choices that
+  share a context are packed into one sequence behind it (tree-shaped attention mask, explicit
+  positions), which gives lm-eval's numbers with the context run once, not once per choice.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -497,35 +500,79 @@ def _score_batch(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: i
     return scores
 
 
-@torch.no_grad()
-def _score_shared(model: nn.Module, context: list[int], conts: list[list[int]], pad_id: int, device: torch.device) -> list[float]:
-    """Score several continuations of one context, running the context once and reusing its KV cache.
+def _accepts(model: nn.Module, name: str) -> bool:
+    """True when ``model.forward`` names the keyword ``name`` (a generic ``**kwargs`` does not count)."""
+    return name in inspect.signature(model.forward).parameters
 
-    Gives the same numbers as scoring each ``context + continuation`` on its own (up to float rounding):
-    the context minus its last token is run once, its cache is repeated for every choice, and each
-    choice's ``[last context token] + continuation[:-1]`` runs on top of it (right-padded, masked).
+
+def _pack(context: list[int], conts: list[list[int]]) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+    """One item as a single sequence: the context, then every choice's ``continuation[:-1]``.
+
+    Returns the tokens, their positions (each choice continues the context), their segment (-1 for the
+    context, ``j`` for choice ``j``) and, per choice, the index of the token whose logits predict each of
+    its continuation tokens (the context's last token for the first one).
     """
-    prefix = torch.tensor([context[:-1]], dtype=torch.long, device=device)
-    out = model(input_ids=prefix, use_cache=True)
-    cache_arg = "cache" if "cache" in out else "past_key_values"  # transformers >= 5.2x renamed it
-    cache = out[cache_arg]
-    cache.batch_repeat_interleave(len(conts))
-    width = max(len(c) for c in conts)
-    input_ids = torch.full((len(conts), width), pad_id, dtype=torch.long)
-    mask = torch.ones((len(conts), prefix.shape[1] + width), dtype=torch.long)
-    for row, cont in enumerate(conts):
-        ids = [context[-1], *cont[:-1]]
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, prefix.shape[1] + len(ids) :] = 0
-    kwargs = {cache_arg: cache}
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=True, **kwargs).logits
-    if cache.get_seq_length() != mask.shape[1]:
-        raise RuntimeError(f"{type(model).__name__} ignored the KV cache; call choice_logliks(share_context=False)")
+    tokens, positions, segments = list(context), list(range(len(context))), [-1] * len(context)
+    predictors = []
+    for j, cont in enumerate(conts):
+        start = len(tokens)
+        predictors.append([len(context) - 1, *range(start, start + len(cont) - 1)])
+        tokens += cont[:-1]
+        positions += range(len(context), len(context) + len(cont) - 1)
+        segments += [j] * (len(cont) - 1)
+    return tokens, positions, segments, predictors
+
+
+def _tree_mask(segments: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive ``[batch, 1, width, width]`` mask: a token sees earlier context tokens and earlier tokens
+    of its own choice (segment -1 is the context, -2 padding, which sees only itself)."""
+    width = segments.shape[1]
+    index = torch.arange(width)
+    causal = index[None, :] <= index[:, None]
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    allowed = causal & ((keys == -1) | (keys == queries)) & (queries != -2)
+    allowed |= torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+@torch.no_grad()
+def _score_shared(
+    model: nn.Module, jobs: list[tuple[list[int], list[list[int]]]], pad_id: int, device: torch.device
+) -> list[list[float]]:
+    """Score the choices of several items whose choices share one context, each context run once.
+
+    Every item becomes one sequence (:func:`_pack`): its context followed by all its choices, each choice
+    placed at the positions that continue the context and masked (:func:`_tree_mask`) so that it sees the
+    context and itself, never another choice. The items run as one left-padded batch, so logits are only
+    computed for the last positions, where the choices are. The numbers equal
+    scoring each ``context + continuation`` on its own up to float rounding (``choice_logliks`` checks one
+    item against that), with the context computed once instead of once per choice.
+    """
+    packed = [_pack(context, conts) for context, conts in jobs]
+    width = max(len(tokens) for tokens, *_ in packed)
+    input_ids = torch.full((len(jobs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(jobs), width), dtype=torch.long)
+    segments = torch.full((len(jobs), width), -2, dtype=torch.long)
+    for row, (tokens, pos, seg, _) in enumerate(packed):  # left-padded: every row's choices end the batch
+        input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        positions[row, width - len(tokens) :] = torch.tensor(pos, dtype=torch.long)
+        segments[row, width - len(tokens) :] = torch.tensor(seg, dtype=torch.long)
+    dtype = next(model.parameters()).dtype
+    # only the context's last token and the choices need logits: the last `keep` positions of every row
+    keep = max(len(tokens) - len(context) + 1 for (tokens, *_), (context, _) in zip(packed, jobs))
+    extra = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=input_ids.to(device), position_ids=positions.to(device),
+                   attention_mask=_tree_mask(segments, dtype).to(device), use_cache=False, **extra).logits
     scores = []
-    for row, cont in enumerate(conts):
-        logprobs = F.log_softmax(logits[row, : len(cont)].float(), dim=-1)
-        target = torch.tensor(cont, dtype=torch.long, device=logprobs.device)
-        scores.append(float(logprobs.gather(1, target[:, None]).sum()))
+    for row, ((_, conts), (tokens, *_, predictors)) in enumerate(zip(jobs, packed)):
+        shift = width - len(tokens) - (width - logits.shape[1])  # packed index -> row of the kept logits
+        item_scores = []
+        for cont, index in zip(conts, predictors):
+            logprobs = F.log_softmax(logits[row, torch.tensor(index) + shift].float(), dim=-1)
+            target = torch.tensor(cont, dtype=torch.long, device=logprobs.device)
+            item_scores.append(float(logprobs.gather(1, target[:, None]).sum()))
+        scores.append(item_scores)
     return scores
 
 
@@ -558,20 +605,24 @@ def choice_logliks(
     Every ``(context, continuation)`` request of every item (see :meth:`MCItem.requests`) is tokenised by
     :func:`encode_pair`, truncated from the left to ``max_length`` tokens, and scored in batches sorted
     by length, right-padded with an attention mask. With ``share_context``, an item whose choices share
-    one context (all but partial-scoring items) runs that context once and scores its choices on the
-    context's KV cache instead: the same numbers up to float rounding, ``n_choices`` times less context
-    compute. The model runs in eval mode and gets its previous mode back.
+    one context (all but partial-scoring items) is packed into one sequence, its context followed by its
+    choices, with a tree-shaped attention mask and positions so that each choice sees only the context
+    and itself: the same numbers up to float rounding, the context computed once instead of once per
+    choice. The first packed item is also scored the plain way; if they disagree (a model that ignores
+    custom 4D masks or ``position_ids``), a warning says so and every item is scored the plain way. The
+    model runs in eval mode and gets its previous mode back.
 
     Args:
-        model: a causal LM returning ``.logits`` (and ``past_key_values`` for ``share_context``).
+        model: a causal LM returning ``.logits`` (and accepting a 4D float ``attention_mask`` and
+            ``position_ids`` for ``share_context``, as Hugging Face decoders do).
         tokenizer: its tokenizer.
         items: the multiple-choice items.
-        batch_size: sequences per forward pass of the batched path.
+        batch_size: sequences per forward pass (packed items count one each).
         device: where to run; the model is moved there. ``None``: where the model's weights are.
         progress: show a progress bar.
         max_length: longest input; default :func:`model_max_length`.
-        share_context: score choices of a shared context on one KV cache (``False``: lm-eval's plain
-            batched path for every item, ``use_cache=False``).
+        share_context: pack the choices of a shared context (``False``: lm-eval's plain batched path for
+            every item).
         add_special_tokens: see :func:`encode_pair` (``None``: the tokenizer's default, as lm-eval).
 
     Returns:
@@ -582,23 +633,32 @@ def choice_logliks(
     device = _model_device(model, device)
     max_length = max_length or model_max_length(model, tokenizer)
     pad_id = _pad_id(tokenizer)
-    shared, plain = _plan_requests(tokenizer, items, max_length, share_context, add_special_tokens)
+    share_limit = min(max_length, getattr(getattr(model, "config", None), "sliding_window", None) or max_length)
+    shared, plain = _plan_requests(tokenizer, items, max_length, share_limit if share_context else 0, add_special_tokens)
     out: list[list[float]] = [[0.0] * len(item.choices) for item in items]
 
-    def run_shared(item: int, context: list[int], conts: list[list[int]]) -> None:
-        out[item] = _score_shared(model, context, conts, pad_id, device)
+    def run_shared(group: list[int]) -> None:
+        scores = _score_shared(model, [(shared[k][1], shared[k][2]) for k in group], pad_id, device)
+        for k, item_scores in zip(group, scores):
+            out[shared[k][0]] = item_scores
 
     def run_plain(chunk: list[int]) -> None:
         scores = _score_batch(model, [(plain[k][2], plain[k][3]) for k in chunk], pad_id, device)
         for k, score in zip(chunk, scores):
             out[plain[k][0]][plain[k][1]] = score
 
-    order = sorted(range(len(plain)), key=lambda k: -len(plain[k][2]))  # longest first, as lm-eval
-    jobs: list[Callable[[], None]] = [functools.partial(run_shared, *job) for job in shared]
-    jobs += [functools.partial(run_plain, order[k : k + batch_size]) for k in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()
     try:
+        if shared and not _packing_agrees(model, shared[0], pad_id, device):
+            log.warning("%s does not score packed choices like separate sequences (custom 4D attention masks or "
+                        "position_ids unsupported); scoring every item the plain way", type(model).__name__)
+            plain += [_plain_request(i, j, context, cont, max_length) for i, context, conts in shared
+                      for j, cont in enumerate(conts)]
+            shared = []
+        order = sorted(range(len(plain)), key=lambda k: -len(plain[k][2]))  # longest first, as lm-eval
+        jobs: list[Callable[[], None]] = [functools.partial(run_shared, g) for g in _shared_groups(shared, batch_size)]
+        jobs += [functools.partial(run_plain, order[k : k + batch_size]) for k in range(0, len(order), batch_size)]
         for job in track(jobs, total=len(jobs), description="choice log-likelihoods", progress=progress):
             job()
     finally:
@@ -606,21 +666,39 @@ def choice_logliks(
     return out
 
 
+def _shared_groups(shared: list[tuple[int, list[int], list[list[int]]]], batch_size: int) -> list[list[int]]:
+    """Indices of ``shared`` jobs, ``batch_size`` at a time, longest packed sequence first (little padding)."""
+    order = sorted(range(len(shared)), key=lambda k: -(len(shared[k][1]) + sum(len(c) - 1 for c in shared[k][2])))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def _packing_agrees(model: nn.Module, job: tuple[int, list[int], list[list[int]]], pad_id: int, device: torch.device) -> bool:
+    """True when the packed scores of one shared-context job equal its plain scores (within 1e-3 relative)."""
+    _, context, conts = job
+    packed = _score_shared(model, [(context, conts)], pad_id, device)[0]
+    plain = _score_batch(model, [(context + cont, len(cont)) for cont in conts], pad_id, device)
+    return all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(packed, plain))
+
+
+def _plain_request(item: int, choice: int, context: list[int], cont: list[int], max_length: int) -> tuple[int, int, list[int], int]:
+    """``(item, choice, tokens truncated from the left to max_length + 1, n_continuation_tokens)``."""
+    tokens = (context + cont)[-(max_length + 1) :]
+    return item, choice, tokens, min(len(cont), len(tokens) - 1)
+
+
 def _plan_requests(
-    tokenizer: Any, items: Sequence[MCItem], max_length: int, share_context: bool, add_special_tokens: bool | None
+    tokenizer: Any, items: Sequence[MCItem], max_length: int, share_limit: int, add_special_tokens: bool | None
 ) -> tuple[list[tuple[int, list[int], list[list[int]]]], list[tuple[int, int, list[int], int]]]:
-    """Tokenise every request; return the shared-context jobs ``(item, context, continuations)`` and the
-    plain requests ``(item, choice, tokens truncated from the left, n_continuation_tokens)``."""
+    """Tokenise every request; return the shared-context jobs ``(item, context, continuations)`` (items
+    whose choices fit in ``share_limit`` tokens; 0 shares none) and the plain requests (:func:`_plain_request`)."""
     shared: list[tuple[int, list[int], list[list[int]]]] = []
     plain: list[tuple[int, int, list[int], int]] = []
     for i, item in enumerate(items):
         pairs = [encode_pair(tokenizer, c, k, add_special_tokens) for c, k in item.requests()]
-        if share_context and _can_share(pairs, max_length):
+        if share_limit and _can_share(pairs, share_limit):
             shared.append((i, pairs[0][0], [cont for _, cont in pairs]))
             continue
-        for j, (context_ids, cont_ids) in enumerate(pairs):
-            tokens = (context_ids + cont_ids)[-(max_length + 1) :]
-            plain.append((i, j, tokens, min(len(cont_ids), len(tokens) - 1)))
+        plain += [_plain_request(i, j, context, cont, max_length) for j, (context, cont) in enumerate(pairs)]
     return shared, plain
 
 

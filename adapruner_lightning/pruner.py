@@ -78,11 +78,13 @@ class PruningSession:
         pool_ids: stable ids of the pool's samples (recorded in plans and traces).
         batch_size: batch size of statistics passes and objective evaluation.
         progress: show progress bars.
+        stats: the pool's statistics from another session on the same weights and pool (they depend on
+            neither the metric, the seed nor the target), so several configurations pay for one pass.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
                  objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
-                 batch_size: int = 8, progress: bool = True) -> None:
+                 batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None) -> None:
         self.model, self.config = model, config
         self.pool = pool
         self.objective_windows = objective
@@ -96,8 +98,18 @@ class PruningSession:
         self.params_total = total_params(model)
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
         self.budget = int(round(config.target_ratio * basis))
-        self._stats: StatsCache | None = None
+        self._stats = self._check_stats(stats)
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+
+    def _check_stats(self, stats: StatsCache | None) -> StatsCache | None:
+        """``stats`` if it describes this pool (same sample ids) and this model's layer count, else a clear error."""
+        if stats is not None and (stats.sample_ids != self.pool_ids or stats.num_samples != self.pool.shape[0]
+                                  or len(stats.layers) != len(self.layers)):
+            raise ConfigError("stats", f"{stats.num_samples} samples x {len(stats.layers)} layers",
+                              f"statistics of this pool ({len(self.pool_ids)} samples, same ids) and these "
+                              f"{len(self.layers)} layers", hint="share stats only between sessions on the same "
+                              "dense weights and calibration pool")
+        return stats
 
     @property
     def stats(self) -> StatsCache:

@@ -31,11 +31,14 @@ from adapruner_lightning.calibration import make_splits
 from adapruner_lightning.config import PruningConfig, SearchConfig
 from adapruner_lightning.data import texts_for, tokenize_windows
 from adapruner_lightning.evaluation import task_items
+from adapruner_lightning.importance import get_metric
 from adapruner_lightning.metrics import evaluate_perplexity, score_multiple_choice
 from adapruner_lightning.models import load_model
+from adapruner_lightning.plan import PruningPlan
 from adapruner_lightning.prune import apply_plan
 from adapruner_lightning.pruner import PruningSession
 from adapruner_lightning.search import run_search
+from adapruner_lightning.stats import StatsCache
 
 TASKS = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
 # method -> (PruningConfig overrides, searches?, depends on seed?)
@@ -60,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
     p.add_argument("--items", type=int, default=None, help="zero-shot items per task")
     p.add_argument("--recovery-steps", type=int, default=None)
+    p.add_argument("--dense-recovery", action=argparse.BooleanOptionalAction, default=None,
+                   help="also fine-tune the dense model, for reference (default: on, off with --quick)")
     p.add_argument("--out", default="benchmarks/results/quality")
     return p
 
@@ -78,6 +83,7 @@ class Bench:
                         for name, text in evaluation.items()}
         self.items = [it for task in TASKS for it in task_items(task, evaluation, n_items=args.items, seed=0)]
         self.chance = statistics.mean(1 / len(it.choices) for it in self.items)
+        self._pool_stats: StatsCache | None = None
 
     def fresh(self) -> torch.nn.Module:
         model = copy.deepcopy(self.model)
@@ -91,11 +97,38 @@ class Bench:
         return out
 
     def prune(self, method: str, ratio: float, seed: int) -> tuple[torch.nn.Module, dict]:
-        overrides, searches, _ = METHODS[method]
+        """The dense model pruned by ``method``; the plan is kept under ``<out>/plans`` so the recovered cell
+        of the same method, ratio and seed applies it instead of searching or scoring again."""
+        path = Path(self.args.out) / "plans" / f"{method}_{ratio}_{seed}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
+        else:
+            plan, info = self._plan(method, ratio, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"plan": plan.to_dict(), "info": info}))
+            tmp.replace(path)
         model = self.fresh()
+        apply_plan(model, plan)
+        return model, dict(info)
+
+    def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
+        """A session on the dense weights. The pool's statistics depend on neither the metric, the seed nor the
+        ratio, so every method that reads them shares one statistics pass (``PruningSession(stats=...)``)."""
+        overrides, searches, _ = METHODS[method]
         config = PruningConfig(target_ratio=ratio, seed=seed, **overrides)
-        session = PruningSession(model, config, self.splits.pool, objective=self.splits.objective,
-                                 pool_ids=self.splits.pool_ids, progress=False)
+        needs_stats = searches or config.bias_compensation or get_metric(config.metric).needs == "activations"
+        if needs_stats and self._pool_stats is None:
+            self._pool_stats = PruningSession(self.model, config, self.splits.pool, pool_ids=self.splits.pool_ids,
+                                              progress=False).stats
+        return PruningSession(self.fresh(), config, self.splits.pool, objective=self.splits.objective,
+                              pool_ids=self.splits.pool_ids, progress=False,
+                              stats=self._pool_stats if needs_stats else None)
+
+    def _plan(self, method: str, ratio: float, seed: int) -> tuple[PruningPlan, dict]:
+        searches = METHODS[method][1]
+        session = self._session(method, ratio, seed)
         info: dict = {}
         if searches:
             result = run_search(session, SearchConfig(trials=self.args.trials, init_points=min(5, self.args.trials)),
@@ -107,10 +140,8 @@ class Bench:
                                                                                        "bias_compensation")}}
         else:
             plan = session.plan(session.default_candidate())
-        session.release()
-        apply_plan(model, plan)
         info["removed"] = plan.achieved_ratio
-        return model, info
+        return plan, info
 
     def recover(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
         """The same short LoRA recovery for every method (finetune windows only, seeded order)."""
@@ -139,7 +170,8 @@ def _cells(args) -> list[tuple[str, float, int, bool]]:
                 cells.append((method, ratio, seed, False))
             rec = range(min(args.recovery_seeds, len(seeds)))
             cells += [(method, ratio, seed, True) for seed in rec]
-    cells.append(("dense", 0.0, 0, True))  # the dense model after the same fine-tune, for reference
+    if args.dense_recovery:
+        cells.append(("dense", 0.0, 0, True))  # the dense model after the same fine-tune, for reference
     return cells
 
 
@@ -175,31 +207,35 @@ def run(args) -> list[dict]:
     return list(done.values())
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], digits: int = 2) -> str:
+    """``mean ± sample std`` (the value alone for one seed)."""
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(rows: list[dict], args) -> str:
     ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
     lines = ["| ratio | method | recovery | " + " | ".join(k[4:] + " ppl" for k in ppl_keys)
-             + " | mean ppl % of dense | acc | acc % of dense | Δppl vs LLM-Pruner (paired) | seeds |",
-             "|---" * (len(ppl_keys) + 8) + "|"]
+             + " | mean ppl % of dense | acc | acc % of dense | Δppl vs LLM-Pruner (paired) | Δacc vs LLM-Pruner (paired) | seeds |",
+             "|---" * (len(ppl_keys) + 9) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
     dense_ppl = statistics.mean(dense[k] for k in ppl_keys)
     for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], list(METHODS).index(t[0][1]) if t[0][1] in METHODS else -1)):
         mean_ppl = [statistics.mean(r[k] for k in ppl_keys) for r in rs]
-        base = {r["seed"]: statistics.mean(r[k] for k in ppl_keys) for r in groups.get((ratio, "llm_pruner", rec), [])}
-        paired = [m - base[r["seed"]] for m, r in zip(mean_ppl, rs) if r["seed"] in base and method != "llm_pruner"]
+        base_rows = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
+        paired = [m - statistics.mean(base_rows[r["seed"]][k] for k in ppl_keys)
+                  for m, r in zip(mean_ppl, rs) if r["seed"] in base_rows]
+        paired_acc = [r["acc"] - base_rows[r["seed"]]["acc"] for r in rs if r["seed"] in base_rows]
         cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
         lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols)
                      + f" | {100 * statistics.mean(mean_ppl) / dense_ppl:.0f}% | {_mean_spread([r['acc'] for r in rs])}"
                      + f" | {100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}% | "
-                     + (_mean_spread(paired) if paired else "") + f" | {len(rs)} |")
+                     + (_mean_spread(paired) if paired else "") + " | "
+                     + (_mean_spread(paired_acc, 3) if paired_acc else "") + f" | {len(rs)} |")
     return "\n".join(lines)
 
 
@@ -235,17 +271,26 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left unset: ``--quick`` sizes (20%, 1 recovered seed, 2 x 4,096 ppl tokens, 3 x 67
+    items, 10 recovery steps, no dense fine-tune) or the full ones (10/20/30%, every seed recovered,
+    2 x 20,480 tokens, 3 x 200 items, 100 steps, dense fine-tune for reference)."""
     if args.quick:
         args.ratios = args.ratios or [0.2]
         args.recovery_seeds = 1 if args.recovery_seeds is None else args.recovery_seeds
-        args.eval_tokens, args.items = args.eval_tokens or 4096, args.items or 70
-        args.recovery_steps = args.recovery_steps or 20
+        args.eval_tokens, args.items = args.eval_tokens or 4096, args.items or 67
+        args.recovery_steps = args.recovery_steps or 10
+        args.dense_recovery = bool(args.dense_recovery)
     args.ratios = args.ratios or [0.1, 0.2, 0.3]
     args.recovery_seeds = args.seeds if args.recovery_seeds is None else args.recovery_seeds
     args.eval_tokens, args.items = args.eval_tokens or 20480, args.items or 200
     args.recovery_steps = args.recovery_steps or 100
+    args.dense_recovery = args.dense_recovery is not False
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve_defaults(_parser().parse_args(argv))
     start = time.perf_counter()
     rows = run(args)
     md = table(rows, args)

@@ -264,3 +264,98 @@ def test_scores_agree_with_lm_eval_on_its_own_task_definitions(tmp_path) -> None
     assert result["acc"] == pytest.approx(score_multiple_choice(model, tok, items, progress=False)["acc"])
     for a, b in zip(choice_logliks(model, tok, items, progress=False), result["logliks"]):
         assert a == pytest.approx(b, abs=2e-3)
+
+
+# sliding windows small enough that the longest items fall back to the plain path, so both paths run
+_PACKING_FAMILIES = {
+    "llama": {},
+    "mistral": {"sliding_window": 40},
+    "qwen2": {},
+    "gemma2": {"sliding_window": 40, "layer_types": ["sliding_attention", "full_attention"]},
+    "gemma3_text": {"sliding_window": 40, "layer_types": ["sliding_attention", "full_attention"],
+                    "query_pre_attn_scalar": 16},
+    "phi3": {"pad_token_id": 0, "eos_token_id": 0, "bos_token_id": 0},
+}
+
+
+def _varied_items(n: int = 12, seed: int = 0) -> list[MCItem]:
+    """Items with contexts of 1 to ~40 words and 2 to 4 choices of different lengths, from synthetic text."""
+    import random
+
+    from helpers_eval import synthetic_text
+
+    words = synthetic_text(seed=seed).split()
+    rng = random.Random(seed)
+    items = []
+    for k in range(n):
+        start = rng.randrange(len(words) - 60)
+        context = " ".join(words[start : start + rng.randint(1, 40)])
+        choices = tuple(" ".join(words[start + 50 + j : start + 50 + j + rng.randint(1, 8)]) for j in range(rng.randint(2, 4)))
+        items.append(MCItem(context, choices, k % len(choices)))
+    return items
+
+
+@pytest.mark.parametrize("family", list(_PACKING_FAMILIES))
+def test_packed_choices_equal_separate_sequences_across_architectures(family: str, caplog) -> None:
+    """Packing a context with all its choices (tree mask + positions) gives lm-eval's plain numbers on every
+    supported family, sliding-window ones included, with several items per batch."""
+    from conftest import make_tiny_model
+
+    tok = tiny_tokenizer()
+    model = make_tiny_model(family, vocab_size=len(tok), layers=2, **_PACKING_FAMILIES[family])
+    items = _varied_items()
+    plain = choice_logliks(model, tok, items, batch_size=5, progress=False, share_context=False)
+    with caplog.at_level("WARNING", logger="adapruner_lightning.metrics"):
+        packed = choice_logliks(model, tok, items, batch_size=5, progress=False, share_context=True)
+    assert "plain way" not in caplog.text  # the packed path really ran
+    for a, b in zip(packed, plain):
+        assert a == pytest.approx(b, abs=1e-4)
+    for item, lls in zip(items[:3], packed):
+        for (context, continuation), ll in zip(item.requests(), lls):
+            assert ll == pytest.approx(hand_loglik(model, *encode_pair(tok, context, continuation)), abs=1e-3)
+
+
+def test_packed_choices_on_a_pruned_model_with_per_layer_head_counts() -> None:
+    from conftest import make_tiny_model
+
+    from adapruner_lightning.config import PruningConfig
+    from adapruner_lightning.pruner import PruningSession
+    from adapruner_lightning.prune import apply_plan
+
+    tok = tiny_tokenizer()
+    model = make_tiny_model("llama", vocab_size=len(tok), layers=3)
+    pool = torch.randint(0, len(tok), (4, 16), generator=torch.Generator().manual_seed(0))
+    config = PruningConfig(target_ratio=0.3, metric="magnitude_l2", num_samples=4, keep_first=1)
+    session = PruningSession(model, config, pool, progress=False)
+    plan = session.plan(session.default_candidate())
+    apply_plan(model, plan)
+    assert len({layer.self_attn.q_proj.out_features for layer in model.model.layers}) > 1  # really non-uniform
+    items = _varied_items(seed=1)
+    packed = choice_logliks(model, tok, items, batch_size=4, progress=False)
+    plain = choice_logliks(model, tok, items, batch_size=4, progress=False, share_context=False)
+    for a, b in zip(packed, plain):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """A causal LM wrapper that drops custom 4D masks and position ids, as a non-HF model might."""
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm, self.config = lm, lm.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def test_packing_falls_back_to_plain_scoring_when_the_model_ignores_the_tree_mask(caplog) -> None:
+    tok, model = tiny_tokenizer(), tiny_model(seed=2)
+    items = _varied_items(n=6, seed=2)
+    plain = choice_logliks(model, tok, items, progress=False, share_context=False)
+    with caplog.at_level("WARNING", logger="adapruner_lightning.metrics"):
+        got = choice_logliks(_IgnoresPositions(model), tok, items, progress=False)
+    assert "_IgnoresPositions does not score packed choices" in caplog.text
+    for a, b in zip(got, plain):
+        assert a == pytest.approx(b, abs=1e-4)

@@ -159,3 +159,18 @@ def test_copula_transform_keeps_the_ranking_and_bounds_outliers():
     assert sorted(range(5), key=raw.__getitem__) == sorted(range(5), key=warped.__getitem__)
     assert max(warped) - min(warped) < 3.0  # the 9-unit outlier gap shrinks to a few standard deviations
     assert (warped[1] - warped[4]) / (max(warped) - min(warped)) > (raw[1] - raw[4]) / (max(raw) - min(raw))
+
+
+def test_sessions_can_share_pool_statistics_across_metrics_and_seeds() -> None:
+    first = _session(seed=0, metric="wanda_sp")
+    stats = first.stats
+    shared = PruningSession(first.model, PruningConfig(target_ratio=0.2, seed=3, metric="flap", bias_compensation=True),
+                            first.pool, objective=first.objective_windows, progress=False, stats=stats)
+    fresh = _session(seed=3, metric="flap", bias_compensation=True)
+    assert shared.stats is stats
+    a, b = shared.plan(shared.default_candidate()), fresh.plan(fresh.default_candidate())
+    assert a.provenance["seed"] == 3 and a.provenance["sample_ids"] == b.provenance["sample_ids"]
+    assert [lp.channels_removed for lp in a.layers] == [lp.channels_removed for lp in b.layers]
+    assert [lp.down_bias for lp in a.layers] == [lp.down_bias for lp in b.layers]
+    with pytest.raises(ConfigError, match="stats"):  # another pool's statistics are refused before any work
+        PruningSession(first.model, first.config, first.pool[:6], progress=False, stats=stats)
