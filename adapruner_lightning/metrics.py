@@ -359,10 +359,9 @@ class MultipleChoiceAccuracy(Metric):
         gold = gold.detach().to(logliks.device, torch.long).reshape(-1)
         valid = torch.ones_like(logliks, dtype=torch.bool) if valid is None else valid.to(logliks.device, torch.bool)
         self._check(logliks, lengths, gold, valid)
-        masked = logliks.masked_fill(~valid, -math.inf)
-        normed = (logliks / lengths.clamp_min(1.0)).masked_fill(~valid, -math.inf)
-        self.correct += (masked.argmax(dim=1) == gold).sum().to(self.correct.device)
-        self.correct_norm += (normed.argmax(dim=1) == gold).sum().to(self.correct.device)
+        pred, pred_norm = choice_predictions(logliks, lengths, valid)
+        self.correct += (pred == gold).sum().to(self.correct.device)
+        self.correct_norm += (pred_norm == gold).sum().to(self.correct.device)
         self.total += torch.tensor(gold.numel(), dtype=torch.long, device=self.total.device)
 
     @staticmethod
@@ -387,6 +386,47 @@ class MultipleChoiceAccuracy(Metric):
             raise ConfigError("MultipleChoiceAccuracy.total", 0, "at least one scored item", hint="call update() first")
         total = self.total.double()
         return {"acc": (self.correct / total).float(), "acc_norm": (self.correct_norm / total).float()}
+
+
+def choice_predictions(logliks: Tensor, choice_lengths: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The predicted choice of each item, as lm-eval picks it (ties go to the first choice).
+
+    Args:
+        logliks: ``[B, C]`` summed log-likelihood of each choice.
+        choice_lengths: ``[B, C]`` length of each choice in characters.
+        valid: ``[B, C]`` bool, False for padding choices.
+
+    Returns:
+        ``(pred, pred_norm)``, each ``[B]``: the argmax of the summed log-likelihood (``acc``) and of the
+        log-likelihood per character (``acc_norm``).
+    """
+    masked = logliks.masked_fill(~valid, -math.inf)
+    normed = (logliks / choice_lengths.clamp_min(1.0)).masked_fill(~valid, -math.inf)
+    return masked.argmax(dim=1), normed.argmax(dim=1)
+
+
+def item_correctness(items: Sequence[MCItem], logliks: Sequence[Sequence[float]]) -> tuple[list[bool], list[bool]]:
+    """Per item, whether the prediction is right, for ``acc`` and for ``acc_norm``.
+
+    The same predictions :class:`MultipleChoiceAccuracy` counts; kept per item so that two models scored
+    on the same items can be compared item by item (a paired difference has a much smaller standard error
+    than two independent accuracies).
+
+    Args:
+        items: the items scored.
+        logliks: per item, one log-likelihood per choice (as returned by :func:`choice_logliks`).
+
+    Returns:
+        ``(correct, correct_norm)``, one bool per item each, in the items' order.
+
+    Raises:
+        ConfigError: ``items`` is empty.
+    """
+    if not items:
+        raise ConfigError("items", [], "at least one multiple-choice item")
+    scores, lengths, gold, valid = multiple_choice_tensors(items, logliks)
+    pred, pred_norm = choice_predictions(scores, lengths, valid)
+    return (pred == gold).tolist(), (pred_norm == gold).tolist()
 
 
 def multiple_choice_tensors(

@@ -19,7 +19,6 @@ import copy
 import datetime as dt
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -32,13 +31,16 @@ from adapruner_lightning.config import PruningConfig, SearchConfig
 from adapruner_lightning.data import texts_for, tokenize_windows
 from adapruner_lightning.evaluation import task_items
 from adapruner_lightning.importance import get_metric
-from adapruner_lightning.metrics import evaluate_perplexity, score_multiple_choice
+from adapruner_lightning.metrics import choice_logliks, evaluate_perplexity, item_correctness
 from adapruner_lightning.models import load_model
 from adapruner_lightning.plan import PruningPlan
 from adapruner_lightning.prune import apply_plan
 from adapruner_lightning.pruner import PruningSession
 from adapruner_lightning.search import run_search
 from adapruner_lightning.stats import StatsCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402  (the benchmarks' shared machine description)
 
 TASKS = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
 # method -> (PruningConfig overrides, searches?, depends on seed?)
@@ -90,10 +92,16 @@ class Bench:
         model.load_state_dict(self.dense_state)
         return model
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        out = {f"ppl/{k}": evaluate_perplexity(model, w, progress=False) for k, w in self.windows.items()}
-        mc = score_multiple_choice(model, self.tokenizer, self.items, progress=False)
-        out.update(acc=mc["acc"], acc_norm=mc["acc_norm"])
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float | str]:
+        """Held-out perplexity per evaluation novel, ``acc``/``acc_norm``, and which items were right
+        (``correct``: one ``0``/``1`` per item, so that the table can pair methods item by item)."""
+        out: dict[str, float | str] = {f"ppl/{k}": evaluate_perplexity(model, w, progress=False)
+                                       for k, w in self.windows.items()}
+        correct, correct_norm = item_correctness(self.items, choice_logliks(model, self.tokenizer, self.items,
+                                                                            progress=False))
+        out.update(acc=statistics.mean(correct), acc_norm=statistics.mean(correct_norm),
+                   correct="".join("1" if c else "0" for c in correct),
+                   task_sizes=[sum(it.task == task for it in self.items) for task in TASKS])
         return out
 
     def prune(self, method: str, ratio: float, seed: int) -> tuple[torch.nn.Module, dict]:
@@ -180,15 +188,38 @@ def _key(cell) -> str:
     return f"{method}|{ratio}|{seed}|{int(recovered)}"
 
 
-def run(args) -> list[dict]:
+def _load_cells(path: Path) -> dict[str, dict]:
+    """The finished cells of an earlier (possibly killed) run, by key; a torn last line is dropped, since
+    that cell did not finish writing and is simply run again."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    done = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number} is not a JSON line; only the last line may be torn") from None
+            print(f"{path}: dropping a torn last line (that cell runs again)", flush=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(l + "\n" for l in lines[:-1]))
+            tmp.replace(path)  # later cells are appended after whole lines only
+            continue
+        done[row["key"]] = row
+    return done
+
+
+def run(args) -> tuple[list[dict], int]:
+    """Run every cell of ``args`` not yet in ``<out>/cells.jsonl``; return all finished rows and how many
+    cells this call ran."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cells.jsonl"
-    done = {json.loads(l)["key"]: json.loads(l) for l in path.read_text().splitlines()} if path.exists() else {}
-    bench = Bench(args)
+    done = _load_cells(path)
+    bench, ran = None, 0  # the model is loaded only when a cell is missing: re-rendering costs no load
     for cell in _cells(args):
         if _key(cell) in done:
             continue
+        bench = bench or Bench(args)
         method, ratio, seed, recovered = cell
         start = time.perf_counter()
         if method == "dense":
@@ -199,72 +230,162 @@ def run(args) -> list[dict]:
             model = bench.recover(model, seed)
         row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed, "recovered": recovered,
                **bench.evaluate(model), **info, "seconds": time.perf_counter() - start, "chance": bench.chance}
-        done[row["key"]] = row
+        done[row["key"]], ran = row, ran + 1
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{row['key']:<30} ppl {[round(row[k], 2) for k in row if k.startswith('ppl/')]} acc {row['acc']:.3f} "
               f"({row['seconds']:.0f}s)", flush=True)
-    return list(done.values())
+    return list(done.values()), ran
 
 
-def _mean_spread(values: list[float], digits: int = 2) -> str:
+def _num(value: float, digits: int = 2, sign: bool = False) -> str:
+    """``value`` with thousands separators (and an explicit sign for differences)."""
+    return f"{value:{'+' if sign else ''},.{digits}f}"
+
+
+def _mean_spread(values: list[float], digits: int = 2, sign: bool = False) -> str:
     """``mean ± sample std`` (the value alone for one seed)."""
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return _num(values[0], digits, sign)
+    return f"{_num(statistics.mean(values), digits, sign)} ± {_num(statistics.stdev(values), digits)}"
+
+
+def _mean_ppl(row: dict) -> float:
+    """The mean of a cell's held-out perplexities (one per evaluation novel)."""
+    return statistics.mean(v for k, v in row.items() if k.startswith("ppl/"))
+
+
+def _per_item_differences(pairs: list[tuple[str, str]]) -> list[float]:
+    """Each item's right/wrong difference (``correct`` strings of two cells) averaged over the paired seeds:
+    the same items are scored for every seed, so the items, not the seeds x items, are the sample."""
+    return [statistics.mean(int(x) - int(y) for x, y in column)
+            for column in zip(*(zip(a, b, strict=True) for a, b in pairs))]
+
+
+def _sem(values: list[float]) -> float:
+    """Standard error of the mean."""
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _item_se(pairs: list[tuple[dict, dict]]) -> str:
+    """Standard error of the paired accuracy difference with the items as the sample ("" without per-item
+    results)."""
+    if not pairs or not all("correct" in r and "correct" in b for r, b in pairs):
+        return ""
+    per_item = _per_item_differences([(r["correct"], b["correct"]) for r, b in pairs])
+    return f"{_sem(per_item):.3f}" if len(per_item) > 1 else ""
+
+
+def _paired(rs: list[dict], base: dict[int, dict]) -> list[str]:
+    """Paired differences against the LLM-Pruner cells of the same seeds: mean perplexity (mean ± std over
+    seeds, and on how many seeds it is lower), accuracy (the same, higher), and the accuracy difference's
+    item-level standard error."""
+    pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+    if not pairs:
+        return ["", "", ""]
+    d_ppl = [_mean_ppl(r) - _mean_ppl(b) for r, b in pairs]
+    d_acc = [r["acc"] - b["acc"] for r, b in pairs]
+    n = len(pairs)
+    return [f"{_mean_spread(d_ppl, sign=True)} ({sum(d < 0 for d in d_ppl)}/{n})",
+            f"{_mean_spread(d_acc, 3, sign=True)} ({sum(d > 0 for d in d_acc)}/{n})", _item_se(pairs)]
+
+
+def _task_slices(row: dict) -> list[str] | None:
+    """A cell's per-item results cut by task (items are built task by task, in ``TASKS`` order); cells written
+    before ``task_sizes`` was recorded hold equally many items per task."""
+    correct = row.get("correct")
+    if not correct:
+        return None
+    sizes = row.get("task_sizes") or ([len(correct) // len(TASKS)] * len(TASKS) if len(correct) % len(TASKS) == 0 else None)
+    if sizes is None or sum(sizes) != len(correct):
+        return None
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return [correct[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def task_table(rows: list[dict]) -> str:
+    """Accuracy per zero-shot task (mean over seeds) and its paired difference against the LLM-Pruner default
+    of the same ratio, recovery and seeds (± item-level standard error), for the cells that kept per-item results."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if _task_slices(r) is not None:
+            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+    if not groups:
+        return ""
+    lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in TASKS) + " |",
+             "|---" * (3 + 2 * len(TASKS)) + "|"]
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], order.get(t[0][1], -1))):
+        base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
+        pairs = [(_task_slices(r), _task_slices(base[r["seed"]])) for r in rs if r["seed"] in base]
+        cols = []
+        for t in range(len(TASKS)):
+            cols.append(f"{statistics.mean(s[t].count('1') / len(s[t]) for s in map(_task_slices, rs)):.3f}")
+            per_item = _per_item_differences([(a[t], b[t]) for a, b in pairs]) if pairs else []
+            cols.append(f"{statistics.mean(per_item):+.3f} ± {_sem(per_item):.3f}" if len(per_item) > 1 else "")
+        lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], args) -> str:
+    """The Markdown table: one line per ratio x method x recovery, seeds pooled (mean ± std), with "% of
+    dense" columns and paired differences against the LLM-Pruner default of the same ratio, recovery and
+    seed ("(k/n)": better on k of n paired seeds)."""
     ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
     lines = ["| ratio | method | recovery | " + " | ".join(k[4:] + " ppl" for k in ppl_keys)
-             + " | mean ppl % of dense | acc | acc % of dense | Δppl vs LLM-Pruner (paired) | Δacc vs LLM-Pruner (paired) | seeds |",
-             "|---" * (len(ppl_keys) + 9) + "|"]
+             + " | mean ppl % of dense | acc | acc % of dense | Δ mean ppl vs LLM-Pruner (paired seeds) "
+             + "| Δacc vs LLM-Pruner (paired seeds) | Δacc item-level SE | seeds |",
+             "|---" * (len(ppl_keys) + 10) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
-    dense_ppl = statistics.mean(dense[k] for k in ppl_keys)
-    for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], list(METHODS).index(t[0][1]) if t[0][1] in METHODS else -1)):
-        mean_ppl = [statistics.mean(r[k] for k in ppl_keys) for r in rs]
-        base_rows = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
-        paired = [m - statistics.mean(base_rows[r["seed"]][k] for k in ppl_keys)
-                  for m, r in zip(mean_ppl, rs) if r["seed"] in base_rows]
-        paired_acc = [r["acc"] - base_rows[r["seed"]]["acc"] for r in rs if r["seed"] in base_rows]
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], order.get(t[0][1], -1))):
+        base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
         cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
-        lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols)
-                     + f" | {100 * statistics.mean(mean_ppl) / dense_ppl:.0f}% | {_mean_spread([r['acc'] for r in rs])}"
-                     + f" | {100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}% | "
-                     + (_mean_spread(paired) if paired else "") + " | "
-                     + (_mean_spread(paired_acc, 3) if paired_acc else "") + f" | {len(rs)} |")
+        cols += [f"{100 * statistics.mean(map(_mean_ppl, rs)) / _mean_ppl(dense):,.0f}%",
+                 _mean_spread([r["acc"] for r in rs]), f"{100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}%"]
+        cols += _paired(rs, base) + [str(len(rs))]
+        lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Bar chart: mean held-out perplexity and accuracy as % of dense per method, before/after recovery."""
+    """Bar chart: mean held-out perplexity and accuracy as % of dense per method, before/after recovery,
+    with the spread over seeds as error bars and the accuracy of chance as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
-    dense_ppl = statistics.mean(dense[k] for k in ppl_keys)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["method"] != "dense":
             groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
     labels = [f"{m}\n{ratio:.0%}{' +LoRA' if rec else ''}" for ratio, m, rec in groups]
-    ppl = [100 * statistics.mean(statistics.mean(r[k] for k in ppl_keys) for r in rs) / dense_ppl for rs in groups.values()]
-    acc = [100 * statistics.mean(r["acc"] for r in rs) / dense["acc"] for rs in groups.values()]
+    colors = [("tab:red", "tab:blue") if not rec else ("salmon", "lightskyblue") for _, _, rec in groups]
+
+    def bars(values: list[list[float]], scale: float) -> tuple[list[float], list[float]]:
+        return ([100 * statistics.mean(v) / scale for v in values],
+                [100 * statistics.stdev(v) / scale if len(v) > 1 else 0.0 for v in values])
+
+    ppl, ppl_err = bars([[_mean_ppl(r) for r in rs] for rs in groups.values()], _mean_ppl(dense))
+    acc, acc_err = bars([[r["acc"] for r in rs] for rs in groups.values()], dense["acc"])
     fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, len(labels) * 0.9), 7), sharex=True)
-    a.bar(range(len(ppl)), ppl, color="tab:red")
+    x = range(len(labels))
+    a.bar(x, ppl, yerr=ppl_err, color=[c for c, _ in colors], capsize=3)
     a.set_yscale("log")
     a.set_ylabel("held-out ppl, % of dense (log)")
     a.axhline(100, color="k", lw=0.8)
-    b.bar(range(len(acc)), acc, color="tab:blue")
+    b.bar(x, acc, yerr=acc_err, color=[c for _, c in colors], capsize=3)
     b.set_ylabel("zero-shot acc, % of dense")
     b.axhline(100, color="k", lw=0.8)
-    b.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    if "chance" in dense:
+        b.axhline(100 * dense["chance"] / dense["acc"], color="k", lw=0.8, ls="--", label="chance")
+        b.legend(loc="lower left", fontsize=8)
+    b.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -289,20 +410,40 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _log_sitting(path: Path, cells: int, seconds: float, machine: dict) -> list[dict]:
+    """Append this invocation to ``<out>/runs.jsonl`` when it ran cells (a resumable run may take several
+    sittings, on several machines); return every recorded sitting."""
+    if cells:
+        entry = {"date": machine["date"], "cpu_model": machine["cpu_model"], "command": machine["command"],
+                 "cells": cells, "seconds": seconds}
+        with path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(_parser().parse_args(argv))
     start = time.perf_counter()
-    rows = run(args)
+    rows, ran = run(args)
+    out = Path(args.out)
+    machine = speed.machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    sittings = _log_sitting(out / "runs.jsonl", ran, time.perf_counter() - start, machine)
     md = table(rows, args)
-    header = (f"Quality benchmark — {dt.date.today()} — {platform.machine()} {platform.processor() or ''}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads. Command: `python {' '.join(sys.argv)}`. "
-              f"Perplexity: first {args.eval_tokens} tokens of each evaluation novel (seq 256). Accuracy: "
-              f"{len(TASKS)} offline tasks from the same novels, {args.items} items each (chance "
-              f"{rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}. "
-              f"Wall time {time.perf_counter() - start:.0f} s.")
+    per_task = task_table(rows)
+    if per_task:
+        md += "\n\nPer task (seeds pooled; Δ paired by seed and item against the LLM-Pruner default):\n\n" + per_task
+    recovered = {0: "none", 1: "seed 0"}.get(args.recovery_seeds, f"seeds 0..{args.recovery_seeds - 1}")
+    ran_in = "; ".join(f"{s['date']} {s['cpu_model']}: {s['cells']} cells in {s['seconds']:.0f} s" for s in sittings)
+    header = (f"Quality benchmark — {dt.date.today()} — {machine['cpu_model']}, {machine['cpu_count']} cores, "
+              f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Command: "
+              f"`python {' '.join(sys.argv)}`. Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
+              f"(seq 256). Accuracy: {len(TASKS)} offline tasks from the same novels, {args.items} items each (chance "
+              f"{rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
+              f"recovery ({args.recovery_steps} LoRA steps of 4 x 256 tokens): {recovered}. Sittings that ran cells: "
+              f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
     out = Path(args.out)
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
-    (out / "quality.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    (out / "quality.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))
     plot(rows, out / "quality.png")
     print(header + "\n\n" + md)
     return 0

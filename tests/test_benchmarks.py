@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,25 +38,91 @@ def test_full_cells_cover_three_ratios_and_recover_every_seed() -> None:
     assert len([c for c in cells if c[0] == "magnitude_l2"]) == 6  # seed-independent: once per ratio, +recovery
 
 
-def _row(method: str, seed: int, ppl: float, acc: float, recovered: bool = False) -> dict:
-    return {"key": f"{method}|0.2|{seed}|{int(recovered)}", "method": method, "ratio": 0.0 if method == "dense" else 0.2,
-            "seed": seed, "recovered": recovered, "ppl/A": ppl, "ppl/B": ppl + 2, "acc": acc}
+def _row(method: str, seed: int, ppl: float, acc: float, recovered: bool = False, correct: str | None = None) -> dict:
+    row = {"key": f"{method}|0.2|{seed}|{int(recovered)}", "method": method, "ratio": 0.0 if method == "dense" else 0.2,
+           "seed": seed, "recovered": recovered, "ppl/A": ppl, "ppl/B": ppl + 2, "acc": acc}
+    return row if correct is None else {**row, "correct": correct}
+
+
+def _line(table: str, method: str) -> list[str]:
+    return [c.strip() for c in next(l for l in table.splitlines() if f"| {method} |" in l).split("|")]
 
 
 def test_table_pairs_seeds_against_llm_pruner() -> None:
     rows = [_row("dense", 0, 10, 0.8)]
-    rows += [_row("llm_pruner", s, 30 + s, 0.5) for s in range(3)]
-    rows += [_row("adapruner", s, 20 + 2 * s, 0.7 - 0.1 * s) for s in range(3)]
+    rows += [_row("llm_pruner", s, 30 + s, 0.5, correct="0101") for s in range(3)]
+    rows += [_row("adapruner", s, 20 + 2 * s, 0.7 - 0.1 * s, correct=c) for s, c in enumerate(("1101", "0111", "0101"))]
     table = quality.table(rows, None)
-    line = next(l for l in table.splitlines() if "| adapruner |" in l)
-    cells = [c.strip() for c in line.split("|")]
-    # ppl differences per seed: (20-30, 22-31, 24-32) -> mean -9, std 1; acc: (0.2, 0.1, 0)
-    assert cells[9] == "-9.00 ± 1.00" and cells[10] == "0.100 ± 0.100" and cells[11] == "3"
+    cells = _line(table, "adapruner")
+    # ppl differences per seed: (20-30, 22-31, 24-32) -> mean -9, std 1, lower on 3/3; acc: (0.2, 0.1, 0) -> 2/3
+    assert cells[9] == "-9.00 ± 1.00 (3/3)" and cells[10] == "+0.100 ± 0.100 (2/3)" and cells[12] == "3"
+    # per item, averaged over seeds: (1/3, 0, 1/3, 0) -> sample std 0.19245, SE = std / sqrt(4)
+    assert cells[11] == "0.096"
     assert cells[6] == f"{100 * 23 / 11:.0f}%"  # mean of the two novels' ppl, as % of dense
-    llm = next(l for l in table.splitlines() if "| llm_pruner |" in l)
-    assert llm.split("|")[9].strip() == ""  # no difference against itself
+    assert _line(table, "llm_pruner")[9] == ""  # no difference against itself
+
+
+def test_table_formats_large_values_and_skips_item_se_without_items() -> None:
+    rows = [_row("dense", 0, 10, 0.8), _row("llm_pruner", 0, 30, 0.5), _row("random", 0, 123456.789, 0.4)]
+    cells = _line(quality.table(rows, None), "random")
+    assert cells[4] == "123,456.79" and cells[9] == "+123,426.79 (0/1)" and cells[10] == "-0.100 (0/1)"
+    assert cells[11] == ""  # old cells without per-item results: no item-level SE, no crash
 
 
 def test_quick_must_fit_its_budget_of_evaluation_work() -> None:
     args = _args("--quick")
     assert args.eval_tokens * 2 == pytest.approx(8192) and 190 <= args.items * len(quality.TASKS) <= 210
+
+
+def test_a_torn_last_cell_is_dropped_and_runs_again(tmp_path) -> None:
+    path = tmp_path / "cells.jsonl"
+    good = '{"key": "dense|0.0|0|0", "acc": 0.5}'
+    path.write_text(good + "\n" + '{"key": "random|0.2|0|0", "ac')
+    assert list(quality._load_cells(path)) == ["dense|0.0|0|0"]
+    assert path.read_text() == good + "\n"  # the fragment is gone, so the next cell appends a whole line
+    path.write_text('{"key": "x", "ac\n' + good + "\n")
+    with pytest.raises(ValueError, match="only the last line may be torn"):
+        quality._load_cells(path)
+    assert quality._load_cells(tmp_path / "missing.jsonl") == {}
+
+
+def test_a_finished_run_re_renders_its_table_and_plot_without_loading_the_model(tmp_path, monkeypatch) -> None:
+    args = _args("--quick", "--methods", "llm_pruner", "adapruner", "--out", str(tmp_path))
+    rows = []
+    for method, ratio, seed, recovered in quality._cells(args):
+        row = _row(method, seed, 10 if method == "dense" else 30 - 10 * (method == "adapruner") + seed, 0.6,
+                   recovered, correct="0110")
+        rows.append({**row, "key": quality._key((method, ratio, seed, recovered)), "seconds": 1.0, "chance": 0.25})
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a finished run must not load the model")
+
+    monkeypatch.setattr(quality, "Bench", no_model)
+    assert quality.main(["--quick", "--methods", "llm_pruner", "adapruner", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "quality.md").read_text()
+    assert "| 20% | adapruner | — |" in md and "| 20% | adapruner | LoRA |" in md and "-10.00 ± 0.00 (3/3)" in md
+    assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(json.loads((tmp_path / "quality.json").read_text())["rows"]) == len(rows)
+    assert "Sittings that ran cells: none recorded" in md and not (tmp_path / "runs.jsonl").exists()
+
+
+def test_sittings_that_ran_cells_are_logged(tmp_path) -> None:
+    machine = {"date": "2026-12-01T08:00:00+00:00", "cpu_model": "cpu", "command": "python quality.py"}
+    assert quality._log_sitting(tmp_path / "runs.jsonl", 0, 5.0, machine) == []
+    quality._log_sitting(tmp_path / "runs.jsonl", 3, 100.0, machine)
+    runs = quality._log_sitting(tmp_path / "runs.jsonl", 2, 50.0, machine)
+    assert [(r["cells"], r["seconds"]) for r in runs] == [(3, 100.0), (2, 50.0)]
+
+
+def test_task_table_cuts_items_by_task_and_pairs_them() -> None:
+    # 3 tasks x 2 items; LLM-Pruner right on items 0, 2, 4; AdaPruner also on 1 (task 0) for both seeds
+    rows = [_row("dense", 0, 10, 0.8, correct="111111")]
+    rows += [_row("llm_pruner", s, 30, 0.5, correct="101010") for s in range(2)]
+    rows += [{**_row("adapruner", s, 20, 0.6, correct="111010"), "task_sizes": [2, 2, 2]} for s in range(2)]
+    lines = quality.task_table(rows).splitlines()
+    assert lines[0].count("acc |") == len(quality.TASKS)
+    cells = [c.strip() for c in next(l for l in lines if "| adapruner |" in l).split("|")]
+    assert cells[4:10] == ["1.000", "+0.500 ± 0.500", "0.500", "+0.000 ± 0.000", "0.500", "+0.000 ± 0.000"]
+    # a cell whose items cannot be cut by task is left out, not mis-assigned
+    assert "| random |" not in quality.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")])

@@ -17,6 +17,7 @@ from adapruner_lightning.metrics import (
     choice_logliks,
     encode_pair,
     evaluate_perplexity,
+    item_correctness,
     multiple_choice_tensors,
     score_multiple_choice,
 )
@@ -190,6 +191,22 @@ def test_score_multiple_choice_matches_argmax_of_hand_logliks() -> None:
     assert result["n"] == 4 and 0 <= result["acc_stderr"] <= 0.5
     with pytest.raises(ConfigError):
         score_multiple_choice(model, tok, [], progress=False)
+
+
+def test_item_correctness_is_what_the_accuracy_metric_counts() -> None:
+    items = _items()
+    # item 0: gold 1 wins raw and per character; item 1: a raw tie goes to the first choice (gold 0), per
+    # character "the Cobb" (8) beats "Lyme" (4); item 2: gold 1 loses both ways; item 3: gold 0 loses both ways
+    lls = [[-9.0, -3.0, -8.0], [-2.0, -2.0], [-1.0, -1.5], [-7.0, -1.0]]
+    correct, correct_norm = item_correctness(items, lls)
+    assert correct == [True, True, False, False] and correct_norm == [True, False, False, False]
+    metric = MultipleChoiceAccuracy()
+    metric.update(*multiple_choice_tensors(items, lls))
+    result = metric.compute()
+    assert float(result["acc"]) == pytest.approx(sum(correct) / 4)
+    assert float(result["acc_norm"]) == pytest.approx(sum(correct_norm) / 4)
+    with pytest.raises(ConfigError, match="at least one"):
+        item_correctness([], [])
 
 
 def test_multiple_choice_tensors_pad_ragged_items() -> None:
