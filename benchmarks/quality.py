@@ -290,6 +290,16 @@ def _paired(rs: list[dict], base: dict[int, dict]) -> list[str]:
             f"{_mean_spread(d_acc, 3, sign=True)} ({sum(d > 0 for d in d_acc)}/{n})", _item_se(pairs)]
 
 
+def _groups(rows: list[dict], include=lambda row: True) -> dict[tuple, list[dict]]:
+    """Rows by (ratio, method, recovered), in table order: ratio, then before/after recovery, then ``METHODS``."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["ratio"], r["recovered"], order.get(r["method"], -1), r["seed"])):
+        if include(r):
+            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+    return groups
+
+
 def _task_slices(row: dict) -> list[str] | None:
     """A cell's per-item results cut by task (items are built task by task, in ``TASKS`` order); cells written
     before ``task_sizes`` was recorded hold equally many items per task."""
@@ -306,16 +316,12 @@ def _task_slices(row: dict) -> list[str] | None:
 def task_table(rows: list[dict]) -> str:
     """Accuracy per zero-shot task (mean over seeds) and its paired difference against the LLM-Pruner default
     of the same ratio, recovery and seeds (± item-level standard error), for the cells that kept per-item results."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if _task_slices(r) is not None:
-            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+    groups = _groups(rows, lambda r: _task_slices(r) is not None)
     if not groups:
         return ""
     lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in TASKS) + " |",
              "|---" * (3 + 2 * len(TASKS)) + "|"]
-    order = {m: i for i, m in enumerate(METHODS)}
-    for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], order.get(t[0][1], -1))):
+    for (ratio, method, rec), rs in groups.items():
         base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
         pairs = [(_task_slices(r), _task_slices(base[r["seed"]])) for r in rs if r["seed"] in base]
         cols = []
@@ -337,11 +343,8 @@ def table(rows: list[dict], args) -> str:
              + " | mean ppl % of dense | acc | acc % of dense | Δ mean ppl vs LLM-Pruner (paired seeds) "
              + "| Δacc vs LLM-Pruner (paired seeds) | Δacc item-level SE | seeds |",
              "|---" * (len(ppl_keys) + 10) + "|"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
-    order = {m: i for i, m in enumerate(METHODS)}
-    for (ratio, method, rec), rs in sorted(groups.items(), key=lambda t: (t[0][0], t[0][2], order.get(t[0][1], -1))):
+    groups = _groups(rows)
+    for (ratio, method, rec), rs in groups.items():
         base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
         cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
         cols += [f"{100 * statistics.mean(map(_mean_ppl, rs)) / _mean_ppl(dense):,.0f}%",
@@ -360,10 +363,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["method"] != "dense":
-            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+    groups = _groups(rows, lambda r: r["method"] != "dense")
     labels = [f"{m}\n{ratio:.0%}{' +LoRA' if rec else ''}" for ratio, m, rec in groups]
     colors = [("tab:red", "tab:blue") if not rec else ("salmon", "lightskyblue") for _, _, rec in groups]
 
@@ -441,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
               f"recovery ({args.recovery_steps} LoRA steps of 4 x 256 tokens): {recovered}. Sittings that ran cells: "
               f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
-    out = Path(args.out)
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))
     plot(rows, out / "quality.png")
