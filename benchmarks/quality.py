@@ -85,6 +85,7 @@ class Bench:
                         for name, text in evaluation.items()}
         self.items = [it for task in TASKS for it in task_items(task, evaluation, n_items=args.items, seed=0)]
         self.chance = statistics.mean(1 / len(it.choices) for it in self.items)
+        self.task_sizes = [sum(it.task == task for it in self.items) for task in TASKS]  # items are in TASKS order
         self._pool_stats: StatsCache | None = None
 
     def fresh(self) -> torch.nn.Module:
@@ -101,7 +102,7 @@ class Bench:
                                                                             progress=False))
         out.update(acc=statistics.mean(correct), acc_norm=statistics.mean(correct_norm),
                    correct="".join("1" if c else "0" for c in correct),
-                   task_sizes=[sum(it.task == task for it in self.items) for task in TASKS])
+                   task_sizes=self.task_sizes)
         return out
 
     def prune(self, method: str, ratio: float, seed: int) -> tuple[torch.nn.Module, dict]:
