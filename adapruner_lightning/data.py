@@ -208,7 +208,9 @@ def _book_cache_path(title: str) -> Path:
     return cache_dir() / "austen" / f"{title}.txt"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (or a resumed run)
+    sees the old file or the new one, never a torn one; missing parent folders are created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -236,7 +238,7 @@ def load_austen_books() -> dict[str, str]:
         raise AdaPrunerError(f"the janeaustenr data lacks {missing}; found {sorted(objects)}")
     books = {t: lines_to_paragraphs([None if s is None else str(s) for s in objects[R_OBJECTS[t]]]) for t in titles}
     for title, text in books.items():
-        _write_atomic(_book_cache_path(title), text)
+        write_text_atomic(_book_cache_path(title), text)
     logger.info("cached the Austen novels in %s", cache_dir() / "austen")
     return books
 

@@ -28,7 +28,7 @@ import torch
 
 from adapruner_lightning.calibration import make_splits
 from adapruner_lightning.config import PruningConfig, SearchConfig
-from adapruner_lightning.data import texts_for, tokenize_windows
+from adapruner_lightning.data import texts_for, tokenize_windows, write_text_atomic
 from adapruner_lightning.evaluation import task_items
 from adapruner_lightning.importance import get_metric
 from adapruner_lightning.metrics import choice_logliks, evaluate_perplexity, item_correctness
@@ -114,10 +114,7 @@ class Bench:
             plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
         else:
             plan, info = self._plan(method, ratio, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"plan": plan.to_dict(), "info": info}))
-            tmp.replace(path)
+            write_text_atomic(path, json.dumps({"plan": plan.to_dict(), "info": info}))
         model = self.fresh()
         apply_plan(model, plan)
         return model, dict(info)
@@ -201,9 +198,7 @@ def _load_cells(path: Path) -> dict[str, dict]:
             if number < len(lines):
                 raise ValueError(f"{path}:{number} is not a JSON line; only the last line may be torn") from None
             print(f"{path}: dropping a torn last line (that cell runs again)", flush=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(l + "\n" for l in lines[:-1]))
-            tmp.replace(path)  # later cells are appended after whole lines only
+            write_text_atomic(path, "".join(l + "\n" for l in lines[:-1]))  # later cells append whole lines
             continue
         done[row["key"]] = row
     return done
@@ -291,6 +286,13 @@ def _paired(rs: list[dict], base: dict[int, dict]) -> list[str]:
             f"{_mean_spread(d_acc, 3, sign=True)} ({sum(d > 0 for d in d_acc)}/{n})", _item_se(pairs)]
 
 
+def _baseline(groups: dict[tuple, list[dict]], ratio: float, method: str, recovered: bool) -> dict[int, dict]:
+    """The LLM-Pruner cells a group is paired with, by seed (none for LLM-Pruner itself)."""
+    if method == "llm_pruner":
+        return {}
+    return {r["seed"]: r for r in groups.get((ratio, "llm_pruner", recovered), [])}
+
+
 def _groups(rows: list[dict], include=lambda row: True) -> dict[tuple, list[dict]]:
     """Rows by (ratio, method, recovered), in table order: ratio, then before/after recovery, then ``METHODS``."""
     order = {m: i for i, m in enumerate(METHODS)}
@@ -323,7 +325,7 @@ def task_table(rows: list[dict]) -> str:
     lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in TASKS) + " |",
              "|---" * (3 + 2 * len(TASKS)) + "|"]
     for (ratio, method, rec), rs in groups.items():
-        base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
+        base = _baseline(groups, ratio, method, rec)
         pairs = [(_task_slices(r), _task_slices(base[r["seed"]])) for r in rs if r["seed"] in base]
         cols = []
         for t in range(len(TASKS)):
@@ -346,7 +348,7 @@ def table(rows: list[dict], args) -> str:
              "|---" * (len(ppl_keys) + 10) + "|"]
     groups = _groups(rows)
     for (ratio, method, rec), rs in groups.items():
-        base = {r["seed"]: r for r in groups.get((ratio, "llm_pruner", rec), []) if method != "llm_pruner"}
+        base = _baseline(groups, ratio, method, rec)
         cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
         cols += [f"{100 * statistics.mean(map(_mean_ppl, rs)) / _mean_ppl(dense):,.0f}%",
                  _mean_spread([r["acc"] for r in rs]), f"{100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}%"]
