@@ -34,20 +34,3 @@ class ConfigError(AdaPrunerError, ValueError):
 
 class SearchFailed(AdaPrunerError, RuntimeError):
     """The search could not produce a plan (every trial failed, or a rank failed)."""
-
-
-def check_choice(what: str, value: str, allowed: "list[str] | tuple[str, ...] | dict") -> str:
-    """Return ``value`` if it is one of ``allowed``, else raise a :class:`ConfigError` listing them."""
-    names = sorted(allowed)
-    if value not in allowed:
-        raise ConfigError(what, value, f"one of {names}")
-    return value
-
-
-def check_fraction(what: str, value: float, *, closed_low: bool = False) -> float:
-    """Return ``value`` if it lies in (0, 1) (or [0, 1) with ``closed_low``), else raise :class:`ConfigError`."""
-    low_ok = value >= 0 if closed_low else value > 0
-    if not (isinstance(value, (int, float)) and low_ok and value < 1):
-        interval = "[0, 1)" if closed_low else "(0, 1)"
-        raise ConfigError(what, value, f"a fraction in {interval}", hint="e.g. 0.2 removes 20% of the parameters")
-    return float(value)

@@ -70,8 +70,9 @@ def child(variant: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from lightning.pytorch import Trainer, seed_everything
 
     from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
-    from adapruner_lightning.config import PruningConfig, SearchConfig
-    from adapruner_lightning.recovery import RecoveryConfig, wrap_for_recovery
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
 
     seed_everything(0, verbose=False)
     module = CausalLMModule(model=None, lr=3e-4)
@@ -79,7 +80,7 @@ def child(variant: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     recovery = RecoveryConfig(mode=mode)
     probe, callbacks = _probe(), []
     if variant == "pruned":
-        callbacks.append(AdaPrunerCallback(target_ratio=args.ratio, search=SearchConfig(trials=0), recovery=recovery,
+        callbacks.append(AdaPrunerCallback(target_ratio=args.ratio, search=SearchConfig.of(trials=0), recovery=recovery,
                                            pruning=PruningConfig(metric="wanda_sp"), export=False, progress=False,
                                            output_dir=str(args.work / f"{variant}_{mode}")))
     elif mode == "lora":

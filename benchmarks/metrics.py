@@ -33,7 +33,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from adapruner_lightning.importance import metric_names
+    from adapruner_lightning.core.importance import metric_names
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratio", type=float, default=0.2, help="fraction of total parameters removed")
@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def held_out_ppl(session, selection, windows: dict[str, torch.Tensor]) -> dict[str, float]:
     """Perplexity per evaluation novel of the model as if ``selection`` were removed."""
-    from adapruner_lightning.masking import masked
-    from adapruner_lightning.metrics import evaluate_perplexity
+    from adapruner_lightning.core.masking import masked
+    from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 
     with masked(session.layers, selection):
         return {name: evaluate_perplexity(session.model, w, progress=False) for name, w in windows.items()}
@@ -101,8 +101,8 @@ def _restored(selection, channels: list[dict[str, Any]]):
 
 def compensated_ppl(session, candidate, selection, windows: dict[str, torch.Tensor]) -> dict[str, float]:
     """Perplexity of a physically pruned copy carrying FLAP's bias compensation."""
-    from adapruner_lightning.metrics import evaluate_perplexity
-    from adapruner_lightning.prune import apply_plan
+    from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+    from adapruner_lightning.core.physical import apply_plan
 
     pruned = apply_plan(copy.deepcopy(session.model), session.plan(candidate, selection))
     out = {name: evaluate_perplexity(pruned, w, progress=False) for name, w in windows.items()}
@@ -123,11 +123,11 @@ def _part(selection, which: str):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Score every metric (two layer ranges) and diagnose the removed high-energy channels."""
-    from adapruner_lightning.calibration import make_splits
-    from adapruner_lightning.config import PruningConfig
-    from adapruner_lightning.data import texts_for, tokenize_windows
-    from adapruner_lightning.models import load_model
-    from adapruner_lightning.pruner import PruningSession
+    from adapruner_lightning.data.calibration import make_splits
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.data.text import texts_for, tokenize_windows
+    from adapruner_lightning.data.models import load_model
+    from adapruner_lightning.core.session import PruningSession
 
     model, tok = load_model(None)
     splits = make_splits(tok, texts_for("austen:calibration"), n_pool=64, pool_seq_len=128, n_objective=8,

@@ -26,18 +26,20 @@ from pathlib import Path
 
 import torch
 
-from adapruner_lightning.calibration import make_splits
-from adapruner_lightning.config import PruningConfig, SearchConfig
-from adapruner_lightning.data import texts_for, tokenize_windows, write_text_atomic
-from adapruner_lightning.evaluation import task_items
-from adapruner_lightning.importance import get_metric
-from adapruner_lightning.metrics import choice_logliks, evaluate_perplexity, item_correctness
-from adapruner_lightning.models import load_model
-from adapruner_lightning.plan import PruningPlan
-from adapruner_lightning.prune import apply_plan
-from adapruner_lightning.pruner import PruningSession
-from adapruner_lightning.search import run_search
-from adapruner_lightning.stats import StatsCache
+from adapruner_lightning.data.calibration import make_splits
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.data.text import texts_for, tokenize_windows, write_text_atomic
+from adapruner_lightning.evaluation.evaluate import task_items
+from adapruner_lightning.core.importance import get_metric
+from adapruner_lightning.evaluation.loglik import choice_logliks
+from adapruner_lightning.evaluation.metrics import evaluate_perplexity, item_correctness
+from adapruner_lightning.data.models import load_model
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.physical import apply_plan
+from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.search.runner import run_search
+from adapruner_lightning.core.stats import StatsCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmarks' shared machine description)
@@ -137,7 +139,7 @@ class Bench:
         session = self._session(method, ratio, seed)
         info: dict = {}
         if searches:
-            result = run_search(session, SearchConfig(trials=self.args.trials, init_points=min(5, self.args.trials)),
+            result = run_search(session, SearchConfig.of(trials=self.args.trials, init_points=min(5, self.args.trials)),
                                 seed=seed, progress=False)
             plan = result.plan
             info = {"search_seconds": result.seconds, "best_trial": result.best.trial,
@@ -154,8 +156,8 @@ class Bench:
         from lightning.pytorch import Trainer, seed_everything
         from torch.utils.data import DataLoader
 
-        from adapruner_lightning.lit import CausalLMModule
-        from adapruner_lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
+        from adapruner_lightning.lightning.module import CausalLMModule
+        from adapruner_lightning.lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
 
         seed_everything(seed, verbose=False)
         module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig()), lr=3e-4, warmup_steps=2)

@@ -101,7 +101,7 @@ def cache_floats_per_layer_sample(heads: int, kv_heads: int, head_dim: int, inte
 
 def plain_forward_backward(model: torch.nn.Module, pool: torch.Tensor, batch_size: int) -> None:
     """The reference: forward+backward over ``pool`` in the same batches with weight gradients (then dropped)."""
-    from adapruner_lightning.stats import _lm_loss  # the very loss the statistics pass uses
+    from adapruner_lightning.core.stats import _lm_loss
 
     device = next(model.parameters()).device
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -120,7 +120,7 @@ def plain_forward_backward(model: torch.nn.Module, pool: torch.Tensor, batch_siz
 
 def warm_up(session: Any) -> None:
     """Run both passes once on two samples so one-time costs (kernel selection, first touches) are not timed."""
-    from adapruner_lightning.stats import collect_activation_stats
+    from adapruner_lightning.core.stats import collect_activation_stats
 
     collect_activation_stats(session.model, session.layers, session.pool[:2], batch_size=2, progress=False)
     plain_forward_backward(session.model, session.pool[:2], 2)
@@ -171,7 +171,7 @@ def measure_plain(model: torch.nn.Module, pool: torch.Tensor, batch_size: int, d
 def measure_objective(session: Any, repeats: int, device: torch.device) -> dict[str, Any]:
     """Seconds of one objective evaluation (masked model, a fixed taylor_vector selection): one warm-up, then the
     median of ``repeats``."""
-    from adapruner_lightning.pruner import Candidate
+    from adapruner_lightning.core.session import Candidate
 
     k = min(8, session.pool.shape[0])
     selection = session.select(Candidate("taylor_vector", "sum", list(range(k))))
@@ -189,18 +189,18 @@ def measure_select(session: Any, candidates: list[Any], device: torch.device) ->
 def run_one_search(session: Any, *, metrics: list[str], trials: int, pool_size: int, subset_size: int,
                    objective_windows: int, seed: int, objective_s: float, device: torch.device) -> dict[str, Any]:
     """A search over ``metrics``; trial times relative to one objective evaluation."""
-    from adapruner_lightning.config import SearchConfig
-    from adapruner_lightning.pruner import Candidate
-    from adapruner_lightning.search import run_search
+    from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.core.session import Candidate
+    from adapruner_lightning.search.runner import run_search
 
-    config = SearchConfig(trials=trials, init_points=min(3, trials), metrics=metrics, pool_size=pool_size,
+    config = SearchConfig.of(trials=trials, init_points=min(3, trials), metrics=metrics, pool_size=pool_size,
                           subset_size=subset_size, objective_windows=objective_windows, objective_seq_len=256)
     start = time.perf_counter()
     result = run_search(session, config, seed=seed, progress=True)
     wall = time.perf_counter() - start
     trial_s = [t.seconds for t in result.trials]
     out = {
-        "metrics": metrics, "trials": trials, "engine": config.engine, "seed": seed,
+        "metrics": metrics, "trials": trials, "engine": config.engine.name, "seed": seed,
         "trial_seconds": trial_s, "median_trial_s": statistics.median(trial_s),
         "trial_over_objective": statistics.median(trial_s) / objective_s,
         "per_trial_with_suggest_s": wall / trials,
@@ -214,7 +214,7 @@ def run_one_search(session: Any, *, metrics: list[str], trials: int, pool_size: 
 
 
 def _splits(cache: dict, tok: Any, texts: dict, n_pool: int, n_objective: int, seed: int) -> Any:
-    from adapruner_lightning.calibration import make_splits
+    from adapruner_lightning.data.calibration import make_splits
 
     key = (n_pool, n_objective)
     if key not in cache:
@@ -225,8 +225,8 @@ def _splits(cache: dict, tok: Any, texts: dict, n_pool: int, n_objective: int, s
 
 def _session(model: torch.nn.Module, splits: Any, ratio: float, seed: int, batch_size: int,
              basis: str = "total") -> Any:
-    from adapruner_lightning.config import PruningConfig
-    from adapruner_lightning.pruner import PruningSession
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.session import PruningSession
 
     device = next(model.parameters()).device
     config = PruningConfig(target_ratio=ratio, seed=seed, ratio_basis=basis)
@@ -240,11 +240,11 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     """Statistics pass, plain forward+backward, objective and trial cost of one random-init model."""
     from transformers import AutoModelForCausalLM
 
-    from adapruner_lightning.config import SearchConfig
-    from adapruner_lightning.groups import total_params
-    from adapruner_lightning.pruner import Candidate
-    from adapruner_lightning.search import evaluate_point
-    from adapruner_lightning.space import SearchSpace
+    from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.core.groups import total_params
+    from adapruner_lightning.core.session import Candidate
+    from adapruner_lightning.search.runner import evaluate_point
+    from adapruner_lightning.search.space import SearchSpace
 
     config = copy.deepcopy(base_config)
     for key, value in dims.items():
@@ -259,7 +259,7 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     warm_up(session)
     stats, plain = measure_stats_and_plain(session, 1, device)
     objective = measure_objective(session, 2, device)
-    search = SearchConfig(trials=args.scaling_trials, metrics=CACHED_METRICS, pool_size=session.pool.shape[0],
+    search = SearchConfig.of(trials=args.scaling_trials, metrics=CACHED_METRICS, pool_size=session.pool.shape[0],
                           subset_size=min(args.subset_size, session.pool.shape[0]))
     space = SearchSpace.build(search, session.config, session.stats.features())
     rng = np.random.RandomState(args.seed)
@@ -516,9 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
-    from adapruner_lightning.data import texts_for
-    from adapruner_lightning.models import load_model
-    from adapruner_lightning.pruner import Candidate
+    from adapruner_lightning.data.text import texts_for
+    from adapruner_lightning.data.models import load_model
+    from adapruner_lightning.core.session import Candidate
 
     console = Console(stderr=True)
     log = console.log

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from adapruner_lightning.space import SearchSpace
+from adapruner_lightning.search.space import SearchSpace
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METRICS = ["taylor_vector", "wanda_sp", "flap", "magnitude_l2"]
@@ -194,14 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    from adapruner_lightning.calibration import make_splits
-    from adapruner_lightning.config import PruningConfig, SearchConfig
-    from adapruner_lightning.data import texts_for
-    from adapruner_lightning.metrics import evaluate_perplexity
-    from adapruner_lightning.models import load_model
+    from adapruner_lightning.data.calibration import make_splits
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.data.text import texts_for
+    from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+    from adapruner_lightning.data.models import load_model
     from adapruner_lightning.progress import make_progress
-    from adapruner_lightning.pruner import Candidate, PruningSession
-    from adapruner_lightning.search import evaluate_point, suggest
+    from adapruner_lightning.core.session import Candidate, PruningSession
+    from adapruner_lightning.search.runner import evaluate_point
+    from adapruner_lightning.search.engines import suggest
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
     import speed
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"seed {seed}: statistics pass {stats_s:.0f}s; dense ppl {math.exp(-dense):.3f}, "
             f"default candidate ppl {math.exp(-default):.3f}")
         for engine, encoding in plan:
-            config = SearchConfig(trials=budget, init_points=args.init_points, engine=engine.removesuffix("-raw"),
+            config = SearchConfig.of(trials=budget, init_points=args.init_points, engine=engine.removesuffix("-raw"),
                                   score_transform="none" if engine == "gp-raw" else "copula", metrics=METRICS,
                                   pool_size=args.pool, subset_size=args.subset_size,
                                   objective_windows=args.objective_windows, objective_seq_len=256)

@@ -219,7 +219,7 @@ def paired_speedup(base: list[float], other: list[float]) -> float:
 # ---------------------------------------------------------------------------------------------- FLOPs
 def flops_per_token(model: torch.nn.Module, context: float) -> dict[str, float]:
     """Matmul FLOPs (2 * MACs) per token at ``context`` attended positions, from the model's current shapes."""
-    from adapruner_lightning.groups import layer_structures
+    from adapruner_lightning.core.groups import layer_structures
 
     linear = attention = 0.0
     for layer in layer_structures(model):
@@ -233,7 +233,7 @@ def flops_per_token(model: torch.nn.Module, context: float) -> dict[str, float]:
 
 def describe_shapes(model: torch.nn.Module) -> dict[str, Any]:
     """Heads / KV heads / MLP widths over the layers (for the record)."""
-    from adapruner_lightning.groups import layer_structures
+    from adapruner_lightning.core.groups import layer_structures
 
     layers = layer_structures(model)
     widths = [layer.intermediate for layer in layers]
@@ -276,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _inputs(tokenizer: Any, rows: int, seq_len: int) -> torch.Tensor:
     """Real held-out text (Persuasion / Northanger Abbey) cut into windows; random ids if it is missing."""
-    from adapruner_lightning.data import texts_for, tokenize_windows
+    from adapruner_lightning.data.text import texts_for, tokenize_windows
 
     try:
         text = "\n\n".join(texts_for("austen:evaluation").values())
@@ -374,9 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console = Console(stderr=True)
     log = console.log
-    from adapruner_lightning.groups import total_params
-    from adapruner_lightning.models import load_model
-    from adapruner_lightning.pruner import prune
+    from adapruner_lightning.core.groups import total_params
+    from adapruner_lightning.data.models import load_model
+    from adapruner_lightning.api import prune
 
     t_start = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)

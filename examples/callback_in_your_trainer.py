@@ -13,8 +13,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from adapruner_lightning import AdaPrunerCallback, SearchConfig
-from adapruner_lightning.data import texts_for, tokenize_windows
-from adapruner_lightning.models import load_model
+from adapruner_lightning.data.text import texts_for, tokenize_windows
+from adapruner_lightning.data.models import load_model
 
 
 class MyModule(LightningModule):
@@ -36,7 +36,7 @@ def main() -> None:
     text = texts_for("austen:Emma")["Emma"]
     windows = tokenize_windows(module.tokenizer, text, 256, max_windows=200)
     loader = DataLoader([{"input_ids": w} for w in windows], batch_size=4, shuffle=True)
-    pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig(trials=6, init_points=3, pool_size=32))
+    pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=6, init_points=3, pool_size=32))
     trainer = Trainer(max_steps=10, accelerator="auto", devices=1, logger=False, callbacks=[pruner])
     trainer.fit(module, train_dataloaders=loader)  # calibration/objective come from this loader (seeded slices)
     print(f"removed {pruner.plan.achieved_ratio:.1%} of the parameters; metric {pruner.plan.provenance['metric']}")

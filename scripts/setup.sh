@@ -44,7 +44,7 @@ EOF
 fi
 
 step "embedded model: de-quantise SmolLM2-135M-Instruct once to float32 safetensors"
-"$PYTHON" -c "from adapruner_lightning.models import resolve_model_path; print(resolve_model_path(None))"
+"$PYTHON" -c "from adapruner_lightning.data.models import resolve_model_path; print(resolve_model_path(None))"
 
 step "done"
 "$PYTHON" -m adapruner_lightning.cli setup

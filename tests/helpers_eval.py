@@ -127,7 +127,7 @@ def ddp_metrics_worker(rank: int, world: int, port: int, data: dict[str, Any], o
     """One rank of the sync test: update both metrics with this rank's share, compute, save the result."""
     import torch.distributed as dist
 
-    from adapruner_lightning.metrics import MultipleChoiceAccuracy, Perplexity
+    from adapruner_lightning.evaluation.metrics import MultipleChoiceAccuracy, Perplexity
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)

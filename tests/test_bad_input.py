@@ -8,10 +8,12 @@ import json
 import pytest
 import torch
 
-from adapruner_lightning.config import PruningConfig, SearchConfig
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.plan import PruningPlan
-from adapruner_lightning.pruner import PruningSession, check_model, prune
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.session import PruningSession, check_model
+from adapruner_lightning.api import prune
 from conftest import make_tiny_model
 
 CAL = torch.randint(0, 128, (4, 16))
@@ -23,7 +25,7 @@ def _model(**kw):
 
 def _no_stats(monkeypatch):
     """Make any statistics pass fail loudly: a case must be rejected before it."""
-    import adapruner_lightning.pruner as pruner
+    import adapruner_lightning.core.session as pruner
 
     def boom(*a, **k):
         raise AssertionError("expensive work started before the bad input was rejected")
@@ -41,20 +43,20 @@ CASES = {
     "ratio negative": (lambda: PruningConfig(target_ratio=-0.2), r"target_ratio"),
     "unknown metric": (lambda: PruningConfig(metric="taylor_magic"), r"metric.*magnitude_l2"),
     "unknown reducer": (lambda: PruningConfig(reducer="median"), r"reducer.*first"),
-    "k larger than pool": (lambda: SearchConfig(pool_size=8, subset_size=10), r"subset_size.*pool_size"),
-    "empty metric list": (lambda: SearchConfig(metrics=[]), r"metrics.*non-empty"),
+    "k larger than pool": (lambda: SearchConfig.of(pool_size=8, subset_size=10), r"subset_size.*pool_size"),
+    "empty metric list": (lambda: SearchConfig.of(metrics=[]), r"metrics.*non-empty"),
     "keep all layers": (lambda: prune(_model(), calibration=CAL, metric="magnitude_l2", keep_first=2, keep_last=2),
                         r"keep_first/keep_last"),
     "uniform with kept layers": (lambda: PruningConfig(per_layer="uniform", keep_first=2), r"per_layer.*uniform"),
     "gradient metric without calibration": (lambda: prune(_model(), metric="taylor"), r"calibration.*needs"),
     "empty calibration text": (lambda: prune(_model(), metric="taylor", calibration=["", "  "]), r"calibration"),
-    "search without objective": (lambda: prune(_model(), calibration=CAL, search=SearchConfig(pool_size=4, subset_size=2)),
+    "search without objective": (lambda: prune(_model(), calibration=CAL, search=SearchConfig.of(pool_size=4, subset_size=2)),
                                  r"objective"),
     "query_head on MHA": (lambda: prune(_model(num_key_value_heads=6), metric="magnitude_l2", calibration=CAL,
                                         attention_unit="query_head"), r"attention_unit.*kv_group"),
     "round_to not positive": (lambda: PruningConfig(round_to=0), r"round_to"),
     "layer ramp out of range": (lambda: PruningConfig(layer_ramp=5.0), r"layer_ramp"),
-    "unknown search engine": (lambda: SearchConfig(engine="annealing"), r"engine"),
+    "unknown search engine": (lambda: SearchConfig.of(engine="annealing"), r"engine"),
 }
 
 
@@ -91,7 +93,7 @@ def test_quantized_model_refused():
 def test_plan_from_another_model(tmp_path):
     plan = prune(_model(), metric="magnitude_l2", calibration=CAL, target_ratio=0.2)
     other = make_tiny_model("llama", vocab_size=128, layers=4, intermediate_size=160)
-    from adapruner_lightning.prune import apply_plan
+    from adapruner_lightning.core.physical import apply_plan
 
     with pytest.raises(ConfigError, match=r"plan.*another model"):
         apply_plan(other, plan)
@@ -100,7 +102,7 @@ def test_plan_from_another_model(tmp_path):
 def test_plan_applied_twice(tmp_path):
     model = _model()
     plan = prune(model, metric="magnitude_l2", calibration=CAL, target_ratio=0.2)
-    from adapruner_lightning.prune import apply_plan
+    from adapruner_lightning.core.physical import apply_plan
 
     with pytest.raises(ConfigError, match=r"already applied"):
         apply_plan(model, plan)
@@ -117,7 +119,7 @@ def test_corrupted_plan_json(tmp_path):
 
 
 def test_target_ratio_with_explicit_plan(tmp_path):
-    from adapruner_lightning.callback import AdaPrunerCallback
+    from adapruner_lightning.lightning.callback import AdaPrunerCallback
 
     plan = prune(_model(), metric="magnitude_l2", calibration=CAL, target_ratio=0.2)
     path = plan.save(tmp_path / "pruning_plan.json")
@@ -130,7 +132,7 @@ def test_unsupported_strategy(tmp_path):
     from lightning.pytorch import LightningModule
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from adapruner_lightning.callback import AdaPrunerCallback
+    from adapruner_lightning.lightning.callback import AdaPrunerCallback
 
     cb = AdaPrunerCallback(target_ratio=0.2, progress=False)
     trainer = __import__("types").SimpleNamespace(strategy=FSDPStrategy())  # FSDP itself needs a GPU to start
@@ -139,14 +141,14 @@ def test_unsupported_strategy(tmp_path):
 
 
 def test_missing_model_path():
-    from adapruner_lightning.models import load_model
+    from adapruner_lightning.data.models import load_model
 
     with pytest.raises(ConfigError, match=r"nope"):
         load_model("./nope/model")
 
 
 def test_gguf_that_is_not_a_model(tmp_path):
-    from adapruner_lightning.models import load_model
+    from adapruner_lightning.data.models import load_model
 
     bad = tmp_path / "weights.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
@@ -155,7 +157,7 @@ def test_gguf_that_is_not_a_model(tmp_path):
 
 
 def test_empty_text_directory(tmp_path):
-    from adapruner_lightning.data import read_texts
+    from adapruner_lightning.data.text import read_texts
 
     with pytest.raises(ConfigError, match=r"empty|no .*txt"):
         read_texts([tmp_path])
@@ -164,7 +166,7 @@ def test_empty_text_directory(tmp_path):
 def test_text_shorter_than_one_sample(tiny_lm_dir):
     from transformers import AutoTokenizer
 
-    from adapruner_lightning.data import tokenize_windows
+    from adapruner_lightning.data.text import tokenize_windows
 
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     with pytest.raises(ConfigError, match=r"tokens"):
@@ -174,7 +176,7 @@ def test_text_shorter_than_one_sample(tiny_lm_dir):
 def test_tokenizer_without_pad_token_is_handled(tmp_path, tiny_lm_dir):
     from transformers import AutoTokenizer
 
-    from adapruner_lightning.models import load_model
+    from adapruner_lightning.data.models import load_model
 
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     tok.pad_token = None

@@ -1,0 +1,65 @@
+"""``adapruner fit``: LightningCLI over :class:`CausalLMModule` and :class:`TextDataModule`, the callback from YAML.
+
+Usage::
+
+    adapruner fit --config recipes/smollm2_default.yaml [--trainer.max_steps 100 ...]
+
+The callback is configured under ``adapruner:`` (``--adapruner.target_ratio 0.3``); the module's and the
+datamodule's model spec are linked (``--model.model`` sets both).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from adapruner_lightning.lightning.datamodule import TextDataModule
+from adapruner_lightning.lightning.module import CausalLMModule
+
+
+class AdaPrunerCLI(LightningCLI):
+    """LightningCLI with the module/datamodule model link and a printed report at the end."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """The callback as a top-level ``adapruner:`` section (so several ``--config`` files merge into it),
+        and ``model.model`` linked to ``data.model`` so the tokenizer always matches the model."""
+        from adapruner_lightning.lightning.callback import AdaPrunerCallback
+
+        parser.add_lightning_class_args(AdaPrunerCallback, "adapruner")
+        parser.link_arguments("model.model", "data.model")
+
+
+def _print_reports(cli: AdaPrunerCLI) -> None:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from adapruner_lightning.lightning.callback import AdaPrunerCallback
+
+    for cb in cli.trainer.callbacks:
+        if isinstance(cb, AdaPrunerCallback) and cli.trainer.is_global_zero:
+            report = cb._out_dir(cli.trainer) / "report.md"
+            if report.exists():
+                Console().print(Markdown(report.read_text()))
+                print(f"report: {report}")
+
+
+def build_cli(argv: list[str], run: bool = True) -> AdaPrunerCLI:
+    """Build (and with ``run`` execute) the CLI for ``argv`` (without the leading ``fit``)."""
+    args = ["fit", *argv] if run else argv
+    return AdaPrunerCLI(CausalLMModule, TextDataModule, args=args, run=run, save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"prog": "adapruner fit"} if run else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``adapruner fit``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv) and not Path(argv[i + 1]).is_file():
+            print(f"adapruner fit: --config {argv[i + 1]!r} does not exist; recipes: "
+                  f"{sorted(p.name for p in Path('recipes').glob('*.yaml'))}", file=sys.stderr)
+            return 2
+    cli = build_cli(argv)
+    _print_reports(cli)
+    return 0

@@ -1,0 +1,84 @@
+"""PruningConfig: how much to prune and how one candidate is scored and selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from adapruner_lightning.config import check_choice, check_fraction, check_non_negative, check_positive
+from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.errors import ConfigError
+
+Scope = Literal["layerwise", "global"]
+
+
+AttentionUnit = Literal["auto", "kv_group", "query_head"]
+
+
+@dataclass
+class PruningConfig:
+    """How much to prune and how one candidate is scored and selected.
+
+    Args:
+        target_ratio: fraction of parameters to remove, in (0, 1).
+        ratio_basis: ``"total"`` (all parameters, embeddings included) or ``"prunable"`` (decoder projections).
+        metric: importance metric name (see ``importance.metric_names()``).
+        reducer: how a coupled group's member scores combine: sum, mean, max, prod, first.
+        scope: ``"layerwise"`` (same share per pruned layer, LLM-Pruner style) or ``"global"`` ranking.
+        per_layer: ``"uniform"`` forces identical layer shapes (plain ``from_pretrained`` reloads the export).
+        attention_unit: ``"kv_group"``, ``"query_head"`` (uniform within KV groups) or ``"auto"``.
+        keep_first: leading layers kept whole (LLM-Pruner keeps 4 of 32).
+        keep_last: trailing layers kept whole (LLM-Pruner keeps 2 of 32).
+        attn_share: fraction of the removed parameters taken from attention (None: by importance / same ratio).
+        layer_ramp: per-layer ratio slope in [-2, 2]; > 0 prunes later layers more.
+        round_to: MLP widths stay multiples of this (8/64 for efficient kernels).
+        prune_attention: whether attention may lose units at all.
+        bias_compensation: FLAP's bias compensation: the mean contribution of the removed ``o_proj`` /
+            ``down_proj`` input channels over the candidate's calibration samples is added to those layers as a
+            bias (stored in the plan; exports then reload with ``load_pruned``). Search trials score it under
+            masks too; ``SearchConfig.search_bias_compensation`` lets the search choose.
+        num_samples: calibration samples used for the importance (k).
+        sample_len: tokens per calibration sample.
+        seed: seed for sample choice, random metric and search.
+    """
+
+    target_ratio: float = 0.2
+    ratio_basis: Literal["total", "prunable"] = "total"
+    metric: str = "taylor"
+    reducer: str = "sum"
+    scope: Scope = "layerwise"
+    per_layer: Literal["auto", "uniform"] = "auto"
+    attention_unit: AttentionUnit = "auto"
+    keep_first: int = 0
+    keep_last: int = 0
+    attn_share: Optional[float] = None
+    layer_ramp: float = 0.0
+    round_to: int = 1
+    prune_attention: bool = True
+    bias_compensation: bool = False
+    num_samples: int = 10
+    sample_len: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction("target_ratio", self.target_ratio)
+        check_choice("ratio_basis", self.ratio_basis, ("total", "prunable"))
+        check_choice("metric", self.metric, metric_names())
+        check_choice("reducer", self.reducer, REDUCERS)
+        check_choice("scope", self.scope, ("layerwise", "global"))
+        check_choice("per_layer", self.per_layer, ("auto", "uniform"))
+        check_choice("attention_unit", self.attention_unit, ("auto", "kv_group", "query_head"))
+        check_non_negative("keep_first", self.keep_first)
+        check_non_negative("keep_last", self.keep_last)
+        if self.attn_share is not None:
+            check_fraction("attn_share", self.attn_share, closed_low=True)
+        if not -2 <= self.layer_ramp <= 2:
+            raise ConfigError("layer_ramp", self.layer_ramp, "a slope in [-2, 2]")
+        check_positive("round_to", self.round_to)
+        check_positive("num_samples", self.num_samples)
+        if self.sample_len < 8:
+            raise ConfigError("sample_len", self.sample_len, "at least 8 tokens")
+        if self.per_layer == "uniform" and (self.keep_first or self.keep_last or self.layer_ramp or self.scope == "global"):
+            raise ConfigError("per_layer", "uniform", "no keep_first/keep_last, no layer_ramp and scope='layerwise'",
+                              hint="uniform shapes need every layer pruned alike; drop per_layer='uniform' to keep layers whole")

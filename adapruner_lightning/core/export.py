@@ -1,0 +1,95 @@
+"""Saving and reloading pruned models: safetensors weights + HF config + ``pruning_plan.json``.
+
+* Uniform plans (every layer the same shape) reload with plain ``AutoModelForCausalLM.from_pretrained(dir)``.
+* Any plan reloads with :func:`load_pruned`, which builds the original architecture from the saved config,
+  replays the plan's shapes (torch-pruning's history-replay idea) and loads the weights strictly.
+
+Saving is atomic: everything is written to a temporary sibling directory that replaces the target by
+rename, so an interrupted save never leaves a half model and the previous export survives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.data.text import atomic_path
+from adapruner_lightning.errors import ConfigError
+
+ORIGINAL_CONFIG_KEY = "adapruner_original"
+
+
+def _original_config(plan: PruningPlan) -> dict[str, int]:
+    return {"num_attention_heads": plan.original_num_heads, "num_key_value_heads": plan.original_num_kv_heads,
+            "intermediate_size": plan.original_intermediate_size, "head_dim": plan.head_dim}
+
+
+def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: PruningPlan,
+                extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (already pruned by ``plan``) with its tokenizer and plan to ``directory`` atomically."""
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        model.config.head_dim = plan.head_dim
+        setattr(model.config, ORIGINAL_CONFIG_KEY, _original_config(plan))
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        plan.save(tmp / PLAN_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return directory
+
+
+def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConfigError("pruned model directory", str(directory), "a directory with *.safetensors weights",
+                          hint="export with save_pruned(...) (pickled .bin weights are not loaded)")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu"):
+    """Rebuild a pruned model from ``directory`` (any plan, non-uniform included).
+
+    Returns:
+        ``(model, tokenizer_or_None, plan)``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from adapruner_lightning.core.physical import apply_plan
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError("pruned model directory", str(directory), "a directory written by save_pruned (config.json)")
+    plan = PruningPlan.load(directory / PLAN_FILE)
+    config = AutoConfig.from_pretrained(directory)
+    for key, value in (getattr(config, ORIGINAL_CONFIG_KEY, None) or _original_config(plan)).items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    apply_plan(model, plan)
+    state = _load_state_dict(directory)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise ConfigError("pruned weights", f"missing={sorted(set(missing) - tied)[:5]} unexpected={sorted(unexpected)[:5]}",
+                          "weights matching the plan", hint="the directory mixes files of different exports")
+    if tied:
+        model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
+    return model.to(device).eval(), tokenizer, plan
+
+
+def read_report(directory: str | Path) -> dict[str, Any]:
+    """The ``report.json`` written beside an export (empty dict when absent)."""
+    path = Path(directory) / "report.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,243 @@
+"""Importance metrics (a registry by name) and group reducers.
+
+A metric turns what it needs (weights only, cached per-sample activation statistics, or gradients) into
+*member scores*: one non-negative score per output row of ``q/k/v/gate/up`` and per input column of
+``o/down``. :func:`unit_scores` then reduces the members of each coupled group with a reducer (``sum``,
+``mean``, ``max``, ``prod``, ``first``) into scores per query head, per KV group and per MLP channel.
+
+====================  ===========  ==========================================================================
+metric                needs        recombines from the per-sample cache?
+====================  ===========  ==========================================================================
+random                nothing      n/a (seeded)
+magnitude_l1/_l2      nothing      n/a (weights only)
+taylor_vector         activations  yes, exactly: per sample and channel, sum_t y*dL/dy (= sum_j w*dL/dw)
+wanda_sp              activations  yes, exactly: per sample and channel, sum_t x^2
+flap                  activations  yes, exactly: per sample and channel, sum_t x and sum_t x^2
+taylor                gradients    no: |w * sum_s g_s| needs per-sample gradients (27 GB for 64 samples of a
+taylor_second                      135M model); the k backward passes are recomputed for each new subset and
+taylor_mix                         memoised per subset
+====================  ===========  ==========================================================================
+
+Register a metric with :func:`register_metric`; it receives a :class:`ScoreInputs` and returns member scores
+for one layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from adapruner_lightning.config import check_choice
+from adapruner_lightning.core.groups import LayerStructure
+from adapruner_lightning.errors import ConfigError
+
+MEMBERS = ("q", "k", "v", "o", "gate", "up", "down")
+ROW_MEMBERS = ("q", "k", "v", "gate", "up")  # scored per output row; "o" and "down" per input column
+MemberScores = dict[str, "torch.Tensor | None"]
+Needs = Literal["nothing", "activations", "gradients"]
+
+
+@dataclass
+class ScoreInputs:
+    """Everything a metric may read for one layer.
+
+    Attributes:
+        layer: the layer's modules.
+        activation_stats: per-member cached sums over the chosen samples (``tv:<member>``, ``sum:o``,
+            ``sq:o``, ``sum:down``, ``sq:down``, ``tokens``), already reduced over the subset.
+        gradient_stats: ``{"g:<member>": tensor, "h:<member>": tensor}`` weight-shaped mean gradient and
+            mean squared gradient, for the element-wise Taylor metrics.
+        generator: seeded random generator (for ``random``).
+    """
+
+    layer: LayerStructure
+    activation_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradient_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered importance metric: its name, what it needs, and the scoring function."""
+
+    name: str
+    needs: Needs
+    fn: Callable[[ScoreInputs], MemberScores]
+    second_order: bool = False
+    description: str = ""
+
+
+_METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(name: str, needs: Needs, *, second_order: bool = False, description: str = ""):
+    """Decorator registering ``fn(inputs: ScoreInputs) -> MemberScores`` under ``name`` (duplicates refused)."""
+    check_choice("needs", needs, ("nothing", "activations", "gradients"))
+
+    def wrap(fn: Callable[[ScoreInputs], MemberScores]) -> Callable[[ScoreInputs], MemberScores]:
+        if name in _METRICS:
+            raise ConfigError("metric name", name, "a name not registered yet")
+        _METRICS[name] = MetricSpec(name, needs, fn, second_order, description or (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def get_metric(name: str) -> MetricSpec:
+    """Return the registered metric ``name`` or raise :class:`ConfigError` listing the names."""
+    check_choice("metric", name, _METRICS)
+    return _METRICS[name]
+
+
+def metric_names() -> list[str]:
+    """All registered metric names."""
+    return sorted(_METRICS)
+
+
+def _weight(layer: LayerStructure, member: str) -> torch.Tensor:
+    return getattr(layer, member).weight.detach().float()
+
+
+def _weight_norms(layer: LayerStructure, p: int) -> MemberScores:
+    out: MemberScores = {}
+    for member in MEMBERS:
+        w = _weight(layer, member)
+        dim = 1 if member in ROW_MEMBERS else 0
+        out[member] = w.norm(p=p, dim=dim)
+    return out
+
+
+@register_metric("random", "nothing")
+def _random(inputs: ScoreInputs) -> MemberScores:
+    """Uniform random scores (a baseline)."""
+    layer = inputs.layer
+    sizes = {m: getattr(layer, m).out_features if m in ROW_MEMBERS else getattr(layer, m).in_features for m in MEMBERS}
+    return {m: torch.rand(n, generator=inputs.generator) for m, n in sizes.items()}
+
+
+@register_metric("magnitude_l1", "nothing")
+def _magnitude_l1(inputs: ScoreInputs) -> MemberScores:
+    """L1 norm of each row/column of the weights."""
+    return _weight_norms(inputs.layer, 1)
+
+
+@register_metric("magnitude_l2", "nothing")
+def _magnitude_l2(inputs: ScoreInputs) -> MemberScores:
+    """L2 norm of each row/column of the weights."""
+    return _weight_norms(inputs.layer, 2)
+
+
+@register_metric("taylor_vector", "activations")
+def _taylor_vector(inputs: ScoreInputs) -> MemberScores:
+    """Vector-wise first-order Taylor |sum_j w_j dL/dw_j| per row/column (LLM-Pruner 'vectorize')."""
+    return {m: inputs.activation_stats[f"tv:{m}"].abs() for m in MEMBERS}
+
+
+def _input_norms(inputs: ScoreInputs, member: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stats = inputs.activation_stats
+    tokens = stats["tokens"].clamp_min(1)
+    return stats[f"sum:{member}"], stats[f"sq:{member}"], tokens
+
+
+@register_metric("wanda_sp", "activations")
+def _wanda_sp(inputs: ScoreInputs) -> MemberScores:
+    """Wanda-sp: ||X_j||_2 * sum_i |W_ij| for the input channels of o_proj and down_proj."""
+    out: MemberScores = dict.fromkeys(MEMBERS)
+    for member in ("o", "down"):
+        _, sq, _ = _input_norms(inputs, member)
+        out[member] = sq.sqrt() * _weight(inputs.layer, member).abs().sum(0)
+    return out
+
+
+@register_metric("flap", "activations")
+def _flap(inputs: ScoreInputs) -> MemberScores:
+    """FLAP fluctuation: Var_t(X_j) * ||W_:j||^2 for the input channels of o_proj and down_proj."""
+    out: MemberScores = dict.fromkeys(MEMBERS)
+    for member in ("o", "down"):
+        total, sq, tokens = _input_norms(inputs, member)
+        mean = total / tokens
+        variance = (sq / tokens - mean.square()).clamp_min(0)
+        out[member] = variance * _weight(inputs.layer, member).square().sum(0)
+    return out
+
+
+def _elementwise(inputs: ScoreInputs, salience: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
+    out: MemberScores = {}
+    for member in MEMBERS:
+        w = _weight(inputs.layer, member)
+        g, h = inputs.gradient_stats[f"g:{member}"], inputs.gradient_stats.get(f"h:{member}")
+        s = salience(w, g, h).abs()
+        out[member] = s.sum(1) if member in ROW_MEMBERS else s.sum(0)
+    return out
+
+
+@register_metric("taylor", "gradients")
+def _taylor(inputs: ScoreInputs) -> MemberScores:
+    """Element-wise first-order Taylor sum |w * g| (LLM-Pruner 'param_first')."""
+    return _elementwise(inputs, lambda w, g, h: w * g)
+
+
+@register_metric("taylor_second", "gradients", second_order=True)
+def _taylor_second(inputs: ScoreInputs) -> MemberScores:
+    """Element-wise second-order term sum |w^2 * H_diag| with the Fisher diagonal (LLM-Pruner 'param_second')."""
+    return _elementwise(inputs, lambda w, g, h: w * h * w)
+
+
+@register_metric("taylor_mix", "gradients", second_order=True)
+def _taylor_mix(inputs: ScoreInputs) -> MemberScores:
+    """Element-wise |w*g - 0.5 w^2 H_diag| (LLM-Pruner 'param_mix')."""
+    return _elementwise(inputs, lambda w, g, h: w * g - 0.5 * w * h * w)
+
+
+# ---------------------------------------------------------------------------------------------- reducers
+
+def _reduce_first(stack: torch.Tensor) -> torch.Tensor:
+    return stack[0]
+
+
+REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sum": lambda s: s.sum(0),
+    "mean": lambda s: s.mean(0),
+    "max": lambda s: s.max(0).values,
+    "prod": lambda s: s.prod(0),
+    "first": _reduce_first,
+}
+
+
+def reduce_members(parts: list[torch.Tensor | None], reducer: str) -> torch.Tensor:
+    """Combine the per-unit scores of a group's members (absent members skipped) with ``reducer``."""
+    check_choice("reducer", reducer, REDUCERS)
+    present = [p for p in parts if p is not None]
+    return REDUCERS[reducer](torch.stack(present))
+
+
+@dataclass
+class UnitScores:
+    """Scores of one layer's removable units (higher = more important)."""
+
+    heads: torch.Tensor  # [num_heads]: one query head (its q rows + o columns)
+    kv_groups: torch.Tensor  # [num_kv_heads]: a KV head with its query heads
+    channels: torch.Tensor  # [intermediate]: one MLP channel
+
+
+def unit_scores(layer: LayerStructure, members: MemberScores, reducer: str) -> UnitScores:
+    """Reduce member scores into per-head, per-KV-group and per-channel scores for ``layer``."""
+    hd, heads, kv = layer.head_dim, layer.num_heads, layer.num_kv_heads
+
+    def per_head(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        return None if t is None else t.view(n, hd).sum(1)
+
+    q, o = per_head(members["q"], heads), per_head(members["o"], heads)
+    k, v = per_head(members["k"], kv), per_head(members["v"], kv)
+
+    def per_group(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.view(kv, heads // kv).sum(1)
+
+    return UnitScores(
+        heads=reduce_members([q, o], reducer),
+        kv_groups=reduce_members([per_group(q), k, v, per_group(o)], reducer),
+        channels=reduce_members([members["gate"], members["up"], members["down"]], reducer),
+    )

@@ -1,0 +1,252 @@
+"""Choosing which coupled groups to remove so that a parameter budget is met.
+
+Two scopes:
+
+* ``layerwise`` (LLM-Pruner's default): every pruned layer loses the same share (scaled by an optional
+  per-layer ramp), attention rounded to whole units; within a layer, the lowest-scoring units go.
+* ``global``: units of all pruned layers ranked together by importance per parameter, normalised per type
+  (attention vs MLP, each divided by its median) so that the two kinds compare.
+
+In both, attention is rounded to feasible units and the remainder comes from MLP channels (fine-grained),
+so the budget is met within one MLP block. Every layer keeps at least one KV group / one query head per
+group and ``round_to`` MLP channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from adapruner_lightning.core.groups import LayerStructure
+from adapruner_lightning.core.importance import UnitScores
+from adapruner_lightning.errors import ConfigError
+
+
+@dataclass
+class SelectionOptions:
+    """What :func:`select_groups` needs besides the scores (see :class:`~adapruner_lightning.core.config.PruningConfig`)."""
+
+    budget: int
+    scope: str = "layerwise"
+    attention_unit: str = "kv_group"
+    keep_first: int = 0
+    keep_last: int = 0
+    attn_share: float | None = None
+    layer_ramp: float = 0.0
+    round_to: int = 1
+    prune_attention: bool = True
+    uniform: bool = False  # every pruned layer loses exactly as many units and channels
+
+
+@dataclass
+class LayerSelection:
+    """Groups removed from one layer."""
+
+    heads: list[int] = field(default_factory=list)  # query heads removed (kv_group removals included)
+    kv_heads: list[int] = field(default_factory=list)  # key/value heads removed
+    channels: list[int] = field(default_factory=list)  # MLP channels removed
+
+    def removed_params(self, layer: LayerStructure) -> int:
+        """Parameters this selection removes from ``layer``."""
+        return (len(self.heads) * layer.head_cost() + len(self.kv_heads) * layer.kv_cost()
+                + len(self.channels) * layer.channel_cost())
+
+
+@dataclass
+class _Unit:
+    layer: int
+    kind: str  # "attn" or "mlp"
+    score: float
+    cost: int
+    heads: list[int]
+    kv_heads: list[int]
+    channels: list[int]
+
+
+def pruned_layer_range(num_layers: int, keep_first: int, keep_last: int) -> range:
+    """Indices of the layers that may lose structures, or a ConfigError if none would."""
+    if keep_first < 0 or keep_last < 0 or keep_first + keep_last >= num_layers:
+        raise ConfigError("keep_first/keep_last", (keep_first, keep_last),
+                          f"non-negative counts leaving at least one of the {num_layers} layers to prune")
+    return range(keep_first, num_layers - keep_last)
+
+
+def _attention_units(layer: LayerStructure, scores: UnitScores, unit: str) -> list[_Unit]:
+    """Removable attention units of a layer, lowest score first, at most all but one."""
+    if unit == "kv_group":
+        order = torch.argsort(scores.kv_groups, stable=True).tolist()[: layer.num_kv_heads - 1]
+        qpk = layer.queries_per_kv
+        return [_Unit(layer.index, "attn", float(scores.kv_groups[g]), layer.unit_cost(unit),
+                      list(range(g * qpk, (g + 1) * qpk)), [g], []) for g in order]
+    qpk, kv = layer.queries_per_kv, layer.num_kv_heads
+    per_group = scores.heads.view(kv, qpk)
+    ranks = torch.argsort(per_group, dim=1, stable=True)  # [kv, qpk] lowest first
+    units = []
+    for j in range(qpk - 1):
+        heads = [g * qpk + int(ranks[g, j]) for g in range(kv)]
+        units.append(_Unit(layer.index, "attn", float(scores.heads[heads].sum()), layer.unit_cost(unit), heads, [], []))
+    return units
+
+
+def _mlp_units(layer: LayerStructure, scores: UnitScores, round_to: int) -> list[_Unit]:
+    """Removable MLP blocks of ``round_to`` channels, lowest score first, keeping at least ``round_to``.
+
+    A width that is not a multiple of ``round_to`` first loses its remainder (the lowest channels, one smaller
+    block), so every width that results is a multiple of ``round_to``.
+    """
+    if layer.intermediate <= round_to:
+        return []
+    order_t = torch.argsort(scores.channels, stable=True)
+    rem = layer.intermediate % round_to
+    sizes = ([rem] if rem else []) + [round_to] * ((layer.intermediate - rem) // round_to - 1)
+    sizes_t = torch.tensor(sizes)
+    ends = sizes_t.cumsum(0)
+    csum = torch.cat([torch.zeros(1, dtype=torch.float64), scores.channels[order_t].double().cumsum(0)])
+    block_scores = (csum[ends] - csum[ends - sizes_t]).tolist()  # one sum per block, no per-channel ops
+    order, cost, units, start = order_t.tolist(), layer.channel_cost(), [], 0
+    for size, score in zip(sizes, block_scores):
+        units.append(_Unit(layer.index, "mlp", score, cost * size, [], [], order[start:start + size]))
+        start += size
+    return units
+
+
+def _layer_weights(indices: list[int], ramp: float) -> dict[int, float]:
+    if len(indices) == 1:
+        return {indices[0]: 1.0}
+    z = torch.linspace(-1, 1, len(indices))
+    return {i: math.exp(ramp * float(zi)) for i, zi in zip(indices, z)}
+
+
+def select_groups(layers: list[LayerStructure], scores: dict[int, UnitScores], opts: SelectionOptions) -> dict[int, LayerSelection]:
+    """Pick the groups to remove from ``layers`` (scores given for the pruned layers) to meet ``opts.budget``."""
+    indices = list(pruned_layer_range(len(layers), opts.keep_first, opts.keep_last))
+    attn = {i: _attention_units(layers[i], scores[i], opts.attention_unit) if opts.prune_attention else [] for i in indices}
+    mlp = {i: _mlp_units(layers[i], scores[i], opts.round_to) for i in indices}
+    capacity = sum(u.cost for units in (*attn.values(), *mlp.values()) for u in units)
+    if opts.budget > capacity:
+        raise ConfigError("target_ratio", f"{opts.budget} parameters", f"at most {capacity} removable parameters with "
+                          f"these constraints", hint="lower target_ratio, keep fewer layers whole, or lower round_to")
+    weights = _layer_weights(indices, opts.layer_ramp)
+    if opts.scope == "global":
+        chosen = _select_global(attn, mlp, weights, opts)
+    else:
+        chosen = _select_layerwise(layers, attn, mlp, weights, opts)
+    out = {i: LayerSelection() for i in range(len(layers))}
+    for unit in chosen:
+        sel = out[unit.layer]
+        sel.heads += unit.heads
+        sel.kv_heads += unit.kv_heads
+        sel.channels += unit.channels
+    for sel in out.values():
+        sel.heads.sort(), sel.kv_heads.sort(), sel.channels.sort()
+    return out
+
+
+def _take(units: list[_Unit], budget: float) -> tuple[list[_Unit], int]:
+    """Take units in order while they fit in ``budget``; return them and what they cost."""
+    taken, spent = [], 0
+    for unit in units:
+        if spent + unit.cost > budget:
+            continue
+        taken.append(unit)
+        spent += unit.cost
+    return taken, spent
+
+
+def _split_budget(attn: dict[int, list[_Unit]], mlp: dict[int, list[_Unit]], layers: list[LayerStructure] | None,
+                  opts: SelectionOptions) -> float:
+    if opts.attn_share is not None:
+        return opts.attn_share * opts.budget
+    if layers is None:
+        return -1.0
+    a = sum(layers[i].attention_params() for i in attn)
+    m = sum(layers[i].mlp_params() for i in mlp)
+    return opts.budget * a / (a + m) if opts.prune_attention else 0.0
+
+
+def _select_layerwise(layers, attn, mlp, weights, opts) -> list[_Unit]:
+    attn_budget = _split_budget(attn, mlp, layers, opts)
+    norm = sum(weights[i] * layers[i].attention_params() for i in attn)
+    chosen, spent = [], 0
+    for i, units in attn.items():
+        if not units:
+            continue
+        target = attn_budget * weights[i] * layers[i].attention_params() / norm
+        affordable = int((opts.budget - spent) // units[0].cost)  # rounding up must not overshoot the budget
+        n = max(0, min(len(units), int(round(target / units[0].cost)), affordable))
+        chosen += units[:n]
+        spent += sum(u.cost for u in units[:n])
+    if opts.uniform:
+        return chosen + _fill_mlp_uniform(mlp, opts.budget - spent)
+    return chosen + _fill_mlp_layerwise(layers, mlp, weights, opts.budget - spent)
+
+
+def _fill_mlp_uniform(mlp, budget: float) -> list[_Unit]:
+    """The same number of MLP blocks from every layer (identical shapes), as close to ``budget`` as possible."""
+    first = next(iter(mlp.values()))
+    if not first:
+        return []
+    spent = [0]
+    for unit in first:
+        spent.append(spent[-1] + unit.cost * len(mlp))
+    n = min(range(len(spent)), key=lambda k: abs(spent[k] - budget))
+    return [u for units in mlp.values() for u in units[:n]]
+
+
+def _fits(units: list[_Unit], start: int, budget: float) -> tuple[int, int]:
+    """How many of ``units[start:]``, taken in order, fit in ``budget``, and what they cost."""
+    n = spent = 0
+    for unit in units[start:]:
+        if spent + unit.cost > budget:
+            break
+        n, spent = n + 1, spent + unit.cost
+    return n, spent
+
+
+def _fill_mlp_layerwise(layers, mlp, weights, budget: float) -> list[_Unit]:
+    """Spread ``budget`` over the layers' MLP blocks in proportion to weight x MLP size (water-filling)."""
+    counts = {i: 0 for i in mlp}
+    remaining = budget
+    active = {i for i in mlp if mlp[i]}
+    while active and remaining >= min(mlp[i][counts[i]].cost for i in active):
+        norm = sum(weights[i] * layers[i].mlp_params() for i in active)
+        grant = {i: remaining * weights[i] * layers[i].mlp_params() / norm for i in active}
+        progressed = False
+        for i in sorted(active):
+            extra, cost = _fits(mlp[i], counts[i], grant[i])
+            counts[i] += extra
+            remaining -= cost
+            progressed |= extra > 0
+            if counts[i] == len(mlp[i]):
+                active.discard(i)
+        if not progressed:  # grants below one block each: hand out single blocks by largest share
+            for i in sorted(active, key=lambda i: -grant[i]):
+                if counts[i] < len(mlp[i]) and remaining >= mlp[i][counts[i]].cost:
+                    counts[i] += 1
+                    remaining -= mlp[i][counts[i] - 1].cost
+            break
+    return [u for i, n in counts.items() for u in mlp[i][:n]]
+
+
+def _normalised(units: list[_Unit], weights: dict[int, float]) -> list[tuple[float, _Unit]]:
+    if not units:
+        return []
+    per_param = torch.tensor([u.score / u.cost for u in units], dtype=torch.float64)
+    scale = float(per_param.median()) or 1.0
+    return [(float(p) / scale / weights[u.layer], u) for p, u in zip(per_param, units)]
+
+
+def _select_global(attn, mlp, weights, opts) -> list[_Unit]:
+    attn_units = [u for units in attn.values() for u in units]
+    mlp_units = [u for units in mlp.values() for u in units]
+    if opts.attn_share is not None:
+        a_taken, spent = _take([u for _, u in sorted(_normalised(attn_units, weights), key=lambda t: t[0])],
+                               opts.attn_share * opts.budget)
+        m_taken, _ = _take([u for _, u in sorted(_normalised(mlp_units, weights), key=lambda t: t[0])],
+                           opts.budget - spent)
+        return a_taken + m_taken
+    ranked = sorted(_normalised(attn_units, weights) + _normalised(mlp_units, weights), key=lambda t: t[0])
+    taken, _ = _take([u for _, u in ranked], opts.budget)
+    return taken

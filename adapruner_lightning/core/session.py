@@ -1,0 +1,206 @@
+"""The pruning session on a plain HF causal LM (no search, no Lightning): score a candidate cheaply.
+
+:class:`PruningSession` holds the model, its structures, the calibration pool and its cached per-sample
+statistics; :meth:`PruningSession.select` turns a :class:`Candidate` (metric, reducer, samples, layer
+schedule) into a selection and :meth:`PruningSession.objective` scores it under reversible masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapruner_lightning.core.architectures import get_architecture
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.core.groups import layer_structures, prunable_params, resolve_attention_unit, total_params
+from adapruner_lightning.core.importance import ScoreInputs, UnitScores, get_metric, unit_scores
+from adapruner_lightning.core.masking import masked
+from adapruner_lightning.core.physical import compensation_biases, make_plan
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
+from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_stats
+from adapruner_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One point of the solution space: which samples, which metric and reducer, which layer schedule."""
+
+    metric: str
+    reducer: str
+    subset: list[int]
+    keep_first: int = 0
+    keep_last: int = 0
+    layer_ramp: float = 0.0
+    attn_share: float | None = None
+    scope: str = "layerwise"
+    bias_compensation: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data description (for traces and plan provenance)."""
+        return {"metric": self.metric, "reducer": self.reducer, "subset": list(self.subset),
+                "keep_first": self.keep_first, "keep_last": self.keep_last, "layer_ramp": self.layer_ramp,
+                "attn_share": self.attn_share, "scope": self.scope, "bias_compensation": self.bias_compensation}
+
+
+def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
+    """Fail fast on models that cannot be pruned (unknown family, quantized weights, no gradients)."""
+    get_architecture(model)
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        raise ConfigError("model", type(model).__name__, "a de-quantized float model",
+                          hint="load the model in float32/bfloat16 (a GGUF is de-quantized by adapruner's loader)")
+    if needs_gradients and any(not p.is_floating_point() for p in model.parameters()):
+        raise ConfigError("model parameters", "integer/quantized", "floating-point parameters for gradient metrics",
+                          hint="use an activation or magnitude metric, or load the model in float precision")
+    if needs_gradients and next(model.parameters()).device.type == "cpu" and \
+            next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        log.warning("half precision on CPU: upcasting the model to float32 for gradient statistics")
+        model.float()
+
+
+class PruningSession:
+    """Everything needed to score pruning candidates on one model, with statistics computed once.
+
+    Args:
+        model: a supported HF causal LM (pruned in place only by :meth:`apply`).
+        config: the pruning configuration (target, basis, schedule defaults).
+        pool: calibration pool, LongTensor ``[N, T]``.
+        objective: held-apart windows ``[M, T']`` that score candidates (may be None without a search).
+        pool_ids: stable ids of the pool's samples (recorded in plans and traces).
+        batch_size: batch size of statistics passes and objective evaluation.
+        progress: show progress bars.
+        stats: the pool's statistics from another session on the same weights and pool (they depend on
+            neither the metric, the seed nor the target), so several configurations pay for one pass.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
+                 objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
+                 batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None) -> None:
+        self.model, self.config = model, config
+        self.pool = pool
+        self.objective_windows = objective
+        self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
+        self.batch_size, self.progress = batch_size, progress
+        self.layers = layer_structures(model)
+        self.uniform = config.per_layer == "uniform" or not get_architecture(model).per_layer_heads
+        if self.uniform:
+            self._check_uniform(self._config_candidate([]))
+        self.attention_unit = resolve_attention_unit(config.attention_unit, model.config)
+        self.params_total = total_params(model)
+        basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
+        self.budget = int(round(config.target_ratio * basis))
+        self._stats = self._check_stats(stats)
+        self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+
+    def _check_stats(self, stats: StatsCache | None) -> StatsCache | None:
+        """``stats`` if it describes this pool (same sample ids) and this model's layer count, else a clear error."""
+        if stats is not None and (stats.sample_ids != self.pool_ids or stats.num_samples != self.pool.shape[0]
+                                  or len(stats.layers) != len(self.layers)):
+            raise ConfigError("stats", f"{stats.num_samples} samples x {len(stats.layers)} layers",
+                              f"statistics of this pool ({len(self.pool_ids)} samples, same ids) and these "
+                              f"{len(self.layers)} layers", hint="share stats only between sessions on the same "
+                              "dense weights and calibration pool")
+        return stats
+
+    @property
+    def stats(self) -> StatsCache:
+        """Per-sample activation statistics of the pool (computed on first use, then cached)."""
+        if self._stats is None:
+            self._stats = collect_activation_stats(self.model, self.layers, self.pool, batch_size=self.batch_size,
+                                                   sample_ids=self.pool_ids, progress=self.progress)
+        return self._stats
+
+    def _gradient_stats(self, subset: list[int], second_order: bool) -> list[dict[str, torch.Tensor]]:
+        key = (tuple(sorted(subset)), second_order)
+        if key not in self._grad_cache:
+            if len(self._grad_cache) >= 4:  # weight-sized tensors: keep only a few subsets
+                self._grad_cache.pop(next(iter(self._grad_cache)))
+            samples = self.pool[torch.as_tensor(sorted(subset))]
+            self._grad_cache[key] = collect_gradient_stats(self.model, self.layers, samples, second_order=second_order,
+                                                           batch_size=self.batch_size)
+        return self._grad_cache[key]
+
+    def unit_scores(self, candidate: Candidate) -> dict[int, UnitScores]:
+        """Scores of every unit of every pruned layer under ``candidate``'s metric, reducer and samples."""
+        spec = get_metric(candidate.metric)
+        indices = pruned_layer_range(len(self.layers), candidate.keep_first, candidate.keep_last)
+        activation = self.stats.reduce(candidate.subset) if spec.needs == "activations" else None
+        gradients = self._gradient_stats(candidate.subset, spec.second_order) if spec.needs == "gradients" else None
+        out = {}
+        for i in indices:
+            inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
+                                 gradient_stats=gradients[i] if gradients else {},
+                                 generator=torch.Generator().manual_seed(self.config.seed * 1000 + i))
+            out[i] = unit_scores(self.layers[i], spec.fn(inputs), candidate.reducer)
+        return out
+
+    def _check_uniform(self, candidate: Candidate) -> None:
+        if candidate.keep_first or candidate.keep_last or candidate.layer_ramp or candidate.scope == "global":
+            family = get_architecture(self.model).name
+            raise ConfigError("layer schedule", {k: v for k, v in candidate.describe().items() if k in
+                                                 ("keep_first", "keep_last", "layer_ramp", "scope")},
+                              f"every layer pruned alike (per_layer='uniform'{'' if self.config.per_layer == 'uniform' else f', required by {family}'})",
+                              hint="drop keep_first/keep_last/layer_ramp and use scope='layerwise'")
+
+    def select(self, candidate: Candidate) -> dict[int, LayerSelection]:
+        """The groups ``candidate`` removes to meet the budget."""
+        if self.uniform:
+            self._check_uniform(candidate)
+        opts = SelectionOptions(
+            budget=self.budget, scope=candidate.scope, attention_unit=self.attention_unit,
+            keep_first=candidate.keep_first, keep_last=candidate.keep_last, attn_share=candidate.attn_share,
+            layer_ramp=candidate.layer_ramp, round_to=self.config.round_to, prune_attention=self.config.prune_attention,
+            uniform=self.uniform,
+        )
+        return select_groups(self.layers, self.unit_scores(candidate), opts)
+
+    def compensation(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> dict | None:
+        """FLAP bias compensation of ``selection`` from ``candidate``'s samples, or None when it is off."""
+        if not candidate.bias_compensation:
+            return None
+        return compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+
+    @torch.no_grad()
+    def objective(self, selection: dict[int, LayerSelection], biases: dict | None = None) -> float:
+        """Negative log perplexity of the masked model (plus ``biases``) on the objective windows (higher is better)."""
+        from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+
+        if self.objective_windows is None:
+            raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
+                              hint="pass objective=... (disjoint from calibration and evaluation text)")
+        with masked(self.layers, selection, biases):
+            ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
+        return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
+
+    def default_candidate(self) -> Candidate:
+        """The configured metric/reducer/schedule with ``num_samples`` seeded random samples (no search)."""
+        k = min(self.config.num_samples, self.pool.shape[0])
+        gen = torch.Generator().manual_seed(self.config.seed)
+        return self._config_candidate(sorted(torch.randperm(self.pool.shape[0], generator=gen)[:k].tolist()))
+
+    def _config_candidate(self, subset: list[int]) -> Candidate:
+        c = self.config
+        return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope,
+                         c.bias_compensation)
+
+    def plan(self, candidate: Candidate, selection: dict[int, LayerSelection] | None = None,
+             **provenance: Any) -> PruningPlan:
+        """A :class:`PruningPlan` for ``candidate`` with its provenance (samples, metric, seed ...)."""
+        selection = selection if selection is not None else self.select(candidate)
+        info = {**candidate.describe(), "sample_ids": [self.pool_ids[i] for i in candidate.subset],
+                "seed": self.config.seed, "attention_unit": self.attention_unit, **provenance}
+        biases = self.compensation(candidate, selection)
+        return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
+                         ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
+
+    def release(self) -> None:
+        """Drop cached statistics (frees memory before fine-tuning)."""
+        self._stats, self._grad_cache = None, {}

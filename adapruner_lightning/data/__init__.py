@@ -1,0 +1,1 @@
+"""Layer 1: text, models and calibration splits (nothing of evaluation, pruning or Lightning)."""

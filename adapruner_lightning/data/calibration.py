@@ -1,0 +1,170 @@
+"""Seeded, disjoint slices of the calibration texts: candidate pool, search objective, fine-tuning.
+
+Scheme: every text is tokenised once and cut into consecutive non-overlapping windows of
+``window_len = max(pool_seq_len, objective_seq_len)`` tokens, each named ``"<text>:<index>"`` (e.g.
+``"Emma:17"``). Each text's windows are shuffled with a seeded :class:`torch.Generator` and the texts are
+interleaved round-robin, so every prefix of the order is spread fairly over the texts. The objective takes the
+first ``n_objective`` windows of that order, the pool the next ``n_pool`` (their first ``pool_seq_len`` tokens),
+and every remaining window is left to fine-tuning. Consequences: the three sets are disjoint by construction,
+the objective does not depend on ``n_pool``, and a larger pool contains a smaller one (same seed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from adapruner_lightning.data.text import encode_text, tokenize_windows
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+MIN_SEQ_LEN = 8
+
+
+@dataclass
+class DataSplits:
+    """Token windows of the calibration texts, split into disjoint sets.
+
+    Attributes:
+        pool: ``LongTensor [N, pool_seq_len]``, the candidate calibration samples the search picks from.
+        pool_ids: one id ``"<text>:<window index>"`` per pool row.
+        objective: ``LongTensor [M, objective_seq_len]``, held apart to score pruned candidates.
+        objective_ids: one id per objective row.
+        finetune_ids: ids of every other window; a recovery fine-tune may use these and nothing else.
+        window_len: tokens per window (the ids index windows of this length).
+        finetune: ``LongTensor [K, window_len]``, the windows named by ``finetune_ids``, in that order.
+    """
+
+    pool: torch.Tensor
+    pool_ids: list[str]
+    objective: torch.Tensor
+    objective_ids: list[str]
+    finetune_ids: list[str]
+    window_len: int = 0
+    finetune: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.long))
+
+
+def _validate(texts: dict[str, str], n_pool: int, pool_seq_len: int, n_objective: int, objective_seq_len: int) -> None:
+    if not texts:
+        raise ConfigError("texts", texts, "a non-empty dict name -> text", hint="pass e.g. data.texts_for('austen:calibration')")
+    if n_pool < 1:
+        raise ConfigError("n_pool", n_pool, "an integer >= 1 (candidate calibration samples)")
+    if n_objective < 0:
+        raise ConfigError("n_objective", n_objective, "an integer >= 0 (objective samples)")
+    for name, value in (("pool_seq_len", pool_seq_len), ("objective_seq_len", objective_seq_len)):
+        if value < MIN_SEQ_LEN:
+            raise ConfigError(name, value, f"an integer >= {MIN_SEQ_LEN} tokens", hint="64-256 is typical")
+
+
+def _windows(tokenizer: Any, texts: dict[str, str], window_len: int) -> dict[str, torch.Tensor]:
+    """Tokenise each text once and cut it into ``[n, window_len]`` windows (texts shorter than one get none)."""
+    out = {}
+    for name, text in progress_bar(list(texts.items()), "tokenising calibration texts"):
+        ids = encode_text(tokenizer, text)
+        n = len(ids) // window_len
+        out[name] = torch.tensor(ids[: n * window_len], dtype=torch.long).view(n, window_len)
+    return out
+
+
+def _interleaved_order(counts: dict[str, int], generator: torch.Generator) -> list[tuple[str, int]]:
+    """Seeded per-text shuffles, interleaved round-robin over the texts (sorted by name)."""
+    names = sorted(counts)
+    shuffled = {name: torch.randperm(counts[name], generator=generator).tolist() for name in names}
+    order = []
+    for round_ in range(max(counts.values(), default=0)):
+        order += [(name, shuffled[name][round_]) for name in names if round_ < counts[name]]
+    return order
+
+
+def _stack(windows: dict[str, torch.Tensor], picks: list[tuple[str, int]], seq_len: int) -> torch.Tensor:
+    if not picks:
+        return torch.empty(0, seq_len, dtype=torch.long)
+    return torch.stack([windows[name][index, :seq_len] for name, index in picks])
+
+
+def make_splits(
+    tokenizer: Any,
+    texts: dict[str, str],
+    *,
+    n_pool: int = 64,
+    pool_seq_len: int = 128,
+    n_objective: int = 16,
+    objective_seq_len: int = 256,
+    seed: int = 0,
+) -> DataSplits:
+    """Cut the calibration texts into seeded, disjoint pool / objective / fine-tune windows.
+
+    See the module docstring for the scheme. The result depends only on the tokenizer, the texts, the sizes
+    and ``seed`` (not on dict order).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (no special tokens are added).
+        texts: name -> text; use only calibration texts here (e.g. ``texts_for("austen:calibration")``).
+        n_pool: candidate calibration samples N.
+        pool_seq_len: tokens per pool sample.
+        n_objective: objective samples M (held apart from the pool).
+        objective_seq_len: tokens per objective sample.
+        seed: seed of the shuffles.
+
+    Returns:
+        The :class:`DataSplits`.
+
+    Raises:
+        ConfigError: empty ``texts``, ``n_pool`` < 1, ``n_objective`` < 0, a seq len < 8, or fewer than
+            ``n_pool + n_objective`` windows in the texts.
+    """
+    _validate(texts, n_pool, pool_seq_len, n_objective, objective_seq_len)
+    window_len = max(pool_seq_len, objective_seq_len)
+    windows = _windows(tokenizer, texts, window_len)
+    counts = {name: int(w.shape[0]) for name, w in windows.items()}
+    available = sum(counts.values())
+    if available < n_pool + n_objective:
+        raise ConfigError(
+            "n_pool + n_objective", n_pool + n_objective,
+            f"at most {available} (the texts hold {available} windows of {window_len} tokens: {counts})",
+            hint="lower n_pool, n_objective or the seq lens (pool_seq_len, objective_seq_len), or add text",
+        )
+    order = _interleaved_order(counts, torch.Generator().manual_seed(seed))
+    objective, pool, rest = order[:n_objective], order[n_objective : n_objective + n_pool], order[n_objective + n_pool :]
+    rest = sorted(rest, key=lambda pick: (pick[0], pick[1]))
+    logger.info("splits: %d pool x %d, %d objective x %d, %d fine-tune windows (seed %d)",
+                len(pool), pool_seq_len, len(objective), objective_seq_len, len(rest), seed)
+    return DataSplits(
+        pool=_stack(windows, pool, pool_seq_len),
+        pool_ids=[f"{name}:{index}" for name, index in pool],
+        objective=_stack(windows, objective, objective_seq_len),
+        objective_ids=[f"{name}:{index}" for name, index in objective],
+        finetune_ids=[f"{name}:{index}" for name, index in rest],
+        window_len=window_len,
+        finetune=_stack(windows, rest, window_len),
+    )
+
+
+def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample_len: int, seed: int = 0) -> torch.Tensor:
+    """Turn strings, a ``datasets.Dataset`` (``text`` or ``input_ids`` column) or token tensors into ``[n, T]``."""
+    if isinstance(calibration, torch.Tensor):
+        batch = calibration
+    else:
+        if hasattr(calibration, "column_names"):  # datasets.Dataset
+            column = "input_ids" if "input_ids" in calibration.column_names else "text"
+            calibration = list(calibration[column])
+        calibration = list(calibration or [])
+        if calibration and not isinstance(calibration[0], str):
+            batch = torch.tensor([list(x)[:sample_len] for x in calibration if len(x) >= sample_len], dtype=torch.long)
+        else:
+            text = "\n\n".join(calibration)
+            if not text.strip():
+                raise ConfigError("calibration", "empty", "non-empty text, token batches or a datasets.Dataset")
+            batch = tokenize_windows(tokenizer, text, sample_len)
+    if batch.ndim != 2 or batch.shape[0] == 0:
+        raise ConfigError("calibration", tuple(batch.shape), f"at least one sample of {sample_len} tokens",
+                          hint="provide more calibration text or lower sample_len")
+    if batch.shape[0] > num_samples:  # a seeded choice of samples, not always the first ones
+        pick = torch.randperm(batch.shape[0], generator=torch.Generator().manual_seed(seed))[:num_samples]
+        batch = batch[pick.sort().values]
+    return batch

@@ -1,0 +1,1 @@
+"""Layer 6: the Lightning integration (callback, planning, recovery, module, datamodule, report, compat)."""

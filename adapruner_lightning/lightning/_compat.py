@@ -1,0 +1,96 @@
+"""Every reliance on Lightning (and DeepSpeed) internals, in one place.
+
+Each function names the behaviour it relies on; ``tests/lightning/test_compat.py`` checks each behaviour on
+the installed versions, so an upgrade that changes one fails loudly in one test instead of silently in a fit.
+
+Facts relied on (Lightning 2.x ``Trainer._run``): ``setup`` hooks run before ``configure_model``, before the
+checkpoint's weights are restored and before ``strategy.setup`` creates optimizers and the DDP/DeepSpeed
+wrapper; so a structural pruner removes parameters in ``setup(stage="fit")`` and, on resume, replays its plan
+there so that the pruned-shape weights of the checkpoint load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from adapruner_lightning.errors import AdaPrunerError, ConfigError
+
+#: Strategies that hand ``setup`` whole, unwrapped modules on every rank.
+SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "DeepSpeedStrategy")
+
+
+def fit_ckpt_path(trainer: Trainer) -> str | None:
+    """The checkpoint ``fit`` is resuming from, already during ``setup``.
+
+    Relies on: Lightning records ``trainer.ckpt_path`` only when it restores, after ``setup``; the path given
+    to ``fit(ckpt_path=...)`` is then the local ``ckpt_path`` of ``Trainer._run``, read here from the stack.
+    """
+    if trainer.ckpt_path:
+        return str(trainer.ckpt_path)
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "_run" and frame.f_locals.get("self") is trainer:
+            path = frame.f_locals.get("ckpt_path")
+            return str(path) if path else None
+        frame = frame.f_back
+    return None
+
+
+def check_before_wrap(trainer: Trainer, pl_module: LightningModule) -> None:
+    """Raise unless pruning can still change parameters: no optimizer exists and no strategy wrapper either.
+
+    Relies on: ``setup`` runs before ``strategy.setup`` (see the module docstring).
+    """
+    wrapped = trainer.strategy.model is not None and trainer.strategy.model is not pl_module
+    if trainer.optimizers or wrapped:
+        raise AdaPrunerError("adapruner: the model was already wrapped or had optimizers when setup() ran; this "
+                             "Lightning version calls hooks in another order than the callback relies on "
+                             "(see adapruner_lightning/lightning/_compat.py)")
+
+
+def check_strategy(trainer: Trainer) -> None:
+    """Refuse strategies that shard or wrap the model before ``setup`` (pruning needs whole modules)."""
+    names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
+    if not names & set(SUPPORTED_STRATEGIES):
+        raise ConfigError("trainer strategy", type(trainer.strategy).__name__, f"one of {list(SUPPORTED_STRATEGIES)}",
+                          hint="prune with DDP/DeepSpeed (or a single device), then fine-tune the export with any strategy")
+
+
+def checkpoint_file(path: str | Path) -> Path | None:
+    """The file holding the callback states of the checkpoint at ``path``.
+
+    Relies on: Lightning's ``DeepSpeedStrategy`` saves a directory whose ``checkpoint/mp_rank_00_model_states.pt``
+    holds the client state (callbacks included); any other strategy saves one file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*/mp_rank_00_model_states.pt"))
+        return found[0] if found else None
+    return path if path.is_file() else None
+
+
+def gathered(model: nn.Module) -> Any:
+    """Gather ZeRO-3 partitioned parameters (full weights on rank 0) for the block; a no-op otherwise.
+
+    Relies on: DeepSpeed marks partitioned parameters with a ``ds_id`` attribute.
+    """
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
+
+def output_root(trainer: Trainer) -> str:
+    """Where a run writes by default: the logger's ``log_dir``, else ``default_root_dir``.
+
+    Relies on: ``Trainer.log_dir`` (it broadcasts from rank 0 under a distributed strategy).
+    """
+    return str(trainer.log_dir or trainer.default_root_dir)

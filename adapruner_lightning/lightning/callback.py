@@ -1,0 +1,257 @@
+"""AdaPrunerCallback: search, prune and set up recovery inside ``Trainer.fit``; hooks only.
+
+All pruning happens in ``setup(stage="fit")``: the device is known, while optimizers and the strategy's
+wrapper (DDP / DeepSpeed engine) do not exist yet (``_compat``). The plan comes from ``planning``: replayed
+from the checkpoint being resumed or a plan file, else searched on rank 0 and broadcast, so every rank prunes
+identically. The rest of ``fit`` is the recovery fine-tune (``recovery``); the end of fit merges, evaluates and
+writes the report and export (``report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from adapruner_lightning.config import check_fraction
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.core.groups import total_params
+from adapruner_lightning.core.physical import apply_plan
+from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.core.session import check_model
+from adapruner_lightning.data.calibration import DataSplits
+from adapruner_lightning.errors import AdaPrunerError, ConfigError
+from adapruner_lightning.lightning import _compat, planning
+from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
+from adapruner_lightning.lightning.report import evaluate_stage, write_outputs
+from adapruner_lightning.search.config import SearchConfig, SearchEngine
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+class AdaPrunerCallback(Callback):
+    """Prune the Hugging Face causal LM inside a LightningModule at the start of ``fit``; fit then recovers it.
+
+    Args:
+        target_ratio: fraction of parameters to remove (overrides ``pruning.target_ratio``).
+        pruning: pruning options (metric when not searching, basis, schedule, round_to ...).
+        search: search options; ``SearchConfig(trials=0)`` prunes with ``pruning`` as given.
+        recovery: LoRA / full / no fine-tuning after pruning.
+        plan: path to a ``pruning_plan.json`` to apply instead of searching (``target_ratio`` must then be None).
+        model_attr: attribute of the LightningModule holding the HF model (auto-detected when None).
+        output_dir: where the report, search trace, plot and export go (default: the trainer's log dir).
+        export: save the pruned (and merged) model at the end of fit.
+        eval_texts: held-out text specs for the report (e.g. ``["austen:evaluation"]``); None: no evaluation.
+        eval_tasks: zero-shot tasks for the report.
+        eval_max_tokens: tokens per evaluation text.
+        eval_items: items per zero-shot task.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: on any invalid argument or combination, at construction.
+
+    Example::
+
+        trainer = Trainer(max_steps=100, callbacks=[AdaPrunerCallback(target_ratio=0.2)])
+        trainer.fit(module, datamodule=datamodule)
+    """
+
+    def __init__(self, target_ratio: Optional[float] = 0.2, pruning: Optional[PruningConfig] = None,
+                 search: Optional[SearchConfig] = None, recovery: Optional[RecoveryConfig] = None,
+                 plan: Optional[str] = None, model_attr: Optional[str] = None, output_dir: Optional[str] = None,
+                 export: bool = True, eval_texts: Optional[list[str]] = None, eval_tasks: Optional[list[str]] = None,
+                 eval_max_tokens: int = 8192, eval_items: int = 100, progress: bool = True) -> None:
+        super().__init__()
+        if plan is not None and target_ratio is not None and pruning is None:
+            raise ConfigError("target_ratio", target_ratio, "None when an explicit plan is given",
+                              hint="the plan fixes what is removed; pass target_ratio=None with plan=...")
+        if plan is not None and not Path(plan).is_file():
+            raise ConfigError("plan", plan, "an existing pruning_plan.json")
+        pruning = pruning or PruningConfig()
+        if target_ratio is not None:
+            check_fraction("target_ratio", target_ratio)
+            pruning = PruningConfig(**{**pruning.__dict__, "target_ratio": target_ratio})
+        self.pruning, self.search = pruning, search if search is not None else SearchConfig(trials=8, engine=SearchEngine(init_points=4))
+        self.recovery = recovery or RecoveryConfig()
+        self.plan_path, self.model_attr, self.output_dir = plan, model_attr, output_dir
+        self.export, self.progress = export, progress
+        self.eval_texts, self.eval_tasks = eval_texts, list(eval_tasks or [])
+        self.eval_max_tokens, self.eval_items = eval_max_tokens, eval_items
+        self.plan: PruningPlan | None = None
+        self.trace: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
+        self._applied = False
+        self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
+
+    # ------------------------------------------------------------------ finding things in the user's objects
+
+    def find_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
+        """The (attribute name, HF causal LM) inside ``pl_module``; override for unusual layouts."""
+        from transformers import PreTrainedModel
+
+        if self.model_attr is not None:
+            model = getattr(pl_module, self.model_attr, None)
+            if model is None:
+                raise ConfigError("model_attr", self.model_attr, f"an attribute of {type(pl_module).__name__}")
+            return self.model_attr, model
+        found = [(n, m) for n, m in pl_module.named_children() if isinstance(m, PreTrainedModel)]
+        if len(found) != 1:
+            raise ConfigError("model_attr", None, f"exactly one PreTrainedModel child of {type(pl_module).__name__} "
+                              f"(found {[n for n, _ in found]})",
+                              hint="create the model in __init__ and pass model_attr='<attribute name>'")
+        return found[0]
+
+    # ------------------------------------------------------------------ hooks
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Obtain the plan (stored, or searched on rank 0 and broadcast) and prune; fit only, once."""
+        if stage != "fit" or self._applied:
+            return
+        _compat.check_strategy(trainer)
+        _compat.check_before_wrap(trainer, pl_module)
+        attr, model = self.find_model(pl_module)
+        check_lora_targets(model, self.recovery)
+        plan = self._stored_plan(trainer)
+        started = time.perf_counter()
+        if plan is None:
+            plan = self._search_and_broadcast(trainer, pl_module, model)
+        else:
+            rank_zero_info(f"adapruner: replaying a stored plan ({plan.achieved_ratio:.1%} removed); no search")
+        if not self._data_split:
+            self._exclude_objective_from_training(trainer)
+        self._prune(trainer, pl_module, attr, model, plan)
+        self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
+
+    def _stored_plan(self, trainer: Trainer) -> PruningPlan | None:
+        stored = planning.plan_from_checkpoint(trainer, type(self).__name__)
+        if stored is not None:
+            plan, self.trace = stored
+            return plan
+        return planning.plan_from_file(self.plan_path)
+
+    def _exclude_objective_from_training(self, trainer: Trainer) -> None:
+        """Ranks that did not search (and resumed runs) split the datamodule's data the same way rank 0 did,
+        so the objective windows stay out of fine-tuning on every rank."""
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "pruning_data"):
+            self.pruning_data(trainer, None, None)
+
+    def _search_and_broadcast(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module) -> PruningPlan:
+        envelope = planning.decide_on_rank_zero(trainer, lambda: self._search(trainer, pl_module, model))
+        self.trace = envelope.get("trace", [])
+        self.report.update(envelope.get("report", {}))
+        return PruningPlan.from_dict(envelope["plan"])
+
+    def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
+        """Calibration pool and objective windows: from the datamodule's ``pruning_data`` when it has one,
+        else seeded disjoint slices of the train dataloader's ``input_ids``; override to supply your own."""
+        splits, from_datamodule = planning.pruning_data(trainer, pl_module, self.search, self.pruning)
+        self._data_split = self._data_split or from_datamodule
+        return splits
+
+    def _search(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module) -> dict[str, Any]:
+        check_model(model, needs_gradients=True)
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        device = trainer.strategy.root_device
+        model.to(device)
+        if self.eval_texts:
+            self._evaluate("dense", model, tokenizer)
+        splits = self.pruning_data(trainer, pl_module, tokenizer)
+        return planning.search_plan(model, splits, self.pruning, self.search, device=device,
+                                    trace_path=self._out_dir(trainer) / "search_trace.jsonl",
+                                    forward_context=trainer.precision_plugin.forward_context, progress=self.progress)
+
+    def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan) -> None:
+        before = total_params(model)
+        apply_plan(model, plan)
+        self.plan, self._applied = plan, True
+        after = total_params(model)
+        self.report["params"] = {"before": before, "after": after, "removed_ratio": 1 - after / before}
+        if self.eval_texts and trainer.is_global_zero:
+            model.to(trainer.strategy.root_device)
+            self._evaluate("pruned", model, getattr(pl_module, "tokenizer", None))
+        setattr(pl_module, attr, wrap_for_recovery(model, self.recovery))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        rank_zero_info(f"adapruner: {before:,} -> {total_params(model):,} parameters "
+                       f"({self.report['params']['removed_ratio']:.1%} removed)")
+
+    def _evaluate(self, stage: str, model: nn.Module, tokenizer: Any) -> None:
+        scores, seconds = evaluate_stage(model, tokenizer, self.eval_texts, self.eval_tasks,
+                                         max_tokens=self.eval_max_tokens, n_items=self.eval_items, progress=self.progress)
+        self.report["quality"][stage] = scores
+        self.report["seconds"][f"eval_{stage}"] = seconds
+
+    def _out_dir(self, trainer: Trainer) -> Path:
+        path = Path(self.output_dir or _compat.output_root(trainer)) / "adapruner"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the recovery fine-tune's clock."""
+        self._fit_started = time.perf_counter()
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Merge LoRA, evaluate the recovered model and write the report and export (rank 0 writes)."""
+        if self.plan is None:
+            return
+        self.report["seconds"]["fine_tune"] = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        attr, model = self._wrapped_model(pl_module)
+        with _compat.gathered(model):  # ZeRO-3: every rank joins the gather, rank 0 merges, evaluates and exports
+            if self.recovery.mode == "lora" and self.recovery.merge_on_end:
+                model = unwrap(model, merge=True)
+                setattr(pl_module, attr, model)
+            if trainer.is_global_zero:
+                tokenizer = getattr(pl_module, "tokenizer", None)
+                if self.eval_texts:
+                    self._evaluate("recovered", model, tokenizer)
+                md_path = write_outputs(self._out_dir(trainer), model, tokenizer, self.plan, self.trace, self.report,
+                                        export=self.export)
+                rank_zero_info(f"adapruner: report written to {md_path}")
+
+    def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
+        if self.model_attr:
+            return self.model_attr, getattr(pl_module, self.model_attr)
+        from peft import PeftModel
+        from transformers import PreTrainedModel
+
+        for name, child in pl_module.named_children():
+            if isinstance(child, (PreTrainedModel, PeftModel)):
+                return name, child
+        raise AdaPrunerError("the pruned model is no longer an attribute of the LightningModule")
+
+    # ------------------------------------------------------------------ state
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Write ``pruning_plan.json`` beside the checkpoints."""
+        if self.plan is not None and trainer.is_global_zero and trainer.checkpoint_callback is not None:
+            dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+            if dirpath:
+                Path(dirpath).mkdir(parents=True, exist_ok=True)
+                self.plan.save(Path(dirpath) / PLAN_FILE)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The plan and the search trace (a checkpoint of a pruned run resumes into the pruned shape)."""
+        return {"version": STATE_VERSION, "plan": self.plan.to_dict() if self.plan else None, "trace": self.trace}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the plan and trace; a newer state format is refused with a clear error."""
+        if state_dict.get("version", 1) > STATE_VERSION:
+            raise ConfigError("checkpoint callback state", state_dict.get("version"), f"<= {STATE_VERSION}")
+        self.trace = list(state_dict.get("trace", []))
+        if state_dict.get("plan") and self.plan is None:
+            self.plan = PruningPlan.from_dict(state_dict["plan"])

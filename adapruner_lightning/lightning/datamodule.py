@@ -1,0 +1,140 @@
+"""A text / instruction LightningDataModule built on ``datasets``, with pruning-aware data splits.
+
+Training windows come from plain text (files, directories, ``austen:`` selectors) or alpaca-style
+instruction JSON/JSONL. The module also serves the pruning callback: :meth:`TextDataModule.pruning_data`
+returns a calibration pool and an objective set as seeded, disjoint slices of the same windows; training
+and validation then use only the remaining windows, so the objective never reaches fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from adapruner_lightning.data.calibration import DataSplits, make_splits
+from adapruner_lightning.errors import ConfigError
+
+ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}")
+
+
+def _collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.stack([torch.as_tensor(r["input_ids"]) for r in rows])}
+
+
+class TextDataModule(LightningDataModule):
+    """Fixed-length token windows of text for causal-LM fine-tuning, and the pruning callback's data.
+
+    Args:
+        model: model spec whose tokenizer to use (None: the embedded SmolLM2).
+        texts: text sources (``austen:calibration`` by default: the four calibration novels).
+        instructions: optional alpaca-format JSON/JSONL files (instruction, input, output) added to training.
+        seq_len: tokens per training window.
+        batch_size: training batch size.
+        val_windows: windows held out of training for validation reporting (never used by the search).
+        max_train_windows: cap on training windows (a short recovery fine-tune).
+        seed: seed of the splits.
+    """
+
+    def __init__(self, model: str | None = None, texts: Sequence[str] = ("austen:calibration",),
+                 instructions: Sequence[str] = (), seq_len: int = 256, batch_size: int = 4, val_windows: int = 16,
+                 max_train_windows: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if seq_len < 8:
+            raise ConfigError("seq_len", seq_len, "at least 8 tokens")
+        if batch_size < 1:
+            raise ConfigError("batch_size", batch_size, "a positive integer")
+        self.model_spec, self.text_specs, self.instruction_files = model, list(texts), list(instructions)
+        self.seq_len, self.batch_size, self.val_windows = seq_len, batch_size, val_windows
+        self.max_train_windows, self.seed = max_train_windows, seed
+        self._tokenizer = None
+        self._splits: DataSplits | None = None
+        self.train_set = self.val_set = None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of ``model`` (loaded once)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from adapruner_lightning.data.models import resolve_model_path
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.model_spec))
+        return self._tokenizer
+
+    def _texts(self) -> dict[str, str]:
+        from adapruner_lightning.data.text import texts_for
+
+        return texts_for(self.text_specs)
+
+    def pruning_data(self, *, pool_size: int, pool_seq_len: int, objective_windows: int, objective_seq_len: int,
+                     seed: int = 0) -> DataSplits:
+        """Calibration pool and objective windows as seeded, disjoint slices of the texts; from then on
+        training and validation use only the remaining windows, so the objective never reaches fine-tuning."""
+        splits = make_splits(self.tokenizer, self._texts(), n_pool=pool_size, pool_seq_len=pool_seq_len,
+                             n_objective=objective_windows, objective_seq_len=objective_seq_len, seed=seed)
+        if splits.window_len < self.seq_len:
+            raise ConfigError("seq_len", self.seq_len, f"at most the pruning window length {splits.window_len}",
+                              hint="raise objective_seq_len or lower seq_len")
+        self._splits = splits
+        self.train_set = None  # rebuilt from the remaining windows
+        return splits
+
+    def _windows(self) -> torch.Tensor:
+        if self._splits is not None:
+            return self._splits.finetune[:, : self.seq_len]
+        from adapruner_lightning.data.text import tokenize_windows
+
+        return torch.cat([tokenize_windows(self.tokenizer, text, self.seq_len) for _, text in sorted(self._texts().items())])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenise the texts into windows and split validation / training."""
+        if self.train_set is not None:
+            return
+        from datasets import Dataset
+
+        windows = self._windows()
+        order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(self.seed)).tolist()
+        val, train = order[: self.val_windows], order[self.val_windows:]
+        if self.max_train_windows is not None:
+            train = train[: self.max_train_windows]
+        if not train:
+            raise ConfigError("texts", self.text_specs, "enough text for at least one training window",
+                              hint="add text or lower seq_len / val_windows")
+        rows = [{"input_ids": windows[i].tolist()} for i in train] + self._instruction_rows()
+        self.train_set = Dataset.from_list(rows).with_format("torch")
+        self.val_set = Dataset.from_list([{"input_ids": windows[i].tolist()} for i in val]).with_format("torch")
+
+    def _instruction_rows(self) -> list[dict[str, Any]]:
+        if not self.instruction_files:
+            return []
+        from datasets import load_dataset
+
+        data = load_dataset("json", data_files=list(self.instruction_files), split="train")
+        missing = {"instruction", "output"} - set(data.column_names)
+        if missing:
+            raise ConfigError("instructions", self.instruction_files, "alpaca-format records (instruction, input, output)",
+                              hint=f"missing fields {sorted(missing)}")
+        rows = []
+        for rec in data:
+            block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
+            text = ALPACA_TEMPLATE.format(instruction=rec["instruction"], input_block=block, output=rec["output"])
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.seq_len]
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            rows.append({"input_ids": ids + [pad] * (self.seq_len - len(ids))})
+        return rows
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training windows."""
+        self.setup("fit")
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_collate,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation windows (reporting only)."""
+        self.setup("fit")
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=_collate)

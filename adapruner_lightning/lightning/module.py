@@ -1,0 +1,73 @@
+"""A ready LightningModule for causal-LM fine-tuning (users may bring their own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+
+from adapruner_lightning.evaluation.metrics import Perplexity
+
+
+class CausalLMModule(LightningModule):
+    """Fine-tunes a Hugging Face causal LM on batches with ``input_ids`` (and optional ``labels``/``attention_mask``).
+
+    Args:
+        model: a model spec for :func:`adapruner_lightning.data.models.load_model` (None: the embedded SmolLM2),
+            or an already loaded ``PreTrainedModel``.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+
+    Example::
+
+        module = CausalLMModule(model="path/to/hf_dir", lr=1e-4)
+        trainer = Trainer(callbacks=[AdaPrunerCallback(target_ratio=0.2)])
+        trainer.fit(module, datamodule=TextDataModule(model="path/to/hf_dir"))
+    """
+
+    def __init__(self, model: Any = None, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"] if not isinstance(model, (str, type(None))) else [])
+        if isinstance(model, (str, type(None))):
+            from adapruner_lightning.data.models import load_model
+
+            model, self.tokenizer = load_model(model)
+        self.model = model.train()
+        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self.val_ppl = Perplexity()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        """Run the wrapped model (``use_cache=False``)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    @staticmethod
+    def _labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch.get("labels")
+        if labels is None:
+            labels = batch["input_ids"].clone()
+            if "attention_mask" in batch:
+                labels[batch["attention_mask"] == 0] = -100
+        return labels
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Next-token loss, logged as ``train_loss``."""
+        out = self(batch["input_ids"], batch.get("attention_mask"), self._labels(batch))
+        self.log("train_loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Accumulates validation perplexity from summed NLL and token counts (no logits kept)."""
+        out = self(batch["input_ids"], batch.get("attention_mask"))
+        self.val_ppl.update(out.logits, self._labels(batch))
+        self.log("val_ppl", self.val_ppl, prog_bar=True, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        """AdamW over the trainable parameters (after pruning and LoRA wrapping), with linear warm-up."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_steps:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / self.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,123 @@
+"""Obtaining the pruning plan inside a fit: replayed from a checkpoint or a plan file, or searched and broadcast.
+
+* :func:`plan_from_checkpoint` / :func:`plan_from_file`: a stored plan (resume, or an explicit plan file).
+* :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
+  when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
+* :func:`search_plan`: the search (or the configured candidate) on this rank's model, as plain data.
+* :func:`decide_on_rank_zero`: rank 0 computes, every rank receives the same envelope or the same error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.data.calibration import DataSplits
+from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
+from adapruner_lightning.search import runner
+from adapruner_lightning.search.config import SearchConfig
+
+log = logging.getLogger(__name__)
+
+
+def plan_from_file(path: str | None) -> PruningPlan | None:
+    """The plan stored at ``path`` (None when no path is given)."""
+    return PruningPlan.load(path) if path else None
+
+
+def plan_from_checkpoint(trainer: Trainer, owner: str) -> tuple[PruningPlan, list[dict[str, Any]]] | None:
+    """``(plan, trace)`` from the callback state named ``owner...`` of the checkpoint ``fit`` resumes from."""
+    path = fit_ckpt_path(trainer)
+    file = checkpoint_file(path) if path else None
+    if file is None:
+        return None
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith(owner) and isinstance(state, dict) and state.get("plan"):
+            return PruningPlan.from_dict(state["plan"]), list(state.get("trace", []))
+    return None
+
+
+def decide_on_rank_zero(trainer: Trainer, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``compute`` on rank 0 and broadcast its result in a success/failure envelope, so that a failure on
+    rank 0 stops every rank with rank 0's message (a single process re-raises the original error)."""
+    envelope: dict[str, Any] = {"ok": False, "error": "rank 0 did not report"}
+    if trainer.is_global_zero:
+        try:
+            envelope = {"ok": True, **compute()}
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
+            log.exception("adapruner: the search failed on rank 0")
+            envelope = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if trainer.world_size == 1:
+                raise
+    envelope = trainer.strategy.broadcast(envelope, src=0)
+    if not envelope["ok"]:
+        raise SearchFailed(f"adapruner: the search failed on rank 0: {envelope['error']}")
+    return envelope
+
+
+def pruning_data(trainer: Trainer, pl_module: LightningModule | None, search: SearchConfig,
+                 pruning: PruningConfig) -> tuple[DataSplits, bool]:
+    """The calibration pool and objective windows, and whether the datamodule provided them."""
+    data = search.data
+    dm = trainer.datamodule
+    if dm is not None and hasattr(dm, "pruning_data"):
+        return dm.pruning_data(pool_size=data.pool_size, pool_seq_len=pruning.sample_len,
+                               objective_windows=data.objective_windows, objective_seq_len=data.objective_seq_len,
+                               seed=pruning.seed), True
+    rows = train_rows(trainer, pl_module, data.pool_size + data.objective_windows)
+    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(pruning.seed))
+    held = data.objective_windows
+    log.warning("adapruner: the objective windows come from the train dataloader and may reach fine-tuning; "
+                "give your datamodule a pruning_data() method to keep them out")
+    splits = DataSplits(pool=rows[order[held:]][:, : pruning.sample_len],
+                        pool_ids=[f"train:{int(i)}" for i in order[held:]], objective=rows[order[:held]],
+                        objective_ids=[f"train:{int(i)}" for i in order[:held]], finetune_ids=[])
+    return splits, False
+
+
+def train_rows(trainer: Trainer, pl_module: LightningModule | None, needed: int) -> torch.Tensor:
+    """The first ``needed`` ``input_ids`` rows of the train dataloader (datamodule's, else the module's)."""
+    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    if trainer.datamodule is not None:
+        trainer.datamodule.prepare_data()
+        trainer.datamodule.setup("fit")
+    rows: list[torch.Tensor] = []
+    for batch in source.train_dataloader():
+        ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
+        rows += list(ids)
+        if len(rows) >= needed:
+            break
+    if len(rows) < max(needed, 2):
+        raise ConfigError("train dataloader", f"{len(rows)} samples", f"at least {needed} (pool + objective)",
+                          hint="lower search.data.pool_size / objective_windows or provide more data")
+    return torch.stack(rows[:needed])
+
+
+def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, search: SearchConfig, *,
+                device: torch.device, trace_path: Path, forward_context: Callable[[], Any],
+                progress: bool = True) -> dict[str, Any]:
+    """Search (or, with ``search.trials == 0``, take the configured candidate) and return the plan and its
+    trace as plain data: ``{"plan": ..., "trace": [...], "report": {"search_seconds": ...}}``."""
+    session = PruningSession(model, pruning, splits.pool.to(device), objective=splits.objective.to(device),
+                             pool_ids=splits.pool_ids, progress=progress)
+    start = time.perf_counter()
+    if search.trials > 0:
+        with forward_context():
+            result = runner.run_search(session, search, trace_path=trace_path, progress=progress)
+        plan, trace = result.plan, result.trace()
+    else:
+        plan, trace = session.plan(session.default_candidate()), []
+    session.release()
+    return {"plan": plan.to_dict(), "trace": trace, "report": {"search_seconds": time.perf_counter() - start}}

@@ -1,0 +1,133 @@
+"""The run report: JSON + Markdown with before/after parameters, quality and wall times, and the search plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.data.text import write_text_atomic
+from adapruner_lightning.errors import ConfigError
+
+
+def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: str | Path) -> Path | None:
+    """PNG: objective per trial with best-so-far, and the per-layer widths of the best plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [(t["trial"], t["score"]) for t in trials if t.get("status") == "ok"]
+    failed = [t["trial"] for t in trials if t.get("status") != "ok"]
+    if ok:
+        xs, ys = zip(*ok)
+        ax1.plot(xs, [math.exp(-y) for y in ys], "o", label="trial")
+        best, running = [], float("inf")
+        for y in ys:
+            running = min(running, math.exp(-y))
+            best.append(running)
+        ax1.plot(xs, best, "-", label="best so far")
+    for x in failed:
+        ax1.axvline(x, color="red", alpha=0.3)
+    ax1.set(xlabel="trial", ylabel="objective perplexity (masked)", title="search trace", yscale="log")
+    ax1.legend()
+    if plan is not None:
+        idx = [lp.index for lp in plan.layers]
+        ax2.bar(idx, [lp.intermediate_size / plan.original_intermediate_size for lp in plan.layers], label="MLP kept")
+        ax2.plot(idx, [lp.num_heads / plan.original_num_heads for lp in plan.layers], "k.-", label="heads kept")
+        ax2.set(xlabel="layer", ylabel="fraction kept", title="best plan", ylim=(0, 1.05))
+        ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(directory: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = write_text_atomic(directory / "report.json", json.dumps(report, indent=1, default=str))
+    return json_path, write_text_atomic(directory / "report.md", to_markdown(report))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """Markdown summary: parameters, quality per stage, wall time per phase."""
+    lines = ["# adapruner report", ""]
+    params = report.get("params", {})
+    if params:
+        lines += ["| parameters | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in params.items()] + [""]
+    stages = report.get("quality", {})
+    if stages:
+        keys = sorted({k for v in stages.values() for k in v})
+        lines += ["| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {stage} | " + " | ".join(_fmt(v.get(k, "")) for k in keys) + " |" for stage, v in stages.items()]
+        lines.append("")
+    seconds = report.get("seconds", {})
+    if seconds:
+        lines += ["| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()] + [""]
+    if report.get("plan_summary"):
+        lines += ["## plan", "", "```", json.dumps(report["plan_summary"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def flatten_eval(result: Any) -> dict[str, float]:
+    """One flat dict (``ppl/<text>``, ``acc/<task>``, ``acc_norm/<task>``) from an EvalResult."""
+    out = {f"ppl/{k}": v for k, v in result.perplexity.items()}
+    for task, scores in result.zeroshot.items():
+        for key in ("acc", "acc_norm"):
+            if key in scores:
+                out[f"{key}/{task}"] = scores[key]
+    return out
+
+
+def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str], *, max_tokens: int,
+                   n_items: int, progress: bool = True) -> tuple[dict[str, float], float]:
+    """Held-out quality of ``model`` for one report stage: ``(flat scores, seconds)`` (see :func:`flatten_eval`).
+
+    Raises:
+        ConfigError: no tokenizer (the LightningModule needs a ``.tokenizer`` attribute to evaluate).
+    """
+    from adapruner_lightning.data.text import texts_for
+    from adapruner_lightning.evaluation.evaluate import evaluate_model
+
+    if tokenizer is None:
+        raise ConfigError("eval_texts", texts, "a LightningModule with a .tokenizer attribute",
+                          hint="set module.tokenizer or drop eval_texts")
+    start = time.perf_counter()
+    result = evaluate_model(model, tokenizer, texts_for(texts), tasks=tasks, max_tokens=max_tokens, n_items=n_items,
+                            progress=progress)
+    return flatten_eval(result), time.perf_counter() - start
+
+
+def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, trace: list[dict[str, Any]],
+                  report: dict[str, Any], *, export: bool) -> Path:
+    """The end-of-fit outputs: search plot, export (unless ``model`` still carries adapters), plan, report.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    from adapruner_lightning.core.export import save_pruned
+
+    plot = plot_search(trace, plan, out_dir / "search_trace.png") if trace else None
+    report["plan_summary"] = {"provenance": {k: v for k, v in plan.provenance.items() if k != "versions"},
+                              "achieved_ratio": plan.achieved_ratio, "uniform": plan.is_uniform}
+    report["files"] = {"plot": str(plot) if plot else None}
+    if export and not hasattr(model, "peft_config"):
+        start = time.perf_counter()
+        save_pruned(model, tokenizer, out_dir / "pruned_model", plan)
+        report["seconds"]["export"] = time.perf_counter() - start
+        report["files"]["model"] = str(out_dir / "pruned_model")
+    plan.save(out_dir / PLAN_FILE)
+    return write_report(out_dir, report)[1]

@@ -1,0 +1,197 @@
+"""SearchConfig: the Bayesian search over the pruning solution space, in three sections.
+
+The YAML reads as the design does::
+
+    search:
+      trials: 8                 # candidates scored (0: no search)
+      data:   {pool_size: 64, subset_size: 10, objective_windows: 8, objective_seq_len: 256}
+      engine: {name: gp, init_points: 4}
+      space:  {metrics: [taylor, flap], keep_layers: true, layer_ramp: true}
+
+``data`` is what a search reads (the calibration pool and the held-apart objective windows), ``engine`` how
+points are proposed, ``space`` which dimensions are searched. In Python, :meth:`SearchConfig.of` also takes
+the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional
+
+from adapruner_lightning.config import check_choice, check_non_negative, check_positive
+from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.errors import ConfigError
+
+DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2")
+DEFAULT_REDUCERS = ("sum", "mean", "max", "first")
+
+
+@dataclass
+class SearchData:
+    """The samples a search reads: the calibration pool it picks subsets from, and the objective windows.
+
+    Args:
+        pool_size: calibration pool size N (candidate samples).
+        subset_size: samples per candidate k (``space.vary_subset_size`` lets the search pick k in [2, 2k]).
+        objective_windows: held-apart windows scoring each candidate (negative log perplexity).
+        objective_seq_len: tokens per objective window.
+    """
+
+    pool_size: int = 64
+    subset_size: int = 10
+    objective_windows: int = 8
+    objective_seq_len: int = 256
+
+    def __post_init__(self) -> None:
+        check_positive("search.data.pool_size", self.pool_size)
+        check_positive("search.data.subset_size", self.subset_size)
+        if self.subset_size > self.pool_size:
+            raise ConfigError("search.data.subset_size", self.subset_size, f"at most pool_size={self.pool_size}",
+                              hint="lower subset_size or enlarge the calibration pool")
+        check_positive("search.data.objective_windows", self.objective_windows)
+        if self.objective_seq_len < 8:
+            raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
+
+
+@dataclass
+class SearchEngine:
+    """How points are proposed and failed trials handled.
+
+    Args:
+        name: ``"gp"`` (bayesian-optimization's Gaussian process), ``"tpe"`` (optuna, the paper's BO-TPE,
+            extra ``[tpe]``) or ``"random"``.
+        init_points: random candidates before the optimiser takes over.
+        acquisition: ``"ucb"``, ``"ei"`` or ``"poi"`` (gp).
+        score_transform: ``"copula"`` (default: the GP sees normal quantiles of the scores' ranks, robust
+            to collapsed candidates with huge perplexity) or ``"none"`` (raw negative log perplexity).
+        failure_penalty: a failed (NaN/inf/OOM) trial is registered this far below the worst finite score.
+        max_failures: consecutive failed trials that stop the search with a summary.
+    """
+
+    name: Literal["gp", "tpe", "random"] = "gp"
+    init_points: int = 5
+    acquisition: Literal["ucb", "ei", "poi"] = "ei"
+    score_transform: Literal["copula", "none"] = "copula"
+    failure_penalty: float = 1.0
+    max_failures: int = 5
+
+    def __post_init__(self) -> None:
+        check_choice("search.engine.name", self.name, ("gp", "tpe", "random"))
+        check_non_negative("search.engine.init_points", self.init_points)
+        check_choice("search.engine.acquisition", self.acquisition, ("ucb", "ei", "poi"))
+        check_choice("search.engine.score_transform", self.score_transform, ("copula", "none"))
+        check_positive("search.engine.max_failures", self.max_failures)
+        if self.name == "tpe":
+            try:
+                import optuna  # noqa: F401
+            except ImportError as exc:
+                raise ConfigError("search.engine.name", "tpe", "an installed optuna",
+                                  hint="pip install 'adapruner-lightning[tpe]'") from exc
+
+
+@dataclass
+class SearchSpaceConfig:
+    """Which dimensions of the solution space are searched (the rest take the PruningConfig's values).
+
+    Args:
+        metrics: importance metrics the search may pick.
+        reducers: group reducers the search may pick.
+        subset_dims: coordinates encoding the calibration subset: samples are embedded by PCA of their cached
+            statistics and a candidate takes the k samples nearest to a searched point (similar points give
+            overlapping subsets, which a GP can model, unlike N independent bits or one seed integer).
+        vary_subset_size: search k in [2, 2 * data.subset_size].
+        keep_layers: search how many first/last layers stay whole (up to max_keep_first/last).
+        max_keep_first: most leading layers kept whole.
+        max_keep_last: most trailing layers kept whole.
+        layer_ramp: search the per-layer ratio slope in [-1, 1].
+        attn_share: search the share of attention in the removed parameters in [0, 0.6].
+        scope: search layerwise vs global selection.
+        bias_compensation: search whether FLAP's bias compensation is applied (scored under masks).
+    """
+
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    reducers: list[str] = field(default_factory=lambda: list(DEFAULT_REDUCERS))
+    subset_dims: int = 2
+    vary_subset_size: bool = False
+    keep_layers: bool = True
+    max_keep_first: int = 4
+    max_keep_last: int = 2
+    layer_ramp: bool = True
+    attn_share: bool = False
+    scope: bool = False
+    bias_compensation: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ConfigError("search.space.metrics", self.metrics, f"a non-empty list drawn from {metric_names()}")
+        for name in self.metrics:
+            check_choice("search.space.metrics[]", name, metric_names())
+        if not self.reducers:
+            raise ConfigError("search.space.reducers", self.reducers, f"a non-empty list drawn from {sorted(REDUCERS)}")
+        for name in self.reducers:
+            check_choice("search.space.reducers[]", name, REDUCERS)
+        check_positive("search.space.subset_dims", self.subset_dims)
+        check_non_negative("search.space.max_keep_first", self.max_keep_first)
+        check_non_negative("search.space.max_keep_last", self.max_keep_last)
+
+
+@dataclass
+class SearchConfig:
+    """The Bayesian search over the pruning solution space (AdaPruner).
+
+    Args:
+        trials: candidates evaluated (0: no search, the PruningConfig is used as it is).
+        time_budget_s: stop starting new trials after this many seconds (None: no limit).
+        trace_path: JSONL file each finished trial is appended to; an existing file resumes the search.
+        data: the calibration pool and objective windows (:class:`SearchData`).
+        engine: how points are proposed (:class:`SearchEngine`).
+        space: which dimensions are searched (:class:`SearchSpaceConfig`).
+
+    Example::
+
+        SearchConfig(trials=16, engine=SearchEngine("tpe"), data=SearchData(pool_size=32))
+        SearchConfig.of(trials=16, engine="tpe", pool_size=32)      # the same, with flat names
+    """
+
+    trials: int = 16
+    time_budget_s: Optional[float] = None
+    trace_path: Optional[str] = None
+    data: SearchData = field(default_factory=SearchData)
+    engine: SearchEngine = field(default_factory=SearchEngine)
+    space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+
+    def __post_init__(self) -> None:
+        check_non_negative("search.trials", self.trials)
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError("search.time_budget_s", self.time_budget_s, "a positive number of seconds or None")
+        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"search.{name}", getattr(self, name), f"a {kind.__name__}",
+                                  hint=f"pass {kind.__name__}(...) or use SearchConfig.of(...) with flat names")
+
+    @classmethod
+    def of(cls, **options: Any) -> "SearchConfig":
+        """Build a config from flat names: the top-level fields, any section field (``pool_size``,
+        ``init_points``, ``metrics`` ...), ``engine`` for ``engine.name``, and 0.1's ``search_<dim>`` names for
+        the space's switches (``search_layer_ramp`` = ``space.layer_ramp``, ``search_subset_size`` =
+        ``space.vary_subset_size``)."""
+        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}}
+        top: dict[str, Any] = {}
+        for name, value in options.items():
+            section, key = _FLAT.get(name, (None, name))
+            if section is None and name not in _TOP:
+                raise ConfigError("SearchConfig option", name, f"one of {sorted([*_TOP, *_FLAT])}")
+            (sections[section] if section else top)[key] = value
+        return cls(**top, data=SearchData(**sections["data"]), engine=SearchEngine(**sections["engine"]),
+                   space=SearchSpaceConfig(**sections["space"]))
+
+
+_TOP = ("trials", "time_budget_s", "trace_path")
+_FLAT: dict[str, tuple[str, str]] = {
+    **{f.name: ("data", f.name) for f in fields(SearchData)},
+    **{f.name: ("engine", f.name) for f in fields(SearchEngine) if f.name != "name"},
+    "engine": ("engine", "name"),
+    **{f.name: ("space", f.name) for f in fields(SearchSpaceConfig)},
+    **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "bias_compensation")},
+    "search_subset_size": ("space", "vary_subset_size"),
+}

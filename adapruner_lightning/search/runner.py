@@ -1,0 +1,126 @@
+"""The Bayesian search over the pruning solution space (AdaPruner), knowing nothing of Lightning.
+
+Each trial: suggest a point -> decode it into a Candidate -> importance from cached statistics -> select
+groups for the budget -> reversible masks -> objective on held-apart windows -> register. Only the best
+candidate is physically pruned, by the caller. Each finished trial is appended to the trace at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.progress import make_progress, progress_enabled
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.engines import suggest
+from adapruner_lightning.search.space import SearchSpace
+from adapruner_lightning.search.trace import TrialRecord, _append, read_trace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """The search's outcome: every trial, the best one, and its plan."""
+
+    trials: list[TrialRecord]
+    best: TrialRecord
+    plan: PruningPlan
+    signature: str
+    seconds: float
+    stats_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def trace(self) -> list[dict[str, Any]]:
+        """The trials as plain data."""
+        return [asdict(t) for t in self.trials]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str, Any], trial: int) -> TrialRecord:
+    """Score one point under masks; NaN/inf, OOM and infeasible schedules become failed records."""
+    start = time.perf_counter()
+    candidate = space.candidate(point)
+    score, status, error = None, "ok", ""
+    try:
+        selection = session.select(candidate)
+        value = session.objective(selection, session.compensation(candidate, selection))
+        if not math.isfinite(value):
+            status, error = "failed", f"objective is {value}"
+        else:
+            score = value
+    except ConfigError as exc:  # e.g. budget unreachable with this many layers kept whole
+        status, error = "failed", str(exc)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        if not _is_oom(exc):
+            raise
+        status, error = "failed", f"out of memory: {exc}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
+                       sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
+                       seconds=time.perf_counter() - start, error=error)
+
+
+def run_search(session: PruningSession, config: SearchConfig, *, seed: int | None = None,
+               trace_path: str | Path | None = None, progress: bool = True) -> SearchResult:
+    """Search the solution space of ``session`` and return the best plan (the model is left unpruned)."""
+    seed = session.config.seed if seed is None else seed
+    if session.uniform and (config.space.keep_layers or config.space.layer_ramp or config.space.scope):
+        log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
+        config = replace(config, space=replace(config.space, keep_layers=False, layer_ramp=False, scope=False))
+    t0 = time.perf_counter()
+    features = session.stats.features()
+    stats_seconds = time.perf_counter() - t0
+    space = SearchSpace.build(config, session.config, features)
+    signature = space.signature()
+    path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
+    done = read_trace(path, signature) if path else []
+    if path and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _append(path, json.dumps({"type": "header", "signature": signature, "seed": seed}))
+    if done:
+        log.info("resuming search from %s: %d finished trials", path, len(done))
+    _run_trials(session, space, config, done, seed, path, progress)
+    ok = [t for t in done if t.status == "ok"]
+    if not ok:
+        raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
+    best = max(ok, key=lambda t: (t.score, -t.trial))
+    candidate = space.candidate(best.params)
+    plan = session.plan(candidate, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
+                                           "trials": len(done), "signature": signature})
+    return SearchResult(trials=done, best=best, plan=plan, signature=signature,
+                        seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
+
+
+def _run_trials(session, space, config, done, seed, path, progress) -> None:
+    start, failures = time.perf_counter(), 0
+    show = progress_enabled(progress)
+    with make_progress() as bar:
+        task = bar.add_task("search", total=config.trials, completed=len(done), info="", visible=show)
+        for trial in range(len(done), config.trials):
+            if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
+                log.info("search time budget reached after %d trials", trial)
+                break
+            record = evaluate_point(session, space, suggest(space, done, trial, seed), trial)
+            done.append(record)
+            _append(path, record.to_json())
+            failures = failures + 1 if record.status == "failed" else 0
+            best = max((t.score for t in done if t.status == "ok"), default=float("nan"))
+            bar.update(task, advance=1, info=f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")
+            if failures >= config.engine.max_failures:
+                errors = "; ".join(sorted({t.error[:120] for t in done[-failures:]}))
+                raise SearchFailed(f"{failures} consecutive trials failed ({errors}). Fix the cause or raise max_failures.")

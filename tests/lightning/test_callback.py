@@ -1,0 +1,124 @@
+"""AdaPrunerCallback in real Lightning fits on tiny models (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from helpers_core import SMALL_SEARCH
+from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.core.export import load_pruned
+from adapruner_lightning.core.groups import total_params
+from adapruner_lightning.lightning.recovery import RecoveryConfig
+
+def _trainer(tmp_path: Path, callback: AdaPrunerCallback, **kw) -> Trainer:
+    args = dict(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=1,
+                num_sanity_val_steps=0, callbacks=[callback])
+    args.update(kw)
+    return Trainer(**args)
+
+
+def _data(tiny_lm_dir, text_dir, **kw) -> TextDataModule:
+    return TextDataModule(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=32, batch_size=2, val_windows=2, **kw)
+
+
+def test_fit_searches_prunes_and_recovers(tmp_path, tiny_lm_dir, text_dir):
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-3)
+    before = total_params(module.model)
+    cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(**SMALL_SEARCH), output_dir=str(tmp_path / "out"),
+                           pruning=PruningConfig(sample_len=32), progress=False)
+    trainer = _trainer(tmp_path, cb, enable_checkpointing=False)
+    lora_a = {}
+    trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    after = total_params(module.model)
+    assert abs((1 - after / before) - 0.2) < 0.005
+    assert cb.plan is not None and len(cb.trace) == 3
+    assert cb.plan.provenance["sample_ids"] and "metric" in cb.plan.provenance
+    out = tmp_path / "out" / "adapruner"
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["after"] == after
+    assert (out / "search_trace.png").stat().st_size > 1000
+    assert len((out / "search_trace.jsonl").read_text().splitlines()) == 4  # header + 3 trials
+    reloaded, _, plan = load_pruned(out / "pruned_model")
+    x = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x).logits, module.model.eval()(x).logits, atol=1e-5)
+    assert plan.to_dict() == cb.plan.to_dict()
+
+
+def test_lora_trains_only_adapters_and_merges(tmp_path, tiny_lm_dir, text_dir):
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-2)
+    cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=0), pruning=PruningConfig(metric="magnitude_l2"),
+                           output_dir=str(tmp_path / "o"), progress=False)
+    trainer = _trainer(tmp_path, cb, enable_checkpointing=False)
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        pass
+
+    trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    assert not hasattr(module.model, "peft_config")  # merged at the end
+    opt_params = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]
+    assert 0 < sum(p.numel() for p in opt_params) < total_params(module.model) / 5
+
+
+def test_resume_replays_plan_without_search(tmp_path, tiny_lm_dir, text_dir):
+    search = SearchConfig.of(**SMALL_SEARCH)
+    module = CausalLMModule(model=str(tiny_lm_dir))
+    cb = AdaPrunerCallback(target_ratio=0.25, search=search, pruning=PruningConfig(sample_len=32),
+                           recovery=RecoveryConfig(mode="full"), output_dir=str(tmp_path / "a"), progress=False)
+    trainer = _trainer(tmp_path, cb, max_steps=2)
+    trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    assert Path(ckpt).is_file()
+    assert (Path(ckpt).parent / "pruning_plan.json").is_file()
+    shapes = {k: v.shape for k, v in module.model.state_dict().items()}
+
+    fresh = CausalLMModule(model=str(tiny_lm_dir))
+    cb2 = AdaPrunerCallback(target_ratio=0.25, search=SearchConfig.of(**{**SMALL_SEARCH, "trials": 50}),
+                            pruning=PruningConfig(sample_len=32), recovery=RecoveryConfig(mode="full"),
+                            output_dir=str(tmp_path / "b"), progress=False)
+    trainer2 = _trainer(tmp_path, cb2, max_steps=4)
+    trainer2.fit(fresh, datamodule=_data(tiny_lm_dir, text_dir), ckpt_path=ckpt)
+    assert trainer2.global_step == 4  # training continued
+    assert {k: v.shape for k, v in fresh.model.state_dict().items()} == shapes
+    assert not (tmp_path / "b" / "adapruner" / "search_trace.jsonl").exists()  # no new search
+    assert cb2.plan.to_dict() == cb.plan.to_dict()
+
+
+def test_module_without_hf_model_is_a_clear_error(tmp_path):
+    class Plain(CausalLMModule.__mro__[1]):  # LightningModule
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 2)
+
+    cb = AdaPrunerCallback(target_ratio=0.2, progress=False)
+    trainer = _trainer(tmp_path, cb)
+    with pytest.raises(ConfigError, match="PreTrainedModel"):
+        cb.setup(trainer, Plain(), "fit")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(target_ratio=1.5), "target_ratio"),
+    (dict(target_ratio=0.0), "target_ratio"),
+    (dict(target_ratio=0.2, plan="missing_plan.json"), "plan"),
+    (dict(pruning=PruningConfig(), plan=None, recovery=None, target_ratio=-1), "target_ratio"),
+])
+def test_misconfiguration(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        AdaPrunerCallback(**kwargs)
+
+
+def test_lora_targets_that_do_not_exist(tmp_path, tiny_lm_dir):
+    module = CausalLMModule(model=str(tiny_lm_dir))
+    cb = AdaPrunerCallback(target_ratio=0.2, recovery=RecoveryConfig(target_modules=["query_key_value"]), progress=False)
+    with pytest.raises(ConfigError, match="query_key_value"):
+        cb.setup(_trainer(tmp_path, cb), module, "fit")

@@ -1,0 +1,102 @@
+"""The Lightning behaviours ``lightning/_compat.py`` relies on, checked on the installed Lightning.
+
+If one of these fails after a Lightning upgrade, the callback's pruning-in-setup or resume logic must be
+revisited in ``_compat.py`` (and only there).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from adapruner_lightning.errors import AdaPrunerError
+from adapruner_lightning.lightning import _compat
+
+
+class _Tiny(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.events: list[str] = []
+
+    def configure_model(self) -> None:
+        self.events.append("configure_model")
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        self.events.append("configure_optimizers")
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(4, 4)), batch_size=2)
+
+
+class _Probe(Callback):
+    """Records what the callback would see in ``setup`` and at ``on_fit_start``."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    def setup(self, trainer, pl_module, stage):
+        pl_module.events.append("setup")
+        self.seen.update(ckpt_attr=trainer.ckpt_path, ckpt_found=_compat.fit_ckpt_path(trainer),
+                         optimizers=list(trainer.optimizers), model=trainer.strategy.model,
+                         weight=pl_module.layer.weight.detach().clone())
+        _compat.check_before_wrap(trainer, pl_module)
+
+    def on_fit_start(self, trainer, pl_module):
+        self.seen["weight_at_start"] = pl_module.layer.weight.detach().clone()
+
+
+def _trainer(tmp_path, *callbacks, steps=1):
+    return Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=list(callbacks))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compat")
+    trainer = _trainer(root, steps=2)
+    trainer.fit(_Tiny())
+    path = root / "resume.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_setup_runs_before_configure_model_optimizers_and_wrapping(tmp_path):
+    module, probe = _Tiny(), _Probe()
+    _trainer(tmp_path, probe).fit(module)
+    assert module.events[:3] == ["setup", "configure_model", "configure_optimizers"]
+    assert probe.seen["optimizers"] == [] and probe.seen["model"] is module
+
+
+def test_ckpt_path_is_only_known_from_the_run_frame_during_setup(tmp_path, checkpoint):
+    probe = _Probe()
+    _trainer(tmp_path, probe, steps=3).fit(_Tiny(), ckpt_path=str(checkpoint))
+    assert probe.seen["ckpt_attr"] is None  # Lightning sets trainer.ckpt_path only when it restores
+    assert probe.seen["ckpt_found"] == str(checkpoint)
+
+
+def test_checkpoint_weights_load_after_setup(tmp_path, checkpoint):
+    stored = torch.load(checkpoint, weights_only=True)["state_dict"]["layer.weight"]
+    module, probe = _Tiny(), _Probe()
+    _trainer(tmp_path, probe, steps=3).fit(module, ckpt_path=str(checkpoint))
+    assert not torch.equal(probe.seen["weight"], stored)  # setup still sees the fresh weights (replay the plan here)
+    assert torch.equal(probe.seen["weight_at_start"], stored)  # restored before on_fit_start
+
+
+def test_check_before_wrap_refuses_a_model_that_already_has_optimizers(tmp_path):
+    module = _Tiny()
+    trainer = _trainer(tmp_path)
+    trainer.fit(module)  # after fit the strategy holds the optimizer
+    with pytest.raises(AdaPrunerError, match="another order"):
+        _compat.check_before_wrap(trainer, module)
+
+
+def test_output_root_is_the_log_dir_or_the_default_root(tmp_path):
+    trainer = _trainer(tmp_path)
+    assert _compat.output_root(trainer) == str(tmp_path)

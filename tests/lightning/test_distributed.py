@@ -1,0 +1,200 @@
+"""Distributed runs: 2-process DDP on CPU (gloo), a failing search on rank 0, and DeepSpeed ZeRO 2/3.
+
+Every multi-process run is a standalone script under ``tests/scripts`` started with ``subprocess``
+(Lightning's "ddp" launcher re-runs the command that started it, which must never be pytest), in its
+own process group, killed as a whole when its timeout expires, so nothing here can hang CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).parent / "scripts"
+DDP_TIMEOUT_S = 300
+DEEPSPEED_TIMEOUT_S = 300
+SKIP_EXIT = 3  # tests/scripts/deepspeed_cpu.py: DeepSpeed cannot run here
+MAX_STEPS = 2
+_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "DS_ACCELERATOR", "LOCAL_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_script(script: str, *args: object, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``tests/scripts/<script>`` with ``sys.executable`` in a new process group; on timeout the whole group
+    (the launched ranks included) is killed and the test fails with the output so far."""
+    environ = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **(env or {}))
+    cmd = [sys.executable, str(SCRIPTS / script), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environ,
+                            cwd=str(SCRIPTS.parents[2]), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{script} {args} did not finish within {timeout}s; output tail:\n{out[-6000:]}")
+    finally:
+        try:  # ranks left behind by a crashed launcher
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def _ranks(out: Path, n: int = 2) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def _check_shapes_follow_plan(shapes: dict[str, list[int]], plan: dict, prefix: str = "model.layers") -> None:
+    head_dim = plan["head_dim"]
+    for lp in plan["layers"]:
+        base = f"{prefix}.{lp['index']}"
+        assert shapes[f"{base}.self_attn.q_proj.weight"][0] == lp["num_heads"] * head_dim
+        assert shapes[f"{base}.self_attn.o_proj.weight"][1] == lp["num_heads"] * head_dim
+        assert shapes[f"{base}.self_attn.k_proj.weight"][0] == lp["num_kv_heads"] * head_dim
+        assert shapes[f"{base}.self_attn.v_proj.weight"][0] == lp["num_kv_heads"] * head_dim
+        assert shapes[f"{base}.mlp.gate_proj.weight"][0] == lp["intermediate_size"]
+        assert shapes[f"{base}.mlp.up_proj.weight"][0] == lp["intermediate_size"]
+        assert shapes[f"{base}.mlp.down_proj.weight"][1] == lp["intermediate_size"]
+
+
+# ---------------------------------------------------------------------------------------------- DDP (gloo, CPU)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_lm_dir, text_dir):
+    """One 2-rank DDP fit (tests/scripts/ddp_fit.py ok): the ranks' records."""
+    out = tmp_path_factory.mktemp("ddp_ok")
+    result = run_script("ddp_fit.py", tiny_lm_dir, text_dir, out, "ok", timeout=DDP_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "[rank 0] DDP_FIT_OK" in result.stdout and "[rank 1] DDP_FIT_OK" in result.stdout, result.stdout[-6000:]
+    return _ranks(out)
+
+
+def test_ddp_ranks_apply_rank0_plan_identically_and_train(ddp_run):
+    r0, r1 = ddp_run
+    assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
+    assert r0["strategy_model"] == r1["strategy_model"] == "DistributedDataParallel"
+    # only rank 0 searched (on its pruning data); rank 1 got the plan through the broadcast
+    assert (r0["search_runs"], r1["search_runs"]) == (1, 0)
+    assert r0["pruning_data_calls"] == 1
+    assert r0["plan"] is not None and r0["plan"] == r1["plan"]
+    assert abs(r0["plan"]["params_after"] / r0["plan"]["params_before"] - 0.8) < 0.01
+    # identical pruned weights on both ranks before DDP's wrapper could broadcast rank 0's
+    assert r0["params_after_pruning"] == r1["params_after_pruning"]
+    assert r0["params_at_fit_start"] == r0["params_after_pruning"]
+    assert r0["shapes"] == r1["shapes"]
+    _check_shapes_follow_plan(r0["shapes"], r0["plan"], prefix="model.layers")
+    # the ranks saw different batches, yet training kept them in sync and moved the weights
+    assert len(r0["batches"]) == len(r1["batches"]) == MAX_STEPS
+    assert set(r0["batches"]).isdisjoint(r1["batches"])
+    assert r0["global_step"] == r1["global_step"] == MAX_STEPS
+    assert r0["losses_finite"] and r1["losses_finite"] and len(r0["losses"]) == MAX_STEPS
+    assert r0["params_after_fit"] == r1["params_after_fit"]
+    changed = [n for n, h in r0["params_after_fit"].items() if h != r0["params_after_pruning"][n]]
+    assert len(changed) == len(r0["params_after_fit"])
+
+
+def test_ddp_every_rank_holds_out_the_objective_windows(ddp_run):
+    r0, r1 = ddp_run
+    held_out = set(r0["objective_rows"]) | set(r0["pool_rows"])
+    assert held_out and held_out.isdisjoint(r0["train_rows"])
+    assert held_out.isdisjoint(r1["train_rows"])
+    assert r0["train_rows"] == r1["train_rows"]
+
+
+def test_ddp_pruned_model_trains_in_train_mode(ddp_run):
+    for record in ddp_run:
+        assert record["eval_modules_after_pruning"] == []
+        assert record["eval_modules_at_train_start"] == []
+
+
+def test_ddp_search_failure_on_rank0_is_reported_on_every_rank(tmp_path, tiny_lm_dir, text_dir):
+    result = run_script("ddp_fit.py", tiny_lm_dir, text_dir, tmp_path, "fail", timeout=DDP_TIMEOUT_S)
+    assert result.returncode != 0, result.stdout[-6000:]
+    assert "DDP_FIT_OK" not in result.stdout
+    for rank in (0, 1):
+        line = f"[rank {rank}] SearchFailed: adapruner: the search failed on rank 0: RuntimeError: boom"
+        assert line in result.stdout, result.stdout[-6000:]
+        assert (tmp_path / f"error_rank{rank}.txt").read_text() == line
+    assert not (tmp_path / "rank0.json").exists() and not (tmp_path / "rank1.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- DeepSpeed (CPU)
+
+
+@pytest.fixture(scope="module")
+def deepspeed_run(tmp_path_factory, tiny_lm_dir):
+    """tests/scripts/deepspeed_cpu.py for ZeRO 2 and 3 in one single-process gloo run: its record."""
+    out = tmp_path_factory.mktemp("deepspeed_cpu")
+    env = dict(DS_ACCELERATOR="cpu", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
+    result = run_script("deepspeed_cpu.py", tiny_lm_dir, out, 2, 3, timeout=DEEPSPEED_TIMEOUT_S, env=env)
+    if result.returncode == SKIP_EXIT:
+        pytest.skip((out / "skip.txt").read_text())
+    assert result.returncode == 0 and "DEEPSPEED_OK" in result.stdout, result.stdout[-6000:]
+    return json.loads((out / "deepspeed.json").read_text())
+
+
+def test_deepspeed_input_is_the_non_uniform_pruned_model(deepspeed_run, tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning.api import prune
+
+    assert not deepspeed_run["uniform"]
+    layers = deepspeed_run["plan"]["layers"]
+    assert (layers[0]["num_heads"], layers[0]["intermediate_size"]) == (6, 128)  # keep_first=1
+    _check_shapes_follow_plan(deepspeed_run["pruned_shapes"], deepspeed_run["plan"], prefix="model.layers")
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)  # same prune here: the script trained that model
+    prune(model, None, target_ratio=0.25, metric="magnitude_l2", keep_first=1, progress=False)
+    assert deepspeed_run["pruned_shapes"] == {n: list(p.shape) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_pruned_model_on_cpu(deepspeed_run, stage):
+    record = deepspeed_run["stages"][str(stage)]
+    assert len(record["losses"]) == 3 and all(math.isfinite(x) for x in record["losses"])
+    assert all(record["changed"].values()) and set(record["changed"]) == set(deepspeed_run["pruned_shapes"])
+    assert record["gathered_shapes"] == deepspeed_run["pruned_shapes"]
+    if stage == 3:  # really partitioned: the module's own tensors are empty outside a gather
+        assert record["partitioned"]
+        assert all(math.prod(s) == 0 for s in record["local_shapes"].values())
+    else:
+        assert record["local_shapes"] == deepspeed_run["pruned_shapes"]
+
+
+# ---------------------------------------------------------------------- Lightning DeepSpeedStrategy (GPU only)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lightning_deepspeed_fit_with_callback_on_gpu(tmp_path, tiny_lm_dir, text_dir, stage):
+    n = torch.cuda.device_count()
+    result = run_script("deepspeed_fit.py", tiny_lm_dir, text_dir, tmp_path, stage, timeout=DEEPSPEED_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-6000:]
+    records = _ranks(tmp_path, n)
+    plan = records[0]["plan"]
+    assert plan is not None and all(r["plan"] == plan for r in records)
+    assert all(r["shapes"] == records[0]["shapes"] for r in records)
+    _check_shapes_follow_plan(records[0]["shapes"], plan, prefix="model.layers")
+    assert all(r["strategy_model"] == "DeepSpeedEngine" for r in records)
+    assert all(r["global_step"] == MAX_STEPS and r["losses_finite"] for r in records)
+    assert "export_error" not in records[0], records[0].get("export_error")
+    assert records[0]["exported_plan"]["layers"] == plan["layers"]
+    assert records[0]["exported_shapes"] == records[0]["shapes"]

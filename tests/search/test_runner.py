@@ -1,0 +1,167 @@
+"""The Bayesian search: determinism, resume after a kill, failed trials, space validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.search.runner import run_search
+from helpers_core import SMALL
+from helpers_core import small_session as _session
+
+@pytest.mark.parametrize("engine", ["gp", "tpe", "random"])
+def test_same_seed_same_plan(engine):
+    a = run_search(_session(), SearchConfig.of(engine=engine, **SMALL), progress=False)
+    b = run_search(_session(), SearchConfig.of(engine=engine, **SMALL), progress=False)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert a.plan.layers == b.plan.layers
+    assert a.best.score == max(t.score for t in a.trials if t.status == "ok")
+    assert a.plan.provenance["seed"] == 0 and a.plan.provenance["sample_ids"]
+
+
+def test_resume_from_trace_equals_uninterrupted(tmp_path):
+    full = run_search(_session(), SearchConfig.of(**SMALL), trace_path=tmp_path / "full.jsonl", progress=False)
+    part = tmp_path / "part.jsonl"
+    run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 4}), trace_path=part, progress=False)
+    with part.open("a") as fh:  # a kill during a write leaves a torn line
+        fh.write('{"type": "trial", "trial": 4, "par')
+    resumed = run_search(_session(), SearchConfig.of(**SMALL), trace_path=part, progress=False)
+    assert [t.params for t in resumed.trials] == [t.params for t in full.trials]
+    assert resumed.plan.layers == full.plan.layers
+
+
+def test_killed_process_resumes_without_repeating_trials(tmp_path):
+    """kill -9 a search process after some trials; the rerun repeats no finished trial."""
+    trace = tmp_path / "trace.jsonl"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from helpers_core import SMALL, small_session as _session
+        from adapruner_lightning.search.config import SearchConfig
+        from adapruner_lightning.search.runner import run_search
+        import adapruner_lightning.search.runner as s
+        orig = s.evaluate_point
+        def slow(*a, **k):
+            r = orig(*a, **k); time.sleep(float(sys.argv[1])); return r
+        s.evaluate_point = slow
+        res = run_search(_session(), SearchConfig.of(**SMALL), trace_path={str(trace)!r}, progress=False)
+        print("BEST", res.best.trial, [t.trial for t in res.trials])
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            done = [l for l in trace.read_text().splitlines() if '"type": "trial"' in l] if trace.exists() else []
+            if len(done) >= 2:
+                break
+            proc.poll()
+            assert proc.returncode is None, proc.stdout.read().decode()[-2000:]
+            import time
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    assert 2 <= len(finished) < SMALL["trials"]
+    out = subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True, check=True).stdout
+    trials = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    assert trials == list(range(SMALL["trials"]))  # every trial once: none repeated, none lost
+    reference = run_search(_session(), SearchConfig.of(**SMALL), progress=False)
+    assert f"BEST {reference.best.trial}" in out
+
+
+def test_trace_from_another_space_is_refused(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 2}), trace_path=trace, progress=False)
+    with pytest.raises(ConfigError, match="trace"):
+        run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 2, "metrics": ["flap"]}), trace_path=trace, progress=False)
+
+
+def test_nan_trials_are_failed_with_finite_penalty_and_search_continues(monkeypatch):
+    session = _session()
+    calls = {"n": 0}
+    real = session.objective
+
+    def flaky(selection, biases=None):
+        calls["n"] += 1
+        return float("nan") if calls["n"] % 2 == 0 else real(selection, biases)
+
+    monkeypatch.setattr(session, "objective", flaky)
+    result = run_search(session, SearchConfig.of(**SMALL), progress=False)
+    failed = [t for t in result.trials if t.status == "failed"]
+    assert len(failed) == 3 and all("nan" in t.error for t in failed)
+    assert len(result.trials) == SMALL["trials"] and math.isfinite(result.best.score)
+
+
+def test_repeated_failures_stop_with_a_summary(monkeypatch):
+    session = _session()
+    monkeypatch.setattr(session, "objective", lambda selection, biases=None: float("inf"))
+    with pytest.raises(SearchFailed, match="consecutive trials failed"):
+        run_search(session, SearchConfig.of(**{**SMALL, "max_failures": 3}), progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(metrics=[]), "metrics"),
+    (dict(metrics=["nope"]), "metrics"),
+    (dict(reducers=[]), "reducers"),
+    (dict(pool_size=8, subset_size=9), "subset_size"),
+    (dict(engine="annealing"), "engine"),
+    (dict(time_budget_s=0), "time_budget_s"),
+])
+def test_space_rejects_bad_configs(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchConfig.of(**kwargs)
+
+
+def test_subset_encoding_neighbours_overlap():
+    from adapruner_lightning.search.space import SearchSpace
+
+    session = _session()
+    space = SearchSpace.build(SearchConfig.of(**SMALL), session.config, session.stats.features())
+    a = set(space.subset({"u0": 0.5, "u1": 0.5}))
+    b = set(space.subset({"u0": 0.52, "u1": 0.5}))
+    far = set(space.subset({"u0": 0.0, "u1": 0.0}))
+    assert len(a) == len(b) == SMALL["subset_size"]
+    assert len(a & b) >= len(a & far)
+
+
+def test_copula_transform_keeps_the_ranking_and_bounds_outliers():
+    from adapruner_lightning.search.trace import TrialRecord
+    from adapruner_lightning.search.engines import _optimizer_scores
+
+    scores = [-4.6, -4.5, -13.8, None, -4.55]  # one collapsed candidate (ppl ~1e6) and one failed trial
+    trials = [TrialRecord(i, {}, {}, [], s, "ok" if s is not None else "failed", 0.0) for i, s in enumerate(scores)]
+    raw = _optimizer_scores(trials, penalty=1.0)
+    assert raw[3] == -14.8  # failed: below the worst finite score
+    warped = _optimizer_scores(trials, penalty=1.0, transform="copula")
+    assert sorted(range(5), key=raw.__getitem__) == sorted(range(5), key=warped.__getitem__)
+    assert max(warped) - min(warped) < 3.0  # the 9-unit outlier gap shrinks to a few standard deviations
+    assert (warped[1] - warped[4]) / (max(warped) - min(warped)) > (raw[1] - raw[4]) / (max(raw) - min(raw))
+
+
+def test_sessions_can_share_pool_statistics_across_metrics_and_seeds() -> None:
+    first = _session(seed=0, metric="wanda_sp")
+    stats = first.stats
+    shared = PruningSession(first.model, PruningConfig(target_ratio=0.2, seed=3, metric="flap", bias_compensation=True),
+                            first.pool, objective=first.objective_windows, progress=False, stats=stats)
+    fresh = _session(seed=3, metric="flap", bias_compensation=True)
+    assert shared.stats is stats
+    a, b = shared.plan(shared.default_candidate()), fresh.plan(fresh.default_candidate())
+    assert a.provenance["seed"] == 3 and a.provenance["sample_ids"] == b.provenance["sample_ids"]
+    assert [lp.channels_removed for lp in a.layers] == [lp.channels_removed for lp in b.layers]
+    assert [lp.down_bias for lp in a.layers] == [lp.down_bias for lp in b.layers]
+    with pytest.raises(ConfigError, match="stats"):  # another pool's statistics are refused before any work
+        PruningSession(first.model, first.config, first.pool[:6], progress=False, stats=stats)
