@@ -61,7 +61,7 @@ class SeedIntegerSpace(SearchSpace):
         return {"subset_seed": (0, SEED_RANGE - 1, int), **b}
 
     def subset(self, point: dict[str, Any]) -> list[int]:
-        n, k = self.embedding.shape[0], int(point.get("k", self.config.subset_size))
+        n, k = self.embedding.shape[0], int(point.get("k", self.config.data.subset_size))
         gen = torch.Generator().manual_seed(int(point["subset_seed"]))
         return sorted(torch.randperm(n, generator=gen)[:k].tolist())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from adapruner_lightning.lightning.datamodule import TextDataModule
+from adapruner_lightning.lightning.datamodule import TextDataModule, check_training_data
 from adapruner_lightning.lightning.module import CausalLMModule
 
 
@@ -60,6 +60,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"adapruner fit: --config {argv[i + 1]!r} does not exist; recipes: "
                   f"{sorted(p.name for p in Path('recipes').glob('*.yaml'))}", file=sys.stderr)
             return 2
+    check_before_run(argv)
     cli = build_cli(argv)
     _print_reports(cli)
     return 0
+
+
+class _ParseOnly(AdaPrunerCLI):
+    """Parses and type-checks the merged configuration, builds nothing (no model is loaded)."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing is instantiated."""
+
+
+def parse_only(argv: list[str]):
+    """The merged configuration of ``argv`` (without ``fit``), parsed and type-checked, nothing built."""
+    return _ParseOnly(CausalLMModule, TextDataModule, args=argv, run=False).config
+
+
+def check_before_run(argv: list[str]) -> None:
+    """Refuse, before any model loads, a configuration whose training data is unset (the GPU recipes leave it to
+    the user): :class:`~adapruner_lightning.errors.ConfigError`, shown as one line by the dispatcher."""
+    config = parse_only(argv)
+    check_training_data(config.data.texts, config.data.instructions)

@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M)")
     p.add_argument("--text", nargs="+", default=["austen:calibration"],
                    help="calibration/objective text: files, directories or austen: selectors (never evaluation text)")
-    p.add_argument("--out", required=True, help="output directory (export, plan, report, trace)")
+    p.add_argument("--out", required=True, help="output directory (export, plan, report, search plot); the search "
+                   "trace goes beside it as OUT.search_trace.jsonl, so the atomic export never replaces it and "
+                   "a rerun resumes it")
     p.add_argument("--no-progress", action="store_true")
     pruning = p.add_argument_group("pruning (PruningConfig)")
     pruning.add_argument("--target-ratio", type=float, default=0.2, help="fraction of parameters to remove (default 0.2)")

@@ -204,3 +204,11 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 add_bias(module, values, trainable=module.weight.requires_grad)
     _rewrite_config(model, plan)
     return model
+
+
+def is_applied(model: nn.Module, plan: PruningPlan) -> bool:
+    """Whether ``model`` already has the shapes ``plan`` produces (then replaying it again must be skipped)."""
+    layers = layer_structures(model)
+    return len(layers) == len(plan.layers) and all(
+        (layer.num_heads, layer.num_kv_heads, layer.intermediate) == (lp.num_heads, lp.num_kv_heads, lp.intermediate_size)
+        for layer, lp in zip(layers, plan.layers))

@@ -7,18 +7,25 @@ schedule) into a selection and :meth:`PruningSession.objective` scores it under 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from adapruner_lightning.core.architectures import get_architecture
+from adapruner_lightning.core.architectures import get_architecture, head_layout
 from adapruner_lightning.core.config import PruningConfig
-from adapruner_lightning.core.groups import layer_structures, prunable_params, resolve_attention_unit, total_params
+from adapruner_lightning.core.groups import (
+    LayerStructure,
+    layer_structures,
+    prunable_params,
+    resolve_attention_unit,
+    total_params,
+)
 from adapruner_lightning.core.importance import ScoreInputs, UnitScores, get_metric, unit_scores
 from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.physical import compensation_biases, make_plan
@@ -52,7 +59,11 @@ class Candidate:
 
 
 def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
-    """Fail fast on models that cannot be pruned (unknown family, quantized weights, no gradients)."""
+    """Fail fast on models that cannot be pruned (unknown family, quantized weights, no gradients).
+
+    The model is never changed: a bf16/fp16 model keeps its dtype (on every rank alike); the statistics
+    passes accumulate in float32 whatever the weights' precision.
+    """
     get_architecture(model)
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
         raise ConfigError("model", type(model).__name__, "a de-quantized float model",
@@ -60,10 +71,6 @@ def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
     if needs_gradients and any(not p.is_floating_point() for p in model.parameters()):
         raise ConfigError("model parameters", "integer/quantized", "floating-point parameters for gradient metrics",
                           hint="use an activation or magnitude metric, or load the model in float precision")
-    if needs_gradients and next(model.parameters()).device.type == "cpu" and \
-            next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
-        log.warning("half precision on CPU: upcasting the model to float32 for gradient statistics")
-        model.float()
 
 
 class PruningSession:
@@ -201,6 +208,41 @@ class PruningSession:
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
                          ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 
+    def problem(self) -> dict[str, Any]:
+        """What this session's scores depend on, as plain data: the model (geometry, parameter count and a weight
+        fingerprint), the pool and objective tokens, and every pruning option. Two sessions with equal problems
+        score every candidate alike; a search trace records it, so a trace of another problem is refused."""
+        layout = head_layout(self.model.config)
+        return {
+            "model": {"type": self.model.config.model_type, "layers": layout.num_layers, "hidden": layout.hidden_size,
+                      "heads": layout.num_heads, "kv_heads": layout.num_kv_heads, "mlp": layout.intermediate_size,
+                      "params": self.params_total, "fingerprint": weight_fingerprint(self.layers, self.model)},
+            "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
+            "objective": None if self.objective_windows is None else
+            {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
+            "pruning": asdict(self.config), "attention_unit": self.attention_unit, "uniform": self.uniform,
+        }
+
     def release(self) -> None:
         """Drop cached statistics (frees memory before fine-tuning)."""
         self._stats, self._grad_cache = None, {}
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's values (token ids: exact)."""
+    data = tensor.detach().cpu().contiguous()
+    return hashlib.sha256(f"{data.dtype}{list(data.shape)}".encode() + data.numpy().tobytes()).hexdigest()[:16]
+
+
+def weight_fingerprint(layers: list[LayerStructure], model: nn.Module, per_tensor: int = 256) -> str:
+    """A cheap fingerprint of the weights: sums of ``per_tensor`` evenly strided entries of the embedding and of
+    every prunable projection, taken on the CPU in float64 (the same on every rank and device for the same
+    weights; costs one tiny copy per tensor, nothing weight-sized)."""
+    tensors = [model.get_input_embeddings().weight]
+    tensors += [getattr(layer, m).weight for layer in layers for m in ("q", "k", "v", "o", "gate", "up", "down")]
+    sums = []
+    for weight in tensors:
+        flat = weight.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor].to("cpu", torch.float64)
+        sums.append(f"{float(sample.sum()):.9e}/{float(sample.square().sum()):.9e}")
+    return hashlib.sha256("|".join(sums).encode()).hexdigest()[:16]

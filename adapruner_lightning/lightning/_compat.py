@@ -65,14 +65,29 @@ def check_strategy(trainer: Trainer) -> None:
 def checkpoint_file(path: str | Path) -> Path | None:
     """The file holding the callback states of the checkpoint at ``path``.
 
-    Relies on: Lightning's ``DeepSpeedStrategy`` saves a directory whose ``checkpoint/mp_rank_00_model_states.pt``
-    holds the client state (callbacks included); any other strategy saves one file.
+    Relies on: Lightning's ``DeepSpeedStrategy`` saves a directory whose ``checkpoint/`` holds the client state
+    (callbacks included) in rank 0's model-states file: ``mp_rank_00_model_states.pt`` under ZeRO stages 0-2,
+    ``zero_pp_rank_0_mp_rank_00_model_states.pt`` under ZeRO-3; any other strategy saves one file.
     """
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.glob("*/mp_rank_00_model_states.pt"))
-        return found[0] if found else None
+        for pattern in ("*/mp_rank_00_model_states.pt", "*/zero_pp_rank_0_mp_rank_00_model_states.pt"):
+            found = sorted(path.glob(pattern))
+            if found:
+                return found[0]
+        return None
     return path if path.is_file() else None
+
+
+def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
+    """``torch.load`` memory-mapped (tensors are not read until used: a 100 GB checkpoint with optimizer states
+    costs nothing to inspect), falling back to a plain load for the legacy non-zip format."""
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def gathered(model: nn.Module) -> Any:
@@ -94,3 +109,18 @@ def output_root(trainer: Trainer) -> str:
     Relies on: ``Trainer.log_dir`` (it broadcasts from rank 0 under a distributed strategy).
     """
     return str(trainer.log_dir or trainer.default_root_dir)
+
+
+def train_dataloader(trainer: Trainer) -> Any:
+    """The loader ``fit`` will train on, already in ``setup``: the one passed as ``train_dataloaders``, else the
+    datamodule's or the module's ``train_dataloader()``.
+
+    Relies on: ``Trainer.fit`` attaches its data source (``fit_loop._data_source``, whose ``dataloader()`` calls
+    the right hook) before ``setup``.
+    """
+    source = trainer.fit_loop._data_source
+    if source.instance is None or not source.is_defined():
+        raise ConfigError("train data", None, "a train dataloader (trainer.fit(module, train_dataloaders=...), a "
+                          "datamodule or LightningModule.train_dataloader)",
+                          hint="the callback takes its calibration samples from the training data")
+    return source.dataloader()

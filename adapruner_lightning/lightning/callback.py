@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,6 +91,7 @@ class AdaPrunerCallback(Callback):
         self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
         self._applied = False
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
+        self._out: Path | None = None
 
     # ------------------------------------------------------------------ finding things in the user's objects
 
@@ -113,13 +115,18 @@ class AdaPrunerCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Obtain the plan (stored, or searched on rank 0 and broadcast) and prune; fit only, once."""
-        if stage != "fit" or self._applied:
+        """Obtain the plan (stored, or searched on rank 0 and broadcast) and prune, once. Outside ``fit``
+        (``validate/test/predict(ckpt_path=...)``) only the plan stored in the checkpoint is replayed."""
+        if self._applied:
+            return
+        if stage != "fit":
+            self._replay_for_evaluation(trainer, pl_module)
             return
         _compat.check_strategy(trainer)
         _compat.check_before_wrap(trainer, pl_module)
         attr, model = self.find_model(pl_module)
         check_lora_targets(model, self.recovery)
+        self._out_dir(trainer)  # every rank, before any rank-0-only work
         plan = self._stored_plan(trainer)
         started = time.perf_counter()
         if plan is None:
@@ -132,11 +139,23 @@ class AdaPrunerCallback(Callback):
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 
     def _stored_plan(self, trainer: Trainer) -> PruningPlan | None:
-        stored = planning.plan_from_checkpoint(trainer, type(self).__name__)
-        if stored is not None:
-            plan, self.trace = stored
-            return plan
+        checkpoint = planning.stored_checkpoint(trainer)
+        state = planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
+        if state is not None:
+            self.trace = list(state.get("trace", []))
+            return PruningPlan.from_dict(state["plan"])
         return planning.plan_from_file(self.plan_path)
+
+    def _replay_for_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        checkpoint = planning.stored_checkpoint(trainer)
+        state = planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
+        if state is None:
+            return
+        attr, model = self.find_model(pl_module)
+        setattr(pl_module, attr, planning.restore_shape(model, state, adapters=planning.has_adapters(checkpoint),
+                                                        fallback=self.recovery))
+        self.plan, self.trace, self._applied = PruningPlan.from_dict(state["plan"]), list(state.get("trace", [])), True
+        rank_zero_info(f"adapruner: replaying the checkpoint's plan ({self.plan.achieved_ratio:.1%} removed)")
 
     def _exclude_objective_from_training(self, trainer: Trainer) -> None:
         """Ranks that did not search (and resumed runs) split the datamodule's data the same way rank 0 did,
@@ -154,7 +173,7 @@ class AdaPrunerCallback(Callback):
     def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
         """Calibration pool and objective windows: from the datamodule's ``pruning_data`` when it has one,
         else seeded disjoint slices of the train dataloader's ``input_ids``; override to supply your own."""
-        splits, from_datamodule = planning.pruning_data(trainer, pl_module, self.search, self.pruning)
+        splits, from_datamodule = planning.pruning_data(trainer, self.search, self.pruning)
         self._data_split = self._data_split or from_datamodule
         return splits
 
@@ -182,7 +201,7 @@ class AdaPrunerCallback(Callback):
         setattr(pl_module, attr, wrap_for_recovery(model, self.recovery))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        rank_zero_info(f"adapruner: {before:,} -> {total_params(model):,} parameters "
+        rank_zero_info(f"adapruner: {before:,} -> {after:,} parameters "  # the pruned model's own, adapters apart
                        f"({self.report['params']['removed_ratio']:.1%} removed)")
 
     def _evaluate(self, stage: str, model: nn.Module, tokenizer: Any) -> None:
@@ -192,9 +211,12 @@ class AdaPrunerCallback(Callback):
         self.report["seconds"][f"eval_{stage}"] = seconds
 
     def _out_dir(self, trainer: Trainer) -> Path:
-        path = Path(self.output_dir or _compat.output_root(trainer)) / "adapruner"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """Where the report, trace and export go; resolved once, in ``setup``, on every rank (the trainer's
+        ``log_dir`` is a collective: called on rank 0 alone it would pair with another rank's broadcast)."""
+        if self._out is None:
+            self._out = Path(self.output_dir or _compat.output_root(trainer)) / "adapruner"
+            self._out.mkdir(parents=True, exist_ok=True)
+        return self._out
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -202,20 +224,25 @@ class AdaPrunerCallback(Callback):
         self._fit_started = time.perf_counter()
 
     @override
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Merge LoRA, evaluate the recovered model and write the report and export (rank 0 writes)."""
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Merge LoRA, evaluate the recovered model and write the report and export (rank 0 writes).
+
+        Here, not in ``on_fit_end``: Lightning's teardown, between the two, moves the module to the CPU and
+        ends DeepSpeed's engine (``_compat``). Every rank merges and evaluates (under ZeRO-3 a forward needs
+        every rank), inside one ZeRO-3 gather; rank 0 writes.
+        """
         if self.plan is None:
             return
         self.report["seconds"]["fine_tune"] = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
         attr, model = self._wrapped_model(pl_module)
-        with _compat.gathered(model):  # ZeRO-3: every rank joins the gather, rank 0 merges, evaluates and exports
+        with _compat.gathered(model):
             if self.recovery.mode == "lora" and self.recovery.merge_on_end:
                 model = unwrap(model, merge=True)
                 setattr(pl_module, attr, model)
+            tokenizer = getattr(pl_module, "tokenizer", None)
+            if self.eval_texts:
+                self._evaluate("recovered", model, tokenizer)
             if trainer.is_global_zero:
-                tokenizer = getattr(pl_module, "tokenizer", None)
-                if self.eval_texts:
-                    self._evaluate("recovered", model, tokenizer)
                 md_path = write_outputs(self._out_dir(trainer), model, tokenizer, self.plan, self.trace, self.report,
                                         export=self.export)
                 rank_zero_info(f"adapruner: report written to {md_path}")
@@ -245,7 +272,8 @@ class AdaPrunerCallback(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The plan and the search trace (a checkpoint of a pruned run resumes into the pruned shape)."""
-        return {"version": STATE_VERSION, "plan": self.plan.to_dict() if self.plan else None, "trace": self.trace}
+        return {"version": STATE_VERSION, "plan": self.plan.to_dict() if self.plan else None, "trace": self.trace,
+                "recovery": asdict(self.recovery)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -26,6 +26,13 @@ def _collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.stack([torch.as_tensor(r["input_ids"]) for r in rows])}
 
 
+def check_training_data(texts: Sequence[str], instructions: Sequence[str]) -> None:
+    """Raise unless at least one text source or instruction file is named (recipes leave them for the user)."""
+    if not list(texts) and not list(instructions):
+        raise ConfigError("data.texts", list(texts), "at least one text source (files, directories, austen:...) or "
+                          "data.instructions file", hint="name your training corpus, e.g. --data.texts '[/data/corpus/]'")
+
+
 class TextDataModule(LightningDataModule):
     """Fixed-length token windows of text for causal-LM fine-tuning, and the pruning callback's data.
 
@@ -48,6 +55,7 @@ class TextDataModule(LightningDataModule):
             raise ConfigError("seq_len", seq_len, "at least 8 tokens")
         if batch_size < 1:
             raise ConfigError("batch_size", batch_size, "a positive integer")
+        check_training_data(texts, instructions)
         self.model_spec, self.text_specs, self.instruction_files = model, list(texts), list(instructions)
         self.seq_len, self.batch_size, self.val_windows = seq_len, batch_size, val_windows
         self.max_train_windows, self.seed = max_train_windows, seed

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from adapruner_lightning.evaluation.metrics import Perplexity
+from adapruner_lightning.lightning.planning import find_state, has_adapters, restore_shape
 
 
 class CausalLMModule(LightningModule):
@@ -37,6 +38,7 @@ class CausalLMModule(LightningModule):
         self.model = model.train()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.val_ppl = Perplexity()
+        self.test_ppl = Perplexity()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         """Run the wrapped model (``use_cache=False``)."""
@@ -62,6 +64,19 @@ class CausalLMModule(LightningModule):
         out = self(batch["input_ids"], batch.get("attention_mask"))
         self.val_ppl.update(out.logits, self._labels(batch))
         self.log("val_ppl", self.val_ppl, prog_bar=True, on_step=False, on_epoch=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Test perplexity, as :meth:`validation_step` (logged as ``test_ppl``)."""
+        out = self(batch["input_ids"], batch.get("attention_mask"))
+        self.test_ppl.update(out.logits, self._labels(batch))
+        self.log("test_ppl", self.test_ppl, on_step=False, on_epoch=True)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild the pruned (and LoRA-wrapped) shape a checkpoint of a pruned run stores before its weights load,
+        so ``CausalLMModule.load_from_checkpoint(path)`` and ``trainer.test(module, ckpt_path=...)`` work."""
+        state = find_state(checkpoint)
+        if state is not None:
+            self.model = restore_shape(self.model, state, adapters=has_adapters(checkpoint))
 
     def configure_optimizers(self):
         """AdamW over the trainable parameters (after pruning and LoRA wrapping), with linear warm-up."""

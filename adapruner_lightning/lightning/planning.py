@@ -1,6 +1,7 @@
 """Obtaining the pruning plan inside a fit: replayed from a checkpoint or a plan file, or searched and broadcast.
 
-* :func:`plan_from_checkpoint` / :func:`plan_from_file`: a stored plan (resume, or an explicit plan file).
+* :func:`stored_checkpoint` / :func:`find_state` / :func:`restore_shape`: the plan stored in the checkpoint being
+  resumed or evaluated, replayed (LoRA adapters included) before its weights load; :func:`plan_from_file`.
 * :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
   when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
 * :func:`search_plan`: the search (or the configured candidate) on this rank's model, as plain data.
@@ -16,15 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from torch import nn
 
 from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.core.physical import apply_plan, is_applied
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.data.calibration import DataSplits
 from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.lightning import _compat
 from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
+from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
 from adapruner_lightning.search import runner
 from adapruner_lightning.search.config import SearchConfig
 
@@ -36,17 +40,41 @@ def plan_from_file(path: str | None) -> PruningPlan | None:
     return PruningPlan.load(path) if path else None
 
 
-def plan_from_checkpoint(trainer: Trainer, owner: str) -> tuple[PruningPlan, list[dict[str, Any]]] | None:
-    """``(plan, trace)`` from the callback state named ``owner...`` of the checkpoint ``fit`` resumes from."""
+def stored_checkpoint(trainer: Trainer) -> dict[str, Any] | None:
+    """The checkpoint the running ``fit``/``validate``/``test``/``predict`` restores, memory-mapped (None: none)."""
     path = fit_ckpt_path(trainer)
     file = checkpoint_file(path) if path else None
-    if file is None:
-        return None
-    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    return _compat.load_checkpoint_lazily(file) if file is not None else None
+
+
+def find_state(checkpoint: dict[str, Any], owner: str = "") -> dict[str, Any] | None:
+    """The pruning callback's state (``plan``, ``trace``, ``recovery``) in ``checkpoint``, if it holds one."""
     for key, state in checkpoint.get("callbacks", {}).items():
         if key.startswith(owner) and isinstance(state, dict) and state.get("plan"):
-            return PruningPlan.from_dict(state["plan"]), list(state.get("trace", []))
+            return state
     return None
+
+
+def has_adapters(checkpoint: dict[str, Any]) -> bool:
+    """Whether the checkpoint's weights are those of a LoRA-wrapped model (peft's ``lora_A`` keys)."""
+    weights = checkpoint.get("state_dict") or checkpoint.get("module") or {}
+    return any(".lora_A." in key for key in weights)
+
+
+def restore_shape(model: nn.Module, state: dict[str, Any], *, adapters: bool,
+                  fallback: RecoveryConfig | None = None) -> nn.Module:
+    """``model`` in the shape a checkpoint's weights need: the stored plan applied (unless it already is) and,
+    when the weights carry LoRA adapters, wrapped with the stored recovery config (``fallback`` for checkpoints
+    that predate storing it). Returns the model to put back into the LightningModule."""
+    if hasattr(model, "peft_config"):  # already restored (a resumed fit replayed the plan in setup)
+        return model
+    plan = PruningPlan.from_dict(state["plan"])
+    if not is_applied(model, plan):
+        apply_plan(model, plan)
+    if not adapters:
+        return model
+    recovery = RecoveryConfig(**state["recovery"]) if state.get("recovery") else (fallback or RecoveryConfig())
+    return wrap_for_recovery(model, recovery)
 
 
 def decide_on_rank_zero(trainer: Trainer, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -67,8 +95,7 @@ def decide_on_rank_zero(trainer: Trainer, compute: Callable[[], dict[str, Any]])
     return envelope
 
 
-def pruning_data(trainer: Trainer, pl_module: LightningModule | None, search: SearchConfig,
-                 pruning: PruningConfig) -> tuple[DataSplits, bool]:
+def pruning_data(trainer: Trainer, search: SearchConfig, pruning: PruningConfig) -> tuple[DataSplits, bool]:
     """The calibration pool and objective windows, and whether the datamodule provided them."""
     data = search.data
     dm = trainer.datamodule
@@ -76,7 +103,7 @@ def pruning_data(trainer: Trainer, pl_module: LightningModule | None, search: Se
         return dm.pruning_data(pool_size=data.pool_size, pool_seq_len=pruning.sample_len,
                                objective_windows=data.objective_windows, objective_seq_len=data.objective_seq_len,
                                seed=pruning.seed), True
-    rows = train_rows(trainer, pl_module, data.pool_size + data.objective_windows)
+    rows = train_rows(trainer, data.pool_size + data.objective_windows)
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(pruning.seed))
     held = data.objective_windows
     log.warning("adapruner: the objective windows come from the train dataloader and may reach fine-tuning; "
@@ -87,14 +114,11 @@ def pruning_data(trainer: Trainer, pl_module: LightningModule | None, search: Se
     return splits, False
 
 
-def train_rows(trainer: Trainer, pl_module: LightningModule | None, needed: int) -> torch.Tensor:
-    """The first ``needed`` ``input_ids`` rows of the train dataloader (datamodule's, else the module's)."""
-    source = trainer.datamodule if trainer.datamodule is not None else pl_module
-    if trainer.datamodule is not None:
-        trainer.datamodule.prepare_data()
-        trainer.datamodule.setup("fit")
+def train_rows(trainer: Trainer, needed: int) -> torch.Tensor:
+    """The first ``needed`` ``input_ids`` rows of the loader ``fit`` trains on (passed to ``fit``, the
+    datamodule's or the module's ``train_dataloader``)."""
     rows: list[torch.Tensor] = []
-    for batch in source.train_dataloader():
+    for batch in _compat.train_dataloader(trainer):
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         rows += list(ids)
         if len(rows) >= needed:

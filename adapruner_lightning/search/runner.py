@@ -7,7 +7,6 @@ candidate is physically pruned, by the caller. Each finished trial is appended t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,8 @@ from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.engines import suggest
 from adapruner_lightning.search.space import SearchSpace
-from adapruner_lightning.search.trace import TrialRecord, _append, read_trace
+from adapruner_lightning.search.trace import TrialRecord, _append, read_trace, write_header
+from adapruner_lightning.search.trace import signature as trace_signature
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,11 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     features = session.stats.features()
     stats_seconds = time.perf_counter() - t0
     space = SearchSpace.build(config, session.config, features)
-    signature = space.signature()
+    problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed}
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
-    done = read_trace(path, signature) if path else []
+    done = read_trace(path, problem) if path else []
     if path and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _append(path, json.dumps({"type": "header", "signature": signature, "seed": seed}))
+        write_header(path, problem)
     if done:
         log.info("resuming search from %s: %d finished trials", path, len(done))
     _run_trials(session, space, config, done, seed, path, progress)
@@ -101,8 +100,8 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     best = max(ok, key=lambda t: (t.score, -t.trial))
     candidate = space.candidate(best.params)
     plan = session.plan(candidate, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
-                                           "trials": len(done), "signature": signature})
-    return SearchResult(trials=done, best=best, plan=plan, signature=signature,
+                                           "trials": len(done), "signature": trace_signature(problem)})
+    return SearchResult(trials=done, best=best, plan=plan, signature=trace_signature(problem),
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
 
 

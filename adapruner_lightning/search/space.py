@@ -9,8 +9,6 @@ enough in these coordinates for a GP or TPE to model, unlike N independent bits 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +66,11 @@ class SearchSpace:
             b["bias_compensation"] = [False, True]
         return b
 
-    def signature(self) -> str:
-        """A hash of everything that defines the space (a trace from another space is refused)."""
-        desc = {"bounds": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.bounds().items()},
+    def describe(self) -> dict[str, Any]:
+        """Everything that defines the space, as plain data (part of a search's problem description)."""
+        return {"bounds": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.bounds().items()},
                 "pool": int(self.embedding.shape[0]), "k": self.config.data.subset_size,
                 "target": self.pruning.target_ratio, "basis": self.pruning.ratio_basis}
-        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def random_point(self, rng: np.random.RandomState) -> dict[str, Any]:
         """A uniformly random point of the space."""

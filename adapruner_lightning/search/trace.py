@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,8 +34,25 @@ class TrialRecord:
         return json.dumps({"type": "trial", **asdict(self)})
 
 
-def read_trace(path: Path, signature: str) -> list[TrialRecord]:
-    """Finished trials of a previous run of the same space (a torn last line, from a kill, is ignored)."""
+def signature(problem: dict[str, Any]) -> str:
+    """A short hash of a search's problem description (see :func:`read_trace`)."""
+    return hashlib.sha256(json.dumps(problem, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (``pruning.round_to``, ``model.fingerprint``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".") or "value"]
+
+
+def read_trace(path: Path, problem: dict[str, Any]) -> list[TrialRecord]:
+    """Finished trials of a previous run of the same problem (a torn last line, from a kill, is ignored).
+
+    ``problem`` describes the search completely (model, samples, options; see ``PruningSession.problem``); a
+    trace written for another problem is refused with the differing keys named, never resumed.
+    """
     if not path.exists():
         return []
     records: list[TrialRecord] = []
@@ -44,13 +62,29 @@ def read_trace(path: Path, signature: str) -> list[TrialRecord]:
         except json.JSONDecodeError:
             log.warning("trace %s: ignoring unreadable line %d (interrupted write)", path, number)
             continue
-        if data.get("type") == "header" and data.get("signature") != signature:
-            raise ConfigError("trace_path", str(path), f"a trace of this search space (signature {signature})",
-                              hint="it was written by a different search; delete it or pass another trace_path")
+        if data.get("type") == "header":
+            _check_header(path, data, problem)
         if data.get("type") == "trial":
             data.pop("type")
             records.append(TrialRecord(**data))
     return records
+
+
+def _check_header(path: Path, header: dict[str, Any], problem: dict[str, Any]) -> None:
+    if header.get("signature") == signature(problem):
+        return
+    stored = header.get("problem")
+    diff = differences(json.loads(json.dumps(stored, default=str)), json.loads(json.dumps(problem, default=str))) \
+        if stored is not None else ["the problem description (the trace predates it)"]
+    raise ConfigError("trace_path", str(path), "a trace of this search problem",
+                      hint=f"the trace was written for another model, data or options (differs in: "
+                           f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); delete it or pass another trace_path")
+
+
+def write_header(path: Path, problem: dict[str, Any]) -> None:
+    """Start a new trace at ``path`` with the problem it belongs to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _append(path, json.dumps({"type": "header", "signature": signature(problem), "problem": problem}, default=str))
 
 
 def _append(path: Path | None, line: str) -> None:

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapruner_lightning.cli import main as cli
-from adapruner_lightning.lightning.datamodule import TextDataModule
-from adapruner_lightning.cli.fit import AdaPrunerCLI
-from adapruner_lightning.lightning.module import CausalLMModule
+from adapruner_lightning.cli.fit import parse_only
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 COMBINATIONS = [
@@ -21,14 +19,8 @@ COMBINATIONS = [
 ]
 
 
-class _ParseOnly(AdaPrunerCLI):
-    def instantiate_classes(self) -> None:  # parse and type-check, build nothing (no model download)
-        pass
-
-
 def _parse(files: list[str]):
-    args = [a for f in files for a in ("--config", str(RECIPES / f))]
-    return _ParseOnly(CausalLMModule, TextDataModule, args=args, run=False).config
+    return parse_only([a for f in files for a in ("--config", str(RECIPES / f))])  # builds nothing
 
 
 def test_every_recipe_is_covered():
@@ -71,3 +63,12 @@ def test_cli_dispatch_table_matches_modules():
         assert callable(importlib.import_module(module).main), name
     assert cli.main(["--help"]) == 0
     assert cli.main(["no-such-command"]) == 2
+
+
+def test_a_gpu_recipe_without_training_data_is_refused_before_any_model_loads(capsys):
+    args = ["fit", "--config", str(RECIPES / "gpu_deepspeed_8x.yaml"), "--config", str(RECIPES / "models/llama31_8b.yaml")]
+    assert cli.main(args) == 2  # the model is a hub id this machine cannot reach: nothing was loaded
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("adapruner fit: error: data.texts=[] is invalid") and "training corpus" in err[-1]
+    config = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml"])
+    assert config.data.texts == [] and config.data.instructions == []

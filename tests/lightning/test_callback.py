@@ -36,7 +36,6 @@ def test_fit_searches_prunes_and_recovers(tmp_path, tiny_lm_dir, text_dir):
     cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(**SMALL_SEARCH), output_dir=str(tmp_path / "out"),
                            pruning=PruningConfig(sample_len=32), progress=False)
     trainer = _trainer(tmp_path, cb, enable_checkpointing=False)
-    lora_a = {}
     trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
     after = total_params(module.model)
     assert abs((1 - after / before) - 0.2) < 0.005
@@ -59,11 +58,6 @@ def test_lora_trains_only_adapters_and_merges(tmp_path, tiny_lm_dir, text_dir):
     cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=0), pruning=PruningConfig(metric="magnitude_l2"),
                            output_dir=str(tmp_path / "o"), progress=False)
     trainer = _trainer(tmp_path, cb, enable_checkpointing=False)
-    seen = {}
-
-    class Spy(torch.nn.Module):
-        pass
-
     trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
     assert not hasattr(module.model, "peft_config")  # merged at the end
     opt_params = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]
@@ -122,3 +116,47 @@ def test_lora_targets_that_do_not_exist(tmp_path, tiny_lm_dir):
     cb = AdaPrunerCallback(target_ratio=0.2, recovery=RecoveryConfig(target_modules=["query_key_value"]), progress=False)
     with pytest.raises(ConfigError, match="query_key_value"):
         cb.setup(_trainer(tmp_path, cb), module, "fit")
+
+
+def test_startup_line_counts_the_pruned_model_without_adapters(tmp_path, tiny_lm_dir, text_dir, caplog):
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-2)
+    cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=0), pruning=PruningConfig(metric="magnitude_l2"),
+                           output_dir=str(tmp_path / "o"), export=False, progress=False)
+    trainer = _trainer(tmp_path, cb, enable_checkpointing=False, max_steps=1)
+    with caplog.at_level("INFO"):
+        trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("adapruner: ") and "->" in r.getMessage())
+    assert f"-> {cb.plan.params_after:,} parameters" in line and cb.report["params"]["after"] == cb.plan.params_after
+
+
+def test_evaluation_and_load_from_checkpoint_rebuild_the_pruned_lora_shape(tmp_path, tiny_lm_dir, text_dir):
+    """validate/test(ckpt_path=...) and CausalLMModule.load_from_checkpoint replay the stored plan and the LoRA
+    wrapping before the weights load; no search runs."""
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-2)
+    cb = AdaPrunerCallback(target_ratio=0.25, search=SearchConfig.of(**SMALL_SEARCH), pruning=PruningConfig(sample_len=32),
+                           recovery=RecoveryConfig(mode="lora"), output_dir=str(tmp_path / "a"), export=False,
+                           progress=False)
+    trainer = _trainer(tmp_path, cb, max_steps=2)
+    trainer.fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    x = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        expected = module.model.eval()(x).logits  # adapters merged at the end of fit
+
+    restored = CausalLMModule.load_from_checkpoint(ckpt)
+    assert hasattr(restored.model, "peft_config")
+    with torch.no_grad():
+        assert torch.allclose(restored.model.eval()(input_ids=x).logits, expected, atol=1e-4)
+
+    cb2 = AdaPrunerCallback(target_ratio=0.25, search=SearchConfig.of(**{**SMALL_SEARCH, "trials": 50}),
+                            pruning=PruningConfig(sample_len=32), output_dir=str(tmp_path / "b"), progress=False)
+    fresh = CausalLMModule(model=str(tiny_lm_dir))
+    scores = _trainer(tmp_path, cb2).validate(fresh, datamodule=_data(tiny_lm_dir, text_dir), ckpt_path=ckpt)
+    assert cb2.plan.to_dict() == cb.plan.to_dict() and not (tmp_path / "b" / "adapruner" / "search_trace.jsonl").exists()
+    reference = _trainer(tmp_path, AdaPrunerCallback(target_ratio=0.2, progress=False)).validate(
+        restored, datamodule=_data(tiny_lm_dir, text_dir))
+    assert scores[0]["val_ppl"] == pytest.approx(reference[0]["val_ppl"], rel=1e-5)
+
+    windows = _data(tiny_lm_dir, text_dir).val_dataloader()  # cb2 is done: the module's own hook restores the shape
+    tested = _trainer(tmp_path, cb2).test(CausalLMModule(model=str(tiny_lm_dir)), dataloaders=windows, ckpt_path=ckpt)
+    assert tested[0]["test_ppl"] > 1

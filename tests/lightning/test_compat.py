@@ -100,3 +100,59 @@ def test_check_before_wrap_refuses_a_model_that_already_has_optimizers(tmp_path)
 def test_output_root_is_the_log_dir_or_the_default_root(tmp_path):
     trainer = _trainer(tmp_path)
     assert _compat.output_root(trainer) == str(tmp_path)
+
+
+class _LoaderProbe(Callback):
+    def setup(self, trainer, pl_module, stage):
+        self.loader = _compat.train_dataloader(trainer)
+
+
+class _NoLoader(_Tiny):
+    train_dataloader = LightningModule.train_dataloader  # the user defines none
+
+
+def test_train_dataloader_is_the_one_given_to_fit_or_the_modules(tmp_path):
+    given = DataLoader(TensorDataset(torch.zeros(6, 4)), batch_size=3)
+    probe = _LoaderProbe()
+    _trainer(tmp_path, probe).fit(_NoLoader(), train_dataloaders=given)
+    assert probe.loader is given
+    probe = _LoaderProbe()
+    _trainer(tmp_path, probe).fit(_Tiny())
+    assert isinstance(probe.loader, DataLoader) and len(probe.loader.dataset) == 4
+
+
+@pytest.mark.parametrize("name", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"])
+def test_deepspeed_checkpoint_layouts_of_every_zero_stage_are_found(tmp_path, name):
+    """Lightning's DeepSpeedStrategy writes <ckpt>/checkpoint/<rank 0 model states>; ZeRO-3 names it per rank."""
+    ckpt = tmp_path / "last.ckpt" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    torch.save({"callbacks": {"AdaPrunerCallback": {"plan": {"x": 1}}}}, ckpt / name)
+    if name.startswith("zero"):
+        torch.save({}, ckpt / "zero_pp_rank_1_mp_rank_00_model_states.pt")
+    found = _compat.checkpoint_file(tmp_path / "last.ckpt")
+    assert found == ckpt / name
+    assert _compat.load_checkpoint_lazily(found)["callbacks"]["AdaPrunerCallback"]["plan"] == {"x": 1}
+
+
+def test_on_train_end_runs_before_the_strategy_teardown_that_precedes_on_fit_end(tmp_path):
+    """The callback merges, evaluates and exports in on_train_end: after it, _teardown moves the module to the
+    CPU (strategy.teardown) and DeepSpeed's engine ends, and only then on_fit_end runs."""
+    events: list[str] = []
+
+    class Order(Callback):
+        def on_train_end(self, trainer, pl_module):
+            events.append("on_train_end")
+
+        def on_fit_end(self, trainer, pl_module):
+            events.append("on_fit_end")
+
+    trainer = _trainer(tmp_path, Order())
+    real = trainer.strategy.teardown
+
+    def teardown():
+        events.append("strategy.teardown")
+        real()
+
+    trainer.strategy.teardown = teardown
+    trainer.fit(_Tiny())
+    assert events == ["on_train_end", "strategy.teardown", "on_fit_end"]

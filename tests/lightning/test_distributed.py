@@ -125,6 +125,19 @@ def test_ddp_pruned_model_trains_in_train_mode(ddp_run):
         assert record["eval_modules_at_train_start"] == []
 
 
+@pytest.mark.parametrize("mode", ["module", "loader"])
+def test_ddp_defaults_with_a_users_own_module(tmp_path, tiny_lm_dir, mode):
+    """Nothing set but target_ratio: the trainer's log dir (a collective) is resolved on every rank, and the
+    calibration rows come from the module's loader or from fit(train_dataloaders=...); both ranks end equal."""
+    out = tmp_path / mode
+    result = run_script("ddp_defaults.py", tiny_lm_dir, out, mode, timeout=DDP_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-6000:]
+    r0, r1 = _ranks(out)
+    assert r0["plan"] == r1["plan"] and r0["plan"]["provenance"]["search"]["trials"] == 8  # the default search
+    assert r0["params"] == r1["params"] and r0["global_step"] == r1["global_step"] == 2
+    assert r0["report_dir"] == r1["report_dir"] and (Path(r0["report_dir"]) / "report.md").is_file()
+
+
 def test_ddp_search_failure_on_rank0_is_reported_on_every_rank(tmp_path, tiny_lm_dir, text_dir):
     result = run_script("ddp_fit.py", tiny_lm_dir, text_dir, tmp_path, "fail", timeout=DDP_TIMEOUT_S)
     assert result.returncode != 0, result.stdout[-6000:]

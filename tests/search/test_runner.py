@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 import signal
 import subprocess
@@ -165,3 +164,31 @@ def test_sessions_can_share_pool_statistics_across_metrics_and_seeds() -> None:
     assert [lp.down_bias for lp in a.layers] == [lp.down_bias for lp in b.layers]
     with pytest.raises(ConfigError, match="stats"):  # another pool's statistics are refused before any work
         PruningSession(first.model, first.config, first.pool[:6], progress=False, stats=stats)
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda: _other_model_session(), "model"),
+    (lambda: _session(round_to=2), "pruning.round_to"),
+    (lambda: _session(seed=1), "pruning.seed"),
+    (lambda: _session(pool_seed=7), "pool"),
+])
+def test_trace_of_another_problem_is_refused_naming_the_difference(tmp_path, change, named):
+    """Same space, another problem (model weights, round_to, seed, samples): never resumed, the difference named."""
+    trace = tmp_path / "t.jsonl"
+    run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 2}), trace_path=trace, progress=False)
+    with pytest.raises(ConfigError, match=rf"trace.*{named}"):
+        run_search(change(), SearchConfig.of(**{**SMALL, "trials": 3}), trace_path=trace, progress=False)
+
+
+def _other_model_session():
+    session = _session()
+    with torch.no_grad():
+        session.model.model.layers[0].self_attn.q_proj.weight.mul_(1.5)  # same shapes, other weights
+    return session
+
+
+def test_more_trials_on_the_same_problem_resume(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 2}), trace_path=trace, progress=False)
+    resumed = run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 3}), trace_path=trace, progress=False)
+    assert [t.trial for t in resumed.trials] == [0, 1, 2]
