@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (export, plan, report, search plot); the search "
                    "trace goes beside it as OUT.search_trace.jsonl, so the atomic export never replaces it and "
                    "a rerun resumes it")
+    p.add_argument("--device", default="cpu", help="where the search and pruning run, e.g. cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", help="model dtype: float32 | bfloat16 | float16 (kept through "
+                   "search, pruning and export; statistics accumulate in float32)")
     p.add_argument("--no-progress", action="store_true")
     pruning = p.add_argument_group("pruning (PruningConfig)")
     pruning.add_argument("--target-ratio", type=float, default=0.2, help="fraction of parameters to remove (default 0.2)")
@@ -45,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--pool-size", type=int, default=64, help="candidate calibration samples N")
     data.add_argument("--subset-size", type=int, default=10, help="samples per candidate k (and LLM-Pruner's count)")
     data.add_argument("--objective-windows", type=int, default=8, help="held-apart windows scoring each candidate")
+    data.add_argument("--objective-seq-len", type=int, default=256, help="tokens per objective window")
     engine = p.add_argument_group("search engine (SearchConfig.engine)")
     engine.add_argument("--engine", choices=["gp", "tpe", "random"], default="gp")
     space = p.add_argument_group("search space (SearchConfig.space)")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import PruningSession, check_model
     from adapruner_lightning.data.calibration import make_splits
-    from adapruner_lightning.data.models import load_model
+    from adapruner_lightning.data.models import load_model, resolve_dtype
     from adapruner_lightning.data.text import texts_for
     from adapruner_lightning.lightning.report import plot_search, write_report
     from adapruner_lightning.search.config import SearchConfig
@@ -71,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                            per_layer="uniform" if args.uniform else "auto", round_to=args.round_to,
                            bias_compensation=args.bias_compensation,
                            num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
-    search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size, subset_size=args.subset_size,
-                          objective_windows=args.objective_windows, **({"metrics": args.metrics} if args.metrics else {}))
+    search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size,
+                             subset_size=args.subset_size, objective_windows=args.objective_windows,
+                             objective_seq_len=args.objective_seq_len,
+                             **({"metrics": args.metrics} if args.metrics else {}))
+    resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)
     out = Path(args.out)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     check_model(model, needs_gradients=True)
     seconds["load"] = time.perf_counter() - t
     splits = make_splits(tokenizer, texts, n_pool=args.pool_size, pool_seq_len=args.sample_len,

@@ -141,7 +141,23 @@ def select_groups(layers: list[LayerStructure], scores: dict[int, UnitScores], o
         sel.channels += unit.channels
     for sel in out.values():
         sel.heads.sort(), sel.kv_heads.sort(), sel.channels.sort()
+    _check_budget(layers, out, mlp, opts)
     return out
+
+
+def _check_budget(layers: list[LayerStructure], selection: dict[int, LayerSelection], mlp: dict[int, list[_Unit]],
+                  opts: SelectionOptions) -> None:
+    """Raise unless ``selection`` removes the budget up to the granularity of one MLP block (of every layer at once
+    when uniform): a candidate whose constraints (attn_share, layers kept whole) leave too little is infeasible,
+    not scored as if it met the target."""
+    removed = sum(sel.removed_params(layers[i]) for i, sel in selection.items())
+    block = max((u.cost for units in mlp.values() for u in units), default=0)  # a round_to block (not a remainder)
+    slack = block * (len(mlp) if opts.uniform else 1)
+    if opts.budget - removed > slack:
+        raise ConfigError("selection", f"{removed:,} of a budget of {opts.budget:,} parameters",
+                          f"the budget within one MLP block ({slack:,} parameters)",
+                          hint="this candidate's attn_share / layers kept whole leave too little to remove; "
+                               "raise attn_share, keep fewer layers whole or lower target_ratio")
 
 
 def _take(units: list[_Unit], budget: float) -> tuple[list[_Unit], int]:

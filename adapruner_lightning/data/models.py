@@ -216,31 +216,48 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
     logger.info("tokenizer of %s has no pad token; using eos %r as pad", where, tokenizer.eos_token)
 
 
+#: dtype names accepted in configs and on the command line.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A ``torch.dtype`` from a name in :data:`DTYPES` (or a dtype); :class:`ConfigError` listing the names."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", dtype, f"one of {sorted(DTYPES)}", hint="bfloat16 for 7-8B models on GPUs")
+    return DTYPES[dtype]
+
+
 def load_model(
-    spec: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    spec: str | Path | None = None, *, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (see :func:`resolve_model_path` for the accepted specs).
 
     Args:
         spec: the model spec; ``None`` is the embedded SmolLM2-135M-Instruct.
-        dtype: the parameters' dtype.
+        dtype: the parameters' dtype (a ``torch.dtype`` or a name of :data:`DTYPES`), kept as it is afterwards.
         device: where to put the model.
+        attn_implementation: ``"sdpa"``, ``"eager"``, ``"flash_attention_2"`` ... (None: transformers' default).
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode and the tokenizer always has a pad token (the eos
         token when it had none).
 
     Raises:
-        ConfigError: bad path, unreadable GGUF, a config that is not a decoder-only causal LM, or a tokenizer
-            with neither pad nor eos token.
+        ConfigError: bad path, unreadable GGUF, a config that is not a decoder-only causal LM, a tokenizer
+            with neither pad nor eos token, or an unknown dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = resolve_dtype(dtype)
     path = resolve_model_path(spec)
     config = _load_config(path)
     _check_causal_lm(config, path)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # noqa: BLE001
         raise ConfigError("model", path, "a complete model directory (config, weights, tokenizer)",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -20,21 +20,31 @@ class CausalLMModule(LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps.
+        dtype: parameter dtype when ``model`` is a spec: ``float32`` (default, the CPU demo), ``bfloat16`` (7-8B
+            models on GPUs: 2 bytes a parameter; the GPU recipes use it), ``float16``. Never changed afterwards.
+        attn_implementation: transformers' attention kernel (``sdpa``, ``eager``, ``flash_attention_2``; None:
+            its default).
+        gradient_checkpointing: recompute activations in the backward pass of the recovery fine-tune (less
+            memory, about a third more compute; the search's statistics passes run in eval mode, unaffected).
 
     Example::
 
-        module = CausalLMModule(model="path/to/hf_dir", lr=1e-4)
+        module = CausalLMModule(model="path/to/hf_dir", lr=1e-4, dtype="bfloat16", gradient_checkpointing=True)
         trainer = Trainer(callbacks=[AdaPrunerCallback(target_ratio=0.2)])
         trainer.fit(module, datamodule=TextDataModule(model="path/to/hf_dir"))
     """
 
-    def __init__(self, model: Any = None, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0) -> None:
+    def __init__(self, model: Any = None, lr: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 dtype: str = "float32", attn_implementation: Optional[str] = None,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if not isinstance(model, (str, type(None))) else [])
         if isinstance(model, (str, type(None))):
             from adapruner_lightning.data.models import load_model
 
-            model, self.tokenizer = load_model(model)
+            model, self.tokenizer = load_model(model, dtype=dtype, attn_implementation=attn_implementation)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model.train()
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.val_ppl = Perplexity()

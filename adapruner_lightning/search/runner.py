@@ -43,7 +43,7 @@ class SearchResult:
 
     def trace(self) -> list[dict[str, Any]]:
         """The trials as plain data."""
-        return [asdict(t) for t in self.trials]
+        return [t.plain() for t in self.trials]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -51,10 +51,13 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str, Any], trial: int) -> TrialRecord:
-    """Score one point under masks; NaN/inf, OOM and infeasible schedules become failed records."""
+    """Score one point under masks; NaN/inf, OOM and infeasible schedules become failed records.
+
+    The record's ``selection`` (not written to the trace) is the selection that was scored: the plan is built
+    from it, never from a re-selection (GPU gradients are not bit-deterministic)."""
     start = time.perf_counter()
     candidate = space.candidate(point)
-    score, status, error = None, "ok", ""
+    score, status, error, selection = None, "ok", "", None
     try:
         selection = session.select(candidate)
         value = session.objective(selection, session.compensation(candidate, selection))
@@ -70,9 +73,11 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
         status, error = "failed", f"out of memory: {exc}"
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
-                       sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
-                       seconds=time.perf_counter() - start, error=error)
+    record = TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
+                         sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
+                         seconds=time.perf_counter() - start, error=error)
+    record.selection = selection if status == "ok" else None
+    return record
 
 
 def run_search(session: PruningSession, config: SearchConfig, *, seed: int | None = None,
@@ -99,7 +104,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
     best = max(ok, key=lambda t: (t.score, -t.trial))
     candidate = space.candidate(best.params)
-    plan = session.plan(candidate, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
+    plan = session.plan(candidate, best.selection, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
                                            "trials": len(done), "signature": trace_signature(problem)})
     return SearchResult(trials=done, best=best, plan=plan, signature=trace_signature(problem),
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
@@ -115,6 +120,7 @@ def _run_trials(session, space, config, done, seed, path, progress) -> None:
                 log.info("search time budget reached after %d trials", trial)
                 break
             record = evaluate_point(session, space, suggest(space, done, trial, seed), trial)
+            _keep_best_selection(done, record)
             done.append(record)
             _append(path, record.to_json())
             failures = failures + 1 if record.status == "failed" else 0
@@ -123,3 +129,15 @@ def _run_trials(session, space, config, done, seed, path, progress) -> None:
             if failures >= config.engine.max_failures:
                 errors = "; ".join(sorted({t.error[:120] for t in done[-failures:]}))
                 raise SearchFailed(f"{failures} consecutive trials failed ({errors}). Fix the cause or raise max_failures.")
+
+
+def _keep_best_selection(done: list[TrialRecord], record: TrialRecord) -> None:
+    """Only the best trial so far keeps its (weight-independent but large: per-layer index lists) selection."""
+    holders = [t for t in done if t.selection is not None]
+    if record.selection is None:
+        return
+    if any((t.score, -t.trial) >= (record.score, -record.trial) for t in holders):
+        record.selection = None
+        return
+    for t in holders:
+        t.selection = None

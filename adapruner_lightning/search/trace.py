@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,15 @@ class TrialRecord:
     status: str  # "ok" or "failed"
     seconds: float
     error: str = ""
+    selection: Any = field(default=None, repr=False, compare=False)  # the scored selection, in memory only
 
     def to_json(self) -> str:
-        """One JSONL line."""
-        return json.dumps({"type": "trial", **asdict(self)})
+        """One JSONL line (the in-memory selection is not written: a resumed best trial is selected again)."""
+        return json.dumps({"type": "trial", **self.plain()})
+
+    def plain(self) -> dict[str, Any]:
+        """The record as plain data, without the in-memory selection."""
+        return {k: v for k, v in asdict(self).items() if k != "selection"}
 
 
 def signature(problem: dict[str, Any]) -> str:

@@ -72,3 +72,4 @@ def test_a_gpu_recipe_without_training_data_is_refused_before_any_model_loads(ca
     assert err[-1].startswith("adapruner fit: error: data.texts=[] is invalid") and "training corpus" in err[-1]
     config = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml"])
     assert config.data.texts == [] and config.data.instructions == []
+    assert config.model.dtype == "bfloat16" and config.model.gradient_checkpointing  # 8B in bf16 on GPUs

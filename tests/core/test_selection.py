@@ -118,3 +118,19 @@ def test_unreachable_ratio_with_constraints():
                                           r"target_ratio, keep fewer layers whole"):
         prune(model, target_ratio=0.4, metric="magnitude_l2", keep_first=2, keep_last=1, progress=False)
     assert total_params(model) == before  # nothing was touched
+
+
+def test_a_selection_short_of_its_budget_is_infeasible():
+    """attn_share=0 with a target the MLP alone cannot reach: refused, not scored as if it met the budget."""
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.session import Candidate, PruningSession
+
+    model = tiny("llama", layers=4)
+    session = PruningSession(model, PruningConfig(target_ratio=0.7, ratio_basis="prunable", metric="magnitude_l2"),
+                             torch.zeros(1, 2, dtype=torch.long), progress=False)
+    short = Candidate("magnitude_l2", "sum", [0], attn_share=0.0)
+    with pytest.raises(ConfigError, match="budget"):
+        session.select(short)
+    full = session.select(Candidate("magnitude_l2", "sum", [0]))
+    removed = sum(sel.removed_params(session.layers[i]) for i, sel in full.items())
+    assert removed >= 0.99 * session.budget

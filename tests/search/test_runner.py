@@ -192,3 +192,23 @@ def test_more_trials_on_the_same_problem_resume(tmp_path):
     run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 2}), trace_path=trace, progress=False)
     resumed = run_search(_session(), SearchConfig.of(**{**SMALL, "trials": 3}), trace_path=trace, progress=False)
     assert [t.trial for t in resumed.trials] == [0, 1, 2]
+
+
+def test_the_plan_is_the_selection_that_was_scored(monkeypatch):
+    """A re-selection after the search may differ (non-deterministic GPU gradients); the plan must be the scored one."""
+    session = _session()
+    real, calls, seen = session.select, {"n": 0}, []
+
+    def drifting(candidate):
+        calls["n"] += 1
+        selection = real(candidate)
+        if calls["n"] > SMALL["trials"]:  # any selection made after the trials drifts by one channel
+            layer = next(i for i, s in selection.items() if s.channels)
+            selection[layer].channels = sorted(set(selection[layer].channels[1:]) | {max(selection[layer].channels) + 1})
+        seen.append(selection)
+        return selection
+
+    monkeypatch.setattr(session, "select", drifting)
+    result = run_search(session, SearchConfig.of(**SMALL), progress=False)
+    scored = seen[result.best.trial]
+    assert {lp.index: lp.channels_removed for lp in result.plan.layers} == {i: s.channels for i, s in scored.items()}

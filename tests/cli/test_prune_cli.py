@@ -1,0 +1,27 @@
+"""``adapruner prune --device --dtype``: the search and pruning as their own step, in the model's own precision."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from adapruner_lightning.cli import main as cli
+
+
+def test_prune_in_bf16_exports_bf16(tmp_path, tiny_lm_dir, text_dir):
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "0", "--metric", "taylor",
+            "--sample-len", "32", "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2",
+            "--dtype", "bfloat16", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    weights = load_file(str(next(out.glob("*.safetensors"))))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    assert json.loads((out / "pruning_plan.json").read_text())["params_after"] < json.loads(
+        (out / "pruning_plan.json").read_text())["params_before"]
+
+
+def test_bad_dtype_is_one_line(capsys, tmp_path):
+    assert cli.main(["prune", "--dtype", "float8", "--out", str(tmp_path / "x")]) == 2
+    assert "dtype='float8' is invalid" in capsys.readouterr().err
