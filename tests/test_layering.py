@@ -107,3 +107,30 @@ def test_the_checks_fail_on_a_forbidden_import_and_a_cycle(tmp_path):
     graph = import_graph(scratch)
     assert upward_imports(graph) == ["core.groups -> search.runner"]
     assert any(set(cycle) == {"data.calibration", "data.text"} for cycle in cycles(graph))
+
+
+def test_every_package_import_names_something_that_exists():
+    """``from adapruner_lightning[.x] import y``: the module exists and y is one of its names or sub-modules (a
+    lazy import of a moved name fails only when its line runs, so it is checked here, statically)."""
+    modules = _modules(PACKAGE)
+    missing = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == NAME):
+                continue
+            base = node.module[len(NAME) + 1:]
+            if base not in modules:
+                missing.append(f"{name}: {node.module}")
+                continue
+            target = ast.parse(modules[base].read_text())
+            defined = {n.name for n in target.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {t.id for n in target.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            defined |= {a.asname or a.name for n in target.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                        for a in n.names}
+            if not base:
+                defined |= set(__import__(NAME).__all__)
+            missing += [f"{name}: {node.module}.{a.name}" for a in node.names
+                        if a.name not in defined and f"{base}.{a.name}".strip(".") not in modules]
+    assert missing == []

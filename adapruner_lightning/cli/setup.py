@@ -20,7 +20,7 @@ def _default_tokenizer() -> Any | None:
     """The embedded model's tokenizer, or ``None`` when it is not installed (token counts are then skipped)."""
     from transformers import AutoTokenizer
 
-    from adapruner_lightning import models
+    from adapruner_lightning.data import models
 
     try:
         converted = models.embedded_model_dir()
