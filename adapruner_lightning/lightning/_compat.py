@@ -124,3 +124,15 @@ def train_dataloader(trainer: Trainer) -> Any:
                           "datamodule or LightningModule.train_dataloader)",
                           hint="the callback takes its calibration samples from the training data")
     return source.dataloader()
+
+
+def statistics_context(plugin: Any) -> Any:
+    """The context factory the search runs in: the trainer's precision context, except fp16 autocast.
+
+    The statistics' backward passes have no loss scaling, so fp16 autocast would underflow their gradients;
+    under ``precision="16-mixed"`` they run in the weights' own dtype (accumulators are float32 regardless).
+    Relies on: Lightning's precision plugins name their setting in ``.precision`` and offer ``forward_context()``.
+    """
+    if getattr(plugin, "precision", None) in ("16-mixed", "16"):
+        return contextlib.nullcontext
+    return plugin.forward_context

@@ -187,7 +187,8 @@ class AdaPrunerCallback(Callback):
         splits = self.pruning_data(trainer, pl_module, tokenizer)
         return planning.search_plan(model, splits, self.pruning, self.search, device=device,
                                     trace_path=self._out_dir(trainer) / "search_trace.jsonl",
-                                    forward_context=trainer.precision_plugin.forward_context, progress=self.progress)
+                                    forward_context=_compat.statistics_context(trainer.precision_plugin),
+                                    progress=self.progress)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan) -> None:
         before = total_params(model)

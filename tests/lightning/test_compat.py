@@ -156,3 +156,13 @@ def test_on_train_end_runs_before_the_strategy_teardown_that_precedes_on_fit_end
     trainer.strategy.teardown = teardown
     trainer.fit(_Tiny())
     assert events == ["on_train_end", "strategy.teardown", "on_fit_end"]
+
+
+def test_statistics_never_run_under_fp16_autocast():
+    """16-mixed has no loss scaling in the statistics' backward passes: they run without autocast; bf16 keeps it."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    with _compat.statistics_context(MixedPrecision("16-mixed", "cuda"))():
+        assert not torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")
+    with _compat.statistics_context(MixedPrecision("bf16-mixed", "cpu"))():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
