@@ -80,6 +80,15 @@ def parse_only(argv: list[str]):
 
 def check_before_run(argv: list[str]) -> None:
     """Refuse, before any model loads, a configuration whose training data is unset (the GPU recipes leave it to
-    the user): :class:`~adapruner_lightning.errors.ConfigError`, shown as one line by the dispatcher."""
+    the user) or whose callback options are invalid: :class:`~adapruner_lightning.errors.ConfigError`, shown as
+    one line by the dispatcher (LightningCLI would build the callback only after the module loaded its model)."""
     config = parse_only(argv)
     check_training_data(config.data.texts, config.data.instructions)
+    from jsonargparse import ArgumentParser, Namespace
+
+    from adapruner_lightning.lightning.callback import AdaPrunerCallback
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(AdaPrunerCallback, "adapruner")
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    build(Namespace(adapruner=config.adapruner))  # every callback option validated, nothing loaded

@@ -73,3 +73,14 @@ def test_a_gpu_recipe_without_training_data_is_refused_before_any_model_loads(ca
     config = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml"])
     assert config.data.texts == [] and config.data.instructions == []
     assert config.model.dtype == "bfloat16" and config.model.gradient_checkpointing  # 8B in bf16 on GPUs
+
+
+def test_a_bad_callback_option_is_refused_before_the_model_loads(monkeypatch, capsys):
+    from adapruner_lightning.data import models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad option was refused")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    assert cli.main(["fit", "--config", str(RECIPES / "smollm2_default.yaml"), "--adapruner.target_ratio", "1.5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("adapruner fit: error: target_ratio=1.5")
