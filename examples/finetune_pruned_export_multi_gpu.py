@@ -16,13 +16,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("export_dir")
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="ddp", help="ddp | deepspeed_stage_2 | deepspeed_stage_3")
+    parser.add_argument("--strategy", default="ddp", help="ddp | deepspeed_stage_2 | deepspeed_stage_3 | auto")
+    parser.add_argument("--text", default="austen:calibration", help="training text (files, directories, austen:)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     model, tokenizer, plan = load_pruned(args.export_dir)  # non-uniform shapes rebuilt from the plan
     module = CausalLMModule(model=model, lr=1e-4)
     module.tokenizer = tokenizer
-    data = TextDataModule(model=args.export_dir, seq_len=256, batch_size=4)
-    trainer = Trainer(accelerator="auto", devices=args.devices, strategy=args.strategy, max_steps=200)
+    data = TextDataModule(model=args.export_dir, texts=[args.text], seq_len=args.seq_len, batch_size=4)
+    trainer = Trainer(accelerator="auto", devices=args.devices, strategy=args.strategy, max_steps=args.steps,
+                      default_root_dir="runs/finetune_example")
     trainer.fit(module, datamodule=data)
 
 
