@@ -138,17 +138,20 @@ class AdaPrunerCallback(Callback):
         self._prune(trainer, pl_module, attr, model, plan)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 
-    def _stored_plan(self, trainer: Trainer) -> PruningPlan | None:
+    def _checkpoint_state(self, trainer: Trainer) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The checkpoint being restored (memory-mapped) and this callback's state in it (None, None: none)."""
         checkpoint = planning.stored_checkpoint(trainer)
-        state = planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
+        return checkpoint, planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
+
+    def _stored_plan(self, trainer: Trainer) -> PruningPlan | None:
+        _, state = self._checkpoint_state(trainer)
         if state is not None:
             self.trace = list(state.get("trace", []))
             return PruningPlan.from_dict(state["plan"])
         return planning.plan_from_file(self.plan_path)
 
     def _replay_for_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        checkpoint = planning.stored_checkpoint(trainer)
-        state = planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
+        checkpoint, state = self._checkpoint_state(trainer)
         if state is None:
             return
         attr, model = self.find_model(pl_module)
