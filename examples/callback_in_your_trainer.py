@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from adapruner_lightning import AdaPrunerCallback, PruningConfig, SearchConfig
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
+    seed_everything(0)  # the loader below shuffles, and the callback takes its calibration rows from it
     module = MyModule(args.model)
     text = "\n\n".join(texts_for(args.text).values())
     windows = tokenize_windows(module.tokenizer, text, args.seq_len, max_windows=200)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ def test_every_example_is_covered():
 def test_callback_in_your_trainer(tmp_path, tiny_lm_dir, text_dir):
     out = _run(tmp_path, "callback_in_your_trainer.py", "--model", tiny_lm_dir, "--text", text_dir, "--seq-len", 32,
                "--steps", 2)
-    assert "removed 20.0% of the parameters" in out or "removed 19.9% of the parameters" in out, out
+    removed = float(re.search(r"removed ([0-9.]+)% of the parameters", out).group(1))
+    assert abs(removed - 20.0) < 1.5, out  # one MLP block of the tiny Llama is about 1% of its parameters
 
 
 @pytest.mark.parametrize("search", [[], ["--search"]], ids=["default", "search"])
