@@ -103,10 +103,11 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     if not ok:
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
     best = max(ok, key=lambda t: (t.score, -t.trial))
+    signature = trace_signature(problem)
     candidate = space.candidate(best.params)
     plan = session.plan(candidate, best.selection, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
-                                           "trials": len(done), "signature": trace_signature(problem)})
-    return SearchResult(trials=done, best=best, plan=plan, signature=trace_signature(problem),
+                                           "trials": len(done), "signature": signature})
+    return SearchResult(trials=done, best=best, plan=plan, signature=signature,
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
 
 

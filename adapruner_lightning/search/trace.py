@@ -79,8 +79,8 @@ def _check_header(path: Path, header: dict[str, Any], problem: dict[str, Any]) -
     if header.get("signature") == signature(problem):
         return
     stored = header.get("problem")
-    diff = differences(json.loads(json.dumps(stored, default=str)), json.loads(json.dumps(problem, default=str))) \
-        if stored is not None else ["the problem description (the trace predates it)"]
+    current = json.loads(json.dumps(problem, default=str))  # as the header stores it (tuples as lists ...)
+    diff = differences(stored, current) if stored is not None else ["the problem description (the trace predates it)"]
     raise ConfigError("trace_path", str(path), "a trace of this search problem",
                       hint=f"the trace was written for another model, data or options (differs in: "
                            f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}); delete it or pass another trace_path")
