@@ -101,7 +101,7 @@ def cache_floats_per_layer_sample(heads: int, kv_heads: int, head_dim: int, inte
 
 def plain_forward_backward(model: torch.nn.Module, pool: torch.Tensor, batch_size: int) -> None:
     """The reference: forward+backward over ``pool`` in the same batches with weight gradients (then dropped)."""
-    from adapruner_lightning.core.stats import _lm_loss
+    from adapruner_lightning.evaluation.logits import backward_summed_nll
 
     device = next(model.parameters()).device
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -111,7 +111,7 @@ def plain_forward_backward(model: torch.nn.Module, pool: torch.Tensor, batch_siz
             p.requires_grad_(True)
         with torch.enable_grad():
             for batch in pool.split(batch_size):
-                _lm_loss(model, batch.to(device)).backward()
+                backward_summed_nll(model, batch.to(device), scale=1.0 / (batch.shape[1] - 1))
     finally:
         for p, flag in flags:
             p.grad = None
@@ -494,6 +494,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where search_cost.md / .json go")
     p.add_argument("--report-only", type=Path, default=None, metavar="JSON",
                    help="only re-derive the estimate and rewrite the .md/.json from a saved search_cost.json")
+    p.add_argument("--bf16-scale", action="store_true",
+                   help="only the memory-at-scale section (memory_scale.py): a 1.07 B-parameter bf16 random Llama, "
+                        "peak memory of the statistics pass, a taylor trial, a cached trial and load_pruned as "
+                        "ratios to the weights (about 25 min on 2 CPU cores); writes search_cost_bf16.md/.json")
+    p.add_argument("--record-before", action="store_true",
+                   help="with --bf16-scale: record the figures as the 'before' column (run on the older commit)")
     p.add_argument("--quick", action="store_true",
                    help="N=16 (pool sizes 16 32), 4 objective windows, 5 cached + 2 taylor trials, 3 small "
                         "models with N=8 and 2 objective windows, 2 random trials each")
@@ -506,6 +512,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def bf16_scale(args: argparse.Namespace, log: Any) -> int:
+    """The memory-at-scale section (see ``memory_scale.py``); ``--record-before`` stores the 'before' figures."""
+    import memory_scale
+
+    before_path = args.out_dir / "search_cost_bf16_before.json"
+    result = memory_scale.measure(PeakMemory, _free, log, seed=args.seed)
+    result["machine"] = machine_info(torch.device("cpu"))
+    if args.record_before:
+        before_path.write_text(json.dumps(result, indent=2))
+        log(f"recorded {before_path}")
+        return 0
+    before = memory_scale.load_before(before_path)
+    text = ("# Search cost at scale: bf16, 1 B parameters\n\n" + memory_scale.render(result, before) + "\n\n"
+            + "## Llama-3.1-8B on one 80 GB GPU (from these ratios)\n\n" + memory_scale.estimate_8b(result, before)
+            + "\n\n" + memory_scale.estimate_8b.__doc__.split("\n\n")[1].replace("\n    ", " ").strip())
+    _speed.write_results(args.out_dir, "search_cost_bf16", result, text + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:  # re-derive the estimate and the Markdown from a saved JSON (no measurement)
@@ -516,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
+    if args.bf16_scale:
+        return bf16_scale(args, Console(stderr=True).log)
     from adapruner_lightning.data.text import texts_for
     from adapruner_lightning.data.models import load_model
     from adapruner_lightning.core.session import Candidate

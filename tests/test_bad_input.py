@@ -31,7 +31,7 @@ def _no_stats(monkeypatch):
         raise AssertionError("expensive work started before the bad input was rejected")
 
     monkeypatch.setattr(pruner, "collect_activation_stats", boom)
-    monkeypatch.setattr(pruner, "collect_gradient_stats", boom)
+    monkeypatch.setattr(pruner, "collect_gradient_scores", boom)
 
 
 CASES = {

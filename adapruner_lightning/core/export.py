@@ -1,8 +1,9 @@
 """Saving and reloading pruned models: safetensors weights + HF config + ``pruning_plan.json``.
 
 * Uniform plans (every layer the same shape) reload with plain ``AutoModelForCausalLM.from_pretrained(dir)``.
-* Any plan reloads with :func:`load_pruned`, which builds the original architecture from the saved config,
-  replays the plan's shapes (torch-pruning's history-replay idea) and loads the weights strictly.
+* Any plan reloads with :func:`load_pruned`, which builds the original architecture from the saved config with
+  its parameters on the meta device (no memory), replays the plan's shapes there (torch-pruning's history-replay
+  idea) and assigns the saved tensors strictly: peak memory is about one pruned model, in the saved dtype.
 
 Saving is atomic: everything is written to a temporary sibling directory that replaces the target by
 rename, so an interrupted save never leaves a half model and the previous export survives.
@@ -58,12 +59,28 @@ def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def saved_dtype(config: Any) -> torch.dtype:
+    """The dtype an export was written in (``config.dtype``, older ``torch_dtype``), float32 when unrecorded."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return getattr(torch, value) if isinstance(value, str) else value
+
+
 def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Rebuild a pruned model from ``directory`` (any plan, non-uniform included).
+
+    The dense architecture is built with its parameters on the meta device (buffers such as rotary frequencies
+    stay real), the plan is replayed on those shapes, and the saved tensors are assigned in place of the meta
+    parameters, so no dense weight is ever allocated.
+
+    Args:
+        directory: written by :func:`save_pruned`.
+        dtype: parameter dtype; default the dtype the export was saved in.
+        device: where the returned model lives.
 
     Returns:
         ``(model, tokenizer_or_None, plan)``.
     """
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from adapruner_lightning.core.physical import apply_plan
@@ -75,10 +92,12 @@ def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None, devi
     config = AutoConfig.from_pretrained(directory)
     for key, value in (getattr(config, ORIGINAL_CONFIG_KEY, None) or _original_config(plan)).items():
         setattr(config, key, value)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
-    apply_plan(model, plan)
-    state = _load_state_dict(directory)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    dtype = dtype or saved_dtype(config)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    apply_plan(model, plan, trace=False)  # the coupling of a freshly built registered family is known
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _load_state_dict(directory).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
         raise ConfigError("pruned weights", f"missing={sorted(set(missing) - tied)[:5]} unexpected={sorted(unexpected)[:5]}",

@@ -13,9 +13,9 @@ magnitude_l1/_l2      nothing      n/a (weights only)
 taylor_vector         activations  yes, exactly: per sample and channel, sum_t y*dL/dy (= sum_j w*dL/dw)
 wanda_sp              activations  yes, exactly: per sample and channel, sum_t x^2
 flap                  activations  yes, exactly: per sample and channel, sum_t x and sum_t x^2
-taylor                gradients    no: |w * sum_s g_s| needs per-sample gradients (27 GB for 64 samples of a
-taylor_second                      135M model); the k backward passes are recomputed for each new subset and
-taylor_mix                         memoised per subset
+taylor                gradients    no: |w * sum_s g_s| needs the subset's summed gradient before the absolute
+taylor_second                      value; a gradient pass per new subset reduces each gradient to row/column
+taylor_mix                         scores as it arrives, and only those vectors are memoised per subset
 ====================  ===========  ==========================================================================
 
 Register a metric with :func:`register_metric`; it receives a :class:`ScoreInputs` and returns member scores
@@ -48,8 +48,8 @@ class ScoreInputs:
         layer: the layer's modules.
         activation_stats: per-member cached sums over the chosen samples (``tv:<member>``, ``sum:o``,
             ``sq:o``, ``sum:down``, ``sq:down``, ``tokens``), already reduced over the subset.
-        gradient_stats: ``{"g:<member>": tensor, "h:<member>": tensor}`` weight-shaped mean gradient and
-            mean squared gradient, for the element-wise Taylor metrics.
+        gradient_stats: ``{member: scores}``: the member scores of this (element-wise gradient) metric over the
+            candidate's samples, as :func:`member_scores` computed them during the gradient pass.
         generator: seeded random generator (for ``random``).
     """
 
@@ -68,22 +68,65 @@ class MetricSpec:
     fn: Callable[[ScoreInputs], MemberScores]
     second_order: bool = False
     description: str = ""
+    salience: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
 
 
 _METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(name: str, needs: Needs, *, second_order: bool = False, description: str = ""):
-    """Decorator registering ``fn(inputs: ScoreInputs) -> MemberScores`` under ``name`` (duplicates refused)."""
-    check_choice("needs", needs, ("nothing", "activations", "gradients"))
+    """Decorator registering ``fn(inputs: ScoreInputs) -> MemberScores`` under ``name`` (duplicates refused).
 
+    Gradient metrics are registered with :func:`register_gradient_metric` instead."""
+    check_choice("needs", needs, ("nothing", "activations"))
+    return _register(name, needs, second_order, description, None)
+
+
+def _register(name: str, needs: Needs, second_order: bool, description: str, salience: Callable | None):
     def wrap(fn: Callable[[ScoreInputs], MemberScores]) -> Callable[[ScoreInputs], MemberScores]:
         if name in _METRICS:
             raise ConfigError("metric name", name, "a name not registered yet")
-        _METRICS[name] = MetricSpec(name, needs, fn, second_order, description or (fn.__doc__ or "").strip())
+        _METRICS[name] = MetricSpec(name, needs, fn, second_order, description or (fn.__doc__ or "").strip(),
+                                    salience)
         return fn
 
     return wrap
+
+
+def register_gradient_metric(name: str, salience: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
+                                                          torch.Tensor], *, second_order: bool = False,
+                             description: str = "") -> MetricSpec:
+    """Register an element-wise gradient metric from its ``salience(w, g, h)``.
+
+    ``w`` is a block of weight rows in float32, ``g`` the mean gradient over the candidate's samples and ``h``
+    (``second_order`` only) the mean squared per-sample gradient, both of the same shape. A member's score is
+    ``sum |salience|`` over each output row (q/k/v/gate/up) or input column (o/down); the statistics pass computes
+    it as each gradient arrives (:func:`member_scores`), so only those vectors are ever kept."""
+    _register(name, "gradients", second_order, description, salience)(_cached_gradient_scores)
+    return _METRICS[name]
+
+
+def _cached_gradient_scores(inputs: ScoreInputs) -> MemberScores:
+    return {m: inputs.gradient_stats[m] for m in MEMBERS}
+
+
+#: Weight elements converted to float32 at once while scoring a gradient (16 MiB).
+SCORE_BLOCK_ELEMENTS = 2**22
+
+
+def member_scores(spec: MetricSpec, member: str, weight: torch.Tensor, g_sum: torch.Tensor,
+                  h_sum: torch.Tensor | None, count: int) -> torch.Tensor:
+    """One member's float32 scores under the gradient metric ``spec``: ``sum |salience(w, g_sum / count, h_sum /
+    count)|`` over rows or columns, in blocks of rows (no float32 copy of a large weight is made at once)."""
+    rows_per_block = max(1, SCORE_BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    parts = []
+    for start in range(0, weight.shape[0], rows_per_block):
+        block = slice(start, start + rows_per_block)
+        g = g_sum[block].float() / count
+        h = None if h_sum is None else h_sum[block].float() / count
+        s = spec.salience(weight[block].float(), g, h).abs()
+        parts.append(s.sum(1) if member in ROW_MEMBERS else s.sum(0))
+    return torch.cat(parts) if member in ROW_MEMBERS else torch.stack(parts).sum(0)
 
 
 def get_metric(name: str) -> MetricSpec:
@@ -164,32 +207,13 @@ def _flap(inputs: ScoreInputs) -> MemberScores:
     return out
 
 
-def _elementwise(inputs: ScoreInputs, salience: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
-    out: MemberScores = {}
-    for member in MEMBERS:
-        w = _weight(inputs.layer, member)
-        g, h = inputs.gradient_stats[f"g:{member}"], inputs.gradient_stats.get(f"h:{member}")
-        s = salience(w, g, h).abs()
-        out[member] = s.sum(1) if member in ROW_MEMBERS else s.sum(0)
-    return out
-
-
-@register_metric("taylor", "gradients")
-def _taylor(inputs: ScoreInputs) -> MemberScores:
-    """Element-wise first-order Taylor sum |w * g| (LLM-Pruner 'param_first')."""
-    return _elementwise(inputs, lambda w, g, h: w * g)
-
-
-@register_metric("taylor_second", "gradients", second_order=True)
-def _taylor_second(inputs: ScoreInputs) -> MemberScores:
-    """Element-wise second-order term sum |w^2 * H_diag| with the Fisher diagonal (LLM-Pruner 'param_second')."""
-    return _elementwise(inputs, lambda w, g, h: w * h * w)
-
-
-@register_metric("taylor_mix", "gradients", second_order=True)
-def _taylor_mix(inputs: ScoreInputs) -> MemberScores:
-    """Element-wise |w*g - 0.5 w^2 H_diag| (LLM-Pruner 'param_mix')."""
-    return _elementwise(inputs, lambda w, g, h: w * g - 0.5 * w * h * w)
+register_gradient_metric("taylor", lambda w, g, h: w * g,
+                         description="Element-wise first-order Taylor sum |w * g| (LLM-Pruner 'param_first').")
+register_gradient_metric("taylor_second", lambda w, g, h: w * h * w, second_order=True,
+                         description="Element-wise second-order term sum |w^2 * H_diag| with the Fisher diagonal "
+                                     "(LLM-Pruner 'param_second').")
+register_gradient_metric("taylor_mix", lambda w, g, h: w * g - 0.5 * w * h * w, second_order=True,
+                         description="Element-wise |w*g - 0.5 w^2 H_diag| (LLM-Pruner 'param_mix').")
 
 
 # ---------------------------------------------------------------------------------------------- reducers

@@ -159,8 +159,9 @@ def _prune_attention(layer: LayerStructure, lp: LayerPlan) -> None:
 
 
 @torch.no_grad()
-def _prune_fused_mlp(layer: LayerStructure, channels: list[int]) -> None:
-    """gate/up rows (blocks of one fused projection) and down columns, by torch-pruning's low-level functions."""
+def _prune_mlp_rows(layer: LayerStructure, channels: list[int]) -> None:
+    """gate/up rows (separate, or blocks of one fused projection) and down columns, by torch-pruning's low-level
+    functions."""
     import torch_pruning as tp
 
     _remove_rows([(layer.gate, channels), (layer.up, channels)])
@@ -183,18 +184,25 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
 
 
 @torch.no_grad()
-def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``."""
+def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True) -> nn.Module:
+    """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``.
+
+    With ``trace`` (default) torch-pruning traces the model first and the MLP channels are removed as its
+    dependency group, after checking that gate/up/down are coupled as the architecture table says (a user's
+    modified model is caught). ``trace=False`` removes the same rows/columns with torch-pruning's low-level
+    functions without running the model: for a model freshly built from a registered family's config, also
+    with its parameters on the meta device (how :func:`~adapruner_lightning.core.export.load_pruned` replays).
+    """
     spec = get_architecture(model)
     layers = check_plan_fits(model, plan)
     if not spec.per_layer_heads and not plan.same_shapes:
         raise ConfigError("pruning plan", "layers of different shapes", f"identical layer shapes for {spec.name} (its "
                           "attention reads the shared config)", hint="prune with per_layer='uniform'")
-    traced = any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
+    traced = trace and any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
     graph = build_dependency_graph(model) if traced else None
     for layer, lp in zip(layers, plan.layers):
-        if lp.channels_removed and layer.fused:
-            _prune_fused_mlp(layer, list(lp.channels_removed))
+        if lp.channels_removed and not traced:
+            _prune_mlp_rows(layer, list(lp.channels_removed))
         elif lp.channels_removed:
             check_mlp_coupling(graph, layer)
             mlp_group(graph, layer, list(lp.channels_removed)).prune()

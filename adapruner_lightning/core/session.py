@@ -7,6 +7,7 @@ schedule) into a selection and :meth:`PruningSession.objective` scores it under 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
@@ -26,13 +27,16 @@ from adapruner_lightning.core.groups import (
     resolve_attention_unit,
     total_params,
 )
-from adapruner_lightning.core.importance import ScoreInputs, UnitScores, get_metric, unit_scores
+from adapruner_lightning.core.importance import MetricSpec, ScoreInputs, UnitScores, get_metric, metric_names, unit_scores
 from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
-from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_stats
+from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from adapruner_lightning.errors import ConfigError
+
+#: Subsets whose gradient-metric scores stay cached (score vectors only: about 4 x (3 H + I) floats per layer).
+GRADIENT_CACHE_SUBSETS = 64
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +129,26 @@ class PruningSession:
                                                    sample_ids=self.pool_ids, progress=self.progress)
         return self._stats
 
-    def _gradient_stats(self, subset: list[int], second_order: bool) -> list[dict[str, torch.Tensor]]:
-        key = (tuple(sorted(subset)), second_order)
+    def _gradient_scores(self, subset: list[int], spec: MetricSpec) -> list[dict[str, torch.Tensor]]:
+        """Per layer, ``spec``'s member scores over ``subset``: one gradient pass per new subset and order, which
+        scores every gradient metric of that order at once; only score vectors are cached (kilobytes per layer)."""
+        key = (tuple(sorted(subset)), spec.second_order)
         if key not in self._grad_cache:
-            if len(self._grad_cache) >= 4:  # weight-sized tensors: keep only a few subsets
+            if len(self._grad_cache) >= GRADIENT_CACHE_SUBSETS:
                 self._grad_cache.pop(next(iter(self._grad_cache)))
+            specs = [get_metric(name) for name in metric_names()]
+            specs = [s for s in specs if s.needs == "gradients" and s.second_order == spec.second_order]
             samples = self.pool[torch.as_tensor(sorted(subset))]
-            self._grad_cache[key] = collect_gradient_stats(self.model, self.layers, samples, second_order=second_order,
-                                                           batch_size=self.batch_size)
-        return self._grad_cache[key]
+            self._grad_cache[key] = collect_gradient_scores(self.model, self.layers, samples, specs,
+                                                            batch_size=self.batch_size)
+        return [layer[spec.name] for layer in self._grad_cache[key]]
 
     def unit_scores(self, candidate: Candidate) -> dict[int, UnitScores]:
         """Scores of every unit of every pruned layer under ``candidate``'s metric, reducer and samples."""
         spec = get_metric(candidate.metric)
         indices = pruned_layer_range(len(self.layers), candidate.keep_first, candidate.keep_last)
         activation = self.stats.reduce(candidate.subset) if spec.needs == "activations" else None
-        gradients = self._gradient_stats(candidate.subset, spec.second_order) if spec.needs == "gradients" else None
+        gradients = self._gradient_scores(candidate.subset, spec) if spec.needs == "gradients" else None
         out = {}
         for i in indices:
             inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
@@ -222,6 +230,14 @@ class PruningSession:
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
             "pruning": asdict(self.config), "attention_unit": self.attention_unit, "uniform": self.uniform,
         }
+
+    def free_memory(self) -> None:
+        """Drop what a failed trial may have left: weight gradients, then unreferenced (CUDA-cached) memory."""
+        for param in self.model.parameters():
+            param.grad = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def release(self) -> None:
         """Drop cached statistics (frees memory before fine-tuning)."""

@@ -71,8 +71,8 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
         if not _is_oom(exc):
             raise
         status, error = "failed", f"out of memory: {exc}"
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    if status == "failed" and error.startswith("out of memory"):
+        session.free_memory()  # after the except block: the traceback no longer pins the trial's tensors
     record = TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
                          sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
                          seconds=time.perf_counter() - start, error=error)

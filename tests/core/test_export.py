@@ -166,3 +166,31 @@ def test_load_refuses_pickled_weights(tmp_path):
         f.unlink()
     with pytest.raises(ConfigError, match=r"\*\.safetensors"):
         load_pruned(out)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_load_pruned_never_builds_the_dense_model(tmp_path, family, monkeypatch):
+    """The pruned shapes are built without materialising dense weights (peak memory ~ one pruned model): no
+    parameter of the original dense width is ever allocated on a real device, and non-persistent buffers
+    (rotary inv_freq) are real tensors afterwards."""
+    model = tiny(family, layers=3)
+    plan = prune(model, metric="taylor_vector", calibration=tokens(), num_samples=4, keep_first=1, target_ratio=0.25,
+                 progress=False)
+    out = save_pruned(model, None, tmp_path / "pruned", plan)
+    dense_mlp = plan.original_intermediate_size
+    allocated = []
+    real_linear_init = torch.nn.Linear.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_linear_init(self, *args, **kwargs)
+        if self.weight.device.type != "meta":
+            allocated.append(tuple(self.weight.shape))
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", recording_init)
+    reloaded, _, _ = load_pruned(out)
+    monkeypatch.undo()
+    assert not [s for s in allocated if dense_mlp in s], allocated
+    assert not [n for n, b in reloaded.named_buffers() if b.device.type == "meta"]
+    assert not [n for n, p in reloaded.named_parameters() if p.device.type == "meta"]
+    x = tokens(2, 12, seed=3)
+    assert torch.equal(_logits(reloaded, x), _logits(model, x))

@@ -9,7 +9,7 @@ from adapruner_lightning.core import importance
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.core.importance import ScoreInputs, get_metric, metric_names, reduce_members, register_metric, unit_scores
-from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_stats
+from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from conftest import make_tiny_model
 from helpers_core import tiny, tokens
 
@@ -21,11 +21,10 @@ def _all_scores(model, layers, pool, metric: str, reducer: str = "sum", cache: S
     spec = get_metric(metric)
     act = (cache or collect_activation_stats(model, layers, pool, progress=False)).reduce(list(range(pool.shape[0]))) \
         if spec.needs == "activations" else None
-    grads = collect_gradient_stats(model, layers, pool, second_order=spec.second_order) \
-        if spec.needs == "gradients" else None
+    grads = collect_gradient_scores(model, layers, pool, [spec]) if spec.needs == "gradients" else None
     out = []
     for i, layer in enumerate(layers):
-        inputs = ScoreInputs(layer, activation_stats=act[i] if act else {}, gradient_stats=grads[i] if grads else {},
+        inputs = ScoreInputs(layer, activation_stats=act[i] if act else {}, gradient_stats=grads[i][metric] if grads else {},
                              generator=torch.Generator().manual_seed(i))
         out.append(unit_scores(layer, spec.fn(inputs), reducer))
     return out
@@ -168,12 +167,10 @@ def test_cache_shapes_do_not_grow_beyond_per_sample_tables(pool_stats):
     assert total == 6 * per_sample
     feats = cache.features()
     assert feats.shape == (6, 2 * (96 + 128)) and torch.allclose(feats.norm(dim=1), torch.ones(6))
-    grads_small = collect_gradient_stats(model, layers, pool[:1], second_order=True)
-    grads_big = collect_gradient_stats(model, layers, pool, batch_size=4)
-    for i, layer in enumerate(layers):
+    grads = collect_gradient_scores(model, layers, pool, [get_metric("taylor")], batch_size=4)
+    for i, layer in enumerate(layers):  # one score per row / column: nothing weight-shaped is returned
         for m in importance.MEMBERS:
-            assert grads_small[i][f"g:{m}"].shape == grads_big[i][f"g:{m}"].shape == getattr(layer, m).weight.shape
-        assert "h:q" in grads_small[i] and "h:q" not in grads_big[i]
+            assert grads[i]["taylor"][m].shape == (widths[m],)
 
 
 def _all_hooks(model) -> list:
@@ -201,7 +198,7 @@ def test_hooks_removed_and_flags_restored_on_error(where, collect):
     target = model.model.layers[1].mlp
     handle = (target.register_forward_hook(boom) if where == "forward" else target.register_full_backward_hook(boom))
     run = (lambda: collect_activation_stats(model, layers, tokens(4, 16), batch_size=2, progress=False)) \
-        if collect == "activations" else (lambda: collect_gradient_stats(model, layers, tokens(4, 16)))
+        if collect == "activations" else (lambda: collect_gradient_scores(model, layers, tokens(4, 16), [get_metric("taylor")]))
     with pytest.raises(RuntimeError, match="boom mid-pass"):
         run()
     handle.remove()
@@ -222,4 +219,4 @@ def test_statistics_reject_bad_samples():
     with pytest.raises(ConfigError, match=r"calibration pool=\(0, 16\).*at least one sample"):
         collect_activation_stats(model, layers, torch.zeros(0, 16, dtype=torch.long), progress=False)
     with pytest.raises(ConfigError, match="calibration samples"):
-        collect_gradient_stats(model, layers, torch.zeros(3, 1, dtype=torch.long))
+        collect_gradient_scores(model, layers, torch.zeros(3, 1, dtype=torch.long), [get_metric("taylor")])

@@ -39,3 +39,58 @@ def test_activation_statistics_of_a_bf16_model_are_float32():
     session = PruningSession(model, PruningConfig(metric="wanda_sp"), tokens(4, 16), progress=False)
     assert all(v.dtype == torch.float32 for layer in session.stats.layers for v in layer.values())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+#: bf16 masked-vs-physical tolerance: max |logit difference| / max |logit| (stated in the README).
+BF16_LOGIT_TOLERANCE = 0.02
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_bf16_masked_logits_equal_physical_within_the_stated_tolerance(family):
+    """In bf16 the masked model (removed rows set to zero) and the physically pruned one sum the same non-zero
+    products in a different blocking, so logits agree to bf16 rounding, not bit for bit (float32: exact, see
+    test_physical.py)."""
+    from adapruner_lightning.core.masking import masked
+    from adapruner_lightning.core.physical import apply_plan
+
+    model = tiny(family, layers=3).to(torch.bfloat16).eval()
+    session = PruningSession(model, PruningConfig(target_ratio=0.25, metric="taylor_vector"), tokens(6, 16),
+                             progress=False)
+    candidate = session.default_candidate()
+    selection = session.select(candidate)
+    plan = session.plan(candidate, selection)
+    x = tokens(2, 12, seed=5)
+    with torch.no_grad(), masked(session.layers, selection):
+        masked_logits = model(input_ids=x, use_cache=False).logits.float()
+    apply_plan(model, plan)
+    with torch.no_grad():
+        physical = model(input_ids=x, use_cache=False).logits
+    assert physical.dtype == torch.bfloat16 and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    error = float((physical.float() - masked_logits).abs().max()) / float(masked_logits.abs().max())
+    assert error <= BF16_LOGIT_TOLERANCE, error
+
+
+def test_bf16_model_stays_bf16_through_search_export_and_reload(tmp_path):
+    from adapruner_lightning.core.export import load_pruned, save_pruned
+    from adapruner_lightning.core.physical import apply_plan
+    from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.search.runner import run_search
+
+    model = tiny("llama", layers=3).to(torch.bfloat16).eval()
+    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(8, 16), objective=tokens(2, 16),
+                             progress=False)
+    result = run_search(session, SearchConfig.of(trials=3, init_points=2, pool_size=8, subset_size=3,
+                                                 metrics=["taylor", "wanda_sp"]), progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    apply_plan(model, result.plan)
+    out = save_pruned(model, None, tmp_path / "pruned", result.plan)
+    reloaded, _, _ = load_pruned(out)  # default: the dtype it was saved in
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    saved, again = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    # logits agree to bf16 rounding only: `.to(bfloat16)` above also rounded the rotary inv_freq buffer, which a
+    # model built in bf16 (from_pretrained, load_pruned) keeps in float32
+    x = tokens(2, 12, seed=3)
+    with torch.no_grad():
+        a, b = (m(input_ids=x, use_cache=False).logits.float() for m in (reloaded, model))
+    assert float((a - b).abs().max()) / float(b.abs().max()) <= BF16_LOGIT_TOLERANCE

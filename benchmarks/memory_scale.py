@@ -1,0 +1,234 @@
+"""Memory at the scale users run: a bf16 Llama-family model of over a billion parameters, on this machine.
+
+What ``python benchmarks/search_cost.py --bf16-scale`` measures (this module does the work), each as peak memory
+above what was in use before the step, divided by the bytes of the model's weights:
+
+1. the statistics pass over a pool of 8 x 128 tokens (one batch of 8, activation gradients only);
+2. a ``taylor`` trial on a subset whose gradients are not cached yet (gradient pass + importance + selection +
+   masked objective);
+3. a cached-metric trial (``taylor_vector``: importance from the per-sample cache + selection + objective);
+4. ``load_pruned`` of the exported 20 % plan, divided by the pruned model's bytes (with the default dtype and
+   with ``dtype=torch.bfloat16``).
+
+The model is a random Llama with Llama-3.1-8B's layer geometry (hidden 4096, MLP 14336, 32 query heads, 8 KV
+heads, head_dim 128) and 4 layers, SmolLM2's vocabulary (49152, tied): 1.07 B parameters, 2.0 GiB of bf16
+weights. Per layer, activations and weights relate as in the 8B model, so the per-layer ratios transfer.
+
+The figures of the code before a change are recorded with ``--record-before`` (run on that commit) and shown
+beside the current ones. Peak memory: ``speed.PeakMemory`` (Linux: VmHWM after a reset).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SCALE_CONFIG = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4, num_attention_heads=32,
+                    num_key_value_heads=8, head_dim=128, vocab_size=49152, tie_word_embeddings=True,
+                    max_position_embeddings=4096)
+POOL, SEQ, BATCH, OBJECTIVE = 8, 128, 8, 2
+BLOCK_BYTES = 8 * 2**20  # fp32 copy of a weight block in the GEMM emulation
+
+
+class Fp32AccumulatingGemm(TorchDispatchMode):
+    """bf16 GEMMs as a GPU computes them (fp32 products and sums, bf16 result), in weight blocks of 8 MiB.
+
+    Why: on a CPU without AVX512-BF16 (this one), PyTorch's bf16 ``mm`` with both operands row-major (every
+    ``grad_input`` of a linear layer) runs at 0.3 GFLOP/s, so one backward of this model takes hours. Here each
+    bf16 ``mm``/``addmm`` converts the activation operand and one block of the other operand at a time to fp32
+    (90 GFLOP/s) and writes the bf16 output block by block. Shapes, dtypes, the autograd graph and every
+    allocation of the code under test are unchanged; the emulation's own transients (the fp32 activation operand,
+    one 8 MiB block and one fp32 output block) are counted in the peaks, so they are if anything overstated.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and args[-1].dtype == torch.bfloat16 \
+                and not kwargs:
+            if func is torch.ops.aten.addmm.default:
+                bias, a, b = args
+                return _blocked_mm(a, b).add_(bias)
+            return _blocked_mm(*args)
+        return func(*args, **kwargs)
+
+
+def _blocked_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(a.shape[0], b.shape[1], dtype=b.dtype)
+    af = a.float()
+    step = max(1, BLOCK_BYTES // (4 * b.shape[0]))
+    for j in range(0, b.shape[1], step):
+        out[:, j:j + step] = af @ b[:, j:j + step].float()
+    return out
+
+
+def random_bf16_llama(config: dict[str, Any], seed: int) -> torch.nn.Module:
+    """A randomly initialised Llama in bf16, built on the meta device and materialised once (no fp32 copy)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**config)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(p.dtype))
+    model.model.rotary_emb.__init__(cfg)  # inv_freq was materialised empty
+    model.tie_weights()
+    return model.eval()
+
+
+def _bytes(model: torch.nn.Module) -> int:
+    seen = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
+    return sum(seen.values())
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0) -> dict[str, Any]:
+    """Run the four steps on the random bf16 model; ratios to the weights' bytes (see the module docstring)."""
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.session import PruningSession
+
+    model = random_bf16_llama(SCALE_CONFIG, seed)
+    weights = _bytes(model)
+    params = sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+    log(f"[bf16 scale] {params / 1e9:.2f} B parameters, {weights / 2**30:.2f} GiB of weights")
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.randint(0, SCALE_CONFIG["vocab_size"], (POOL, SEQ), generator=gen)
+    objective = torch.randint(0, SCALE_CONFIG["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
+    session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), pool, objective=objective,
+                             batch_size=BATCH, progress=False)
+    out: dict[str, Any] = {"params": params, "weight_bytes": weights, "commit": _git_commit(),
+                           "pool": [POOL, SEQ], "batch": BATCH, "objective": [OBJECTIVE, SEQ]}
+
+    def step(name: str, fn: Any, basis: int) -> Any:
+        free()
+        start = time.perf_counter()
+        with peak_memory(torch.device("cpu")) as pm:
+            value = fn()
+        out[name] = {"peak_mib": pm.peak_mib, "ratio": pm.peak_mib * 2**20 / basis,
+                     "seconds": time.perf_counter() - start}
+        log(f"[bf16 scale] {name}: {pm.peak_mib:,.0f} MiB above ({out[name]['ratio']:.2f} x), "
+            f"{out[name]['seconds']:.0f} s")
+        return value
+
+    with Fp32AccumulatingGemm():
+        _search_steps(session, step)
+        out["dtype_after_search"] = str(next(model.parameters()).dtype)
+        out.update(_reload_steps(session, step))
+    return out
+
+
+def _search_steps(session: Any, step: Any) -> None:
+    from adapruner_lightning.core.session import Candidate
+
+    def trial(candidate: Candidate) -> float:
+        return session.objective(session.select(candidate))
+
+    weights = _bytes(session.model)
+    step("statistics_pass", lambda: session.stats, weights)
+    step("taylor_trial_new_subset", lambda: trial(Candidate("taylor", "sum", list(range(POOL)))), weights)
+    step("cached_metric_trial", lambda: trial(Candidate("taylor_vector", "sum", list(range(POOL // 2)))), weights)
+
+
+def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
+    from adapruner_lightning.core.export import load_pruned, save_pruned
+    from adapruner_lightning.core.physical import apply_plan
+    from adapruner_lightning.core.session import Candidate
+
+    model = session.model
+    plan = session.plan(Candidate("taylor_vector", "sum", list(range(POOL // 2))))
+    session.release()
+    apply_plan(model, plan)
+    pruned = _bytes(model)
+    out: dict[str, Any] = {"pruned_bytes": pruned, "reloaded_dtypes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pruned(model, None, Path(tmp) / "pruned", plan)
+        del model
+        session.model = None
+        gc.collect()
+        for name, kwargs in (("load_pruned_default", {}), ("load_pruned_bf16", {"dtype": torch.bfloat16})):
+            loaded = step(name, lambda kw=kwargs: load_pruned(Path(tmp) / "pruned", **kw)[0], pruned)
+            out["reloaded_dtypes"][name] = str(next(loaded.parameters()).dtype)
+            del loaded
+    return out
+
+
+ROWS = [("statistics_pass", "statistics pass (8 x 128 tokens)", "weights"),
+        ("taylor_trial_new_subset", "`taylor` trial, new subset of 8", "weights"),
+        ("cached_metric_trial", "cached-metric trial (`taylor_vector`)", "weights"),
+        ("load_pruned_default", "`load_pruned(dir)`", "pruned model"),
+        ("load_pruned_bf16", "`load_pruned(dir, dtype=bfloat16)`", "pruned model")]
+
+
+def render(result: dict[str, Any], before: dict[str, Any] | None) -> str:
+    """Markdown table: each step's peak memory as a ratio, before and after, with MiB and seconds."""
+    lines = [f"Random bf16 Llama ({result['params'] / 1e9:.2f} B parameters, {result['weight_bytes'] / 2**30:.2f} GiB "
+             f"of weights; Llama-3.1-8B layer geometry, 4 layers, vocab 49152 tied), pool {POOL} x {SEQ} tokens in "
+             f"one batch, objective {OBJECTIVE} x {SEQ}; peak memory above the start of each step. "
+             f"Now: commit {result['commit']}" + (f"; before: commit {before['commit']} (recorded)" if before else ""),
+             "", "| step | ratio to | before: peak (MiB) | before: ratio | now: peak (MiB) | now: ratio | now (s) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, label, basis in ROWS:
+        now = result.get(key, {})
+        old = (before or {}).get(key, {})
+        cells = [f"{old['peak_mib']:,.0f}" if old else "-", f"{old['ratio']:.2f}" if old else "-",
+                 f"{now.get('peak_mib', float('nan')):,.0f}", f"**{now.get('ratio', float('nan')):.2f}**",
+                 f"{now.get('seconds', float('nan')):.0f}"]
+        lines.append(f"| {label} | {basis} | " + " | ".join(cells) + " |")
+    lines += ["", f"Model dtype after the search: {result.get('dtype_after_search')}; reloaded dtypes: "
+              f"{result.get('reloaded_dtypes')}."]
+    return "\n".join(lines)
+
+
+#: Llama-3.1-8B (public config): 32 layers of the geometry measured here, vocab 128256 untied.
+LLAMA_8B = dict(params=8.03e9, layers=32)
+GPU_BYTES = 80e9
+
+
+def estimate_8b(result: dict[str, Any], before: dict[str, Any] | None) -> str:
+    """Which steps fit one 80 GB GPU for Llama-3.1-8B in bf16, from the measured ratios.
+
+    Each term: the bf16 weights (2 bytes x 8.03 B) plus the step's measured peak above the weights as a ratio to
+    the weights. The ratio transfers because the measured model has the 8B model's layer geometry (activations
+    and weights per layer scale together); the 8B model's embeddings are a smaller share of its weights (13 %
+    against 19 %), so the estimate errs high."""
+    weights = LLAMA_8B["params"] * 2
+    lines = ["| step (Llama-3.1-8B, bf16, one 80 GB GPU) | weights (GB) | + step, before (GB) | total before (GB) | "
+             "+ step, now (GB) | total now (GB) | fits now |", "|---|---:|---:|---:|---:|---:|---|"]
+    for key, label, basis in ROWS[:3]:
+        old = (before or {}).get(key, {}).get("ratio", float("nan")) * weights
+        new = result[key]["ratio"] * weights
+        lines.append(f"| {label} | {weights / 1e9:.1f} | {old / 1e9:.1f} | {(weights + old) / 1e9:.1f} | "
+                     f"{new / 1e9:.1f} | {(weights + new) / 1e9:.1f} | {'yes' if weights + new < GPU_BYTES else 'no'} |")
+    pruned = 0.8 * weights
+    for key in ("load_pruned_default", "load_pruned_bf16"):
+        old = (before or {}).get(key, {}).get("ratio", float("nan")) * pruned
+        new = result[key]["ratio"] * pruned
+        label = dict((k, lbl) for k, lbl, _ in ROWS)[key]
+        lines.append(f"| {label} (20 % pruned: {pruned / 1e9:.1f} GB) | - | {old / 1e9:.1f} | {old / 1e9:.1f} | "
+                     f"{new / 1e9:.1f} | {new / 1e9:.1f} | {'yes' if new < GPU_BYTES else 'no'} (host RAM) |")
+    return "\n".join(lines)
+
+
+def load_before(path: Path) -> dict[str, Any] | None:
+    """The recorded figures of the earlier code, if any."""
+    return json.loads(path.read_text()) if path.exists() else None
