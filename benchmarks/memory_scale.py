@@ -131,10 +131,41 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0) -> dict[str, A
         return value
 
     with Fp32AccumulatingGemm():
+        out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
+                                 for name, trainable in (("frozen", False), ("trainable", True))}
+        log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
         _search_steps(session, step)
         out["dtype_after_search"] = str(next(model.parameters()).dtype)
         out.update(_reload_steps(session, step))
     return out
+
+
+def saved_activation_bytes(model: torch.nn.Module, pool: torch.Tensor, trainable: bool) -> int:
+    """Bytes autograd saves for the backward in a plain forward of the decoder over ``pool`` (no hooks of ours):
+    with frozen weights (the statistics pass's case: activation gradients only) or trainable ones (weight
+    gradients, the taylor pass's case). Parameters are not counted. The floor of any backward at this batch."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    try:
+        for p, _ in flags:
+            p.requires_grad_(trainable)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            hidden = model.get_decoder()(input_ids=pool, use_cache=False).last_hidden_state
+        del hidden
+    finally:
+        handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return sum(seen.values())
 
 
 def _search_steps(session: Any, step: Any) -> None:
@@ -147,6 +178,14 @@ def _search_steps(session: Any, step: Any) -> None:
     step("statistics_pass", lambda: session.stats, weights)
     step("taylor_trial_new_subset", lambda: trial(Candidate("taylor", "sum", list(range(POOL)))), weights)
     step("cached_metric_trial", lambda: trial(Candidate("taylor_vector", "sum", list(range(POOL // 2)))), weights)
+
+
+def _paged_in(model: torch.nn.Module) -> torch.nn.Module:
+    """Read every parameter once: weights memory-mapped from the export count in the peak only once touched."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()
+    return model
 
 
 def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
@@ -166,7 +205,7 @@ def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
         session.model = None
         gc.collect()
         for name, kwargs in (("load_pruned_default", {}), ("load_pruned_bf16", {"dtype": torch.bfloat16})):
-            loaded = step(name, lambda kw=kwargs: load_pruned(Path(tmp) / "pruned", **kw)[0], pruned)
+            loaded = step(name, lambda kw=kwargs: _paged_in(load_pruned(Path(tmp) / "pruned", **kw)[0]), pruned)
             out["reloaded_dtypes"][name] = str(next(loaded.parameters()).dtype)
             del loaded
     return out
@@ -194,8 +233,15 @@ def render(result: dict[str, Any], before: dict[str, Any] | None) -> str:
                  f"{now.get('peak_mib', float('nan')):,.0f}", f"**{now.get('ratio', float('nan')):.2f}**",
                  f"{now.get('seconds', float('nan')):.0f}"]
         lines.append(f"| {label} | {basis} | " + " | ".join(cells) + " |")
-    lines += ["", f"Model dtype after the search: {result.get('dtype_after_search')}; reloaded dtypes: "
-              f"{result.get('reloaded_dtypes')}."]
+    floor = result.get("autograd_floor", {})
+    lines += ["", f"Floor: the activations autograd itself saves for this batch in a plain forward of the decoder "
+              f"(no hooks of ours, parameters not counted) are {floor.get('frozen', float('nan')):.2f} x the weights "
+              f"with frozen weights (what the statistics pass needs) and {floor.get('trainable', float('nan')):.2f} x "
+              "with trainable weights (what a weight-gradient pass needs).",
+              "", f"Model dtype after the search: {result.get('dtype_after_search')}; reloaded dtypes: "
+              f"{result.get('reloaded_dtypes')}. Both columns measured with {result.get('malloc', 'default malloc')} "
+              "(every freed block goes back to the OS, so peak RSS follows live tensor bytes); GEMMs emulated as "
+              "`Fp32AccumulatingGemm` describes (bf16 GEMMs on this CPU without AVX512-BF16 are 50x slower)."]
     return "\n".join(lines)
 
 
@@ -207,16 +253,17 @@ GPU_BYTES = 80e9
 def estimate_8b(result: dict[str, Any], before: dict[str, Any] | None) -> str:
     """Which steps fit one 80 GB GPU for Llama-3.1-8B in bf16, from the measured ratios.
 
-    Each term: the bf16 weights (2 bytes x 8.03 B) plus the step's measured peak above the weights as a ratio to
-    the weights. The ratio transfers because the measured model has the 8B model's layer geometry (activations
-    and weights per layer scale together); the 8B model's embeddings are a smaller share of its weights (13 %
-    against 19 %), so the estimate errs high."""
+    Each term: the bf16 weights (2 bytes x 8.03 B) plus the step's measured peak above the weights at 4 layers
+    times 32 / 4. The measured model has the 8B model's layer geometry, so its per-layer activations are the 8B
+    model's at the same tokens; counting every byte as per-layer (the logit slices and one gradient are not) makes
+    the estimate err high. ``load_pruned`` keeps its measured ratio to the pruned model's bytes."""
     weights = LLAMA_8B["params"] * 2
+    per_layer = LLAMA_8B["layers"] / SCALE_CONFIG["num_hidden_layers"]
     lines = ["| step (Llama-3.1-8B, bf16, one 80 GB GPU) | weights (GB) | + step, before (GB) | total before (GB) | "
              "+ step, now (GB) | total now (GB) | fits now |", "|---|---:|---:|---:|---:|---:|---|"]
     for key, label, basis in ROWS[:3]:
-        old = (before or {}).get(key, {}).get("ratio", float("nan")) * weights
-        new = result[key]["ratio"] * weights
+        old = (before or {}).get(key, {}).get("peak_mib", float("nan")) * 2**20 * per_layer
+        new = result[key]["peak_mib"] * 2**20 * per_layer
         lines.append(f"| {label} | {weights / 1e9:.1f} | {old / 1e9:.1f} | {(weights + old) / 1e9:.1f} | "
                      f"{new / 1e9:.1f} | {(weights + new) / 1e9:.1f} | {'yes' if weights + new < GPU_BYTES else 'no'} |")
     pruned = 0.8 * weights

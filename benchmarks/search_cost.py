@@ -323,13 +323,14 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         f"(`.float()`), so the fitted intercept, {logit_copies:.1f} fp32 tensors of tokens x vocab (logits, the "
         "shifted copy, log-softmax and their gradients), is kept in fp32 with the target's vocab",
         f"pool N={n_pool} x 128 tokens in batches of {batch}; objective {n_obj} x 256 tokens; per-sample caches "
-        "kept in host RAM (stats.py moves every per-sample row to the CPU)",
+        "kept in host RAM (stats.py moves every batch's per-sample rows to the CPU once the batch is done)",
         "throughput 400 TFLOP/s (H100 bf16 at ~40 % of peak); forward = 2 P FLOPs/token, statistics pass "
         f"= measured {ratio_stats:.2f} x a plain forward+backward (6 P FLOPs/token)",
         "trial = objective + importance/selection, the latter extrapolated linearly in the number of MLP channels "
         f"from the random models on this CPU (it is a Python loop over channels; measured trial/objective on the "
         f"embedded model: cached metrics {cached:.2f}, element-wise taylor {taylor:.2f}); element-wise taylor adds "
-        "a weight-gradient pass over k=8 samples x 128 tokens per new subset",
+        "a weight-gradient pass over k=8 samples x 128 tokens per new subset, with one weight's gradient alive at "
+        "a time",
     ]
     for name, t in TARGETS.items():
         per_layer = cache_floats_per_layer_sample(t["heads"], t["kv_heads"], t["head_dim"], t["intermediate"])
@@ -340,7 +341,9 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         plain_act = act  # same activations (a plain pass also saves the linear inputs; see the measured peaks)
         stats_s = ratio_stats * 6 * t["params"] * n_pool * 128 / tflops
         objective_s = 2 * t["params"] * n_obj * 256 / tflops
-        grad_sum = t["params"] * 4  # collect_gradient_stats' fp32 running sum, weight-shaped
+        # collect_gradient_scores: each gradient is reduced to row/column scores as it arrives and freed, so one
+        # weight's bf16 gradient (the largest, an MLP projection) is alive at a time, plus its scoring blocks
+        one_grad = t["hidden"] * t["intermediate"] * 2
         select_s = s0 + s1 * t["layers"] * t["intermediate"]  # CPU-side importance + selection, fitted per channel
         grad_pass_s = 6 * t["params"] * 8 * 128 / tflops  # element-wise taylor: k=8 samples x 128, weight grads
         est[name] = {
@@ -348,7 +351,7 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
             "cache_gib_pool": cache_sample * n_pool / 2**30, "weights_gib": weights / 2**30,
             "stats_activation_gib": act / 2**30, "stats_peak_gib": (weights + act) / 2**30,
             "plain_fwd_bwd_peak_gib": (weights + weights + plain_act) / 2**30,
-            "taylor_peak_gib": (weights + weights + grad_sum + plain_act) / 2**30,
+            "taylor_peak_gib": (weights + one_grad + plain_act) / 2**30,
             "fits_80gb": (weights + act) / 2**30 < 78, "stats_seconds": stats_s, "objective_seconds": objective_s,
             "select_seconds": select_s, "cached_trial_seconds": objective_s + select_s,
             "taylor_trial_seconds": objective_s + select_s + grad_pass_s,
@@ -446,8 +449,9 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"({_f(e7['weights_gib'], 1)} GiB) plus one batch of activations ({_f(e7['stats_activation_gib'], 1)} GiB) "
           f"and no weight gradients; the per-sample cache (N=64: {_f(e7['cache_gib_pool'], 2)} GiB) lives in host RAM. "
           f"A plain forward+backward would add {_f(e7['weights_gib'], 1)} GiB of bf16 weight gradients; the "
-          f"element-wise taylor metric also keeps an fp32 gradient sum ({_f(2 * e7['weights_gib'], 1)} GiB), "
-          f"~{_f(e7['taylor_peak_gib'], 0)} GiB in all, which still fits but costs a gradient pass per new subset.",
+          "element-wise taylor metric does not: its gradient pass reduces each weight's gradient to row/column "
+          f"scores as it arrives and frees it (one MLP gradient alive at a time), ~{_f(e7['taylor_peak_gib'], 0)} GiB "
+          "in all, one gradient pass per new subset (measured at 1 B parameters in bf16: `--bf16-scale`).",
           f"- 70B does not fit: its bf16 weights alone are {_f(e70['weights_gib'], 0)} GiB. On one 80 GB GPU the "
           "statistics pass and every objective evaluation must stream the layers from host memory (e.g. "
           f"accelerate's CPU offload), so each forward costs ~{_f(stream_s, 1)} s of PCIe transfer (the bf16 weights at "
@@ -456,7 +460,8 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"~{_f(100 * (stream_s + e70['cached_trial_seconds']) / 60, 0)} min, plus ~{_f(2 * batches * stream_s / 60, 1)} "
           f"min for the statistics pass ({batches} batches x forward+backward streams, fewer with larger batches); "
           f"the per-sample cache (N=64) takes {_f(e70['cache_gib_pool'], 1)} GiB of host RAM. The element-wise taylor "
-          f"metric is out of reach there (its fp32 gradient sum alone is {_f(2 * e70['weights_gib'], 0)} GiB). "
+          "metric streams like a forward+backward (no weight-sized buffer), so it costs another ~"
+          f"{_f(3 * stream_s, 1)} s of transfers per new subset. "
           "FP8/INT8 weights would fit but `check_model` refuses quantized weights today.",
           f"- On the GPU the objective is cheap (7B: {_f(e7['objective_seconds'], 2)} s for 8 x 256 tokens) and the "
           f"CPU-side importance + selection dominates a cached-metric trial (~{_f(e7['select_seconds'], 1)} s at 7B, "
@@ -513,17 +518,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def bf16_scale(args: argparse.Namespace, log: Any) -> int:
-    """The memory-at-scale section (see ``memory_scale.py``); ``--record-before`` stores the 'before' figures."""
+    """The memory-at-scale section (see ``memory_scale.py``); ``--record-before`` stores the 'before' figures.
+
+    Runs with ``MALLOC_MMAP_THRESHOLD_=65536`` (re-executing itself if needed): glibc then maps every block of
+    64 KiB or more on its own and unmaps it when freed, so the process's peak RSS follows the peak of live tensor
+    bytes, as a GPU's ``max_memory_allocated`` does, instead of heap fragmentation."""
+    import os
+
     import memory_scale
+
+    if args.report_only:  # re-render from a saved search_cost_bf16.json (e.g. after recording a new 'before')
+        return _write_bf16(args, json.loads(args.report_only.read_text()), memory_scale)
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
 
     before_path = args.out_dir / "search_cost_bf16_before.json"
     result = memory_scale.measure(PeakMemory, _free, log, seed=args.seed)
     result["machine"] = machine_info(torch.device("cpu"))
+    result["malloc"] = "MALLOC_MMAP_THRESHOLD_=65536"
     if args.record_before:
         before_path.write_text(json.dumps(result, indent=2))
         log(f"recorded {before_path}")
         return 0
-    before = memory_scale.load_before(before_path)
+    return _write_bf16(args, result, memory_scale)
+
+
+def _write_bf16(args: argparse.Namespace, result: dict[str, Any], memory_scale: Any) -> int:
+    before = memory_scale.load_before(args.out_dir / "search_cost_bf16_before.json")
     text = ("# Search cost at scale: bf16, 1 B parameters\n\n" + memory_scale.render(result, before) + "\n\n"
             + "## Llama-3.1-8B on one 80 GB GPU (from these ratios)\n\n" + memory_scale.estimate_8b(result, before)
             + "\n\n" + memory_scale.estimate_8b.__doc__.split("\n\n")[1].replace("\n    ", " ").strip())
@@ -533,7 +554,7 @@ def bf16_scale(args: argparse.Namespace, log: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.report_only:  # re-derive the estimate and the Markdown from a saved JSON (no measurement)
+    if args.report_only and not args.bf16_scale:  # re-derive the estimate and the Markdown from a saved JSON (no measurement)
         result = json.loads(args.report_only.read_text())
         result["estimate"] = paper_estimate(result)
         text = render_markdown(result)
