@@ -451,7 +451,9 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"A plain forward+backward would add {_f(e7['weights_gib'], 1)} GiB of bf16 weight gradients; the "
           "element-wise taylor metric does not: its gradient pass reduces each weight's gradient to row/column "
           f"scores as it arrives and frees it (one MLP gradient alive at a time), ~{_f(e7['taylor_peak_gib'], 0)} GiB "
-          "in all, one gradient pass per new subset (measured at 1 B parameters in bf16: `--bf16-scale`).",
+          "in all, one gradient pass per new subset. This row extrapolates float32 measurements of small models; the bf16 "
+          "measurement at 1 B parameters with Llama-3.1-8B's layers (`--bf16-scale`, `search_cost_bf16.md`) is the "
+          "one to trust for 8B-class models (24 GB for a taylor trial of Llama-3.1-8B).",
           f"- 70B does not fit: its bf16 weights alone are {_f(e70['weights_gib'], 0)} GiB. On one 80 GB GPU the "
           "statistics pass and every objective evaluation must stream the layers from host memory (e.g. "
           f"accelerate's CPU offload), so each forward costs ~{_f(stream_s, 1)} s of PCIe transfer (the bf16 weights at "
