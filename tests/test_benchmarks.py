@@ -126,3 +126,43 @@ def test_task_table_cuts_items_by_task_and_pairs_them() -> None:
     assert cells[4:10] == ["1.000", "+0.500 ± 0.500", "0.500", "+0.000 ± 0.000", "0.500", "+0.000 ± 0.000"]
     # a cell whose items cannot be cut by task is left out, not mis-assigned
     assert "| random |" not in quality.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")])
+
+
+def test_memory_benchmark_gemm_emulation_is_a_gpu_style_bf16_gemm() -> None:
+    """The bf16 memory benchmark runs GEMMs in float32 blocks (this CPU's bf16 GEMM is 50x slower): its results must
+    be the float32 products rounded to bf16, for mm and addmm, also under autograd."""
+    import torch
+
+    import memory_scale
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 300, generator=gen).bfloat16()
+    w = torch.randn(40, 300, generator=gen).bfloat16().requires_grad_(True)
+    bias = torch.randn(40, generator=gen).bfloat16()
+    old = memory_scale.BLOCK_BYTES
+    memory_scale.BLOCK_BYTES = 300 * 4 * 16  # several blocks of 16 output columns
+    try:
+        with memory_scale.Fp32AccumulatingGemm():
+            out = torch.nn.functional.linear(a, w, bias)
+            plain = a @ w.t()
+            out.float().sum().backward()
+    finally:
+        memory_scale.BLOCK_BYTES = old
+    assert out.dtype == plain.dtype == torch.bfloat16
+    assert torch.equal(plain, (a.float() @ w.detach().float().t()).bfloat16())
+    assert torch.allclose(out.float(), (a.float() @ w.detach().float().t()).bfloat16().float() + bias.float(),
+                          rtol=1e-2, atol=0.1)  # bf16 rounding of the biased sum
+    assert torch.allclose(w.grad.float(), a.float().sum(0).expand(40, -1), rtol=1e-2, atol=0.1)
+
+
+def test_memory_benchmark_estimate_renders_from_saved_results() -> None:
+    import memory_scale
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    now = json.loads((results / "search_cost_bf16.json").read_text())
+    before = json.loads((results / "search_cost_bf16_before.json").read_text())
+    table = memory_scale.render(now, before)
+    assert "statistics pass" in table and f"{now['statistics_pass']['ratio']:.2f}" in table
+    assert all(now[key]["ratio"] < before[key]["ratio"] for key in ("statistics_pass", "taylor_trial_new_subset",
+                                                                    "load_pruned_default"))
+    assert "| yes |" in memory_scale.estimate_8b(now, before)
