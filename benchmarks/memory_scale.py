@@ -20,6 +20,7 @@ beside the current ones. Peak memory: ``speed.PeakMemory`` (Linux: VmHWM after a
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import subprocess
@@ -69,22 +70,26 @@ def _blocked_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def random_bf16_llama(config: dict[str, Any], seed: int) -> torch.nn.Module:
-    """A randomly initialised Llama in bf16, built on the meta device and materialised once (no fp32 copy)."""
+def random_bf16_llama(config: dict[str, Any], seed: int, device: str = "cpu") -> torch.nn.Module:
+    """A randomly initialised Llama in bf16, built on the meta device and materialised once on ``device`` (no
+    float32 copy of the model)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(**config)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator().manual_seed(seed)
+    model = model.to(torch.bfloat16).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(p.dtype))
-    model.model.rotary_emb.__init__(cfg)  # inv_freq was materialised empty
+                for row in range(0, p.shape[0], 1024):  # float32 noise one block of rows at a time
+                    block = p[row:row + 1024]
+                    block.copy_(torch.randn(block.shape, generator=gen, device=device).mul_(0.02))
+    model.model.rotary_emb.__init__(cfg)  # inv_freq was materialised empty: recompute it (on the CPU), then move
+    model.model.rotary_emb.to(device)
     model.tie_weights()
     return model.eval()
 
@@ -102,12 +107,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0) -> dict[str, Any]:
-    """Run the four steps on the random bf16 model; ratios to the weights' bytes (see the module docstring)."""
+def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = "cpu",
+            layers: int | None = None) -> dict[str, Any]:
+    """Run the four steps on the random bf16 model; ratios to the weights' bytes (see the module docstring).
+
+    On CUDA the GEMMs are the GPU's own and the search steps' peaks are ``max_memory_allocated``; ``load_pruned``
+    (host memory) is always measured on the CPU. ``layers`` overrides the 4 layers (32: Llama-3.1-8B's shape)."""
     from adapruner_lightning.core.config import PruningConfig
     from adapruner_lightning.core.session import PruningSession
 
-    model = random_bf16_llama(SCALE_CONFIG, seed)
+    if layers:
+        SCALE_CONFIG["num_hidden_layers"] = layers
+    model = random_bf16_llama(SCALE_CONFIG, seed, device)
     weights = _bytes(model)
     params = sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
     log(f"[bf16 scale] {params / 1e9:.2f} B parameters, {weights / 2**30:.2f} GiB of weights")
@@ -116,13 +127,14 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0) -> dict[str, A
     objective = torch.randint(0, SCALE_CONFIG["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
     session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), pool, objective=objective,
                              batch_size=BATCH, progress=False)
-    out: dict[str, Any] = {"params": params, "weight_bytes": weights, "commit": _git_commit(),
+    out: dict[str, Any] = {"params": params, "weight_bytes": weights, "commit": _git_commit(), "device": device,
+                           "layers": SCALE_CONFIG["num_hidden_layers"],
                            "pool": [POOL, SEQ], "batch": BATCH, "objective": [OBJECTIVE, SEQ]}
 
-    def step(name: str, fn: Any, basis: int) -> Any:
+    def step(name: str, fn: Any, basis: int, where: str = device) -> Any:
         free()
         start = time.perf_counter()
-        with peak_memory(torch.device("cpu")) as pm:
+        with peak_memory(torch.device(where)) as pm:
             value = fn()
         out[name] = {"peak_mib": pm.peak_mib, "ratio": pm.peak_mib * 2**20 / basis,
                      "seconds": time.perf_counter() - start}
@@ -130,7 +142,7 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0) -> dict[str, A
             f"{out[name]['seconds']:.0f} s")
         return value
 
-    with Fp32AccumulatingGemm():
+    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
         out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
                                  for name, trainable in (("frozen", False), ("trainable", True))}
         log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
@@ -193,7 +205,7 @@ def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import Candidate
 
-    model = session.model
+    model = session.model.cpu() if session.model is not None else None
     plan = session.plan(Candidate("taylor_vector", "sum", list(range(POOL // 2))))
     session.release()
     apply_plan(model, plan)
@@ -205,7 +217,7 @@ def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
         session.model = None
         gc.collect()
         for name, kwargs in (("load_pruned_default", {}), ("load_pruned_bf16", {"dtype": torch.bfloat16})):
-            loaded = step(name, lambda kw=kwargs: _paged_in(load_pruned(Path(tmp) / "pruned", **kw)[0]), pruned)
+            loaded = step(name, lambda kw=kwargs: _paged_in(load_pruned(Path(tmp) / "pruned", **kw)[0]), pruned, "cpu")
             out["reloaded_dtypes"][name] = str(next(loaded.parameters()).dtype)
             del loaded
     return out
@@ -221,7 +233,8 @@ ROWS = [("statistics_pass", "statistics pass (8 x 128 tokens)", "weights"),
 def render(result: dict[str, Any], before: dict[str, Any] | None) -> str:
     """Markdown table: each step's peak memory as a ratio, before and after, with MiB and seconds."""
     lines = [f"Random bf16 Llama ({result['params'] / 1e9:.2f} B parameters, {result['weight_bytes'] / 2**30:.2f} GiB "
-             f"of weights; Llama-3.1-8B layer geometry, 4 layers, vocab 49152 tied), pool {POOL} x {SEQ} tokens in "
+             f"of weights; Llama-3.1-8B layer geometry, {result.get('layers', 4)} layers, vocab 49152 tied) on "
+             f"{result.get('device', 'cpu')}, pool {POOL} x {SEQ} tokens in "
              f"one batch, objective {OBJECTIVE} x {SEQ}; peak memory above the start of each step. "
              f"Now: commit {result['commit']}" + (f"; before: commit {before['commit']} (recorded)" if before else ""),
              "", "| step | ratio to | before: peak (MiB) | before: ratio | now: peak (MiB) | now: ratio | now (s) |",

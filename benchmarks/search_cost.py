@@ -505,6 +505,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="only the memory-at-scale section (memory_scale.py): a 1.07 B-parameter bf16 random Llama, "
                         "peak memory of the statistics pass, a taylor trial, a cached trial and load_pruned as "
                         "ratios to the weights (about 25 min on 2 CPU cores); writes search_cost_bf16.md/.json")
+    p.add_argument("--scale-layers", type=int, default=None,
+                   help="with --bf16-scale: decoder layers of the random model (default 4; 32 = Llama-3.1-8B, for a GPU)")
     p.add_argument("--record-before", action="store_true",
                    help="with --bf16-scale: record the figures as the 'before' column (run on the older commit)")
     p.add_argument("--quick", action="store_true",
@@ -535,8 +537,9 @@ def bf16_scale(args: argparse.Namespace, log: Any) -> int:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
 
     before_path = args.out_dir / "search_cost_bf16_before.json"
-    result = memory_scale.measure(PeakMemory, _free, log, seed=args.seed)
-    result["machine"] = machine_info(torch.device("cpu"))
+    device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    result = memory_scale.measure(PeakMemory, _free, log, seed=args.seed, device=device, layers=args.scale_layers)
+    result["machine"] = machine_info(torch.device(device))
     result["malloc"] = "MALLOC_MMAP_THRESHOLD_=65536"
     if args.record_before:
         before_path.write_text(json.dumps(result, indent=2))
@@ -546,6 +549,10 @@ def bf16_scale(args: argparse.Namespace, log: Any) -> int:
 
 
 def _write_bf16(args: argparse.Namespace, result: dict[str, Any], memory_scale: Any) -> int:
+    if result.get("device", "cpu") != "cpu":  # a GPU check: its own file, no CPU 'before' column
+        text = f"# Search cost at scale on {result['device']}\n\n" + memory_scale.render(result, None)
+        _speed.write_results(args.out_dir, f"search_cost_bf16_{result['device']}_L{result['layers']}", result, text + "\n")
+        return 0
     before = memory_scale.load_before(args.out_dir / "search_cost_bf16_before.json")
     text = ("# Search cost at scale: bf16, 1 B parameters\n\n" + memory_scale.render(result, before) + "\n\n"
             + "## Llama-3.1-8B on one 80 GB GPU (from these ratios)\n\n" + memory_scale.estimate_8b(result, before)
