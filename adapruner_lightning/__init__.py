@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     "evaluate_model": "adapruner_lightning.evaluation.evaluate",
     "register_architecture": "adapruner_lightning.core.architectures",
     "register_metric": "adapruner_lightning.core.importance",
+    "register_gradient_metric": "adapruner_lightning.core.importance",
 }
 
 __all__ = ["AdaPrunerError", "ConfigError", "SearchFailed", *_LAZY]

@@ -29,6 +29,7 @@ DOCUMENTED = {
     "evaluate_model": "adapruner_lightning.evaluation.evaluate:evaluate_model",
     "register_architecture": "adapruner_lightning.core.architectures:register_architecture",
     "register_metric": "adapruner_lightning.core.importance:register_metric",
+    "register_gradient_metric": "adapruner_lightning.core.importance:register_gradient_metric",
     "AdaPrunerError": "adapruner_lightning.errors:AdaPrunerError",
     "ConfigError": "adapruner_lightning.errors:ConfigError",
     "SearchFailed": "adapruner_lightning.errors:SearchFailed",
