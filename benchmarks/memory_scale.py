@@ -21,7 +21,6 @@ beside the current ones. Peak memory: ``speed.PeakMemory`` (Linux: VmHWM after a
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import subprocess
 import tempfile
@@ -114,21 +113,21 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
     On CUDA the GEMMs are the GPU's own and the search steps' peaks are ``max_memory_allocated``; ``load_pruned``
     (host memory) is always measured on the CPU. ``layers`` overrides the 4 layers (32: Llama-3.1-8B's shape)."""
     from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.groups import total_params
     from adapruner_lightning.core.session import PruningSession
 
-    if layers:
-        SCALE_CONFIG["num_hidden_layers"] = layers
-    model = random_bf16_llama(SCALE_CONFIG, seed, device)
+    config = {**SCALE_CONFIG, **({"num_hidden_layers": layers} if layers else {})}
+    model = random_bf16_llama(config, seed, device)
     weights = _bytes(model)
-    params = sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+    params = total_params(model)
     log(f"[bf16 scale] {params / 1e9:.2f} B parameters, {weights / 2**30:.2f} GiB of weights")
     gen = torch.Generator().manual_seed(seed)
-    pool = torch.randint(0, SCALE_CONFIG["vocab_size"], (POOL, SEQ), generator=gen)
-    objective = torch.randint(0, SCALE_CONFIG["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
+    pool = torch.randint(0, config["vocab_size"], (POOL, SEQ), generator=gen)
+    objective = torch.randint(0, config["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
     session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), pool, objective=objective,
                              batch_size=BATCH, progress=False)
     out: dict[str, Any] = {"params": params, "weight_bytes": weights, "commit": _git_commit(), "device": device,
-                           "layers": SCALE_CONFIG["num_hidden_layers"],
+                           "layers": config["num_hidden_layers"],
                            "pool": [POOL, SEQ], "batch": BATCH, "objective": [OBJECTIVE, SEQ]}
 
     def step(name: str, fn: Any, basis: int, where: str = device) -> Any:
@@ -205,7 +204,7 @@ def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import Candidate
 
-    model = session.model.cpu() if session.model is not None else None
+    model = session.model.cpu()
     plan = session.plan(Candidate("taylor_vector", "sum", list(range(POOL // 2))))
     session.release()
     apply_plan(model, plan)
@@ -213,9 +212,6 @@ def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"pruned_bytes": pruned, "reloaded_dtypes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         save_pruned(model, None, Path(tmp) / "pruned", plan)
-        del model
-        session.model = None
-        gc.collect()
         for name, kwargs in (("load_pruned_default", {}), ("load_pruned_bf16", {"dtype": torch.bfloat16})):
             loaded = step(name, lambda kw=kwargs: _paged_in(load_pruned(Path(tmp) / "pruned", **kw)[0]), pruned, "cpu")
             out["reloaded_dtypes"][name] = str(next(loaded.parameters()).dtype)
@@ -271,7 +267,7 @@ def estimate_8b(result: dict[str, Any], before: dict[str, Any] | None) -> str:
     model's at the same tokens; counting every byte as per-layer (the logit slices and one gradient are not) makes
     the estimate err high. ``load_pruned`` keeps its measured ratio to the pruned model's bytes."""
     weights = LLAMA_8B["params"] * 2
-    per_layer = LLAMA_8B["layers"] / SCALE_CONFIG["num_hidden_layers"]
+    per_layer = LLAMA_8B["layers"] / result.get("layers", SCALE_CONFIG["num_hidden_layers"])
     lines = ["| step (Llama-3.1-8B, bf16, one 80 GB GPU) | weights (GB) | + step, before (GB) | total before (GB) | "
              "+ step, now (GB) | total now (GB) | fits now |", "|---|---:|---:|---:|---:|---:|---|"]
     for key, label, basis in ROWS[:3]:

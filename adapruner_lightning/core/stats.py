@@ -107,11 +107,12 @@ class _BatchRows:
     batch (one transfer, no sync per hook)."""
 
     def __init__(self, store: list[dict[str, torch.Tensor]], n: int) -> None:
-        self.store, self.n, self.rows, self.device = store, n, slice(0, 0), None
+        self.store, self.n, self.rows = store, n, slice(0, 0)
         self.pending: list[dict[str, torch.Tensor]] = [{} for _ in store]
 
-    def start(self, rows: slice, device: torch.device) -> None:
-        self.rows, self.device = rows, device
+    def start(self, rows: slice) -> None:
+        """The pool rows the next batch covers."""
+        self.rows = rows
 
     def put(self, layer_idx: int, key: str, value: torch.Tensor) -> None:
         buf = self.pending[layer_idx].get(key)
@@ -178,7 +179,7 @@ def collect_activation_stats(
         with _hooks(_activation_hooks(model, layers, rows)), _frozen_weights(model), torch.enable_grad():
             for start in progress_bar(range(0, n, batch_size), "statistics pass", enabled=progress):
                 batch = pool[start:start + batch_size].to(device)
-                rows.start(slice(start, start + batch.shape[0]), device)
+                rows.start(slice(start, start + batch.shape[0]))
                 _backward_loss(model, batch)
                 rows.flush()
     finally:

@@ -57,7 +57,7 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
     from it, never from a re-selection (GPU gradients are not bit-deterministic)."""
     start = time.perf_counter()
     candidate = space.candidate(point)
-    score, status, error, selection = None, "ok", "", None
+    score, status, error, selection, out_of_memory = None, "ok", "", None, False
     try:
         selection = session.select(candidate)
         value = session.objective(selection, session.compensation(candidate, selection))
@@ -70,8 +70,8 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
         if not _is_oom(exc):
             raise
-        status, error = "failed", f"out of memory: {exc}"
-    if status == "failed" and error.startswith("out of memory"):
+        status, error, out_of_memory = "failed", f"out of memory: {exc}", True
+    if out_of_memory:
         session.free_memory()  # after the except block: the traceback no longer pins the trial's tensors
     record = TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
                          sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
