@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adapruner_lightning"
 NAME = "adapruner_lightning"
-LAYERS = {"errors": 0, "progress": 0, "config": 0, "data": 1, "evaluation": 2, "core": 3, "search": 4, "api": 5,
+LAYERS = {"errors": 0, "progress": 0, "config": 0, "distributed": 0, "data": 1, "evaluation": 2, "core": 3, "search": 4, "api": 5,
           "lightning": 6, "cli": 7}
 
 

@@ -33,6 +33,7 @@ from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
+from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 
 #: Subsets whose gradient-metric scores stay cached (score vectors only: about 4 x (3 H + I) floats per layer).
@@ -90,12 +91,15 @@ class PruningSession:
         progress: show progress bars.
         stats: the pool's statistics from another session on the same weights and pool (they depend on
             neither the metric, the seed nor the target), so several configurations pay for one pass.
+        collective: the ranks of a distributed job, each holding this model and pool: the statistics pass is
+            split between them (every rank ends with the complete statistics).
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
                  objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
-                 batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None) -> None:
-        self.model, self.config = model, config
+                 batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None,
+                 collective: Collective = LOCAL) -> None:
+        self.model, self.config, self.collective = model, config, collective
         self.pool = pool
         self.objective_windows = objective
         self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
@@ -126,7 +130,8 @@ class PruningSession:
         """Per-sample activation statistics of the pool (computed on first use, then cached)."""
         if self._stats is None:
             self._stats = collect_activation_stats(self.model, self.layers, self.pool, batch_size=self.batch_size,
-                                                   sample_ids=self.pool_ids, progress=self.progress)
+                                                   sample_ids=self.pool_ids, progress=self.progress,
+                                                   collective=self.collective)
         return self._stats
 
     def _gradient_scores(self, subset: list[int], spec: MetricSpec) -> list[dict[str, torch.Tensor]]:

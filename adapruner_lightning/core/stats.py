@@ -21,6 +21,7 @@ Hooks are always removed, ``requires_grad`` flags restored and gradients dropped
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from adapruner_lightning.core.groups import LayerStructure, output_site
 from adapruner_lightning.core.importance import MEMBERS, ROW_MEMBERS, MetricSpec, member_scores
+from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation.logits import backward_summed_nll
 from adapruner_lightning.progress import progress_bar
@@ -165,27 +167,59 @@ def _dot_over_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def collect_activation_stats(
     model: nn.Module, layers: list[LayerStructure], pool: torch.Tensor, *, batch_size: int = 8,
-    sample_ids: list[str] | None = None, progress: bool = True,
+    sample_ids: list[str] | None = None, progress: bool = True, collective: Collective = LOCAL,
 ) -> StatsCache:
-    """One hooked forward+backward pass over ``pool`` ([N, T] token ids) recording per-sample statistics."""
+    """One hooked forward+backward pass over ``pool`` ([N, T] token ids) recording per-sample statistics.
+
+    With a ``collective`` of several ranks, rank ``r`` runs batches ``r, r + world_size, ...`` (each sample in the
+    same batch as in one process) and the rows are summed over the ranks: every rank ends with the same,
+    complete statistics, each having done ``1 / world_size`` of the pass. A failure on any rank is raised on
+    every rank."""
     _check_samples(pool, "calibration pool")
-    device = next(model.parameters()).device
     n = pool.shape[0]
+    starts = list(range(0, n, batch_size))[collective.rank::collective.world_size]
+    run = functools.partial(_activation_pass, model, layers, pool, starts, batch_size, progress and collective.is_zero)
+    if collective.world_size == 1:
+        store = run()
+    else:
+        envelope = attempt(run, collective.rank)
+        store = envelope.get("value")
+        widths = collective.all_gather({"ok": envelope["ok"], "error": envelope.get("error"),
+                                        "widths": [{k: v.shape[1] for k, v in layer.items()} for layer in store or []]})
+        collective.raise_if_failed(widths)
+        _sum_over_ranks(store, n, next(w["widths"] for w in widths if any(w["widths"])), collective)
+    tokens = torch.full((n,), pool.shape[1], dtype=torch.float32)
+    return StatsCache(layers=store, tokens=tokens, sample_ids=list(sample_ids or [str(i) for i in range(n)]))
+
+
+def _activation_pass(model: nn.Module, layers: list[LayerStructure], pool: torch.Tensor, starts: list[int],
+                     batch_size: int, progress: bool) -> list[dict[str, torch.Tensor]]:
+    """The hooked passes over the batches starting at ``starts``: per layer, ``[N, channels]`` rows (zero for
+    the samples of other batches)."""
+    device = next(model.parameters()).device
     store: list[dict[str, torch.Tensor]] = [{} for _ in layers]
-    rows = _BatchRows(store, n)
+    rows = _BatchRows(store, pool.shape[0])
     was_training = model.training
     model.eval()
     try:
         with _hooks(_activation_hooks(model, layers, rows)), _frozen_weights(model), torch.enable_grad():
-            for start in progress_bar(range(0, n, batch_size), "statistics pass", enabled=progress):
+            for start in progress_bar(starts, "statistics pass", enabled=progress):
                 batch = pool[start:start + batch_size].to(device)
                 rows.start(slice(start, start + batch.shape[0]))
                 _backward_loss(model, batch)
                 rows.flush()
     finally:
         model.train(was_training)
-    tokens = torch.full((n,), pool.shape[1], dtype=torch.float32)
-    return StatsCache(layers=store, tokens=tokens, sample_ids=list(sample_ids or [str(i) for i in range(n)]))
+    return store
+
+
+def _sum_over_ranks(store: list[dict[str, torch.Tensor]], n: int, widths: list[dict[str, int]],
+                    collective: Collective) -> None:
+    """Complete every rank's rows by summing the (disjoint, zero elsewhere) rows of all ranks; ``widths`` (from
+    a rank that ran a batch) names every key, so a rank that had none joins each sum with zeros."""
+    for layer, layer_widths in zip(store, widths):
+        for key, width in sorted(layer_widths.items()):
+            collective.sum_(layer.setdefault(key, torch.zeros(n, width, dtype=torch.float32)))
 
 
 @dataclass

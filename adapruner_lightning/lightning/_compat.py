@@ -19,6 +19,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
+from adapruner_lightning.distributed import Collective
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
 
 #: Strategies that hand ``setup`` whole, unwrapped modules on every rank.
@@ -101,6 +102,17 @@ def gathered(model: nn.Module) -> Any:
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
+
+def collective(trainer: Trainer) -> Collective:
+    """The trainer's ranks as a :class:`Collective` (tensor collectives through this rank's root device).
+
+    Relies on: Lightning's DDP and DeepSpeed strategies start ``torch.distributed``'s default process group,
+    whose ranks are the trainer's global ranks.
+    """
+    if trainer.world_size == 1:
+        return Collective(device=trainer.strategy.root_device)
+    return Collective(trainer.global_rank, trainer.world_size, trainer.strategy.root_device)
 
 
 def output_root(trainer: Trainer) -> str:

@@ -168,10 +168,19 @@ class AdaPrunerCallback(Callback):
             self.pruning_data(trainer, None, None)
 
     def _search_and_broadcast(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module) -> PruningPlan:
-        envelope = planning.decide_on_rank_zero(trainer, lambda: self._search(trainer, pl_module, model))
-        self.trace = envelope.get("trace", [])
-        self.report.update(envelope.get("report", {}))
-        return PruningPlan.from_dict(envelope["plan"])
+        """Every rank searches: rank 0's pruning data is broadcast, the statistics pass and the trials are split
+        between the ranks, and every rank ends with the same plan and trace (a failure on one stops all)."""
+        collective = _compat.collective(trainer)
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        collective.together(lambda: self._prepare_dense(trainer, model, tokenizer))
+        splits = collective.run_on(0, lambda: self.pruning_data(trainer, pl_module, tokenizer))
+        found = planning.search_plan(model, splits, self.pruning, self.search, device=trainer.strategy.root_device,
+                                     trace_path=self._out_dir(trainer) / "search_trace.jsonl",
+                                     forward_context=_compat.statistics_context(trainer.precision_plugin),
+                                     progress=self.progress and trainer.is_global_zero, collective=collective)
+        self.trace = found["trace"]
+        self.report.update(found["report"])
+        return PruningPlan.from_dict(found["plan"])
 
     def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
         """Calibration pool and objective windows: from the datamodule's ``pruning_data`` when it has one,
@@ -180,18 +189,12 @@ class AdaPrunerCallback(Callback):
         self._data_split = self._data_split or from_datamodule
         return splits
 
-    def _search(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module) -> dict[str, Any]:
+    def _prepare_dense(self, trainer: Trainer, model: nn.Module, tokenizer: Any) -> None:
+        """Check the model, move it to this rank's device and evaluate it dense (when ``eval_texts``)."""
         check_model(model, needs_gradients=True)
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        device = trainer.strategy.root_device
-        model.to(device)
+        model.to(trainer.strategy.root_device)
         if self.eval_texts:
             self._evaluate("dense", model, tokenizer)
-        splits = self.pruning_data(trainer, pl_module, tokenizer)
-        return planning.search_plan(model, splits, self.pruning, self.search, device=device,
-                                    trace_path=self._out_dir(trainer) / "search_trace.jsonl",
-                                    forward_context=_compat.statistics_context(trainer.precision_plugin),
-                                    progress=self.progress)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan) -> None:
         before = total_params(model)
@@ -199,9 +202,10 @@ class AdaPrunerCallback(Callback):
         self.plan, self._applied = plan, True
         after = total_params(model)
         self.report["params"] = {"before": before, "after": after, "removed_ratio": 1 - after / before}
-        if self.eval_texts and trainer.is_global_zero:
+        if self.eval_texts:  # every rank (no rank idles in the next collective while rank 0 evaluates)
             model.to(trainer.strategy.root_device)
-            self._evaluate("pruned", model, getattr(pl_module, "tokenizer", None))
+            _compat.collective(trainer).together(
+                lambda: self._evaluate("pruned", model, getattr(pl_module, "tokenizer", None)))
         setattr(pl_module, attr, wrap_for_recovery(model, self.recovery))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

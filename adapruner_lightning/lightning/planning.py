@@ -4,8 +4,7 @@
   resumed or evaluated, replayed (LoRA adapters included) before its weights load; :func:`plan_from_file`.
 * :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
   when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
-* :func:`search_plan`: the search (or the configured candidate) on this rank's model, as plain data.
-* :func:`decide_on_rank_zero`: rank 0 computes, every rank receives the same envelope or the same error.
+* :func:`search_plan`: the search (or the configured candidate), every rank taking part, as plain data.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ from adapruner_lightning.core.physical import apply_plan, is_applied
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.data.calibration import DataSplits
-from adapruner_lightning.errors import ConfigError, SearchFailed
+from adapruner_lightning.distributed import LOCAL, Collective
+from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning import _compat
 from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
 from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
@@ -77,24 +77,6 @@ def restore_shape(model: nn.Module, state: dict[str, Any], *, adapters: bool,
     return wrap_for_recovery(model, recovery)
 
 
-def decide_on_rank_zero(trainer: Trainer, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``compute`` on rank 0 and broadcast its result in a success/failure envelope, so that a failure on
-    rank 0 stops every rank with rank 0's message (a single process re-raises the original error)."""
-    envelope: dict[str, Any] = {"ok": False, "error": "rank 0 did not report"}
-    if trainer.is_global_zero:
-        try:
-            envelope = {"ok": True, **compute()}
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
-            log.exception("adapruner: the search failed on rank 0")
-            envelope = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            if trainer.world_size == 1:
-                raise
-    envelope = trainer.strategy.broadcast(envelope, src=0)
-    if not envelope["ok"]:
-        raise SearchFailed(f"adapruner: the search failed on rank 0: {envelope['error']}")
-    return envelope
-
-
 def pruning_data(trainer: Trainer, search: SearchConfig, pruning: PruningConfig) -> tuple[DataSplits, bool]:
     """The calibration pool and objective windows, and whether the datamodule provided them."""
     data = search.data
@@ -131,17 +113,20 @@ def train_rows(trainer: Trainer, needed: int) -> torch.Tensor:
 
 def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, search: SearchConfig, *,
                 device: torch.device, trace_path: Path, forward_context: Callable[[], Any],
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, collective: Collective = LOCAL) -> dict[str, Any]:
     """Search (or, with ``search.trials == 0``, take the configured candidate) and return the plan and its
-    trace as plain data: ``{"plan": ..., "trace": [...], "report": {"search_seconds": ...}}``."""
+    trace as plain data: ``{"plan": ..., "trace": [...], "report": {"search_seconds": ...}}``.
+
+    Every rank of ``collective`` calls this with the same model and splits: the statistics pass and the trials
+    are split between the ranks, and every rank returns the same plan and trace."""
     session = PruningSession(model, pruning, splits.pool.to(device), objective=splits.objective.to(device),
-                             pool_ids=splits.pool_ids, progress=progress)
+                             pool_ids=splits.pool_ids, progress=progress, collective=collective)
     start = time.perf_counter()
-    if search.trials > 0:
-        with forward_context():
-            result = runner.run_search(session, search, trace_path=trace_path, progress=progress)
-        plan, trace = result.plan, result.trace()
-    else:
-        plan, trace = session.plan(session.default_candidate()), []
+    with forward_context():
+        if search.trials > 0:
+            result = runner.run_search(session, search, trace_path=trace_path, progress=progress, collective=collective)
+            plan, trace = result.plan, result.trace()
+        else:  # every rank selects (nobody idles), rank 0's selection is the one kept
+            plan, trace = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate()))), []
     session.release()
     return {"plan": plan.to_dict(), "trace": trace, "report": {"search_seconds": time.perf_counter() - start}}

@@ -2,6 +2,9 @@
 
 The optimiser is rebuilt for every trial from the finished trials and a random state derived from
 (seed, trial index), so a search resumed from its trace suggests exactly what an uninterrupted one would.
+:func:`suggest_batch` proposes several points at once (one per rank) by the constant liar: each proposed but
+unscored point is registered with the worst score so far before the next is asked, which pushes the next
+point away from it (Ginsbourger et al., 2010, "Kriging is well-suited to parallelize optimization").
 """
 
 from __future__ import annotations
@@ -46,6 +49,25 @@ def suggest(space: SearchSpace, done: list[TrialRecord], trial: int, seed: int) 
     if config.engine.name == "tpe":
         return _suggest_tpe(space, done, scores, int(rng.randint(2**31 - 1)))
     return _suggest_gp(space, done, scores, rng)
+
+
+def suggest_batch(space: SearchSpace, done: list[TrialRecord], first: int, count: int,
+                  seed: int) -> list[dict[str, Any]]:
+    """``count`` points for trials ``first .. first + count - 1``, a pure function of its arguments; with
+    ``count == 1`` exactly ``[suggest(space, done, first, seed)]``."""
+    points: list[dict[str, Any]] = []
+    lies: list[TrialRecord] = []
+    for offset in range(count):
+        points.append(suggest(space, done + lies, first + offset, seed))
+        lies.append(_lie(done, first + offset, points[-1]))
+    return points
+
+
+def _lie(done: list[TrialRecord], trial: int, point: dict[str, Any]) -> TrialRecord:
+    """A stand-in result for a proposed point: the worst finished score (a failure when none finished)."""
+    finite = [t.score for t in done if t.status == "ok"]
+    return TrialRecord(trial=trial, params=point, candidate={}, sample_ids=[], score=min(finite) if finite else None,
+                       status="ok" if finite else "failed", seconds=0.0)
 
 
 def _suggest_gp(space: SearchSpace, done: list[TrialRecord], scores: list[float], rng) -> dict[str, Any]:

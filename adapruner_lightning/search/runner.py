@@ -18,10 +18,11 @@ import torch
 
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.config import SearchConfig
-from adapruner_lightning.search.engines import suggest
+from adapruner_lightning.search.engines import suggest_batch
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.trace import TrialRecord, _append, read_trace, write_header
 from adapruner_lightning.search.trace import signature as trace_signature
@@ -50,7 +51,8 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str, Any], trial: int) -> TrialRecord:
+def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str, Any], trial: int,
+                   rank: int = 0) -> TrialRecord:
     """Score one point under masks; NaN/inf, OOM and infeasible schedules become failed records.
 
     The record's ``selection`` (not written to the trace) is the selection that was scored: the plan is built
@@ -75,14 +77,21 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
         session.free_memory()  # after the except block: the traceback no longer pins the trial's tensors
     record = TrialRecord(trial=trial, params=point, candidate=candidate.describe(),
                          sample_ids=[session.pool_ids[i] for i in candidate.subset], score=score, status=status,
-                         seconds=time.perf_counter() - start, error=error)
+                         seconds=time.perf_counter() - start, error=error, rank=rank)
     record.selection = selection if status == "ok" else None
     return record
 
 
 def run_search(session: PruningSession, config: SearchConfig, *, seed: int | None = None,
-               trace_path: str | Path | None = None, progress: bool = True) -> SearchResult:
-    """Search the solution space of ``session`` and return the best plan (the model is left unpruned)."""
+               trace_path: str | Path | None = None, progress: bool = True,
+               collective: Collective = LOCAL) -> SearchResult:
+    """Search the solution space of ``session`` and return the best plan (the model is left unpruned).
+
+    With a ``collective`` of several ranks (each holding the same model and data), every rank scores its own
+    point of each round of ``world_size`` proposals (:func:`suggest_batch`); the records are gathered, so every
+    rank keeps the same trace, and the plan is built by the rank that scored the best trial and broadcast. Rank
+    0 reads and writes the trace. Same seed and world size, same plan; one rank behaves as before.
+    """
     seed = session.config.seed if seed is None else seed
     if session.uniform and (config.space.keep_layers or config.space.layer_ramp or config.space.scope):
         log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
@@ -93,52 +102,91 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     space = SearchSpace.build(config, session.config, features)
     problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed}
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
-    done = read_trace(path, problem) if path else []
-    if path and not path.exists():
-        write_header(path, problem)
-    if done:
-        log.info("resuming search from %s: %d finished trials", path, len(done))
-    _run_trials(session, space, config, done, seed, path, progress)
+    done = collective.run_on(0, lambda: _open_trace(path, problem))
+    fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
     ok = [t for t in done if t.status == "ok"]
     if not ok:
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
     best = max(ok, key=lambda t: (t.score, -t.trial))
     signature = trace_signature(problem)
-    candidate = space.candidate(best.params)
-    plan = session.plan(candidate, best.selection, search={"engine": config.engine.name, "trial": best.trial, "score": best.score,
-                                           "trials": len(done), "signature": signature})
+    provenance = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
+                  "signature": signature, "world_size": collective.world_size}
+    owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
+    plan = collective.run_on(owner, lambda: session.plan(space.candidate(best.params), best.selection,
+                                                         search=provenance))
     return SearchResult(trials=done, best=best, plan=plan, signature=signature,
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
 
 
-def _run_trials(session, space, config, done, seed, path, progress) -> None:
-    start, failures = time.perf_counter(), 0
-    show = progress_enabled(progress)
+def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:
+    """The finished trials of this problem's trace at ``path`` (a new trace is started when there is none)."""
+    done = read_trace(path, problem) if path else []
+    if path and not path.exists():
+        write_header(path, problem)
+    if done:
+        log.info("resuming search from %s: %d finished trials", path, len(done))
+    return done
+
+
+def _run_trials(session, space, config, done, seed, path, progress, collective: Collective) -> set[int]:
+    """Score rounds of ``world_size`` points (one per rank) until ``config.trials``; returns the trials scored
+    here. Every rank leaves each round with the same records, so each decision (stop, fail) is the same."""
+    start, failures, elapsed, fresh = time.perf_counter(), 0, 0.0, set()
+    width, rank = collective.world_size, collective.rank
     with make_progress() as bar:
-        task = bar.add_task("search", total=config.trials, completed=len(done), info="", visible=show)
-        for trial in range(len(done), config.trials):
-            if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
-                log.info("search time budget reached after %d trials", trial)
+        task = bar.add_task("search", total=config.trials, completed=len(done), info="",
+                            visible=progress_enabled(progress) and collective.is_zero)
+        while len(done) < config.trials:
+            if config.time_budget_s is not None and elapsed > config.time_budget_s:
+                log.info("search time budget reached after %d trials", len(done))
                 break
-            record = evaluate_point(session, space, suggest(space, done, trial, seed), trial)
-            _keep_best_selection(done, record)
-            done.append(record)
-            _append(path, record.to_json())
-            failures = failures + 1 if record.status == "failed" else 0
+            first = len(done) - len(done) % width  # a round resumed midway is proposed as it was first
+            point = suggest_batch(space, done[:first], first, width, seed)[rank]
+            mine = first + rank
+            envelope = _score(session, space, point, mine, collective) if len(done) <= mine < config.trials else \
+                {"ok": True, "value": None}
+            own = envelope.get("value")
+            envelope = {**envelope, "value": replace(own, selection=None) if own else None,
+                        "elapsed": time.perf_counter() - start}
+            gathered = collective.all_gather(envelope)
+            collective.raise_if_failed(gathered)
+            elapsed = max(e["elapsed"] for e in gathered)
+            records = [own if e["value"].rank == rank else e["value"] for e in gathered if e["value"] is not None]
+            for record in sorted(records, key=lambda r: r.trial):
+                failures = _register(done, record, path if collective.is_zero else None, failures, config)
+                fresh.add(record.trial)
             best = max((t.score for t in done if t.status == "ok"), default=float("nan"))
-            bar.update(task, advance=1, info=f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")
-            if failures >= config.engine.max_failures:
-                errors = "; ".join(sorted({t.error[:120] for t in done[-failures:]}))
-                raise SearchFailed(f"{failures} consecutive trials failed ({errors}). Fix the cause or raise max_failures.")
+            bar.update(task, completed=len(done), info=f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")
+    return fresh
+
+
+def _score(session, space, point, trial: int, collective: Collective) -> dict[str, Any]:
+    """This rank's trial as an envelope; in a single process an unexpected error propagates as it is."""
+    if collective.world_size == 1:
+        return {"ok": True, "value": evaluate_point(session, space, point, trial)}
+    return attempt(lambda: evaluate_point(session, space, point, trial, rank=collective.rank), collective.rank)
+
+
+def _register(done: list[TrialRecord], record: TrialRecord, path: Path | None, failures: int,
+              config: SearchConfig) -> int:
+    """Append ``record`` (to the trace too, when ``path``); returns the consecutive failures, raising at the limit."""
+    _keep_best_selection(done, record)
+    done.append(record)
+    _append(path, record.to_json())
+    failures = failures + 1 if record.status == "failed" else 0
+    if failures >= config.engine.max_failures:
+        errors = "; ".join(sorted({t.error[:120] for t in done[-failures:]}))
+        raise SearchFailed(f"{failures} consecutive trials failed ({errors}). Fix the cause or raise max_failures.")
+    return failures
 
 
 def _keep_best_selection(done: list[TrialRecord], record: TrialRecord) -> None:
-    """Only the best trial so far keeps its (weight-independent but large: per-layer index lists) selection."""
-    holders = [t for t in done if t.selection is not None]
+    """Only the best trial so far keeps its (weight-independent but large: per-layer index lists) selection;
+    records scored on other ranks count too (they hold no selection here)."""
     if record.selection is None:
         return
-    if any((t.score, -t.trial) >= (record.score, -record.trial) for t in holders):
+    if any(t.status == "ok" and (t.score, -t.trial) >= (record.score, -record.trial) for t in done):
         record.selection = None
         return
-    for t in holders:
+    for t in done:
         t.selection = None

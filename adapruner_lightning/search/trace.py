@@ -28,6 +28,7 @@ class TrialRecord:
     status: str  # "ok" or "failed"
     seconds: float
     error: str = ""
+    rank: int = 0  # the rank that scored it
     selection: Any = field(default=None, repr=False, compare=False)  # the scored selection, in memory only
 
     def to_json(self) -> str:

@@ -91,10 +91,12 @@ def test_ddp_ranks_apply_rank0_plan_identically_and_train(ddp_run):
     r0, r1 = ddp_run
     assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
     assert r0["strategy_model"] == r1["strategy_model"] == "DistributedDataParallel"
-    # only rank 0 searched (on its pruning data); rank 1 got the plan through the broadcast
-    assert (r0["search_runs"], r1["search_runs"]) == (1, 0)
+    # both ranks searched (rank 0's pruning data, broadcast), each scoring its own trials; same trace, same plan
+    assert (r0["search_runs"], r1["search_runs"]) == (1, 1)
     assert r0["pruning_data_calls"] == 1
+    assert r0["trace"] == r1["trace"] and [t["rank"] for t in r0["trace"]] == [0, 1]
     assert r0["plan"] is not None and r0["plan"] == r1["plan"]
+    assert r0["plan"]["provenance"]["search"]["world_size"] == 2
     assert abs(r0["plan"]["params_after"] / r0["plan"]["params_before"] - 0.8) < 0.01
     # identical pruned weights on both ranks before DDP's wrapper could broadcast rank 0's
     assert r0["params_after_pruning"] == r1["params_after_pruning"]

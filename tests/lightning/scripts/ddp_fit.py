@@ -101,7 +101,7 @@ class Recorder(Callback):
             return
         self.record.update(
             rank=trainer.global_rank, world_size=trainer.world_size,
-            plan=self.pruner.plan.to_dict() if self.pruner.plan else None,
+            plan=self.pruner.plan.to_dict() if self.pruner.plan else None, trace=self.pruner.trace,
             params_after_pruning=self._params(pl_module),
             shapes={n: list(p.shape) for n, p in pl_module.model.named_parameters()},
             eval_modules_after_pruning=[n for n, m in pl_module.named_modules() if not m.training],
