@@ -79,7 +79,8 @@ def _check_shapes_follow_plan(shapes: dict[str, list[int]], plan: dict, prefix: 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, tiny_lm_dir, text_dir):
-    """One 2-rank DDP fit (tests/scripts/ddp_fit.py ok): the ranks' records."""
+    """One 2-rank DDP fit (tests/scripts/ddp_fit.py ok) under a 30 s process-group timeout, with a search of 10
+    trials held 7 s each (longer than the timeout): the ranks' records."""
     out = tmp_path_factory.mktemp("ddp_ok")
     result = run_script("ddp_fit.py", tiny_lm_dir, text_dir, out, "ok", timeout=DDP_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-6000:]
@@ -94,7 +95,7 @@ def test_ddp_ranks_apply_rank0_plan_identically_and_train(ddp_run):
     # both ranks searched (rank 0's pruning data, broadcast), each scoring its own trials; same trace, same plan
     assert (r0["search_runs"], r1["search_runs"]) == (1, 1)
     assert r0["pruning_data_calls"] == 1
-    assert r0["trace"] == r1["trace"] and [t["rank"] for t in r0["trace"]] == [0, 1]
+    assert r0["trace"] == r1["trace"] and [t["rank"] for t in r0["trace"]] == [0, 1] * 5
     assert r0["plan"] is not None and r0["plan"] == r1["plan"]
     assert r0["plan"]["provenance"]["search"]["world_size"] == 2
     assert abs(r0["plan"]["params_after"] / r0["plan"]["params_before"] - 0.8) < 0.01
@@ -111,6 +112,15 @@ def test_ddp_ranks_apply_rank0_plan_identically_and_train(ddp_run):
     assert r0["params_after_fit"] == r1["params_after_fit"]
     changed = [n for n, h in r0["params_after_fit"].items() if h != r0["params_after_pruning"][n]]
     assert len(changed) == len(r0["params_after_fit"])
+
+
+def test_ddp_search_longer_than_the_process_group_timeout_completes(ddp_run):
+    """No rank waits in one collective for longer than about one trial: the 35 s search (each rank's five
+    7 s trials) outlasts the 30 s timeout that would kill a rank waiting for the other's whole search."""
+    r0, r1 = ddp_run
+    assert r0["search_seconds"] > 30 and r1["search_seconds"] > 30
+    assert r0["search_seconds"] < 60  # the trials were shared, not run one after another
+    assert r0["plan"] == r1["plan"] and r0["params_after_fit"] == r1["params_after_fit"]
 
 
 def test_ddp_every_rank_holds_out_the_objective_windows(ddp_run):

@@ -8,6 +8,10 @@ often it called the datamodule's ``pruning_data`` and ran the search.
 
 Usage: python ddp_fit.py MODEL_DIR TEXT_DIR OUT_DIR {ok,fail}
 
+``ok``: the process group's timeout is 30 s and the search takes longer: 10 trials, each objective held for
+7 s (a stand-in for a large model's objective pass), i.e. 35 s of trials per rank when the two ranks share them
+and 70 s on one rank while the other waits in a collective (which the timeout kills).
+
 ``fail``: the callback's ``pruning_data`` raises ``RuntimeError("boom")`` on rank 0; each rank then
 writes ``<out>/error_rank{r}.txt`` and prints ``[rank r] <exception>`` from ``on_exception``.
 """
@@ -34,6 +38,7 @@ from adapruner_lightning.lightning.datamodule import _collate
 from adapruner_lightning.lightning.recovery import RecoveryConfig
 
 MAX_STEPS = 2
+PG_TIMEOUT_S, SLOW_TRIAL_S, SLOW_TRIALS = 30, 7.0, 10
 SEARCH = dict(trials=2, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector"])
 
@@ -63,6 +68,20 @@ class RankShuffledData(TextDataModule):
 
 
 SEARCH_RUNS = 0
+
+
+def slow_objective() -> None:
+    """Hold every trial's objective for SLOW_TRIAL_S seconds (after computing it)."""
+    from adapruner_lightning.core.session import PruningSession
+
+    real = PruningSession.objective
+
+    def objective(self, *args, **kwargs):
+        value = real(self, *args, **kwargs)
+        time.sleep(SLOW_TRIAL_S)
+        return value
+
+    PruningSession.objective = objective
 
 
 def count_search_runs() -> None:
@@ -142,12 +161,16 @@ def main() -> None:
     torch.set_num_threads(1)  # two ranks on a small shared machine
     count_search_runs()
     kind = BoomOnRankZero if mode == "fail" else AdaPrunerCallback
-    pruner = kind(target_ratio=0.2, search=SearchConfig.of(**SEARCH), pruning=PruningConfig(sample_len=32),
+    search, timeout = SEARCH, 120
+    if mode == "ok":
+        slow_objective()
+        search, timeout = {**SEARCH, "trials": SLOW_TRIALS}, PG_TIMEOUT_S
+    pruner = kind(target_ratio=0.2, search=SearchConfig.of(**search), pruning=PruningConfig(sample_len=32),
                   recovery=RecoveryConfig(mode="full"), output_dir=str(out / "adapruner_out"), export=False,
                   progress=False)
     recorder = Recorder(pruner, out)
     trainer = Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo",
-                                                                         timeout=timedelta(seconds=120)),
+                                                                         timeout=timedelta(seconds=timeout)),
                       max_steps=MAX_STEPS, logger=False, enable_progress_bar=False, enable_model_summary=False,
                       enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
                       use_distributed_sampler=False, default_root_dir=str(out), callbacks=[pruner, recorder])
@@ -157,7 +180,8 @@ def main() -> None:
     record = recorder.record
     record.update(params_after_fit=recorder._params(module), global_step=trainer.global_step,
                   pruning_data_calls=RankShuffledData.pruning_data_calls, search_runs=SEARCH_RUNS,
-                  losses_finite=all(math.isfinite(x) for x in record["losses"]))
+                  losses_finite=all(math.isfinite(x) for x in record["losses"]),
+                  search_seconds=pruner.report.get("search_seconds"))
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
     print(f"[rank {trainer.global_rank}] DDP_FIT_OK", flush=True)
 
