@@ -91,9 +91,11 @@ def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def gathered(model: nn.Module) -> Any:
-    """Gather ZeRO-3 partitioned parameters (full weights on rank 0) for the block; a no-op otherwise.
+def gathered(model: nn.Module, modifier_rank: int | None = None) -> Any:
+    """Gather ZeRO-3 partitioned parameters (full weights on every rank) for the block; a no-op otherwise.
 
+    With ``modifier_rank=r``, rank ``r``'s changes are kept when the block ends. Run no forward inside the block:
+    DeepSpeed's module hooks release the parameters after each module's forward.
     Relies on: DeepSpeed marks partitioned parameters with a ``ds_id`` attribute.
     """
     partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
@@ -101,7 +103,7 @@ def gathered(model: nn.Module) -> Any:
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank)
 
 
 def collective(trainer: Trainer) -> Collective:

@@ -237,19 +237,22 @@ class AdaPrunerCallback(Callback):
 
         Here, not in ``on_fit_end``: Lightning's teardown, between the two, moves the module to the CPU and
         ends DeepSpeed's engine (``_compat``). Every rank merges and evaluates (under ZeRO-3 a forward needs
-        every rank), inside one ZeRO-3 gather; rank 0 writes.
+        every rank). Under ZeRO-3 the merge and the export each run inside a gather of the full weights, the
+        evaluation outside one: DeepSpeed's forward hooks fetch and release parameters themselves, and a
+        forward inside a gather would release the gathered weights before the export reads them.
         """
         if self.plan is None:
             return
         self.report["seconds"]["fine_tune"] = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
         attr, model = self._wrapped_model(pl_module)
-        with _compat.gathered(model):
-            if self.recovery.mode == "lora" and self.recovery.merge_on_end:
+        if self.recovery.mode == "lora" and self.recovery.merge_on_end:
+            with _compat.gathered(model, modifier_rank=0):
                 model = unwrap(model, merge=True)
-                setattr(pl_module, attr, model)
-            tokenizer = getattr(pl_module, "tokenizer", None)
-            if self.eval_texts:
-                self._evaluate("recovered", model, tokenizer)
+            setattr(pl_module, attr, model)
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if self.eval_texts:
+            _compat.collective(trainer).together(lambda: self._evaluate("recovered", model, tokenizer))
+        with _compat.gathered(model):
             if trainer.is_global_zero:
                 md_path = write_outputs(self._out_dir(trainer), model, tokenizer, self.plan, self.trace, self.report,
                                         export=self.export)

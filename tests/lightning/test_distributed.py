@@ -203,6 +203,60 @@ def test_deepspeed_zero_trains_pruned_model_on_cpu(deepspeed_run, stage):
         assert record["local_shapes"] == deepspeed_run["pruned_shapes"]
 
 
+# ------------------------------------------------------------- Lightning DeepSpeedStrategy on the CPU (gloo)
+
+#: (ZeRO stage, recovery, processes, resumed too)
+LIGHTNING_DEEPSPEED = [(2, "lora", 1, True), (2, "full", 1, False), (3, "full", 2, True), (3, "lora", 2, False)]
+
+
+@pytest.fixture(scope="module", params=LIGHTNING_DEEPSPEED, ids=lambda c: f"zero{c[0]}-{c[1]}-{c[2]}proc")
+def lightning_deepspeed(request, tmp_path_factory, tiny_lm_dir, text_dir):
+    """tests/lightning/scripts/deepspeed_lightning_cpu.py: a fit (and, when marked, its resume): the records."""
+    stage, mode, devices, resume = request.param
+    out = tmp_path_factory.mktemp(f"lightning_deepspeed_{stage}_{mode}")
+    records = {}
+    for phase in ("fit", "resume") if resume else ("fit",):
+        result = run_script("deepspeed_lightning_cpu.py", tiny_lm_dir, text_dir / "alpha.txt", out, stage, mode,
+                            devices, phase, timeout=DEEPSPEED_TIMEOUT_S, env={"DS_ACCELERATOR": "cpu"})
+        assert result.returncode == 0, result.stdout[-6000:]
+        for rank in range(devices):
+            assert f"[rank {rank}] DEEPSPEED_LIGHTNING_OK" in result.stdout, result.stdout[-6000:]
+        records[phase] = [json.loads((out / f"{phase}_rank{r}.json").read_text()) for r in range(devices)]
+    return request.param, records
+
+
+def test_lightning_deepspeed_prunes_trains_evaluates_and_exports_on_cpu(lightning_deepspeed):
+    (stage, mode, devices, _), records = lightning_deepspeed
+    ranks = records["fit"]
+    r0 = ranks[0]
+    assert all(r["strategy_model"] == "DeepSpeedEngine" for r in ranks)
+    assert r0["partitioned"] == (stage == 3)
+    assert all(r["plan"] == r0["plan"] and r["shapes"] == r0["shapes"] for r in ranks)
+    _check_shapes_follow_plan(r0["shapes"], r0["plan"], prefix="model.layers")
+    assert r0["trace_ranks"] == [r % devices for r in range(2)]  # every rank scored trials
+    assert all(r["searches"] == 1 and r["global_step"] == 3 and r["losses_finite"] for r in ranks)
+    quality = r0["report"]["quality"]
+    assert set(quality) == {"dense", "pruned", "recovered"}  # evaluated at the end of fit, under ZeRO-3 too
+    assert quality["recovered"]["ppl/alpha"] < quality["pruned"]["ppl/alpha"]
+    # the export is the recovered model: reloaded, it has the plan's shapes and scores what the callback measured
+    assert r0["exported_plan"]["layers"] == r0["plan"]["layers"] and r0["exported_shapes"] == r0["shapes"]
+    assert r0["exported_scores"]["ppl/alpha"] == pytest.approx(quality["recovered"]["ppl/alpha"], rel=1e-4)
+    assert "epoch=0-step=3.ckpt" in r0["checkpoints"] and "pruning_plan.json" in r0["checkpoints"]
+
+
+def test_lightning_deepspeed_resumes_its_checkpoint_without_searching(lightning_deepspeed):
+    (stage, _, _, resume), records = lightning_deepspeed
+    if not resume:
+        pytest.skip("this configuration is not resumed (see LIGHTNING_DEEPSPEED)")
+    fit, resumed = records["fit"][0], records["resume"]
+    assert all(r["searches"] == 0 and r["global_step"] == 5 and len(r["losses"]) == 2 for r in resumed)
+    assert all(r["plan"] == fit["plan"] and r["shapes"] == fit["shapes"] for r in resumed)
+    assert resumed[0]["trace_ranks"] == fit["trace_ranks"]  # the trace came back with the checkpoint
+    assert resumed[0]["losses"][0] < fit["losses"][0]  # training went on from the checkpoint's weights
+    assert resumed[0]["exported_scores"]["ppl/alpha"] == pytest.approx(
+        resumed[0]["report"]["quality"]["recovered"]["ppl/alpha"], rel=1e-4)
+
+
 # ---------------------------------------------------------------------- Lightning DeepSpeedStrategy (GPU only)
 
 
