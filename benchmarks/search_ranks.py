@@ -109,12 +109,21 @@ def worker(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ the driver
+def _rank_env() -> dict[str, str]:
+    """This environment without distributed variables, a free loopback port, one thread per process."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
 def launch(args: argparse.Namespace, seed: int, world: int, scratch: Path) -> list[dict[str, Any]]:
     """``world`` worker processes of this script for ``seed``; their records."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers_dist import clean_env
-
-    env = clean_env()
+    env = _rank_env()
     outs = [scratch / f"s{seed}_w{world}_r{r}.json" for r in range(world)]
     cmd = [sys.executable, __file__, "--worker", "{out}", "--seeds", str(seed), "--trials", str(args.trials),
            "--init-points", str(args.init_points), "--pool", str(args.pool), "--ratio", str(args.ratio)]

@@ -63,6 +63,43 @@ def check_strategy(trainer: Trainer) -> None:
                           hint="prune with DDP/DeepSpeed (or a single device), then fine-tune the export with any strategy")
 
 
+def configure_model_early(pl_module: LightningModule) -> bool:
+    """Call the module's own ``configure_model()`` now, in ``setup``, so that its model exists to be pruned;
+    returns whether the module defines one.
+
+    Relies on: Lightning calls ``configure_model`` after ``setup`` (under ZeRO-3 inside ``deepspeed.zero.Init``)
+    and documents it as idempotent (it must not create the model twice). Called here, the model is created whole
+    on every rank (pruning needs whole weights); DeepSpeed partitions the smaller pruned model when it wraps it.
+    """
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if not is_overridden("configure_model", pl_module, LightningModule):
+        return False
+    pl_module.configure_model()
+    return True
+
+
+def uncompiled(module: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper (``module`` itself when it is not compiled).
+
+    Relies on: ``torch.compile(module)`` returns an ``OptimizedModule`` holding the original as ``_orig_mod``.
+    """
+    return getattr(module, "_orig_mod", module)
+
+
+def compiled_like(wrapper: nn.Module, module: nn.Module) -> nn.Module:
+    """``module`` compiled with the settings of the ``torch.compile`` wrapper ``wrapper`` (the backend, mode
+    and options the user chose); ``module`` itself when ``wrapper`` is not compiled.
+
+    Relies on: ``OptimizedModule(mod, dynamo_ctx)`` (torch._dynamo.eval_frame) keeps its settings in ``dynamo_ctx``.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if not isinstance(wrapper, OptimizedModule):
+        return module
+    return OptimizedModule(module, wrapper.dynamo_ctx)
+
+
 def checkpoint_file(path: str | Path) -> Path | None:
     """The file holding the callback states of the checkpoint at ``path``.
 

@@ -96,7 +96,8 @@ class AdaPrunerCallback(Callback):
     # ------------------------------------------------------------------ finding things in the user's objects
 
     def find_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
-        """The (attribute name, HF causal LM) inside ``pl_module``; override for unusual layouts."""
+        """The (attribute name, HF causal LM) inside ``pl_module``; override for unusual layouts. A model behind
+        ``torch.compile`` is found through its wrapper (the compiled module is returned)."""
         from transformers import PreTrainedModel
 
         if self.model_attr is not None:
@@ -104,12 +105,24 @@ class AdaPrunerCallback(Callback):
             if model is None:
                 raise ConfigError("model_attr", self.model_attr, f"an attribute of {type(pl_module).__name__}")
             return self.model_attr, model
-        found = [(n, m) for n, m in pl_module.named_children() if isinstance(m, PreTrainedModel)]
+        found = [(n, m) for n, m in pl_module.named_children() if isinstance(_compat.uncompiled(m), PreTrainedModel)]
         if len(found) != 1:
             raise ConfigError("model_attr", None, f"exactly one PreTrainedModel child of {type(pl_module).__name__} "
                               f"(found {[n for n, _ in found]})",
-                              hint="create the model in __init__ and pass model_attr='<attribute name>'")
+                              hint="create the model in __init__ or configure_model() and pass "
+                                   "model_attr='<attribute name>'")
         return found[0]
+
+    def _model_to_prune(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
+        """:meth:`find_model`, after the module's ``configure_model()`` when the model does not exist yet."""
+        try:
+            return self.find_model(pl_module)
+        except ConfigError:
+            if not _compat.configure_model_early(pl_module):
+                raise
+            rank_zero_info("adapruner: called configure_model() in setup to create the model to prune "
+                           "(whole on every rank; the pruned model is then sharded by the strategy)")
+            return self.find_model(pl_module)
 
     # ------------------------------------------------------------------ hooks
 
@@ -124,7 +137,8 @@ class AdaPrunerCallback(Callback):
             return
         _compat.check_strategy(trainer)
         _compat.check_before_wrap(trainer, pl_module)
-        attr, model = self.find_model(pl_module)
+        attr, found = self._model_to_prune(pl_module)
+        model = _compat.uncompiled(found)  # pruned in place; a torch.compile wrapper is rebuilt around it
         check_lora_targets(model, self.recovery)
         self._out_dir(trainer)  # every rank, before any rank-0-only work
         plan = self._stored_plan(trainer)
@@ -135,7 +149,7 @@ class AdaPrunerCallback(Callback):
             rank_zero_info(f"adapruner: replaying a stored plan ({plan.achieved_ratio:.1%} removed); no search")
         if not self._data_split:
             self._exclude_objective_from_training(trainer)
-        self._prune(trainer, pl_module, attr, model, plan)
+        self._prune(trainer, pl_module, attr, model, plan, wrapper=found)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 
     def _checkpoint_state(self, trainer: Trainer) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -155,7 +169,7 @@ class AdaPrunerCallback(Callback):
         if state is None:
             return
         attr, model = self.find_model(pl_module)
-        setattr(pl_module, attr, planning.restore_shape(model, state, adapters=planning.has_adapters(checkpoint),
+        setattr(pl_module, attr, planning.restore_shape(_compat.uncompiled(model), state, adapters=planning.has_adapters(checkpoint),
                                                         fallback=self.recovery))
         self.plan, self.trace, self._applied = PruningPlan.from_dict(state["plan"]), list(state.get("trace", [])), True
         rank_zero_info(f"adapruner: replaying the checkpoint's plan ({self.plan.achieved_ratio:.1%} removed)")
@@ -196,7 +210,8 @@ class AdaPrunerCallback(Callback):
         if self.eval_texts:
             self._evaluate("dense", model, tokenizer)
 
-    def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan) -> None:
+    def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan,
+               wrapper: nn.Module | None = None) -> None:
         before = total_params(model)
         apply_plan(model, plan)
         self.plan, self._applied = plan, True
@@ -206,7 +221,7 @@ class AdaPrunerCallback(Callback):
             model.to(trainer.strategy.root_device)
             _compat.collective(trainer).together(
                 lambda: self._evaluate("pruned", model, getattr(pl_module, "tokenizer", None)))
-        setattr(pl_module, attr, wrap_for_recovery(model, self.recovery))
+        setattr(pl_module, attr, _compat.compiled_like(wrapper, wrap_for_recovery(model, self.recovery)))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         rank_zero_info(f"adapruner: {before:,} -> {after:,} parameters "  # the pruned model's own, adapters apart
@@ -259,14 +274,15 @@ class AdaPrunerCallback(Callback):
                 rank_zero_info(f"adapruner: report written to {md_path}")
 
     def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
+        """The (attribute, pruned model) at the end of fit: LoRA-wrapped or not, outside a compile wrapper."""
         if self.model_attr:
-            return self.model_attr, getattr(pl_module, self.model_attr)
+            return self.model_attr, _compat.uncompiled(getattr(pl_module, self.model_attr))
         from peft import PeftModel
         from transformers import PreTrainedModel
 
         for name, child in pl_module.named_children():
-            if isinstance(child, (PreTrainedModel, PeftModel)):
-                return name, child
+            if isinstance(_compat.uncompiled(child), (PreTrainedModel, PeftModel)):
+                return name, _compat.uncompiled(child)
         raise AdaPrunerError("the pruned model is no longer an attribute of the LightningModule")
 
     # ------------------------------------------------------------------ state

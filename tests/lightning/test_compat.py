@@ -166,3 +166,29 @@ def test_statistics_never_run_under_fp16_autocast():
         assert not torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")
     with _compat.statistics_context(MixedPrecision("bf16-mixed", "cpu"))():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_a_compile_wrapper_is_rebuilt_with_the_users_settings():
+    """``uncompiled`` finds the module behind ``torch.compile``; ``compiled_like`` wraps another module with
+    the same dynamo settings (``OptimizedModule(mod, dynamo_ctx)``, torch._dynamo.eval_frame)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    inner, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1)
+    compiled = torch.compile(inner, backend="eager")
+    assert isinstance(compiled, OptimizedModule) and _compat.uncompiled(compiled) is inner
+    assert _compat.uncompiled(inner) is inner
+    again = _compat.compiled_like(compiled, other)
+    assert isinstance(again, OptimizedModule) and again._orig_mod is other
+    assert again.dynamo_ctx is compiled.dynamo_ctx
+    assert again(torch.ones(1, 3)).shape == (1, 1)
+    assert _compat.compiled_like(inner, other) is other
+
+
+def test_configure_model_is_called_early_only_when_the_module_defines_it():
+    module = _Tiny()
+    assert _compat.configure_model_early(module) and module.events == ["configure_model"]
+
+    class Plain(LightningModule):
+        pass
+
+    assert not _compat.configure_model_early(Plain())

@@ -205,19 +205,21 @@ def test_deepspeed_zero_trains_pruned_model_on_cpu(deepspeed_run, stage):
 
 # ------------------------------------------------------------- Lightning DeepSpeedStrategy on the CPU (gloo)
 
-#: (ZeRO stage, recovery, processes, resumed too)
-LIGHTNING_DEEPSPEED = [(2, "lora", 1, True), (2, "full", 1, False), (3, "full", 2, True), (3, "lora", 2, False)]
+#: (ZeRO stage, recovery, processes, resumed too, model made in configure_model)
+LIGHTNING_DEEPSPEED = [(2, "lora", 1, True, False), (2, "full", 1, False, False), (3, "full", 2, True, False),
+                       (3, "lora", 2, False, True)]
 
 
-@pytest.fixture(scope="module", params=LIGHTNING_DEEPSPEED, ids=lambda c: f"zero{c[0]}-{c[1]}-{c[2]}proc")
+@pytest.fixture(scope="module", params=LIGHTNING_DEEPSPEED, ids=lambda c: f"zero{c[0]}-{c[1]}-{c[2]}proc{'-configure_model' if c[4] else ''}")
 def lightning_deepspeed(request, tmp_path_factory, tiny_lm_dir, text_dir):
     """tests/lightning/scripts/deepspeed_lightning_cpu.py: a fit (and, when marked, its resume): the records."""
-    stage, mode, devices, resume = request.param
+    stage, mode, devices, resume, late = request.param
     out = tmp_path_factory.mktemp(f"lightning_deepspeed_{stage}_{mode}")
     records = {}
     for phase in ("fit", "resume") if resume else ("fit",):
         result = run_script("deepspeed_lightning_cpu.py", tiny_lm_dir, text_dir / "alpha.txt", out, stage, mode,
-                            devices, phase, timeout=DEEPSPEED_TIMEOUT_S, env={"DS_ACCELERATOR": "cpu"})
+                            devices, phase, *(["late"] if late else []), timeout=DEEPSPEED_TIMEOUT_S,
+                            env={"DS_ACCELERATOR": "cpu"})
         assert result.returncode == 0, result.stdout[-6000:]
         for rank in range(devices):
             assert f"[rank {rank}] DEEPSPEED_LIGHTNING_OK" in result.stdout, result.stdout[-6000:]
@@ -226,9 +228,10 @@ def lightning_deepspeed(request, tmp_path_factory, tiny_lm_dir, text_dir):
 
 
 def test_lightning_deepspeed_prunes_trains_evaluates_and_exports_on_cpu(lightning_deepspeed):
-    (stage, mode, devices, _), records = lightning_deepspeed
+    (stage, mode, devices, _, late), records = lightning_deepspeed
     ranks = records["fit"]
     r0 = ranks[0]
+    assert all(r["models_created"] == (1 if late else None) for r in ranks)  # configure_model made it once
     assert all(r["strategy_model"] == "DeepSpeedEngine" for r in ranks)
     assert r0["partitioned"] == (stage == 3)
     assert all(r["plan"] == r0["plan"] and r["shapes"] == r0["shapes"] for r in ranks)
@@ -245,7 +248,7 @@ def test_lightning_deepspeed_prunes_trains_evaluates_and_exports_on_cpu(lightnin
 
 
 def test_lightning_deepspeed_resumes_its_checkpoint_without_searching(lightning_deepspeed):
-    (stage, _, _, resume), records = lightning_deepspeed
+    (stage, _, _, resume, _), records = lightning_deepspeed
     if not resume:
         pytest.skip("this configuration is not resumed (see LIGHTNING_DEEPSPEED)")
     fit, resumed = records["fit"][0], records["resume"]

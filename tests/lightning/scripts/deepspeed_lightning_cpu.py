@@ -14,7 +14,9 @@ DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op (``deepspeed_
 fresh machine) when its communication backend starts; the training path here never calls it (gloo carries every
 collective), so it is skipped unless ``ADAPRUNER_TEST_DS_SHM=1``.
 
-Usage: python deepspeed_lightning_cpu.py MODEL_DIR TEXT_FILE OUT_DIR STAGE {lora,full} DEVICES {fit,resume}
+``late``: the module creates its model in ``configure_model()`` (as ZeRO-3 users do), not in ``__init__``.
+
+Usage: python deepspeed_lightning_cpu.py MODEL_DIR TEXT_FILE OUT_DIR STAGE {lora,full} DEVICES {fit,resume} [late]
 """
 
 from __future__ import annotations
@@ -57,6 +59,21 @@ class CpuDeepSpeedStrategy(DeepSpeedStrategy):
     @property
     def root_device(self) -> torch.device:  # DeepSpeed's engine reads the rank's device index from it
         return torch.device("cpu", self.local_rank)
+
+
+class LateModule(CausalLMModule):
+    """CausalLMModule whose model is created in ``configure_model()`` (idempotent, as Lightning asks)."""
+
+    def __init__(self, model_dir: str, **kwargs) -> None:
+        super().__init__(model=model_dir, **kwargs)
+        self.spec, self.model, self.created = model_dir, None, 0
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            from adapruner_lightning.data.models import load_model
+
+            self.model = load_model(self.spec)[0].train()
+            self.created += 1
 
 
 def count_search_runs() -> list[int]:
@@ -125,7 +142,8 @@ def main() -> None:
                       strategy=CpuDeepSpeedStrategy(config=config, process_group_backend="gloo"),
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, default_root_dir=str(out), callbacks=[pruner, recorder, checkpoints])
-    module = CausalLMModule(model=model_dir, lr=1e-3)
+    late = sys.argv[8:] == ["late"]
+    module = LateModule(model_dir, lr=1e-3) if late else CausalLMModule(model=model_dir, lr=1e-3)
     data = TextDataModule(model=model_dir, texts=[str(Path(text).parent)], seq_len=32, batch_size=2, val_windows=2)
     ckpt = str(next((out / "ckpt").glob(f"*step={MAX_STEPS}*"))) if phase == "resume" else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
@@ -134,7 +152,8 @@ def main() -> None:
                   searches=len(searches), trace_ranks=[t.get("rank") for t in pruner.trace],
                   losses_finite=bool(record["losses"]) and all(math.isfinite(x) for x in record["losses"]),
                   report=pruner.report if trainer.is_global_zero else None,
-                  checkpoints=sorted(p.name for p in (out / "ckpt").glob("*")))
+                  checkpoints=sorted(p.name for p in (out / "ckpt").glob("*")),
+                  models_created=getattr(module, "created", None))
     if trainer.is_global_zero:
         record.update(reload_and_evaluate(out / "adapruner_out" / "adapruner" / "pruned_model", text))
     (out / f"{phase}_rank{trainer.global_rank}.json").write_text(json.dumps(record, default=str))
