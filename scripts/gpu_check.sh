@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The GPU check, for a session whose task is lent the device machine (one H200; see CONTRIBUTING.md).
 # Run from this machine with the device tool:
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# after, once, here:  echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: \
-#   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl torch-pruning==1.6.1
-# It measures, with the GPU's own bf16 GEMMs and max_memory_allocated, the search's peak memory on a random bf16
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=580)
+# after, once, here (the device's image lacks these; see CONTRIBUTING.md, "The GPU check"):
+#   echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl torch-pruning==1.6.1 bayesian-optimization==3.4.0 \
+#     hjson pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection \
+#   && python3 -m pip download --no-deps --no-binary=:all: -d .whl deepspeed==0.19.8
+# First (#19) benchmarks/gpu_fit.py: a 1.1 B random Llama in bf16 through the callback under Lightning's
+# DeepSpeedStrategy, ZeRO-2, one GPU (search, prune, LoRA, evaluation, export, reload): peak memory, phase times.
+# Then (#15) it measures, with the GPU's own bf16 GEMMs and max_memory_allocated, the search's peak memory on a random bf16
 # Llama of Llama-3.1-8B's full shape (32 layers, 7.0 B decoder parameters): statistics pass, a taylor trial on a new
 # subset, a cached-metric trial (ratios to the weights), and load_pruned of the 20 % plan (host memory), then the same
 # on the 4-layer model the CPU benchmark uses (the transfer check of its ratios). Results come back under $OUT.
@@ -13,10 +18,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
+if compgen -G ".whl/deepspeed-*.tar.gz" > /dev/null; then  # pure Python; its ops are JIT-built only if used
+  DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site \
+    .whl/deepspeed-*.tar.gz
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 ADAPRUNER_PROGRESS=0
 out="${OUT:-benchmarks/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_check.log"
-for layers in 32 4; do
-  timeout 240 python3 benchmarks/search_cost.py --bf16-scale --device cuda --scale-layers "$layers" --out-dir "$out" \
-    2>&1 | tee -a "$out/gpu_check.log"
+timeout 200 python3 benchmarks/gpu_fit.py --out-dir "$out" 2>&1 | tee -a "$out/gpu_check.log" || true
+for layers_and_limit in "32 200" "4 100"; do
+  set -- $layers_and_limit
+  timeout "$2" python3 benchmarks/search_cost.py --bf16-scale --device cuda --scale-layers "$1" --out-dir "$out" \
+    2>&1 | tee -a "$out/gpu_check.log" || true
 done

@@ -166,3 +166,16 @@ def test_memory_benchmark_estimate_renders_from_saved_results() -> None:
     assert all(now[key]["ratio"] < before[key]["ratio"] for key in ("statistics_pass", "taylor_trial_new_subset",
                                                                     "load_pruned_default"))
     assert "| yes |" in memory_scale.estimate_8b(now, before)
+
+
+def test_the_gpu_fit_check_runs_its_whole_path_on_the_cpu(tmp_path) -> None:
+    """benchmarks/gpu_fit.py --smoke: the GPU check's own code (model, tokenizer, data, callback, export, reload)
+    on a tiny model and Lightning's default strategy, so the device run is not its first run."""
+    import gpu_fit
+
+    assert gpu_fit.main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_fit_smoke.json").read_text())
+    assert result["plan_layers_equal"] and result["pruned_params"] < result["dense_params"]
+    assert set(result["quality"]) == {"dense", "pruned", "recovered"}
+    assert {"search_and_prune", "fine_tune", "export"} <= set(result["phase_seconds"])
+    assert "| parameters dense -> pruned |" in (tmp_path / "gpu_fit_smoke.md").read_text()
