@@ -1,6 +1,7 @@
-"""Standalone: Lightning's own ``DeepSpeedStrategy`` drives AdaPrunerCallback on the CPU (gloo), end to end.
+"""Standalone: Lightning's own ``DeepSpeedStrategy`` drives AdaPrunerCallback end to end, on the CPU (gloo, with
+``DS_ACCELERATOR=cpu``) or on every visible GPU (``DEVICES`` = 0: all of them).
 
-A test-only subclass lifts the strategy's CUDA-only checks: ``setup_environment`` (refuses a non-CUDA
+On the CPU a test-only subclass lifts the strategy's CUDA-only checks: ``setup_environment`` (refuses a non-CUDA
 accelerator), ``setup_distributed`` (validates CUDA device indices) and ``root_device`` (indexes CUDA devices);
 everything else is Lightning's and DeepSpeed's own code, on DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``).
 With ``devices=2`` Lightning's launcher re-runs this script as rank 1.
@@ -16,7 +17,7 @@ collective), so it is skipped unless ``ADAPRUNER_TEST_DS_SHM=1``.
 
 ``late``: the module creates its model in ``configure_model()`` (as ZeRO-3 users do), not in ``__init__``.
 
-Usage: python deepspeed_lightning_cpu.py MODEL_DIR TEXT_FILE OUT_DIR STAGE {lora,full} DEVICES {fit,resume} [late]
+Usage: python deepspeed_lightning.py MODEL_DIR TEXT_FILE OUT_DIR STAGE {lora,full} DEVICES {fit,resume} [late]
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def main() -> None:
     model_dir, text, out, stage, mode, devices, phase = sys.argv[1:8]
     out, stage, devices = Path(out), int(stage), int(devices)
     torch.set_num_threads(1)
-    if os.environ.get("ADAPRUNER_TEST_DS_SHM") != "1":
+    if os.environ.get("ADAPRUNER_TEST_DS_SHM") != "1" and os.environ.get("DS_ACCELERATOR") == "cpu":
         import deepspeed.comm.torch as ds_torch_comm
 
         ds_torch_comm.build_shm_op = lambda: None
@@ -138,8 +139,12 @@ def main() -> None:
     config = {"zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
               "train_micro_batch_size_per_gpu": 2, "zero_allow_untested_optimizer": True}
     steps = MAX_STEPS + (MORE_STEPS if phase == "resume" else 0)
-    trainer = Trainer(accelerator="cpu", devices=devices, max_steps=steps, logger=False,
-                      strategy=CpuDeepSpeedStrategy(config=config, process_group_backend="gloo"),
+    on_cpu = os.environ.get("DS_ACCELERATOR") == "cpu"
+    strategy = CpuDeepSpeedStrategy(config=config, process_group_backend="gloo") if on_cpu else \
+        DeepSpeedStrategy(config=config)
+    devices = devices or torch.cuda.device_count()
+    trainer = Trainer(accelerator="cpu" if on_cpu else "gpu", devices=devices, max_steps=steps, logger=False,
+                      strategy=strategy,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, default_root_dir=str(out), callbacks=[pruner, recorder, checkpoints])
     late = sys.argv[8:] == ["late"]
