@@ -128,6 +128,14 @@ def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are ZeRO-3 partitioned (a forward then needs every rank).
+
+    Relies on: DeepSpeed marks partitioned parameters with a ``ds_id`` attribute.
+    """
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 def gathered(model: nn.Module, modifier_rank: int | None = None) -> Any:
     """Gather ZeRO-3 partitioned parameters (full weights on every rank) for the block; a no-op otherwise.
 

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from adapruner_lightning.config import check_fraction
+from adapruner_lightning.config import check_fraction, check_positive
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.groups import total_params
 from adapruner_lightning.core.physical import apply_plan
@@ -32,6 +32,7 @@ from adapruner_lightning.errors import AdaPrunerError, ConfigError
 from adapruner_lightning.lightning import _compat, planning
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
 from adapruner_lightning.lightning.report import evaluate_stage, write_outputs
+from adapruner_lightning.lightning.tracking import ValidationTasks
 from adapruner_lightning.search.config import SearchConfig, SearchEngine
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class AdaPrunerCallback(Callback):
         eval_tasks: zero-shot tasks for the report.
         eval_max_tokens: tokens per evaluation text.
         eval_items: items per zero-shot task.
+        val_tasks: zero-shot tasks scored at every validation of the fit and logged as ``val/acc/<task>`` and
+            ``val/acc_norm/<task>`` through the trainer's logger (items built from ``eval_texts``, synced across
+            ranks); None: ``eval_tasks`` (when ``eval_texts`` are set); ``[]``: off.
+        val_items: items per validation task (kept small: they are scored at every validation).
         progress: show progress bars.
 
     Raises:
@@ -69,7 +74,8 @@ class AdaPrunerCallback(Callback):
                  search: Optional[SearchConfig] = None, recovery: Optional[RecoveryConfig] = None,
                  plan: Optional[str] = None, model_attr: Optional[str] = None, output_dir: Optional[str] = None,
                  export: bool = True, eval_texts: Optional[list[str]] = None, eval_tasks: Optional[list[str]] = None,
-                 eval_max_tokens: int = 8192, eval_items: int = 100, progress: bool = True) -> None:
+                 eval_max_tokens: int = 8192, eval_items: int = 100, val_tasks: Optional[list[str]] = None,
+                 val_items: int = 16, progress: bool = True) -> None:
         super().__init__()
         if plan is not None and target_ratio is not None and pruning is None:
             raise ConfigError("target_ratio", target_ratio, "None when an explicit plan is given",
@@ -86,12 +92,27 @@ class AdaPrunerCallback(Callback):
         self.export, self.progress = export, progress
         self.eval_texts, self.eval_tasks = eval_texts, list(eval_tasks or [])
         self.eval_max_tokens, self.eval_items = eval_max_tokens, eval_items
+        self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items)
+        self.val_items = val_items
+        self._tracker: ValidationTasks | None = None
         self.plan: PruningPlan | None = None
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
         self._applied = False
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
+
+    def _check_val_tasks(self, tasks: list[str], n_items: int) -> list[str]:
+        """The validation tasks, checked (known names, ``eval_texts`` to build them from, ``n_items >= 1``)."""
+        from adapruner_lightning.evaluation.tasks import get_task
+
+        for name in tasks:
+            get_task(name)
+        if tasks and not self.eval_texts:
+            raise ConfigError("val_tasks", tasks, "eval_texts to build their items from",
+                              hint="set eval_texts (held-out text) or pass val_tasks=[]")
+        check_positive("val_items", n_items)
+        return tasks
 
     # ------------------------------------------------------------------ finding things in the user's objects
 
@@ -243,8 +264,23 @@ class AdaPrunerCallback(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the recovery fine-tune's clock."""
+        """Start the recovery fine-tune's clock; build the validation tasks' items (once)."""
         self._fit_started = time.perf_counter()
+        if self.val_tasks and self._tracker is None:
+            from adapruner_lightning.data.text import texts_for
+
+            self._tracker = ValidationTasks(self.val_tasks, texts_for(self.eval_texts), self.val_items)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Score the validation tasks on the model being fine-tuned; log ``val/acc/<task>`` (all ranks' items)."""
+        if self._tracker is None or trainer.sanity_checking:
+            return
+        _, model = self._wrapped_model(pl_module)
+        scores = self._tracker.score(model, getattr(pl_module, "tokenizer", None), rank=trainer.global_rank,
+                                     world_size=trainer.world_size, every_item=_compat.is_partitioned(model))
+        for key, value in scores.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -39,6 +39,7 @@ from adapruner_lightning.lightning.recovery import RecoveryConfig
 
 MAX_STEPS = 2
 PG_TIMEOUT_S, SLOW_TRIAL_S, SLOW_TRIALS = 30, 7.0, 10
+VAL_TASK, VAL_ITEMS = "austen_cloze", 6
 SEARCH = dict(trials=2, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector"])
 
@@ -161,18 +162,21 @@ def main() -> None:
     torch.set_num_threads(1)  # two ranks on a small shared machine
     count_search_runs()
     kind = BoomOnRankZero if mode == "fail" else AdaPrunerCallback
-    search, timeout = SEARCH, 120
-    if mode == "ok":
+    search, timeout, tracking, validation = SEARCH, 120, {}, dict(limit_val_batches=0)
+    if mode == "ok":  # also: every rank evaluates; one validation scores VAL_ITEMS items, half on each rank
         slow_objective()
         search, timeout = {**SEARCH, "trials": SLOW_TRIALS}, PG_TIMEOUT_S
+        tracking = dict(eval_texts=[str(Path(text_dir) / "alpha.txt")], eval_max_tokens=256, val_tasks=[VAL_TASK],
+                        val_items=VAL_ITEMS)
+        validation = dict(limit_val_batches=1, val_check_interval=MAX_STEPS)
     pruner = kind(target_ratio=0.2, search=SearchConfig.of(**search), pruning=PruningConfig(sample_len=32),
                   recovery=RecoveryConfig(mode="full"), output_dir=str(out / "adapruner_out"), export=False,
-                  progress=False)
+                  progress=False, **tracking)
     recorder = Recorder(pruner, out)
     trainer = Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo",
                                                                          timeout=timedelta(seconds=timeout)),
                       max_steps=MAX_STEPS, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+                      enable_checkpointing=False, num_sanity_val_steps=0, **validation,
                       use_distributed_sampler=False, default_root_dir=str(out), callbacks=[pruner, recorder])
     module = CausalLMModule(model=model_dir, lr=1e-3)
     data = RankShuffledData(model=model_dir, texts=[text_dir], seq_len=32, batch_size=2, val_windows=2)
@@ -181,7 +185,14 @@ def main() -> None:
     record.update(params_after_fit=recorder._params(module), global_step=trainer.global_step,
                   pruning_data_calls=RankShuffledData.pruning_data_calls, search_runs=SEARCH_RUNS,
                   losses_finite=all(math.isfinite(x) for x in record["losses"]),
-                  search_seconds=pruner.report.get("search_seconds"))
+                  search_seconds=pruner.report.get("search_seconds"),
+                  val_scores={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")})
+    if mode == "ok" and trainer.is_global_zero:  # the same items scored here alone, on the final weights
+        from adapruner_lightning.data.text import texts_for
+        from adapruner_lightning.lightning.tracking import ValidationTasks
+
+        items = ValidationTasks([VAL_TASK], texts_for(tracking["eval_texts"]), VAL_ITEMS)
+        record["val_scores_one_process"] = items.score(module.model, module.tokenizer)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
     print(f"[rank {trainer.global_rank}] DDP_FIT_OK", flush=True)
 
