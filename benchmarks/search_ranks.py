@@ -105,7 +105,14 @@ def worker(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return {"rank": rank, "world_size": world, "seed": seed, "search_seconds": time.perf_counter() - start,
             "stats_seconds": result.stats_seconds, "longest_wait": max(collective.waits, default=0.0),
             "trial_seconds": [t.seconds for t in result.trials if t.rank == rank],
-            "best_score": result.best.score, "best_trial": result.best.trial, "plan_layers": result.plan.to_dict()["layers"]}
+            "best_score": result.best.score, "best_trial": result.best.trial, "plan_digest": _digest(result.plan.to_dict()["layers"])}
+
+
+def _digest(data: Any) -> str:
+    """A short hash of plain data (a plan's layers: equal on every rank, kilobytes of index lists)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -149,7 +156,7 @@ def summarise(runs: dict[tuple[int, int], list[dict[str, Any]]], args: argparse.
             "longest_wait": [max(r["longest_wait"] for r in ranks) for ranks in per_seed],
             "longest_trial": [max(t for r in ranks for t in r["trial_seconds"]) for ranks in per_seed],
             "best_ppl": [math.exp(-ranks[0]["best_score"]) for ranks in per_seed],
-            "plans_equal_across_ranks": all(all(r["plan_layers"] == ranks[0]["plan_layers"] for r in ranks)
+            "plans_equal_across_ranks": all(all(r["plan_digest"] == ranks[0]["plan_digest"] for r in ranks)
                                             for ranks in per_seed),
         }
     return rows
