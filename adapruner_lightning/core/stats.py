@@ -30,7 +30,7 @@ from torch import nn
 
 from adapruner_lightning.core.groups import LayerStructure, output_site
 from adapruner_lightning.core.importance import MEMBERS, ROW_MEMBERS, MetricSpec, member_scores
-from adapruner_lightning.distributed import LOCAL, Collective, attempt
+from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation.logits import backward_summed_nll
 from adapruner_lightning.progress import progress_bar
@@ -179,15 +179,10 @@ def collect_activation_stats(
     n = pool.shape[0]
     starts = list(range(0, n, batch_size))[collective.rank::collective.world_size]
     run = functools.partial(_activation_pass, model, layers, pool, starts, batch_size, progress and collective.is_zero)
-    if collective.world_size == 1:
-        store = run()
-    else:
-        envelope = attempt(run, collective.rank)
-        store = envelope.get("value")
-        widths = collective.all_gather({"ok": envelope["ok"], "error": envelope.get("error"),
-                                        "widths": [{k: v.shape[1] for k, v in layer.items()} for layer in store or []]})
-        collective.raise_if_failed(widths)
-        _sum_over_ranks(store, n, next(w["widths"] for w in widths if any(w["widths"])), collective)
+    store = collective.together(run)
+    if collective.world_size > 1:
+        widths = collective.all_gather([{k: v.shape[1] for k, v in layer.items()} for layer in store])
+        _sum_over_ranks(store, n, next(w for w in widths if any(w)), collective)
     tokens = torch.full((n,), pool.shape[1], dtype=torch.float32)
     return StatsCache(layers=store, tokens=tokens, sample_ids=list(sample_ids or [str(i) for i in range(n)]))
 

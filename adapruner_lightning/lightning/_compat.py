@@ -128,12 +128,14 @@ def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def is_partitioned(model: nn.Module) -> bool:
-    """Whether ``model``'s parameters are ZeRO-3 partitioned (a forward then needs every rank).
+def _partitioned(model: nn.Module) -> list[nn.Parameter]:
+    """``model``'s ZeRO-3 partitioned parameters. Relies on: DeepSpeed marks them with a ``ds_id`` attribute."""
+    return [p for p in model.parameters() if hasattr(p, "ds_id")]
 
-    Relies on: DeepSpeed marks partitioned parameters with a ``ds_id`` attribute.
-    """
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are ZeRO-3 partitioned (a forward then needs every rank)."""
+    return bool(_partitioned(model))
 
 
 def gathered(model: nn.Module, modifier_rank: int | None = None) -> Any:
@@ -141,9 +143,8 @@ def gathered(model: nn.Module, modifier_rank: int | None = None) -> Any:
 
     With ``modifier_rank=r``, rank ``r``'s changes are kept when the block ends. Run no forward inside the block:
     DeepSpeed's module hooks release the parameters after each module's forward.
-    Relies on: DeepSpeed marks partitioned parameters with a ``ds_id`` attribute.
     """
-    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    partitioned = _partitioned(model)
     if not partitioned:
         return contextlib.nullcontext()
     import deepspeed
@@ -157,8 +158,6 @@ def collective(trainer: Trainer) -> Collective:
     Relies on: Lightning's DDP and DeepSpeed strategies start ``torch.distributed``'s default process group,
     whose ranks are the trainer's global ranks.
     """
-    if trainer.world_size == 1:
-        return Collective(device=trainer.strategy.root_device)
     return Collective(trainer.global_rank, trainer.world_size, trainer.strategy.root_device)
 
 

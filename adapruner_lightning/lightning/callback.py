@@ -2,8 +2,8 @@
 
 All pruning happens in ``setup(stage="fit")``: the device is known, while optimizers and the strategy's
 wrapper (DDP / DeepSpeed engine) do not exist yet (``_compat``). The plan comes from ``planning``: replayed
-from the checkpoint being resumed or a plan file, else searched on rank 0 and broadcast, so every rank prunes
-identically. The rest of ``fit`` is the recovery fine-tune (``recovery``); the end of fit merges, evaluates and
+from the checkpoint being resumed or a plan file, else searched by every rank together (each scoring its share of
+the trials), so every rank prunes identically. The rest of ``fit`` is the recovery fine-tune (``recovery``); the end of fit merges, evaluates and
 writes the report and export (``report``).
 """
 
@@ -149,7 +149,7 @@ class AdaPrunerCallback(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Obtain the plan (stored, or searched on rank 0 and broadcast) and prune, once. Outside ``fit``
+        """Obtain the plan (stored, or searched by every rank together) and prune, once. Outside ``fit``
         (``validate/test/predict(ckpt_path=...)``) only the plan stored in the checkpoint is replayed."""
         if self._applied:
             return
@@ -196,8 +196,8 @@ class AdaPrunerCallback(Callback):
         rank_zero_info(f"adapruner: replaying the checkpoint's plan ({self.plan.achieved_ratio:.1%} removed)")
 
     def _exclude_objective_from_training(self, trainer: Trainer) -> None:
-        """Ranks that did not search (and resumed runs) split the datamodule's data the same way rank 0 did,
-        so the objective windows stay out of fine-tuning on every rank."""
+        """Ranks that did not compute the pruning data (they received rank 0's) and resumed runs split the
+        datamodule's data the same way rank 0 did, so the objective windows stay out of fine-tuning on every rank."""
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "pruning_data"):
             self.pruning_data(trainer, None, None)
