@@ -14,6 +14,7 @@ from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession, check_model
 from adapruner_lightning.data.calibration import as_token_batch
+from adapruner_lightning.data.text import uses_bos
 from adapruner_lightning.errors import ConfigError
 
 
@@ -61,5 +62,6 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: float = 0.2,
     else:
         plan = session.plan(session.default_candidate())
     session.release()
+    plan.provenance["bos"] = uses_bos(tokenizer) if tokenizer is not None else None
     apply_plan(model, plan)
     return plan

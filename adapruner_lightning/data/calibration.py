@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from adapruner_lightning.data.text import encode_text, tokenize_windows
+from adapruner_lightning.data.text import cut_windows, encode_text, tokenize_windows, uses_bos
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.progress import progress_bar
 
@@ -38,6 +38,7 @@ class DataSplits:
         finetune_ids: ids of every other window; a recovery fine-tune may use these and nothing else.
         window_len: tokens per window (the ids index windows of this length).
         finetune: ``LongTensor [K, window_len]``, the windows named by ``finetune_ids``, in that order.
+        bos: every window starts with the tokenizer's BOS token (:func:`~adapruner_lightning.data.text.uses_bos`).
     """
 
     pool: torch.Tensor
@@ -47,6 +48,7 @@ class DataSplits:
     finetune_ids: list[str]
     window_len: int = 0
     finetune: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.long))
+    bos: bool = False
 
 
 def _validate(texts: dict[str, str], n_pool: int, pool_seq_len: int, n_objective: int, objective_seq_len: int) -> None:
@@ -65,9 +67,7 @@ def _windows(tokenizer: Any, texts: dict[str, str], window_len: int) -> dict[str
     """Tokenise each text once and cut it into ``[n, window_len]`` windows (texts shorter than one get none)."""
     out = {}
     for name, text in progress_bar(list(texts.items()), "tokenising calibration texts"):
-        ids = encode_text(tokenizer, text)
-        n = len(ids) // window_len
-        out[name] = torch.tensor(ids[: n * window_len], dtype=torch.long).view(n, window_len)
+        out[name] = cut_windows(tokenizer, encode_text(tokenizer, text), window_len)
     return out
 
 
@@ -103,7 +103,7 @@ def make_splits(
     and ``seed`` (not on dict order).
 
     Args:
-        tokenizer: a Hugging Face tokenizer (no special tokens are added).
+        tokenizer: a Hugging Face tokenizer (each window starts with BOS when the model expects it).
         texts: name -> text; use only calibration texts here (e.g. ``texts_for("austen:calibration")``).
         n_pool: candidate calibration samples N.
         pool_seq_len: tokens per pool sample.
@@ -142,6 +142,7 @@ def make_splits(
         finetune_ids=[f"{name}:{index}" for name, index in rest],
         window_len=window_len,
         finetune=_stack(windows, rest, window_len),
+        bos=uses_bos(tokenizer),
     )
 
 

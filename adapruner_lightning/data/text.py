@@ -185,11 +185,60 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
-def tokenize_windows(tokenizer: Any, text: str, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
-    """Tokenise ``text`` once and cut it into consecutive non-overlapping windows, dropping the incomplete tail.
+def uses_bos(tokenizer: Any) -> bool:
+    """True when the model behind ``tokenizer`` expects every sequence to start with its BOS token.
+
+    Decided as lm-evaluation-harness decides it for ``HFLM`` (0.4.9+, ``add_bos_token`` unset): the tokenizer's
+    own default, i.e. whether ``tokenizer("a")`` starts with ``bos_token_id`` (Llama-3, Gemma: yes; SmolLM2,
+    Qwen2: no); Gemma tokenizers always (Gemma models were trained with BOS and degrade badly without it).
+    The one place that decides it: perplexity, calibration, search-objective and fine-tuning windows
+    (:func:`cut_windows`) and zero-shot contexts (``evaluation.loglik.encode_pair``) all follow it.
 
     Args:
-        tokenizer: a Hugging Face tokenizer (no special tokens are added).
+        tokenizer: a Hugging Face tokenizer.
+
+    Returns:
+        Whether windows and contexts get a leading BOS.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    if "gemma" in type(tokenizer).__name__.lower():
+        return True
+    ids = list(tokenizer("a", verbose=False)["input_ids"])
+    return bool(ids) and ids[0] == bos
+
+
+def cut_windows(tokenizer: Any, ids: Sequence[int], seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """Cut a token stream into consecutive non-overlapping windows of ``seq_len`` tokens, dropping the tail.
+
+    When the model expects BOS (:func:`uses_bos`) every window is ``[BOS] + seq_len - 1`` stream tokens, so
+    each window starts the way the model saw its training sequences start; otherwise ``seq_len`` stream tokens.
+
+    Args:
+        tokenizer: the tokenizer ``ids`` came from (:func:`encode_text`, no special tokens).
+        ids: the token stream.
+        seq_len: tokens per window, BOS included.
+        max_windows: keep at most this many windows (the first ones).
+
+    Returns:
+        A ``LongTensor`` of shape ``[n, seq_len]`` (``n`` may be 0).
+    """
+    bos = uses_bos(tokenizer)
+    step = seq_len - 1 if bos else seq_len
+    n = len(ids) // step if step > 0 else 0
+    n = n if max_windows is None else min(n, max_windows)
+    body = torch.tensor(list(ids[: n * step]), dtype=torch.long).view(n, step)
+    if not bos:
+        return body
+    return torch.cat([torch.full((n, 1), int(tokenizer.bos_token_id), dtype=torch.long), body], dim=1)
+
+
+def tokenize_windows(tokenizer: Any, text: str, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """Tokenise ``text`` once and cut it into consecutive non-overlapping windows (:func:`cut_windows`).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (BOS starts each window when the model expects it, :func:`uses_bos`).
         text: the text.
         seq_len: tokens per window.
         max_windows: keep at most this many windows (the first ones).
@@ -198,17 +247,15 @@ def tokenize_windows(tokenizer: Any, text: str, seq_len: int, max_windows: int |
         A ``LongTensor`` of shape ``[n, seq_len]``.
 
     Raises:
-        ConfigError: ``seq_len`` < 1, or the text is shorter than one window.
+        ConfigError: ``seq_len`` < 2 with BOS (< 1 without), or the text is shorter than one window.
     """
-    if seq_len < 1:
-        raise ConfigError("seq_len", seq_len, "an integer >= 1")
+    if seq_len < 1 + uses_bos(tokenizer):
+        raise ConfigError("seq_len", seq_len, f"an integer >= {1 + uses_bos(tokenizer)}")
     ids = encode_text(tokenizer, text)
-    n = len(ids) // seq_len
-    if max_windows is not None:
-        n = min(n, max_windows)
-    if n < 1:
+    windows = cut_windows(tokenizer, ids, seq_len, max_windows)
+    if windows.shape[0] < 1:
         raise ConfigError(
             "text", f"{len(text)} characters = {len(ids)} tokens", f"at least seq_len={seq_len} tokens",
             hint=f"use a longer text or a seq_len <= {len(ids)}",
         )
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return windows

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adapruner_lightning.data.text import uses_bos
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation.metrics import MultipleChoiceAccuracy, model_device, multiple_choice_tensors
 from adapruner_lightning.progress import progress_bar
@@ -65,13 +66,17 @@ def _encode(tokenizer: Any, text: str, add_special_tokens: bool | None) -> list[
     """Token ids of ``text``; ``add_special_tokens=None`` keeps the tokenizer's default (lm-eval >= 0.4.9).
 
     As lm-eval's ``HFLM.tok_encode``: with the default, a text that already starts with the BOS string
-    gets no second BOS.
+    gets no second BOS. With the default, a model that expects BOS (:func:`~adapruner_lightning.data.text.uses_bos`:
+    Gemma tokenizers even when their default adds none) gets one.
     """
     kwargs: dict[str, bool] = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
     bos = getattr(tokenizer, "bos_token", None)
     if add_special_tokens is None and isinstance(bos, str) and bos and text.startswith(bos):
         kwargs = {"add_special_tokens": False}
-    return list(tokenizer(text, verbose=False, **kwargs)["input_ids"])
+    ids = list(tokenizer(text, verbose=False, **kwargs)["input_ids"])
+    if not kwargs and uses_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids.insert(0, int(tokenizer.bos_token_id))
+    return ids
 
 
 def _prefix_token_id(tokenizer: Any) -> int:

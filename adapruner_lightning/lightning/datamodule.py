@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from adapruner_lightning.data.calibration import DataSplits, make_splits
+from adapruner_lightning.data.text import uses_bos
 from adapruner_lightning.errors import ConfigError
 
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -131,7 +132,8 @@ class TextDataModule(LightningDataModule):
         for rec in data:
             block = f"### Input:\n{rec['input']}\n\n" if rec.get("input") else ""
             text = ALPACA_TEMPLATE.format(instruction=rec["instruction"], input_block=block, output=rec["output"])
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.seq_len]
+            bos = [self.tokenizer.bos_token_id] if uses_bos(self.tokenizer) else []
+            ids = (bos + self.tokenizer(text, add_special_tokens=False)["input_ids"])[: self.seq_len]
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
             rows.append({"input_ids": ids + [pad] * (self.seq_len - len(ids))})
         return rows

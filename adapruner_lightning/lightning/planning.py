@@ -129,4 +129,5 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
         else:  # every rank selects (nobody idles), rank 0's selection is the one kept
             plan, trace = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate()))), []
     session.release()
+    plan.provenance["bos"] = splits.bos  # how the calibration and objective windows were tokenised
     return {"plan": plan.to_dict(), "trace": trace, "report": {"search_seconds": time.perf_counter() - start}}

