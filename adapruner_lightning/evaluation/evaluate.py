@@ -108,6 +108,9 @@ def render(result: EvalResult, title: str = "evaluation") -> Table:
     return table
 
 
+_LOGGED = ("acc", "acc_norm", "perplexity", "chance")
+
+
 def _split_evenly(total: int, parts: int) -> list[int]:
     """``total`` split into ``parts`` near-equal non-negative integers (the first ones get the remainder)."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
@@ -244,7 +247,7 @@ def evaluate_model(
         result.zeroshot[name] = scores = score_task(model, tokenizer, name, items, batch_size=2 * batch_size,
                                                     device=device, progress=progress)
         _timed(result.seconds, f"zeroshot/{name}", start)
-        log.info("%s: acc %.4f acc_norm %.4f (chance %.3f)", name, scores["acc"], scores["acc_norm"], scores["chance"])
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k in _LOGGED))
     _timed(result.seconds, "total", start_all)
     return result
 

@@ -43,3 +43,16 @@ def test_one_line_from_the_console_entry_point_and_traceback_with_debug():
 
 def test_error_line_keeps_the_first_line_only():
     assert cli.error_line("fit", ValueError("first\nsecond")) == "adapruner fit: error: first"
+
+
+def test_eval_scores_standard_and_lambada_tasks_offline_by_name(tiny_lm_dir, capsys):
+    """``adapruner eval --tasks piqa lambada_openai`` reads the bundled data (no file, no network) and prints
+    multiple-choice and log-likelihood rows."""
+    import json
+
+    assert cli.main(["eval", "--model", str(tiny_lm_dir), "--text", str(tiny_lm_dir / "config.json"), "--seq-len", "16",
+                     "--max-tokens", "16", "--tasks", "piqa", "lambada_openai", "--items", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["zeroshot"]["piqa"]["n"] == 3 and 0 <= result["zeroshot"]["piqa"]["acc_norm"] <= 1
+    lambada = result["zeroshot"]["lambada_openai"]
+    assert lambada["n"] == 3 and "acc_norm" not in lambada and lambada["perplexity"] > 1
