@@ -5,7 +5,8 @@ scored on the same held-out tokens (Persuasion, Northanger Abbey), the same zero
 them and the same items of the seven standard tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c,
 OpenBookQA; offline, the split lm-eval scores; "7-task acc" is their unweighted mean, as papers report); calibration and the search objective come only from the four calibration novels. Methods:
 dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
-[4, N-2)); wanda_sp and FLAP (its fluctuation metric with its bias compensation; 10 random samples); AdaPruner
+[4, N-2)); wanda_sp (uniform per layer) and FLAP as its reference code runs it (``flap_reference`` with
+``scope="standardized"`` and its bias compensation; 10 random samples); AdaPruner
 (Bayesian search). Before and after the same
 short LoRA recovery. Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
@@ -55,7 +56,9 @@ METHODS = {
     "magnitude_l2": (dict(metric="magnitude_l2"), False, False),
     "llm_pruner": (dict(metric="taylor", keep_first=4, keep_last=2), False, True),
     "wanda_sp": (dict(metric="wanda_sp"), False, True),
-    "flap": (dict(metric="flap", bias_compensation=True), False, True),  # FLAP: fluctuation metric + bias compensation
+    # FLAP as its reference code runs it (lib/prune.py, WIFV, structure AL-AM): squared attention fluctuation,
+    # per-layer standardised scores, one cost-weighted global threshold, bias compensation
+    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
     "adapruner": ({}, True, True),
 }
 

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     pruning.add_argument("--ratio-basis", choices=["total", "prunable"], default="total")
     pruning.add_argument("--metric", choices=metric_names(), default="taylor", help="metric when --trials 0")
     pruning.add_argument("--reducer", choices=sorted(REDUCERS), default="sum", help="reducer when --trials 0")
-    pruning.add_argument("--scope", choices=["layerwise", "global"], default="layerwise")
+    pruning.add_argument("--scope", choices=["layerwise", "global", "standardized"], default="layerwise")
     pruning.add_argument("--keep-first", type=int, default=0)
     pruning.add_argument("--keep-last", type=int, default=0)
     pruning.add_argument("--uniform", action="store_true", help="identical layer shapes (plain from_pretrained reloads)")

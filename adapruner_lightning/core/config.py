@@ -10,7 +10,7 @@ from adapruner_lightning.config import check_choice, check_fraction, check_non_n
 from adapruner_lightning.core.importance import REDUCERS, metric_names
 from adapruner_lightning.errors import ConfigError
 
-Scope = Literal["layerwise", "global"]
+Scope = Literal["layerwise", "global", "standardized"]
 
 
 AttentionUnit = Literal["auto", "kv_group", "query_head"]
@@ -25,7 +25,8 @@ class PruningConfig:
         ratio_basis: ``"total"`` (all parameters, embeddings included) or ``"prunable"`` (decoder projections).
         metric: importance metric name (see ``importance.metric_names()``).
         reducer: how a coupled group's member scores combine: sum, mean, max, prod, first.
-        scope: ``"layerwise"`` (same share per pruned layer, LLM-Pruner style) or ``"global"`` ranking.
+        scope: ``"layerwise"`` (same share per pruned layer, LLM-Pruner style), ``"global"`` ranking, or
+            ``"standardized"`` (FLAP's adaptive structure: per-layer z-scores, one global threshold).
         per_layer: ``"uniform"`` forces identical layer shapes (plain ``from_pretrained`` reloads the export).
         attention_unit: ``"kv_group"``, ``"query_head"`` (uniform within KV groups) or ``"auto"``.
         keep_first: leading layers kept whole (LLM-Pruner keeps 4 of 32).
@@ -66,7 +67,10 @@ class PruningConfig:
         check_choice("ratio_basis", self.ratio_basis, ("total", "prunable"))
         check_choice("metric", self.metric, metric_names())
         check_choice("reducer", self.reducer, REDUCERS)
-        check_choice("scope", self.scope, ("layerwise", "global"))
+        check_choice("scope", self.scope, ("layerwise", "global", "standardized"))
+        if self.scope == "standardized" and self.layer_ramp:
+            raise ConfigError("layer_ramp", self.layer_ramp, "0 with scope='standardized'",
+                              hint="FLAP's adaptive structure sets every layer's share itself; use scope='layerwise'")
         check_choice("per_layer", self.per_layer, ("auto", "uniform"))
         check_choice("attention_unit", self.attention_unit, ("auto", "kv_group", "query_head"))
         check_non_negative("keep_first", self.keep_first)
@@ -79,6 +83,6 @@ class PruningConfig:
         check_positive("num_samples", self.num_samples)
         if self.sample_len < 8:
             raise ConfigError("sample_len", self.sample_len, "at least 8 tokens")
-        if self.per_layer == "uniform" and (self.keep_first or self.keep_last or self.layer_ramp or self.scope == "global"):
+        if self.per_layer == "uniform" and (self.keep_first or self.keep_last or self.layer_ramp or self.scope != "layerwise"):
             raise ConfigError("per_layer", "uniform", "no keep_first/keep_last, no layer_ramp and scope='layerwise'",
                               hint="uniform shapes need every layer pruned alike; drop per_layer='uniform' to keep layers whole")

@@ -3,7 +3,8 @@
 A metric turns what it needs (weights only, cached per-sample activation statistics, or gradients) into
 *member scores*: one non-negative score per output row of ``q/k/v/gate/up`` and per input column of
 ``o/down``. :func:`unit_scores` then reduces the members of each coupled group with a reducer (``sum``,
-``mean``, ``max``, ``prod``, ``first``) into scores per query head, per KV group and per MLP channel.
+``mean``, ``max``, ``prod``, ``first``) into scores per query head, per KV group and per MLP channel;
+:func:`standardized_unit_scores` scores units by their mean per-layer z-score instead (FLAP's adaptive structure).
 
 ====================  ===========  ==========================================================================
 metric                needs        recombines from the per-sample cache?
@@ -13,6 +14,7 @@ magnitude_l1/_l2      nothing      n/a (weights only)
 taylor_vector         activations  yes, exactly: per sample and channel, sum_t y*dL/dy (= sum_j w*dL/dw)
 wanda_sp              activations  yes, exactly: per sample and channel, sum_t x^2
 flap                  activations  yes, exactly: per sample and channel, sum_t x and sum_t x^2
+flap_reference        activations  yes, as flap (attention channels squared, FLAP's reference code)
 taylor                gradients    no: |w * sum_s g_s| needs the subset's summed gradient before the absolute
 taylor_second                      value; a gradient pass per new subset reduces each gradient to row/column
 taylor_mix                         scores as it arrives, and only those vectors are memoised per subset
@@ -205,6 +207,53 @@ def _flap(inputs: ScoreInputs) -> MemberScores:
         variance = (sq / tokens - mean.square()).clamp_min(0)
         out[member] = variance * _weight(inputs.layer, member).square().sum(0)
     return out
+
+
+@register_metric("flap_reference", "activations")
+def _flap_reference(inputs: ScoreInputs) -> MemberScores:
+    """FLAP's WIFV score as its reference code computes it (CASIA-IVA-Lab/FLAP, ``lib/prune.py``, ``prune_flap``).
+
+    Per input channel ``j`` of ``o_proj`` and ``down_proj``: ``Var_t(X_j) * sum_i W_ij^2`` (the ``flap`` metric),
+    and for ``o_proj`` that value *squared* (the reference's ``metrics[...](...) ** 2`` for attention) before a
+    head's channels are combined. Use it with ``scope="standardized"`` (FLAP's adaptive structure: per-layer
+    z-scores, one global threshold). The variance is over every calibration token (the reference's running update
+    skips the first sample's fluctuation and updates its mean in place; those quirks are not reproduced).
+    """
+    out = _flap(inputs)
+    out["o"] = out["o"].square()
+    return out
+
+
+def _standardise(scores: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` over one layer's channels (unbiased std, as ``torch.std`` in FLAP's reference)."""
+    scores = scores.double()
+    std = scores.std()
+    return (scores - scores.mean()) / (std if float(std) > 0 else 1.0)
+
+
+def standardized_unit_scores(layer: LayerStructure, members: MemberScores) -> UnitScores:
+    """FLAP's adaptive-structure scores of ``layer``: each member's channel scores standardised within the layer
+    (z-scores), then each unit scored by the *mean* z-score of its channels, so that attention units and MLP
+    channels of every layer compare on one scale (reference: ``standarlization`` and ``.mean(dim=2)`` in
+    ``prune_flap``, structure ``AL-AM``). Members a metric leaves out are skipped; the reducer is not used.
+    """
+    z = {m: None if t is None else _standardise(t) for m, t in members.items()}
+    hd, heads, kv = layer.head_dim, layer.num_heads, layer.num_kv_heads
+
+    def mean_of(parts: list[torch.Tensor | None]) -> torch.Tensor:
+        present = [t for t in parts if t is not None]
+        if not present:
+            raise ConfigError("metric", "no member scores", "scores for o/q (attention) and down/gate/up (MLP)")
+        return torch.stack(present).mean(0)
+
+    def grouped(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        return None if t is None else t.view(n, -1).mean(1)
+
+    return UnitScores(
+        heads=mean_of([grouped(z["q"], heads), grouped(z["o"], heads)]).float(),
+        kv_groups=mean_of([grouped(z[m], kv) for m in ("q", "k", "v", "o")]).float(),
+        channels=mean_of([z["gate"], z["up"], z["down"]]).float(),
+    )
 
 
 register_gradient_metric("taylor", lambda w, g, h: w * g,

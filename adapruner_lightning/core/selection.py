@@ -6,6 +6,10 @@ Two scopes:
   per-layer ramp), attention rounded to whole units; within a layer, the lowest-scoring units go.
 * ``global``: units of all pruned layers ranked together by importance per parameter, normalised per type
   (attention vs MLP, each divided by its median) so that the two kinds compare.
+* ``standardized`` (FLAP's adaptive structure, ``AL-AM`` in its reference code): units scored by the mean
+  per-layer z-score of their channels (:func:`~adapruner_lightning.core.importance.standardized_unit_scores`),
+  all ranked together, and the lowest removed while they fit in the budget (one global threshold, units
+  weighted by their parameter cost, as the reference's ``compression_weight``).
 
 In both, attention is rounded to feasible units and the remainder comes from MLP channels (fine-grained),
 so the budget is met within one MLP block. Every layer keeps at least one KV group / one query head per
@@ -63,6 +67,7 @@ class _Unit:
     heads: list[int]
     kv_heads: list[int]
     channels: list[int]
+    width: int = 1  # how many unit scores ``score`` sums (a mean is score / width)
 
 
 def pruned_layer_range(num_layers: int, keep_first: int, keep_last: int) -> range:
@@ -86,7 +91,8 @@ def _attention_units(layer: LayerStructure, scores: UnitScores, unit: str) -> li
     units = []
     for j in range(qpk - 1):
         heads = [g * qpk + int(ranks[g, j]) for g in range(kv)]
-        units.append(_Unit(layer.index, "attn", float(scores.heads[heads].sum()), layer.unit_cost(unit), heads, [], []))
+        units.append(_Unit(layer.index, "attn", float(scores.heads[heads].sum()), layer.unit_cost(unit), heads, [], [],
+                           width=len(heads)))
     return units
 
 
@@ -107,7 +113,7 @@ def _mlp_units(layer: LayerStructure, scores: UnitScores, round_to: int) -> list
     block_scores = (csum[ends] - csum[ends - sizes_t]).tolist()  # one sum per block, no per-channel ops
     order, cost, units, start = order_t.tolist(), layer.channel_cost(), [], 0
     for size, score in zip(sizes, block_scores):
-        units.append(_Unit(layer.index, "mlp", score, cost * size, [], [], order[start:start + size]))
+        units.append(_Unit(layer.index, "mlp", score, cost * size, [], [], order[start:start + size], width=size))
         start += size
     return units
 
@@ -131,6 +137,8 @@ def select_groups(layers: list[LayerStructure], scores: dict[int, UnitScores], o
     weights = _layer_weights(indices, opts.layer_ramp)
     if opts.scope == "global":
         chosen = _select_global(attn, mlp, weights, opts)
+    elif opts.scope == "standardized":
+        chosen = _select_standardized(attn, mlp, opts)
     else:
         chosen = _select_layerwise(layers, attn, mlp, weights, opts)
     out = {i: LayerSelection() for i in range(len(layers))}
@@ -266,3 +274,24 @@ def _select_global(attn, mlp, weights, opts) -> list[_Unit]:
     ranked = sorted(_normalised(attn_units, weights) + _normalised(mlp_units, weights), key=lambda t: t[0])
     taken, _ = _take([u for _, u in ranked], opts.budget)
     return taken
+
+
+def _lowest_first(units: list[_Unit], budget: float) -> list[_Unit]:
+    """Units by mean score, lowest first, taken while they fit in ``budget`` (see :func:`_select_standardized`)."""
+    return _take(sorted(units, key=lambda u: u.score / u.width), budget)[0]
+
+
+def _select_standardized(attn: dict[int, list[_Unit]], mlp: dict[int, list[_Unit]], opts: SelectionOptions) -> list[_Unit]:
+    """FLAP's one global threshold over standardised unit scores, every unit weighted by its parameter cost.
+
+    FLAP's reference stops at the threshold whose cumulative cost is closest to the target, which can miss it by
+    half an attention head; here a unit that would overshoot the budget is skipped and the next-lowest that fit
+    are taken, so that every method is compared at the same parameter count (within one MLP block).
+    ``attn_share``: attention takes its share first, MLP the rest.
+    """
+    attn_units = [u for units in attn.values() for u in units]
+    mlp_units = [u for units in mlp.values() for u in units]
+    if opts.attn_share is None:
+        return _lowest_first(attn_units + mlp_units, opts.budget)
+    taken = _lowest_first(attn_units, opts.attn_share * opts.budget)
+    return taken + _lowest_first(mlp_units, opts.budget - sum(u.cost for u in taken))

@@ -27,7 +27,15 @@ from adapruner_lightning.core.groups import (
     resolve_attention_unit,
     total_params,
 )
-from adapruner_lightning.core.importance import MetricSpec, ScoreInputs, UnitScores, get_metric, metric_names, unit_scores
+from adapruner_lightning.core.importance import (
+    MetricSpec,
+    ScoreInputs,
+    UnitScores,
+    get_metric,
+    metric_names,
+    standardized_unit_scores,
+    unit_scores,
+)
 from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
@@ -159,11 +167,13 @@ class PruningSession:
             inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
                                  gradient_stats=gradients[i] if gradients else {},
                                  generator=torch.Generator().manual_seed(self.config.seed * 1000 + i))
-            out[i] = unit_scores(self.layers[i], spec.fn(inputs), candidate.reducer)
+            members = spec.fn(inputs)
+            out[i] = (standardized_unit_scores(self.layers[i], members) if candidate.scope == "standardized"
+                      else unit_scores(self.layers[i], members, candidate.reducer))
         return out
 
     def _check_uniform(self, candidate: Candidate) -> None:
-        if candidate.keep_first or candidate.keep_last or candidate.layer_ramp or candidate.scope == "global":
+        if candidate.keep_first or candidate.keep_last or candidate.layer_ramp or candidate.scope != "layerwise":
             family = get_architecture(self.model).name
             raise ConfigError("layer schedule", {k: v for k, v in candidate.describe().items() if k in
                                                  ("keep_first", "keep_last", "layer_ramp", "scope")},
