@@ -37,11 +37,13 @@ from adapruner_lightning.core.importance import (
     unit_scores,
 )
 from adapruner_lightning.core.masking import masked
+from adapruner_lightning.core.objective import OBJECTIVES, DenseReference, dense_reference, kl_from_reference
 from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from adapruner_lightning.distributed import LOCAL, Collective
+from adapruner_lightning.config import check_choice, check_positive
 from adapruner_lightning.errors import ConfigError
 
 #: Subsets whose gradient-metric scores stay cached (score vectors only: about 4 x (3 H + I) floats per layer).
@@ -122,6 +124,8 @@ class PruningSession:
         self.budget = int(round(config.target_ratio * basis))
         self._stats = self._check_stats(stats)
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+        self.objective_kind, self.kl_top_k = "perplexity", 64
+        self._reference: DenseReference | None = None
 
     def _check_stats(self, stats: StatsCache | None) -> StatsCache | None:
         """``stats`` if it describes this pool (same sample ids) and this model's layer count, else a clear error."""
@@ -200,15 +204,32 @@ class PruningSession:
 
     @torch.no_grad()
     def objective(self, selection: dict[int, LayerSelection], biases: dict | None = None) -> float:
-        """Negative log perplexity of the masked model (plus ``biases``) on the objective windows (higher is better)."""
+        """The masked model's (plus ``biases``) score on the objective windows, higher is better: negative log
+        perplexity, or with :meth:`set_objective` ``("kl")`` the negative mean KL divergence from the dense model."""
         from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 
         if self.objective_windows is None:
             raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
                               hint="pass objective=... (disjoint from calibration and evaluation text)")
+        if self.objective_kind == "kl":
+            if self._reference is None:  # the dense distributions, once, before any mask
+                self._reference = dense_reference(self.model, self.objective_windows, top_k=self.kl_top_k,
+                                                  batch_size=self.batch_size)
+            with masked(self.layers, selection, biases):
+                kl = kl_from_reference(self.model, self.objective_windows, self._reference, batch_size=self.batch_size)
+            return -kl if math.isfinite(kl) else float("nan")
         with masked(self.layers, selection, biases):
             ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
         return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
+
+    def set_objective(self, kind: str = "perplexity", top_k: int = 64) -> None:
+        """Score candidates by ``kind``: ``"perplexity"`` (negative log perplexity of the objective windows) or
+        ``"kl"`` (negative mean KL divergence from the dense model on them, over its ``top_k`` tokens and the rest;
+        :mod:`adapruner_lightning.core.objective`). Higher is better for both."""
+        check_choice("objective", kind, OBJECTIVES)
+        check_positive("kl_top_k", top_k)
+        if (kind, top_k) != (self.objective_kind, self.kl_top_k):
+            self.objective_kind, self.kl_top_k, self._reference = kind, top_k, None
 
     def default_candidate(self) -> Candidate:
         """The configured metric/reducer/schedule with ``num_samples`` seeded random samples (no search)."""
@@ -255,8 +276,8 @@ class PruningSession:
             torch.cuda.empty_cache()
 
     def release(self) -> None:
-        """Drop cached statistics (frees memory before fine-tuning)."""
-        self._stats, self._grad_cache = None, {}
+        """Drop cached statistics and the dense reference (frees memory before fine-tuning)."""
+        self._stats, self._grad_cache, self._reference = None, {}, None
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:

@@ -33,14 +33,20 @@ class SearchData:
     Args:
         pool_size: calibration pool size N (candidate samples).
         subset_size: samples per candidate k (``space.vary_subset_size`` lets the search pick k in [2, 2k]).
-        objective_windows: held-apart windows scoring each candidate (negative log perplexity).
+        objective_windows: held-apart windows scoring each candidate.
         objective_seq_len: tokens per objective window.
+        objective: what scores a candidate on those windows: ``"perplexity"`` (negative log perplexity) or
+            ``"kl"`` (negative mean KL divergence from the dense model's next-token distributions, computed once
+            and kept as its ``kl_top_k`` most likely tokens per position plus the rest's mass).
+        kl_top_k: tokens per position the ``"kl"`` objective keeps of the dense distribution.
     """
 
     pool_size: int = 64
     subset_size: int = 10
     objective_windows: int = 8
     objective_seq_len: int = 256
+    objective: Literal["perplexity", "kl"] = "perplexity"
+    kl_top_k: int = 64
 
     def __post_init__(self) -> None:
         check_positive("search.data.pool_size", self.pool_size)
@@ -51,6 +57,8 @@ class SearchData:
         check_positive("search.data.objective_windows", self.objective_windows)
         if self.objective_seq_len < 8:
             raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
+        check_choice("search.data.objective", self.objective, ("perplexity", "kl"))
+        check_positive("search.data.kl_top_k", self.kl_top_k)
 
 
 @dataclass

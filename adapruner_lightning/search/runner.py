@@ -100,7 +100,10 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     features = session.stats.features()
     stats_seconds = time.perf_counter() - t0
     space = SearchSpace.build(config, session.config, features)
-    problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed}
+    session.set_objective(config.data.objective, config.data.kl_top_k)
+    objective = {"kind": config.data.objective, **({"top_k": config.data.kl_top_k} if config.data.objective == "kl" else {})}
+    problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed,
+               **({"search_objective": objective} if config.data.objective != "perplexity" else {})}
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
     done = collective.run_on(0, lambda: _open_trace(path, problem))
     fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
@@ -110,7 +113,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     best = max(ok, key=lambda t: (t.score, -t.trial))
     signature = trace_signature(problem)
     provenance = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
-                  "signature": signature, "world_size": collective.world_size}
+                  "signature": signature, "world_size": collective.world_size, "objective": objective}
     owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
     plan = collective.run_on(owner, lambda: session.plan(space.candidate(best.params), best.selection,
                                                          search=provenance))
@@ -156,7 +159,9 @@ def _run_trials(session, space, config, done, seed, path, progress, collective: 
                 failures = _register(done, record, path if collective.is_zero else None, failures, config)
                 fresh.add(record.trial)
             best = max((t.score for t in done if t.status == "ok"), default=float("nan"))
-            bar.update(task, completed=len(done), info=f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")
+            info = (f"best KL {-best:.4f}" if session.objective_kind == "kl"
+                    else f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")
+            bar.update(task, completed=len(done), info=info)
     return fresh
 
 
