@@ -57,7 +57,7 @@ class AdaPrunerCallback(Callback):
         eval_items: items per zero-shot task.
         val_tasks: zero-shot tasks scored at every validation of the fit and logged as ``val/acc/<task>`` and
             ``val/acc_norm/<task>`` through the trainer's logger (items built from ``eval_texts``, synced across
-            ranks); None: ``eval_tasks`` (when ``eval_texts`` are set); ``[]``: off.
+            ranks); None: the multiple-choice tasks of ``eval_tasks``; ``[]``: off.
         val_items: items per validation task (kept small: they are scored at every validation).
         progress: show progress bars.
 
@@ -92,7 +92,8 @@ class AdaPrunerCallback(Callback):
         self.export, self.progress = export, progress
         self.eval_texts, self.eval_tasks = eval_texts, list(eval_tasks or [])
         self.eval_max_tokens, self.eval_items = eval_max_tokens, eval_items
-        self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items)
+        self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items,
+                                               explicit=val_tasks is not None)
         self.val_items = val_items
         self._tracker: ValidationTasks | None = None
         self.plan: PruningPlan | None = None
@@ -102,15 +103,21 @@ class AdaPrunerCallback(Callback):
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
 
-    def _check_val_tasks(self, tasks: list[str], n_items: int) -> list[str]:
-        """The validation tasks, checked (known names, ``eval_texts`` to build them from, ``n_items >= 1``)."""
+    def _check_val_tasks(self, tasks: list[str], n_items: int, *, explicit: bool) -> list[str]:
+        """The validation tasks, checked: known names, multiple choice (taken from ``eval_tasks`` by default, the
+        others skipped; named explicitly, refused), ``eval_texts`` for offline tasks to be built from, ``n_items >= 1``."""
+        from adapruner_lightning.evaluation.items import MULTIPLE_CHOICE
         from adapruner_lightning.evaluation.tasks import get_task
 
-        for name in tasks:
-            get_task(name)
-        if tasks and not self.eval_texts:
-            raise ConfigError("val_tasks", tasks, "eval_texts to build their items from",
-                              hint="set eval_texts (held-out text) or pass val_tasks=[]")
+        specs = {name: get_task(name) for name in tasks}
+        others = [name for name, spec in specs.items() if spec.kind != MULTIPLE_CHOICE]
+        if others and explicit:
+            raise ConfigError("val_tasks", others, "multiple-choice tasks (acc / acc_norm are tracked during fit)",
+                              hint="score log-likelihood tasks such as lambada_openai through eval_tasks")
+        tasks = [name for name in tasks if name not in others]
+        if any(specs[name].offline for name in tasks) and not self.eval_texts:
+            raise ConfigError("val_tasks", tasks, "eval_texts to build the offline tasks' items from",
+                              hint="set eval_texts (held-out text), use standard tasks, or pass val_tasks=[]")
         check_positive("val_items", n_items)
         return tasks
 
@@ -269,7 +276,8 @@ class AdaPrunerCallback(Callback):
         if self.val_tasks and self._tracker is None:
             from adapruner_lightning.data.text import texts_for
 
-            self._tracker = ValidationTasks(self.val_tasks, texts_for(self.eval_texts), self.val_items)
+            texts = texts_for(self.eval_texts) if self.eval_texts else {}
+            self._tracker = ValidationTasks(self.val_tasks, texts, self.val_items)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

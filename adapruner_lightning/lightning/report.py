@@ -83,9 +83,12 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def flatten_eval(result: Any) -> dict[str, float]:
-    """One flat dict (``ppl/<text>``, ``acc/<task>``, ``acc_norm/<task>``) from an EvalResult."""
+    """One flat dict (``ppl/<text>``, ``acc/<task>``, ``acc_norm/<task>``, ``ppl/<task>`` of log-likelihood tasks
+    such as LAMBADA) from an EvalResult."""
     out = {f"ppl/{k}": v for k, v in result.perplexity.items()}
     for task, scores in result.zeroshot.items():
+        if "perplexity" in scores:
+            out[f"ppl/{task}"] = scores["perplexity"]
         for key in ("acc", "acc_norm"):
             if key in scores:
                 out[f"{key}/{task}"] = scores[key]

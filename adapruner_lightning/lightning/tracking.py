@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapruner_lightning.evaluation.items import MCItem
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.evaluation.items import MULTIPLE_CHOICE, MCItem
 from adapruner_lightning.evaluation.loglik import choice_logliks
 from adapruner_lightning.evaluation.metrics import MultipleChoiceAccuracy, multiple_choice_tensors
 
@@ -24,7 +25,12 @@ class ValidationTasks:
 
     def __init__(self, tasks: Sequence[str], texts: dict[str, str], n_items: int, seed: int = 0) -> None:
         from adapruner_lightning.evaluation.evaluate import task_items
+        from adapruner_lightning.evaluation.tasks import get_task
 
+        for name in tasks:
+            if get_task(name).kind != MULTIPLE_CHOICE:
+                raise ConfigError("val_tasks", name, "multiple-choice tasks (acc / acc_norm are tracked during fit)",
+                                  hint=f"score {name} at the end of fit through eval_tasks instead")
         self.items: dict[str, list[MCItem]] = {name: task_items(name, texts, n_items=n_items, seed=seed)
                                                for name in tasks}
 

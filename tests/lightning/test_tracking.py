@@ -55,3 +55,16 @@ def test_tracking_is_off_when_asked(tmp_path, tiny_lm_dir, text_dir):
 def test_an_unknown_validation_task_is_refused_at_construction():
     with pytest.raises(ConfigError, match="no_such_task"):
         AdaPrunerCallback(target_ratio=0.2, eval_texts=["austen:evaluation"], val_tasks=["no_such_task"])
+
+
+def test_validation_tasks_are_multiple_choice_standard_ones_need_no_texts():
+    """By default the multiple-choice tasks of eval_tasks are tracked (LAMBADA is left to the report); naming a
+    log-likelihood task for tracking is refused; standard tasks need no eval_texts."""
+    callback = AdaPrunerCallback(target_ratio=0.2, eval_texts=["austen:evaluation"],
+                                 eval_tasks=["austen_cloze", "lambada_openai", "piqa"])
+    assert callback.val_tasks == ["austen_cloze", "piqa"]
+    with pytest.raises(ConfigError, match="lambada_openai"):
+        AdaPrunerCallback(target_ratio=0.2, eval_texts=["austen:evaluation"], val_tasks=["lambada_openai"])
+    assert AdaPrunerCallback(target_ratio=0.2, val_tasks=["piqa", "arc_easy"]).val_tasks == ["piqa", "arc_easy"]
+    with pytest.raises(ConfigError, match="eval_texts"):
+        AdaPrunerCallback(target_ratio=0.2, val_tasks=["austen_cloze"])
