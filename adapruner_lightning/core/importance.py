@@ -238,7 +238,7 @@ def standardized_unit_scores(layer: LayerStructure, members: MemberScores) -> Un
     ``prune_flap``, structure ``AL-AM``). Members a metric leaves out are skipped; the reducer is not used.
     """
     z = {m: None if t is None else _standardise(t) for m, t in members.items()}
-    hd, heads, kv = layer.head_dim, layer.num_heads, layer.num_kv_heads
+    heads, kv = layer.num_heads, layer.num_kv_heads
 
     def mean_of(parts: list[torch.Tensor | None]) -> torch.Tensor:
         present = [t for t in parts if t is not None]

@@ -13,7 +13,6 @@ divergence). Positions are the ones perplexity scores (each window's tokens but 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
