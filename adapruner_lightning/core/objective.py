@@ -76,8 +76,8 @@ def dense_reference(model: nn.Module, windows: torch.Tensor, *, top_k: int = 64,
     return DenseReference(*(torch.cat(t) for t in zip(*parts)))
 
 
-def _coarse_kl(reference_values: torch.Tensor, reference_rest: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Summed KL over the top-k outcomes plus the rest bucket, for each position (``student``: log-probs at the
+def coarse_kl(reference_values: torch.Tensor, reference_rest: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """KL over the top-k outcomes plus the rest bucket, for each position (``student``: log-probs at the
     reference's top-k tokens)."""
     p = reference_values.exp()
     kl = (p * (reference_values - student)).sum(-1)
@@ -103,7 +103,7 @@ def kl_from_reference(model: nn.Module, windows: torch.Tensor, reference: DenseR
     total, count = 0.0, 0
     for rows in _batches(windows, batch_size):
         student = _logprobs(model, windows[rows]).gather(-1, reference.indices[rows].long())
-        kl = _coarse_kl(reference.logprobs[rows], reference.rest[rows], student)
+        kl = coarse_kl(reference.logprobs[rows], reference.rest[rows], student)
         total, count = total + float(kl.sum()), count + kl.numel()
     return total / max(count, 1)
 
