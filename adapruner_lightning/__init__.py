@@ -22,6 +22,8 @@ _LAZY: dict[str, str] = {
     "PruningConfig": "adapruner_lightning.core.config",
     "SearchConfig": "adapruner_lightning.search.config",
     "RecoveryConfig": "adapruner_lightning.lightning.recovery",
+    "DistillationConfig": "adapruner_lightning.lightning.distillation",
+    "recovery_loss": "adapruner_lightning.lightning.distillation",
     "PruningPlan": "adapruner_lightning.core.plan",
     "prune": "adapruner_lightning.api",
     "PruningSession": "adapruner_lightning.core.session",

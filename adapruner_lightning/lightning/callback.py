@@ -30,6 +30,7 @@ from adapruner_lightning.core.session import check_model
 from adapruner_lightning.data.calibration import DataSplits
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
 from adapruner_lightning.lightning import _compat, planning
+from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
 from adapruner_lightning.lightning.report import evaluate_stage, write_outputs
 from adapruner_lightning.lightning.tracking import ValidationTasks
@@ -59,6 +60,11 @@ class AdaPrunerCallback(Callback):
             ``val/acc_norm/<task>`` through the trainer's logger (items built from ``eval_texts``, synced across
             ranks); None: the multiple-choice tasks of ``eval_tasks``; ``[]``: off.
         val_items: items per validation task (kept small: they are scored at every validation).
+        distillation: recover by distilling the dense model (frozen as it was just before pruning) into the pruned
+            one (:class:`~adapruner_lightning.lightning.distillation.DistillationConfig`); the LightningModule's
+            ``training_step`` returns ``recovery_loss(self, batch, outputs)`` (``CausalLMModule`` does). None: the
+            module's own loss. The teacher costs one more copy of the dense model (in ``teacher_dtype``, on
+            ``teacher_device``) and one teacher forward per step.
         progress: show progress bars.
 
     Raises:
@@ -75,7 +81,7 @@ class AdaPrunerCallback(Callback):
                  plan: Optional[str] = None, model_attr: Optional[str] = None, output_dir: Optional[str] = None,
                  export: bool = True, eval_texts: Optional[list[str]] = None, eval_tasks: Optional[list[str]] = None,
                  eval_max_tokens: int = 8192, eval_items: int = 100, val_tasks: Optional[list[str]] = None,
-                 val_items: int = 16, progress: bool = True) -> None:
+                 val_items: int = 16, distillation: Optional[DistillationConfig] = None, progress: bool = True) -> None:
         super().__init__()
         if plan is not None and target_ratio is not None and pruning is None:
             raise ConfigError("target_ratio", target_ratio, "None when an explicit plan is given",
@@ -95,6 +101,8 @@ class AdaPrunerCallback(Callback):
         self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items,
                                                explicit=val_tasks is not None)
         self.val_items = val_items
+        self.distillation = distillation
+        self.teacher: Teacher | None = None  # built in setup, from the dense model
         self._tracker: ValidationTasks | None = None
         self.plan: PruningPlan | None = None
         self.trace: list[dict[str, Any]] = []
@@ -177,6 +185,8 @@ class AdaPrunerCallback(Callback):
             rank_zero_info(f"adapruner: replaying a stored plan ({plan.achieved_ratio:.1%} removed); no search")
         if not self._data_split:
             self._exclude_objective_from_training(trainer)
+        if self.distillation is not None:  # the dense model as it is now, before the plan is applied (also on resume)
+            self.teacher = Teacher(model, self.distillation)
         self._prune(trainer, pl_module, attr, model, plan, wrapper=found)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 

@@ -1,4 +1,15 @@
-"""Knowledge-distillation loss of the recovery fine-tune: KL from the dense teacher's next-token distributions.
+"""Distillation recovery: the dense model, frozen as it was just before pruning, teaches the pruned one.
+
+:class:`DistillationConfig` (an option of :class:`~adapruner_lightning.lightning.callback.AdaPrunerCallback`) turns it
+on; the callback then keeps a :class:`Teacher` (a frozen copy of the dense model in its own dtype and device, never a
+submodule of the LightningModule: not in the optimizer, not in checkpoints; on resume it is rebuilt from the dense
+weights the module holds before the stored plan is replayed; under DDP every rank has its own).
+:func:`recovery_loss` is the whole protocol for a LightningModule's ``training_step``::
+
+    out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels)
+    return recovery_loss(self, batch, out)   # the LM loss, or the distillation mix when the callback has a teacher
+
+``CausalLMModule`` does exactly this.
 
 :func:`distillation_loss` is ``T^2 * mean over positions of KL(softmax(teacher / T) || softmax(student / T))``
 (Hinton et al.'s temperature scaling, so the gradient's size does not shrink with ``T``), optionally over the
@@ -11,13 +22,119 @@ copy per chunk.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from adapruner_lightning.config import check_positive
 from adapruner_lightning.core.objective import coarse_kl
 from adapruner_lightning.errors import ConfigError
+
+
+@dataclass
+class DistillationConfig:
+    """Recovery by distillation from the dense model.
+
+    Args:
+        weight: share of the KL term in the loss, in [0, 1]; ``1 - weight`` goes to the LM loss (1: KL alone, as
+            Minitron; the LM loss needs labels).
+        temperature: softens teacher and student alike (the KL is scaled by its square).
+        top_k: the teacher's tokens kept per position (plus one bucket for the rest); None: the whole vocabulary.
+        chunk_size: positions per chunk of the loss (bounds its float32 working memory).
+        teacher_dtype: the teacher's dtype (``bfloat16`` halves its memory); None: the model's.
+        teacher_device: where the teacher runs (``cpu`` keeps it off a tight GPU, at the cost of speed); None: the
+            model's device.
+    """
+
+    weight: float = 1.0
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    chunk_size: int = 1024
+    teacher_dtype: Optional[str] = None
+    teacher_device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.weight, (int, float)) and 0 <= self.weight <= 1):
+            raise ConfigError("distillation.weight", self.weight, "a share in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("distillation.temperature", self.temperature, "a positive number")
+        check_positive("distillation.chunk_size", self.chunk_size)
+        if self.top_k is not None:
+            check_positive("distillation.top_k", self.top_k)
+        if self.teacher_dtype is not None:
+            from adapruner_lightning.data.models import resolve_dtype
+
+            resolve_dtype(self.teacher_dtype)
+
+
+class Teacher:
+    """A frozen copy of the dense model (eval mode, no gradients), held outside any LightningModule."""
+
+    def __init__(self, model: nn.Module, config: DistillationConfig) -> None:
+        from adapruner_lightning.data.models import resolve_dtype
+
+        self.config = config
+        self.model = copy.deepcopy(model).eval()
+        device = config.teacher_device or next(model.parameters()).device
+        dtype = resolve_dtype(config.teacher_dtype) if config.teacher_dtype else None
+        self.model.to(device=device, dtype=dtype)
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher runs."""
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The teacher's logits for a batch (computed on its device, returned on ``input_ids``' device)."""
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask, use_cache=False)
+        return out.logits.to(input_ids.device)
+
+    def loss(self, batch: dict[str, Tensor], outputs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The mixed recovery loss of a student's ``outputs`` on ``batch`` and its parts (for logging)."""
+        mask = batch.get("attention_mask")
+        kl = distillation_loss(outputs.logits, self.logits(batch["input_ids"], mask), mask=mask,
+                               temperature=self.config.temperature, top_k=self.config.top_k,
+                               chunk_size=self.config.chunk_size)
+        weight = self.config.weight
+        if weight < 1 and getattr(outputs, "loss", None) is None:
+            raise ConfigError("distillation.weight", weight, "1.0 when the model computes no LM loss",
+                              hint="pass labels to the model, or set distillation.weight=1.0")
+        loss = kl if weight == 1 else weight * kl + (1 - weight) * outputs.loss
+        parts = {"train_kl": kl.detach()}
+        if getattr(outputs, "loss", None) is not None:
+            parts["train_lm_loss"] = outputs.loss.detach()
+        return loss, parts
+
+
+def recovery_loss(module: Any, batch: dict[str, Tensor], outputs: Any) -> Tensor:
+    """The recovery loss of a ``training_step``: ``outputs.loss`` (the LM loss), or, when a callback of the module's
+    trainer holds a distillation teacher (``AdaPrunerCallback(distillation=...)``), the KL to the dense teacher
+    mixed with it; the parts are logged as ``train_kl`` / ``train_lm_loss``.
+
+    Args:
+        module: the LightningModule (its ``trainer`` is searched for the teacher).
+        batch: the batch (``input_ids``, optional ``attention_mask``), as given to the model.
+        outputs: the model's outputs (``.logits``, and ``.loss`` when labels were passed).
+
+    Returns:
+        The loss to return from ``training_step``.
+    """
+    trainer = getattr(module, "_trainer", None)
+    teacher = next((c.teacher for c in getattr(trainer, "callbacks", []) if getattr(c, "teacher", None)), None)
+    if teacher is None:
+        return outputs.loss
+    loss, parts = teacher.loss(batch, outputs)
+    module.log_dict(parts, on_step=True, on_epoch=False, sync_dist=False)
+    return loss
 
 
 def _chunk_kl(student: Tensor, teacher: Tensor, weight: Tensor, temperature: float, top_k: int | None) -> Tensor:

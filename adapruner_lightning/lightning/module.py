@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from adapruner_lightning.evaluation.metrics import Perplexity
+from adapruner_lightning.lightning.distillation import recovery_loss
 from adapruner_lightning.lightning.planning import find_state, has_adapters, restore_shape
 
 
@@ -64,10 +65,12 @@ class CausalLMModule(LightningModule):
         return labels
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Next-token loss, logged as ``train_loss``."""
+        """Next-token loss, or the distillation loss when the callback distils (:func:`recovery_loss`); logged as
+        ``train_loss``."""
         out = self(batch["input_ids"], batch.get("attention_mask"), self._labels(batch))
-        self.log("train_loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
-        return out.loss
+        loss = recovery_loss(self, batch, out)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Accumulates validation perplexity from summed NLL and token counts (no logits kept)."""

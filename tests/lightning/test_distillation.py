@@ -68,3 +68,89 @@ def test_bad_settings_are_refused() -> None:
         distillation_loss(_logits(0), _logits(1)[:, :5])
     with pytest.raises(ConfigError, match="temperature"):
         distillation_loss(_logits(0), _logits(1), temperature=0)
+
+
+# ------------------------------------------------------------------------------- the teacher in a real fit
+def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, **distill):
+    from lightning.pytorch import Trainer
+
+    from adapruner_lightning import AdaPrunerCallback, DistillationConfig, TextDataModule
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.lightning.recovery import RecoveryConfig
+    from adapruner_lightning.search.config import SearchConfig
+
+    pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=0), recovery=RecoveryConfig(mode="full"),
+                               pruning=PruningConfig(sample_len=32, metric="magnitude_l2"), export=False,
+                               output_dir=str(tmp_path / "out"), progress=False,
+                               distillation=DistillationConfig(**distill))
+    trainer = Trainer(max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+                      logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, callbacks=[pruner])
+    data = TextDataModule(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=32, batch_size=2, val_windows=2)
+    trainer.fit(module, datamodule=data)
+    return trainer, pruner
+
+
+def test_the_teacher_is_the_frozen_dense_model_outside_optimizer_and_checkpoint(tmp_path, tiny_lm_dir, text_dir):
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning import CausalLMModule
+
+    dense = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-3)
+    trainer, pruner = _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, weight=0.5, temperature=2.0,
+                                        teacher_dtype="bfloat16")
+    teacher = pruner.teacher.model
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert next(teacher.parameters()).dtype == torch.bfloat16
+    for name, param in dense.state_dict().items():  # the dense weights (bf16), untouched by the fine-tune
+        assert torch.equal(teacher.state_dict()[name], param.to(torch.bfloat16)), name
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    student_params = sum(p.numel() for p in module.model.parameters())
+    assert student_params < sum(p.numel() for p in teacher.parameters())  # pruned student, dense teacher
+    assert not any("teacher" in key for key in module.state_dict()) and "teacher" not in pruner.state_dict()
+    assert set(trainer.logged_metrics) >= {"train_kl", "train_lm_loss"}
+
+
+def test_a_users_own_module_distils_with_one_line(tmp_path, tiny_lm_dir, text_dir):
+    """A plain LightningModule whose training_step returns recovery_loss(self, batch, out) trains on the KL: its
+    first loss is the KL of its (pruned) logits from the teacher's on that batch."""
+    from lightning.pytorch import LightningModule
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning import recovery_loss
+
+    class Mine(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            out = self.model(input_ids=batch["input_ids"], use_cache=False)
+            loss = recovery_loss(self, batch, out)
+            self.seen.append((loss.detach(), out.logits.detach(), batch["input_ids"]))
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    module = Mine()
+    _, pruner = _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module)
+    loss, logits, ids = module.seen[0]
+    expected = distillation_loss(logits, pruner.teacher.logits(ids))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5) and float(loss) > 0
+
+
+def test_without_a_teacher_recovery_loss_is_the_lm_loss():
+    from types import SimpleNamespace
+
+    from adapruner_lightning import recovery_loss
+
+    out = SimpleNamespace(loss=torch.tensor(2.5), logits=None)
+    assert recovery_loss(SimpleNamespace(_trainer=None), {}, out) is out.loss
+    from adapruner_lightning import DistillationConfig
+
+    with pytest.raises(ConfigError, match="weight"):
+        DistillationConfig(weight=1.5)
