@@ -17,6 +17,8 @@ DOCUMENTED = {
     "PruningConfig": "adapruner_lightning.core.config:PruningConfig",
     "SearchConfig": "adapruner_lightning.search.config:SearchConfig",
     "RecoveryConfig": "adapruner_lightning.lightning.recovery:RecoveryConfig",
+    "DistillationConfig": "adapruner_lightning.lightning.distillation:DistillationConfig",
+    "recovery_loss": "adapruner_lightning.lightning.distillation:recovery_loss",
     "PruningPlan": "adapruner_lightning.core.plan:PruningPlan",
     "prune": "adapruner_lightning.api:prune",
     "PruningSession": "adapruner_lightning.core.session:PruningSession",

@@ -112,6 +112,9 @@ def test_ddp_ranks_apply_rank0_plan_identically_and_train(ddp_run):
     assert r0["params_after_fit"] == r1["params_after_fit"]
     changed = [n for n, h in r0["params_after_fit"].items() if h != r0["params_after_pruning"][n]]
     assert len(changed) == len(r0["params_after_fit"])
+    # distillation: every rank has its own teacher, the dense weights untouched by the fine-tune, and trains on the KL
+    assert r0["teacher"] == r1["teacher"] == r0["dense"]
+    assert "train_kl" in r0["logged"] and "train_lm_loss" in r0["logged"]
 
 
 def test_ddp_search_longer_than_the_process_group_timeout_completes(ddp_run):

@@ -10,7 +10,8 @@ Usage: python ddp_fit.py MODEL_DIR TEXT_DIR OUT_DIR {ok,fail}
 
 ``ok``: the process group's timeout is 30 s and the search takes longer: 10 trials, each objective held for
 7 s (a stand-in for a large model's objective pass), i.e. 35 s of trials per rank when the two ranks share them
-and 70 s on one rank while the other waits in a collective (which the timeout kills).
+and 70 s on one rank while the other waits in a collective (which the timeout kills). The recovery distils
+(KL to the dense teacher mixed half and half with the LM loss): each rank records its teacher's weights.
 
 ``fail``: the callback's ``pruning_data`` raises ``RuntimeError("boom")`` on rank 0; each rank then
 writes ``<out>/error_rank{r}.txt`` and prints ``[rank r] <exception>`` from ``on_exception``.
@@ -31,7 +32,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
-from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
+from adapruner_lightning import AdaPrunerCallback, CausalLMModule, DistillationConfig, TextDataModule
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.lightning.datamodule import _collate
@@ -167,7 +168,7 @@ def main() -> None:
         slow_objective()
         search, timeout = {**SEARCH, "trials": SLOW_TRIALS}, PG_TIMEOUT_S
         tracking = dict(eval_texts=[str(Path(text_dir) / "alpha.txt")], eval_max_tokens=256, val_tasks=[VAL_TASK],
-                        val_items=VAL_ITEMS)
+                        val_items=VAL_ITEMS, distillation=DistillationConfig(weight=0.5))  # every rank its own teacher
         validation = dict(limit_val_batches=1, val_check_interval=MAX_STEPS)
     pruner = kind(target_ratio=0.2, search=SearchConfig.of(**search), pruning=PruningConfig(sample_len=32),
                   recovery=RecoveryConfig(mode="full"), output_dir=str(out / "adapruner_out"), export=False,
@@ -186,7 +187,10 @@ def main() -> None:
                   pruning_data_calls=RankShuffledData.pruning_data_calls, search_runs=SEARCH_RUNS,
                   losses_finite=all(math.isfinite(x) for x in record["losses"]),
                   search_seconds=pruner.report.get("search_seconds"),
-                  val_scores={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")})
+                  val_scores={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")},
+                  teacher={n: digest(p) for n, p in pruner.teacher.model.named_parameters()} if pruner.teacher else None,
+                  dense={n: digest(p) for n, p in CausalLMModule(model=model_dir).model.named_parameters()},
+                  logged=sorted(trainer.logged_metrics))
     if mode == "ok" and trainer.is_global_zero:  # the same items scored here alone, on the final weights
         from adapruner_lightning.data.text import texts_for
         from adapruner_lightning.lightning.tracking import ValidationTasks
