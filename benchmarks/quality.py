@@ -63,6 +63,13 @@ METHODS = {
 }
 
 
+#: recovery variant -> (RecoveryConfig mode, distillation weight (0: LM loss only), learning rate)
+RECOVERIES = {
+    "lora-lm": ("lora", 0.0, 3e-4), "lora-kl": ("lora", 1.0, 3e-4), "lora-mix": ("lora", 0.5, 3e-4),
+    "full-lm": ("full", 0.0, 1e-4), "full-kl": ("full", 1.0, 1e-4), "full-mix": ("full", 0.5, 1e-4),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="20%% only, 3 seeds before recovery, 1 after, small eval")
@@ -76,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--std-items", type=int, default=None,
                    help="first items of each of the seven standard tasks (0 = every item of the split)")
     p.add_argument("--recovery-steps", type=int, default=None)
+    p.add_argument("--recoveries", nargs="+", default=["lora-lm"], choices=list(RECOVERIES),
+                   help="recovery fine-tunes, each run on every recovered cell: LoRA or full x LM loss, KL to the "
+                        "dense model (distillation) or half and half")
     p.add_argument("--dense-recovery", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune the dense model, for reference (default: on, off with --quick)")
     p.add_argument("--out", default="benchmarks/results/quality_standard")
@@ -163,20 +173,29 @@ class Bench:
         info["removed"] = plan.achieved_ratio
         return plan, info
 
-    def recover(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
-        """The same short LoRA recovery for every method (finetune windows only, seeded order)."""
-        from lightning.pytorch import Trainer, seed_everything
+    def recover(self, model: torch.nn.Module, seed: int, variant: str = "lora-lm") -> torch.nn.Module:
+        """The same short recovery ``variant`` (:data:`RECOVERIES`) for every method (finetune windows only, seeded
+        order); distilling variants take the dense model as the frozen teacher."""
+        from lightning.pytorch import Callback, Trainer, seed_everything
         from torch.utils.data import DataLoader
 
+        from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
         from adapruner_lightning.lightning.module import CausalLMModule
         from adapruner_lightning.lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
 
+        mode, weight, lr = RECOVERIES[variant]
+        callbacks = []
+        if weight:  # recovery_loss finds the teacher on any callback of the trainer
+            teaching = Callback()
+            teaching.teacher = Teacher(self.model, DistillationConfig(weight=weight))
+            callbacks.append(teaching)
         seed_everything(seed, verbose=False)
-        module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig()), lr=3e-4, warmup_steps=2)
+        module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig(mode=mode)), lr=lr, warmup_steps=2)
         rows = [{"input_ids": w} for w in self.splits.finetune[: self.args.recovery_steps * 4]]
         loader = DataLoader(rows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
         trainer = Trainer(max_steps=self.args.recovery_steps, accelerator="auto", devices=1, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          callbacks=callbacks)
         trainer.fit(module, train_dataloaders=loader)
         return unwrap(module.model, merge=True).eval()
 
@@ -189,15 +208,27 @@ def _cells(args) -> list[tuple[str, float, int, bool]]:
             for seed in seeds:
                 cells.append((method, ratio, seed, False))
             rec = range(min(args.recovery_seeds, len(seeds)))
-            cells += [(method, ratio, seed, True) for seed in rec]
-    if args.dense_recovery:
-        cells.append(("dense", 0.0, 0, True))  # the dense model after the same fine-tune, for reference
+            cells += [(method, ratio, seed, variant) for variant in args.recoveries for seed in rec]
+    if args.dense_recovery:  # the dense model after the same fine-tunes, for reference
+        cells += [("dense", 0.0, 0, variant) for variant in args.recoveries]
     return cells
+
+
+def _recovery(row_or_flag) -> str:
+    """A cell's recovery variant ("" for none); cells written before the variants existed hold True for LoRA-LM."""
+    flag = row_or_flag.get("recovered") if isinstance(row_or_flag, dict) else row_or_flag
+    return "lora-lm" if flag is True else (flag or "")
+
+
+def _label(variant: str) -> str:
+    """The table's name of a recovery variant."""
+    return {"": "—", "lora-lm": "LoRA"}.get(variant, variant)
 
 
 def _key(cell) -> str:
     method, ratio, seed, recovered = cell
-    return f"{method}|{ratio}|{seed}|{int(recovered)}"
+    variant = _recovery(recovered)
+    return f"{method}|{ratio}|{seed}|{ {'': '0', 'lora-lm': '1'}.get(variant, variant) }"
 
 
 def _load_cells(path: Path) -> dict[str, dict]:
@@ -237,8 +268,8 @@ def run(args) -> tuple[list[dict], int]:
         else:
             model, info = bench.prune(method, ratio, seed)
         if recovered:
-            model = bench.recover(model, seed)
-        row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed, "recovered": recovered,
+            model = bench.recover(model, seed, _recovery(recovered))
+        row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed, "recovered": _recovery(recovered) or False,
                **bench.evaluate(model), **info, "seconds": time.perf_counter() - start, "chance": bench.chance}
         done[row["key"]], ran = row, ran + 1
         with path.open("a") as fh:
@@ -311,9 +342,10 @@ def _groups(rows: list[dict], include=lambda row: True) -> dict[tuple, list[dict
     """Rows by (ratio, method, recovered), in table order: ratio, then before/after recovery, then ``METHODS``."""
     order = {m: i for i, m in enumerate(METHODS)}
     groups: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["ratio"], r["recovered"], order.get(r["method"], -1), r["seed"])):
+    variants = {v: i for i, v in enumerate(["", *RECOVERIES])}
+    for r in sorted(rows, key=lambda r: (r["ratio"], variants[_recovery(r)], order.get(r["method"], -1), r["seed"])):
         if include(r):
-            groups.setdefault((r["ratio"], r["method"], r["recovered"]), []).append(r)
+            groups.setdefault((r["ratio"], r["method"], _recovery(r)), []).append(r)
     return groups
 
 
@@ -349,7 +381,7 @@ def task_table(rows: list[dict]) -> str:
             cols.append(f"{statistics.mean(s[t].count('1') / len(s[t]) for s in map(_task_slices, rs)):.3f}")
             per_item = _per_item_differences([(a[t], b[t]) for a, b in pairs]) if pairs else []
             cols.append(f"{statistics.mean(per_item):+.3f} ± {_sem(per_item):.3f}" if len(per_item) > 1 else "")
-        lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols) + " |")
+        lines.append(f"| {ratio:.0%} | {method} | {_label(rec)} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -375,7 +407,7 @@ def table(rows: list[dict], args) -> str:
             cols += [_mean_spread([r["acc7"] for r in rs], 3),
                      f"{100 * statistics.mean(r['acc7'] for r in rs) / dense['acc7']:.1f}%"]
         cols += _paired(rs, base) + [str(len(rs))]
-        lines.append(f"| {ratio:.0%} | {method} | {'LoRA' if rec else '—'} | " + " | ".join(cols) + " |")
+        lines.append(f"| {ratio:.0%} | {method} | {_label(rec)} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -389,7 +421,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
     groups = _groups(rows, lambda r: r["method"] != "dense")
-    labels = [f"{m}\n{ratio:.0%}{' +LoRA' if rec else ''}" for ratio, m, rec in groups]
+    labels = [f"{m}\n{ratio:.0%}{' +' + _label(rec) if rec else ''}" for ratio, m, rec in groups]
     colors = [("tab:red", "tab:blue") if not rec else ("salmon", "lightskyblue") for _, _, rec in groups]
 
     def bars(values: list[list[float]], scale: float) -> tuple[list[float], list[float]]:

@@ -21,11 +21,11 @@ def _args(*argv: str):
 def test_quick_cells_are_three_seeds_before_and_one_after_recovery() -> None:
     cells = quality._cells(_args("--quick"))
     assert {ratio for _, ratio, _, _ in cells} == {0.0, 0.2}
-    assert cells[0] == ("dense", 0.0, 0, False) and ("dense", 0.0, 0, True) not in cells
+    assert cells[0] == ("dense", 0.0, 0, False) and ("dense", 0.0, 0, "lora-lm") not in cells
     for method, (_, _, seeded) in quality.METHODS.items():
         before = [c for c in cells if c[0] == method and not c[3]]
         after = [c for c in cells if c[0] == method and c[3]]
-        assert len(before) == (3 if seeded else 1) and after == [(method, 0.2, 0, True)]
+        assert len(before) == (3 if seeded else 1) and after == [(method, 0.2, 0, "lora-lm")]
     assert len(cells) == len(set(map(quality._key, cells)))  # every cell written once
 
 
@@ -33,13 +33,13 @@ def test_full_cells_cover_three_ratios_and_recover_every_seed() -> None:
     args = _args()
     cells = quality._cells(args)
     assert args.ratios == [0.1, 0.2, 0.3] and args.eval_tokens == 20480 and args.items == 200
-    assert ("dense", 0.0, 0, True) in cells
+    assert ("dense", 0.0, 0, "lora-lm") in cells
     assert len([c for c in cells if c[0] == "llm_pruner" and c[3]]) == 9  # 3 ratios x 3 seeds
     assert len([c for c in cells if c[0] == "magnitude_l2"]) == 6  # seed-independent: once per ratio, +recovery
 
 
 def _row(method: str, seed: int, ppl: float, acc: float, recovered: bool = False, correct: str | None = None) -> dict:
-    row = {"key": f"{method}|0.2|{seed}|{int(recovered)}", "method": method, "ratio": 0.0 if method == "dense" else 0.2,
+    row = {"key": quality._key((method, 0.2, seed, recovered)), "method": method, "ratio": 0.0 if method == "dense" else 0.2,
            "seed": seed, "recovered": recovered, "ppl/A": ppl, "ppl/B": ppl + 2, "acc": acc}
     return row if correct is None else {**row, "correct": correct}
 
@@ -185,3 +185,15 @@ def test_the_gpu_fit_check_runs_its_whole_path_on_the_cpu(tmp_path) -> None:
     assert set(result["quality"]) == {"dense", "pruned", "recovered"}
     assert {"search_and_prune", "fine_tune", "export"} <= set(result["phase_seconds"])
     assert "| parameters dense -> pruned |" in (tmp_path / "gpu_fit_smoke.md").read_text()
+
+
+def test_recovery_variants_are_cells_of_their_own_and_old_cells_read_as_lora() -> None:
+    cells = quality._cells(_args("--quick", "--recoveries", "lora-lm", "full-kl", "--methods", "adapruner"))
+    assert ("adapruner", 0.2, 0, "full-kl") in cells and ("adapruner", 0.2, 0, "lora-lm") in cells
+    assert quality._key(("adapruner", 0.2, 0, "lora-lm")) == quality._key(("adapruner", 0.2, 0, True)) == "adapruner|0.2|0|1"
+    assert quality._key(("adapruner", 0.2, 0, "full-kl")) == "adapruner|0.2|0|full-kl"
+    rows = [_row("dense", 0, 10, 0.8), _row("adapruner", 0, 20, 0.6), _row("adapruner", 0, 15, 0.62, recovered=True),
+            _row("adapruner", 0, 12, 0.65, recovered="full-kl")]
+    md = quality.table(rows, None)
+    assert "| 20% | adapruner | LoRA |" in md and "| 20% | adapruner | full-kl |" in md
+    assert quality.RECOVERIES["full-mix"][:2] == ("full", 0.5) and quality.RECOVERIES["lora-lm"][1] == 0.0
