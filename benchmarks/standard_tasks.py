@@ -12,7 +12,8 @@ Each task's result is saved as soon as it is done (``--out`` JSON), and a re-run
 
 Usage::
 
-    python benchmarks/standard_tasks.py                  # first 500 items per task, lm-eval on 150 (~45 min here)
+    python benchmarks/standard_tasks.py --limit 300 --lmeval-limit 60   # what the README reports (~30 min here)
+    python benchmarks/standard_tasks.py                  # first 500 items per task, lm-eval on 150 (~1 h here)
     python benchmarks/standard_tasks.py --limit 0        # every item (our scorer alone: about 2.3 h here)
     python benchmarks/standard_tasks.py --no-lmeval      # our scorer only
 """
