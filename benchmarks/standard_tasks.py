@@ -56,20 +56,28 @@ def _predictions(logliks: Sequence[Sequence[float]]) -> list[int]:
 
 
 def ours(model: Any, tok: Any, task: str, limit: int | None, batch_size: int) -> dict[str, Any]:
-    """Our scores, per-item log-likelihoods and wall time on the first ``limit`` items of ``task``."""
-    from adapruner_lightning.evaluation.evaluate import score_task
-    from adapruner_lightning.evaluation.loglik import choice_logliks, continuation_scores
+    """Our scores, per-item log-likelihoods and wall time on the first ``limit`` items of ``task`` (one pass: the
+    scores are computed from the same log-likelihoods ``score_task`` would compute)."""
+    from adapruner_lightning.evaluation.loglik import _stderr, choice_logliks, continuation_scores
+    from adapruner_lightning.evaluation.metrics import MultipleChoiceAccuracy, multiple_choice_tensors
     from adapruner_lightning.evaluation.tasks import get_task, load_task
 
     items = load_task(task, limit=limit)
     start = time.perf_counter()
-    scores = score_task(model, tok, task, items, batch_size=batch_size, progress=True)
-    seconds = time.perf_counter() - start
-    if get_task(task).kind == "loglikelihood":  # per-item numbers for the comparison (not timed)
-        pairs = continuation_scores(model, tok, items, batch_size=batch_size, progress=False)
+    if get_task(task).kind == "loglikelihood":
+        pairs = continuation_scores(model, tok, items, batch_size=batch_size, progress=True)
         logliks, greedy = [[ll] for ll, _ in pairs], [g for _, g in pairs]
+        acc = sum(greedy) / len(greedy)
+        scores = {"acc": acc, "acc_stderr": _stderr(acc, len(items)),
+                  "perplexity": math.exp(-sum(ll for ll, _ in pairs) / len(pairs)), "n": float(len(items))}
     else:
-        logliks, greedy = choice_logliks(model, tok, items, batch_size=batch_size, progress=False), None
+        logliks, greedy = choice_logliks(model, tok, items, batch_size=batch_size, progress=True), None
+        metric = MultipleChoiceAccuracy(sync_on_compute=False)
+        metric.update(*multiple_choice_tensors(items, logliks))
+        scores = {k: float(v) for k, v in metric.compute().items()}
+        scores.update(acc_stderr=_stderr(scores["acc"], len(items)), acc_norm_stderr=_stderr(scores["acc_norm"], len(items)),
+                      n=float(len(items)))
+    seconds = time.perf_counter() - start
     correct = greedy if greedy is not None else [p == item.gold for p, item in zip(_predictions(logliks), items)]
     return {"scores": scores, "seconds": round(seconds, 1), "logliks": logliks, "greedy": greedy, "correct": correct,
             "split": get_task(task).split}
