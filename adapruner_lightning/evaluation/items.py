@@ -97,8 +97,10 @@ class ContinuationItem:
         return [(self.context, self.delimiter + self.continuation)]
 
 
-#: ``TaskSpec.kind`` of multiple-choice tasks (acc / acc_norm) and of log-likelihood tasks (acc / perplexity).
-MULTIPLE_CHOICE, LOGLIKELIHOOD = "multiple_choice", "loglikelihood"
+#: ``TaskSpec.kind`` of multiple-choice tasks (acc / acc_norm).
+MULTIPLE_CHOICE = "multiple_choice"
+#: ``TaskSpec.kind`` of log-likelihood tasks (greedy acc / perplexity).
+LOGLIKELIHOOD = "loglikelihood"
 
 
 @dataclass(frozen=True)
