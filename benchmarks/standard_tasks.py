@@ -14,7 +14,7 @@ Usage::
 
     python benchmarks/standard_tasks.py --limit 300 --lmeval-limit 60   # what the README reports (~30 min here)
     python benchmarks/standard_tasks.py                  # first 500 items per task, lm-eval on 150 (~1 h here)
-    python benchmarks/standard_tasks.py --limit 0        # every item (our scorer alone: about 2.3 h here)
+    python benchmarks/standard_tasks.py --limit 0        # every item (our scorer alone: 2-3.5 h here)
     python benchmarks/standard_tasks.py --no-lmeval      # our scorer only
 """
 
