@@ -30,6 +30,8 @@ _LAZY: dict[str, str] = {
     "run_search": "adapruner_lightning.search.runner",
     "save_pruned": "adapruner_lightning.core.export",
     "load_pruned": "adapruner_lightning.core.export",
+    "export_gguf": "adapruner_lightning.core.gguf_export",
+    "export_gguf_dir": "adapruner_lightning.core.gguf_export",
     "CausalLMModule": "adapruner_lightning.lightning.module",
     "TextDataModule": "adapruner_lightning.lightning.datamodule",
     "load_model": "adapruner_lightning.data.models",

@@ -19,6 +19,7 @@ from adapruner_lightning.errors import AdaPrunerError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("adapruner_lightning.cli.fit", "search + prune + recovery fine-tune through LightningCLI (--config recipes/*.yaml)"),
     "prune": ("adapruner_lightning.cli.prune", "search + prune + export + report, no training"),
+    "export": ("adapruner_lightning.cli.export", "write a pruned export directory as GGUF for llama.cpp (--gguf OUT)"),
     "eval": ("adapruner_lightning.cli.eval", "held-out perplexity and zero-shot accuracy of any supported model"),
     "setup": ("adapruner_lightning.cli.setup", "fetch and cache the embedded default text (Jane Austen's novels)"),
 }

@@ -1,6 +1,8 @@
 """Saving and reloading pruned models: safetensors weights + HF config + ``pruning_plan.json``.
 
 * Uniform plans (every layer the same shape) reload with plain ``AutoModelForCausalLM.from_pretrained(dir)``.
+* Every export carries a model card (``README.md``, :mod:`~adapruner_lightning.core.model_card`); a GGUF file for
+  llama.cpp is written from the reloaded model by :mod:`~adapruner_lightning.core.gguf_export`.
 * Any plan reloads with :func:`load_pruned`, which builds the original architecture from the saved config with
   its parameters on the meta device (no memory), replays the plan's shapes there (torch-pruning's history-replay
   idea) and assigns the saved tensors strictly: peak memory is about one pruned model, in the saved dtype.
@@ -31,9 +33,13 @@ def _original_config(plan: PruningPlan) -> dict[str, int]:
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: PruningPlan,
-                extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model`` (already pruned by ``plan``) with its tokenizer and plan to ``directory`` atomically."""
+                extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (already pruned by ``plan``) with its tokenizer, plan and model card (``README.md``, with the
+    quality of ``report`` when given) to ``directory`` atomically."""
+    from adapruner_lightning.core.model_card import model_card
+
     directory = Path(directory)
+    base = str(getattr(model.config, "_name_or_path", "") or "") or None
     with atomic_path(directory) as tmp:
         model.config.head_dim = plan.head_dim
         setattr(model.config, ORIGINAL_CONFIG_KEY, _original_config(plan))
@@ -41,6 +47,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: P
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
+        (tmp / "README.md").write_text(model_card(plan, base_model=base, report=report, name=directory.name))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return directory

@@ -24,6 +24,7 @@ from typing_extensions import override
 from adapruner_lightning.config import check_fraction, check_positive
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.groups import total_params
+from adapruner_lightning.core import gguf_export
 from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.core.session import check_model
@@ -51,7 +52,10 @@ class AdaPrunerCallback(Callback):
         plan: path to a ``pruning_plan.json`` to apply instead of searching (``target_ratio`` must then be None).
         model_attr: attribute of the LightningModule holding the HF model (auto-detected when None).
         output_dir: where the report, search trace, plot and export go (default: the trainer's log dir).
-        export: save the pruned (and merged) model at the end of fit.
+        export: save the pruned (and merged) model at the end of fit, with its model card (``README.md``).
+        gguf: also write ``pruned_model.gguf`` for llama.cpp in this type (``f32``, ``f16``, ``bf16``, ``q8_0``;
+            :mod:`~adapruner_lightning.core.gguf_export`); what the format cannot express is refused in ``setup``,
+            before the search (family, tokenizer) or right after pruning (the plan), never after the fine-tune.
         eval_texts: held-out text specs for the report (e.g. ``["austen:evaluation"]``); None: no evaluation.
         eval_tasks: zero-shot tasks for the report.
         eval_max_tokens: tokens per evaluation text.
@@ -81,7 +85,8 @@ class AdaPrunerCallback(Callback):
                  plan: Optional[str] = None, model_attr: Optional[str] = None, output_dir: Optional[str] = None,
                  export: bool = True, eval_texts: Optional[list[str]] = None, eval_tasks: Optional[list[str]] = None,
                  eval_max_tokens: int = 8192, eval_items: int = 100, val_tasks: Optional[list[str]] = None,
-                 val_items: int = 16, distillation: Optional[DistillationConfig] = None, progress: bool = True) -> None:
+                 val_items: int = 16, distillation: Optional[DistillationConfig] = None, gguf: Optional[str] = None,
+                 progress: bool = True) -> None:
         super().__init__()
         if plan is not None and target_ratio is not None and pruning is None:
             raise ConfigError("target_ratio", target_ratio, "None when an explicit plan is given",
@@ -96,6 +101,7 @@ class AdaPrunerCallback(Callback):
         self.recovery = recovery or RecoveryConfig()
         self.plan_path, self.model_attr, self.output_dir = plan, model_attr, output_dir
         self.export, self.progress = export, progress
+        self.gguf = gguf_export.check_outtype(gguf) if gguf is not None else None
         self.eval_texts, self.eval_tasks = eval_texts, list(eval_tasks or [])
         self.eval_max_tokens, self.eval_items = eval_max_tokens, eval_items
         self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items,
@@ -176,6 +182,8 @@ class AdaPrunerCallback(Callback):
         attr, found = self._model_to_prune(pl_module)
         model = _compat.uncompiled(found)  # pruned in place; a torch.compile wrapper is rebuilt around it
         check_lora_targets(model, self.recovery)
+        if self.gguf:
+            gguf_export.check_exportable(model, getattr(pl_module, "tokenizer", None))
         self._out_dir(trainer)  # every rank, before any rank-0-only work
         plan = self._stored_plan(trainer)
         started = time.perf_counter()
@@ -252,6 +260,8 @@ class AdaPrunerCallback(Callback):
                wrapper: nn.Module | None = None) -> None:
         before = total_params(model)
         apply_plan(model, plan)
+        if self.gguf:
+            gguf_export.gguf_layout(model)  # a plan the format cannot express fails now, not after the fine-tune
         self.plan, self._applied = plan, True
         after = total_params(model)
         self.report["params"] = {"before": before, "after": after, "removed_ratio": 1 - after / before}
@@ -324,7 +334,7 @@ class AdaPrunerCallback(Callback):
         with _compat.gathered(model):
             if trainer.is_global_zero:
                 md_path = write_outputs(self._out_dir(trainer), model, tokenizer, self.plan, self.trace, self.report,
-                                        export=self.export)
+                                        export=self.export, gguf=self.gguf)
                 rank_zero_info(f"adapruner: report written to {md_path}")
 
     def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:

@@ -115,8 +115,9 @@ def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str
 
 
 def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, trace: list[dict[str, Any]],
-                  report: dict[str, Any], *, export: bool) -> Path:
-    """The end-of-fit outputs: search plot, export (unless ``model`` still carries adapters), plan, report.
+                  report: dict[str, Any], *, export: bool, gguf: str | None = None) -> Path:
+    """The end-of-fit outputs: search plot, export with its model card (unless ``model`` still carries adapters),
+    the GGUF file when ``gguf`` names an outtype, plan, report.
 
     Returns:
         The path of ``report.md``.
@@ -129,8 +130,14 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
     report["files"] = {"plot": str(plot) if plot else None}
     if export and not hasattr(model, "peft_config"):
         start = time.perf_counter()
-        save_pruned(model, tokenizer, out_dir / "pruned_model", plan)
+        save_pruned(model, tokenizer, out_dir / "pruned_model", plan, report=report)
         report["seconds"]["export"] = time.perf_counter() - start
         report["files"]["model"] = str(out_dir / "pruned_model")
+        if gguf:
+            from adapruner_lightning.core.gguf_export import export_gguf
+
+            start = time.perf_counter()
+            report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / "pruned_model.gguf", outtype=gguf).path)
+            report["seconds"]["export_gguf"] = time.perf_counter() - start
     plan.save(out_dir / PLAN_FILE)
     return write_report(out_dir, report)[1]

@@ -1,0 +1,73 @@
+"""The model card (``README.md``) written into every export directory: what was removed, the per-layer widths,
+parameters before and after, the measured quality from the run's report, and how to load the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapruner_lightning.core.plan import PruningPlan
+
+
+def _removed(plan: PruningPlan) -> list[str]:
+    heads = sum(plan.original_num_heads - lp.num_heads for lp in plan.layers)
+    kv = sum(plan.original_num_kv_heads - lp.num_kv_heads for lp in plan.layers)
+    channels = sum(plan.original_intermediate_size - lp.intermediate_size for lp in plan.layers)
+    n = plan.num_layers
+    return [f"- query heads: {heads} of {n * plan.original_num_heads}",
+            f"- key/value heads: {kv} of {n * plan.original_num_kv_heads}",
+            f"- MLP channels: {channels} of {n * plan.original_intermediate_size}",
+            f"- FLAP bias compensation: {'yes' if plan.compensated else 'no'}"]
+
+
+def _widths_table(plan: PruningPlan) -> list[str]:
+    rows = ["| layer | query heads | kv heads | MLP channels |", "|---|---|---|---|"]
+    rows += [f"| {lp.index} | {lp.num_heads} / {plan.original_num_heads} | {lp.num_kv_heads} / "
+             f"{plan.original_num_kv_heads} | {lp.intermediate_size} / {plan.original_intermediate_size} |"
+             for lp in plan.layers]
+    return rows
+
+
+def _quality(report: dict[str, Any]) -> list[str]:
+    stages = report.get("quality") or {}
+    if not stages:
+        return ["Not measured in this run (see `adapruner eval --model <this directory>`)."]
+    keys = sorted({k for scores in stages.values() for k in scores})
+    rows = ["| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for stage, scores in stages.items():
+        cells = [f"{scores[k]:.4g}" if isinstance(scores.get(k), float) else str(scores.get(k, "")) for k in keys]
+        rows.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return rows + ["", "Perplexity (`ppl/...`) on held-out text, accuracy (`acc/...`) zero-shot; from `report.json`."]
+
+
+def _loading(plan: PruningPlan, name: str) -> list[str]:
+    plain = plan.is_uniform and not plan.compensated
+    lines = ["```python", "from adapruner_lightning import load_pruned", "",
+             f'model, tokenizer, plan = load_pruned("{name}")  # any plan', "```", ""]
+    if plain:
+        lines += ["Uniform plan: plain transformers loads it too.", "", "```python",
+                  "from transformers import AutoModelForCausalLM", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{name}")', "```", ""]
+    else:
+        lines += ["The layers differ in width (or carry compensation biases), which transformers' configs cannot "
+                  "describe: load it with `load_pruned`, or run the GGUF in llama.cpp.", ""]
+    lines += ["llama.cpp (per-layer widths through its `deci` architecture when the plan is not uniform):", "",
+              "```bash", f"adapruner export {name} --gguf model.gguf --outtype f16",
+              "llama-cli -m model.gguf -p 'It is a truth universally acknowledged'", "```"]
+    return lines
+
+
+def model_card(plan: PruningPlan, *, base_model: str | None = None, report: dict[str, Any] | None = None,
+               name: str = "<this directory>") -> str:
+    """The Markdown model card of an export of ``plan`` (``report``: the run's report dict, for quality)."""
+    provenance = plan.provenance or {}
+    method = ", ".join(f"{k}={provenance[k]}" for k in ("metric", "reducer", "scope", "keep_first", "keep_last")
+                       if k in provenance)
+    lines = [f"# {base_model or plan.model_type}, structurally pruned by adapruner-lightning", "",
+             f"- base model: `{base_model or 'unknown'}` ({plan.model_type}, {plan.num_layers} layers)",
+             f"- parameters: {plan.params_before:,} before, {plan.params_after:,} after "
+             f"({plan.achieved_ratio:.1%} removed, target {plan.target_ratio:.0%} of the {plan.ratio_basis} count)",
+             f"- plan: {'uniform' if plan.is_uniform else 'non-uniform (layers differ in width)'}"
+             + (f"; {method}" if method else ""), "", "## What was removed", "", *_removed(plan), "",
+             "## Per-layer widths", "", *_widths_table(plan), "", "## Measured quality", "",
+             *_quality(report or {}), "", "## How to load", "", *_loading(plan, name), ""]
+    return "\n".join(lines)
