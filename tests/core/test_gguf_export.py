@@ -137,7 +137,7 @@ def test_a_layer_with_heads_but_no_mlp_is_refused_as_deci_would_drop_it(tok):
 
 
 def test_pre_tokenizers_are_recognised_by_their_regex(tok):
-    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt2"
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
     digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
                                                       {"type": "ByteLevel", "use_regex": True}]}
     assert pre_tokenizer_name({"pre_tokenizer": digits}) == "smollm"
