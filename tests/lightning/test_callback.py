@@ -160,3 +160,32 @@ def test_evaluation_and_load_from_checkpoint_rebuild_the_pruned_lora_shape(tmp_p
     windows = _data(tiny_lm_dir, text_dir).val_dataloader()  # cb2 is done: the module's own hook restores the shape
     tested = _trainer(tmp_path, cb2).test(CausalLMModule(model=str(tiny_lm_dir)), dataloaders=windows, ckpt_path=ckpt)
     assert tested[0]["test_ppl"] > 1
+
+
+def test_fit_ends_with_a_gguf_file_and_a_model_card(tmp_path, tiny_lm_dir, text_dir):
+    from gguf import GGUFReader
+
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-3)
+    cb = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(**SMALL_SEARCH), output_dir=str(tmp_path / "out"),
+                           pruning=PruningConfig(sample_len=32), gguf="f16", progress=False)
+    _trainer(tmp_path, cb, enable_checkpointing=False).fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    out = tmp_path / "out" / "adapruner"
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["gguf"] == str(out / "pruned_model.gguf")
+    fields = {k: f.contents() for k, f in GGUFReader(str(out / "pruned_model.gguf")).fields.items()}
+    arch = fields["general.architecture"]
+    heads = fields[f"{arch}.attention.head_count"]
+    assert (heads if isinstance(heads, list) else [heads] * len(cb.plan.layers)) == [lp.num_heads for lp in cb.plan.layers]
+    card = (out / "pruned_model" / "README.md").read_text()
+    assert f"{cb.plan.params_after:,} after" in card and "## Per-layer widths" in card
+
+
+def test_a_gguf_that_cannot_be_written_is_refused_before_the_search(tmp_path, tiny_lm_dir):
+    with pytest.raises(ConfigError, match="GGUF outtype"):
+        AdaPrunerCallback(target_ratio=0.2, gguf="q4")
+    module = CausalLMModule(model=str(tiny_lm_dir))
+    module.tokenizer = None
+    cb = AdaPrunerCallback(target_ratio=0.2, gguf="f16", progress=False)
+    with pytest.raises(ConfigError, match="tokenizer"):
+        cb.setup(_trainer(tmp_path, cb), module, "fit")
+    assert cb.plan is None and not cb.trace
