@@ -1,12 +1,13 @@
 """llama.cpp runs our GGUF exports: fidelity (logits, perplexity) and speed, dense vs pruned, one run.
 
 Fidelity (``python benchmarks/llamacpp.py``): the embedded SmolLM2-135M dense, pruned 20% with a uniform plan
-(written as llama.cpp's ``llama``) and with a non-uniform one (written as ``deci``, per-layer widths); each
+(written as llama.cpp's ``llama``), with a non-uniform one (written as ``deci``, per-layer widths) and with the
+quality benchmark's AdaPruner plan when it exists (non-uniform, searched); each
 exported in f32, f16 and q8_0 and run by llama.cpp (llama-cpp-python, ``bash scripts/build_llamacpp.sh``).
 Reported: max |logit difference| to transformers (float32) on one held-out window, relative to the largest
 |logit|; held-out perplexity by llama.cpp and by us on the same windows (Persuasion, ``--windows`` x
 ``--seq-len`` tokens, no BOS as the tokenizer asks) and their ratio; whether llama.cpp tokenizes the held-out
-text exactly as transformers. Pruning: ``wanda_sp`` on the calibration novels (never the evaluation ones).
+text exactly as transformers. Pruning: ``taylor`` on 32 windows of Emma (a calibration novel; never the evaluation ones).
 
 Speed: :func:`speed_rows` times llama.cpp prefill (one sequence of ``seq_len`` tokens) and greedy decode
 (batch 1, prompt included) of the GGUF files, models interleaved round by round, same threads as torch;
@@ -28,13 +29,16 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ADAPRUNER_PLAN = RESULTS / "quality_standard" / "plans" / "adapruner_0.2_0.json"
 
 
-def _llama(path: Path, n_ctx: int, threads: int, logits_all: bool = False):
+def _llama(path: Path, n_ctx: int, threads: int, logits_all: bool = False, f32_cache: bool = False):
+    """A llama.cpp model; ``f32_cache``: keys/values cached in float32 instead of llama.cpp's default f16."""
     from llama_cpp import Llama
 
+    cache = {"type_k": 0, "type_v": 0} if f32_cache else {}
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-                 verbose=False, n_threads=threads, n_threads_batch=threads)
+                 verbose=False, n_threads=threads, n_threads_batch=threads, **cache)
 
 
 def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:
@@ -64,12 +68,19 @@ def fidelity(args: argparse.Namespace) -> dict[str, Any]:
     windows = tokenize_windows(tok, text, args.seq_len, max_windows=args.windows)
     calibration = tokenize_windows(tok, texts_for("austen:calibration")["Emma"][:200000], 128, max_windows=32)
     models = {"dense": dense}
-    for name, options in (("uniform 20%", {"per_layer": "uniform"}), ("non-uniform 20%", {"keep_first": 2})):
+    for name, options in (("taylor uniform 20%", {"per_layer": "uniform"}), ("taylor non-uniform 20%", {"keep_first": 2})):
         model, _ = load_model(None)
-        plan = prune(model, metric="wanda_sp", calibration=calibration, num_samples=32, target_ratio=0.2,
+        plan = prune(model, metric="taylor", calibration=calibration, num_samples=32, target_ratio=0.2,
                      progress=False, **options)
         models[name] = model
-        print(f"{name}: {plan.achieved_ratio:.1%} removed, uniform={plan.same_shapes}", flush=True)
+        print(f"{name}: {plan.achieved_ratio:.1%} removed, same shapes={plan.same_shapes}", flush=True)
+    if ADAPRUNER_PLAN.is_file():  # the quality benchmark's AdaPruner plan (seed 0): searched, non-uniform
+        from adapruner_lightning.core.physical import apply_plan
+        from adapruner_lightning.core.plan import PruningPlan
+
+        model, _ = load_model(None)
+        plan = PruningPlan.from_dict(json.loads(ADAPRUNER_PLAN.read_text())["plan"])
+        models["AdaPruner 20% (quality.py seed 0)"] = apply_plan(model, plan).eval()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, model in models.items():
@@ -80,17 +91,24 @@ def fidelity(args: argparse.Namespace) -> dict[str, Any]:
                 start = time.perf_counter()
                 result = export_gguf(model, tok, Path(folder) / f"{outtype}.gguf", outtype=outtype, progress=False)
                 seconds = time.perf_counter() - start
+                exact = _llama(result.path, args.seq_len, args.threads, logits_all=True, f32_cache=True)
+                first = llamacpp_logits(exact, windows[0].tolist())
+                theirs_exact = math.exp(statistics.mean(nll(llamacpp_logits(exact, w.tolist()), w.tolist())
+                                                        for w in windows))
+                exact.close()
                 llm = _llama(result.path, args.seq_len, args.threads, logits_all=True)
-                logits = [llamacpp_logits(llm, w.tolist()) for w in windows]
+                theirs = math.exp(statistics.mean(nll(llamacpp_logits(llm, w.tolist()), w.tolist()) for w in windows))
                 same_tokens = llm.tokenize(text[:50000].encode(), add_bos=False, special=False) == \
                     tok(text[:50000], add_special_tokens=False).input_ids
                 llm.close()
-                theirs = math.exp(statistics.mean(nll(lg, w.tolist()) for lg, w in zip(logits, windows)))
                 row = {"model": name, "outtype": outtype, "arch": result.layout.arch, "mib": result.bytes / 2**20,
                        "export_s": seconds, "fallbacks": len(result.fallbacks),
-                       "max_rel_logit_diff": float(np.abs(logits[0] - ref).max() / np.abs(ref).max()),
-                       "argmax_agree": float((logits[0].argmax(-1) == ref.argmax(-1)).mean()),
-                       "ppl_ours": ours, "ppl_llamacpp": theirs, "ratio": theirs / ours, "same_tokens": same_tokens}
+                       "max_rel_logit_diff": float(np.abs(first - ref).max() / np.abs(ref).max()),
+                       "argmax_agree": float((first.argmax(-1) == ref.argmax(-1)).mean()),
+                       "ppl_ours": ours, "ppl_llamacpp": theirs, "ratio": theirs / ours,
+                       "ppl_llamacpp_f32_cache": theirs_exact, "ratio_f32_cache": theirs_exact / ours,
+                       "same_tokens": same_tokens}
+                print(json.dumps(row), flush=True)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return {"rows": rows, "settings": vars(args) | {"outtypes": list(args.outtypes)}}
@@ -100,14 +118,18 @@ def render_fidelity(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = ["# llama.cpp runs the exports (fidelity)", "",
              f"- command: `python benchmarks/llamacpp.py` ({s['windows']} held-out windows x {s['seq_len']} tokens of "
-             f"Persuasion; pruning wanda_sp on Emma (calibration novel), 20% of total parameters; {s['threads']} threads)",
+             f"Persuasion; pruning taylor on Emma (calibration novel), 20% of total parameters; {s['threads']} threads)",
              f"- machine: {s.get('machine', '')}", "",
-             "| model | GGUF | arch | MiB | max rel. logit diff (1 window) | argmax agree | ppl ours (f32) "
-             "| ppl llama.cpp | ratio | tokens identical |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "Logit differences with keys/values cached in f32 (the file's own precision); perplexity both with "
+             "llama.cpp's default f16 KV cache (what `llama-cli` runs) and with an f32 cache.", "",
+             "| model | GGUF | arch | MiB | max rel. logit diff (1 window, f32 cache) | argmax agree | ppl ours (f32) "
+             "| ppl llama.cpp (f16 cache) | ratio | ppl llama.cpp (f32 cache) | ratio | tokens identical |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['outtype']}{' (' + str(r['fallbacks']) + ' in f16)' if r['fallbacks'] else ''} "
                      f"| {r['arch']} | {r['mib']:.0f} | {r['max_rel_logit_diff']:.1e} | {r['argmax_agree']:.3f} "
-                     f"| {r['ppl_ours']:.3f} | {r['ppl_llamacpp']:.3f} | {r['ratio']:.4f} | {r['same_tokens']} |")
+                     f"| {r['ppl_ours']:.3f} | {r['ppl_llamacpp']:.3f} | {r['ratio']:.4f} "
+                     f"| {r['ppl_llamacpp_f32_cache']:.3f} | {r['ratio_f32_cache']:.4f} | {r['same_tokens']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,5 +16,6 @@ if ! ls "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
         "$PYTHON" -m pip wheel --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -w "$WHEELS"
 fi
-"$PYTHON" -m pip install "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl
+"$PYTHON" -m pip install --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl
+"$PYTHON" -m pip install "$WHEELS"/llama_cpp_python-"$VERSION"-*.whl  # its dependencies
 "$PYTHON" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed')"

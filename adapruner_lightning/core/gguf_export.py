@@ -43,12 +43,22 @@ from adapruner_lightning.errors import ConfigError
 
 #: the ``--outtype`` choices
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
-#: registered family -> (its llama.cpp architecture, q/k permuted for NORM rope, reads o_proj/down_proj biases)
-NATIVE_ARCH: dict[str, tuple[str, bool, bool]] = {
-    "llama": ("llama", True, True),
-    "mistral": ("llama", True, True),
-    "qwen2": ("qwen2", False, False),
-    "qwen3": ("qwen3", False, False),
+@dataclass(frozen=True)
+class NativeArch:
+    """A family's own llama.cpp architecture and what its loader accepts."""
+
+    arch: str
+    permute_qk: bool  # llama.cpp's NORM rope pairs adjacent dims (HF rotates halves)
+    out_bias: bool  # reads o_proj/down_proj biases (FLAP bias compensation)
+    full_width_q: bool = False  # expects heads x head_dim == hidden (llama.cpp's qwen2 sizes q and o by n_embd)
+
+
+#: registered family -> its llama.cpp architecture
+NATIVE_ARCH: dict[str, NativeArch] = {
+    "llama": NativeArch("llama", True, True),
+    "mistral": NativeArch("llama", True, True),
+    "qwen2": NativeArch("qwen2", False, False, full_width_q=True),
+    "qwen3": NativeArch("qwen3", False, False),
 }
 #: families whose blocks llama.cpp's ``deci`` cannot express, and what it lacks
 NOT_DECI: dict[str, str] = {
@@ -148,9 +158,11 @@ def gguf_layout(model: nn.Module) -> GGUFLayout:
     uniform = len(set(widths)) == 1 and 0 not in widths[0]
     biased = _has_bias(model, "o") or _has_bias(model, "down")
     native = NATIVE_ARCH[family]
-    if uniform and (native[2] or not biased):
-        return GGUFLayout(native[0], native[1], f"uniform plan: llama.cpp's own {native[0]} architecture")
-    why = "a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation"
+    narrow_q = native.full_width_q and widths[0][0] * head_layout(model.config).head_dim != model.config.hidden_size
+    if uniform and (native.out_bias or not biased) and not narrow_q:
+        return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture")
+    why = ("a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation" if biased else
+           f"query heads removed (llama.cpp's {native.arch} needs heads x head_dim = hidden size)")
     if family in NOT_DECI:
         raise ConfigError("GGUF export", f"{why} of the {family} family", "a uniform plan without bias compensation",
                           hint=f"llama.cpp's per-layer architecture deci cannot express {NOT_DECI[family]}; "

@@ -20,13 +20,14 @@ def tok():
     return _tiny_tokenizer()
 
 
-def pruned(family: str, tok, *, uniform: bool = False, bias: bool = False, layers: int = 3, **overrides):
-    """A tiny random model of ``family`` pruned by 25% (non-uniform unless ``uniform``) and its plan."""
+def pruned(family: str, tok, *, uniform: bool = False, bias: bool = False, layers: int = 3, options=None, **overrides):
+    """A tiny random model of ``family`` pruned by 25% (non-uniform unless ``uniform``; ``options``: more
+    PruningConfig fields) and its plan."""
     model = make_tiny_model(family, vocab_size=len(tok), layers=layers, **overrides)
     calibration = torch.randint(0, len(tok), (4, 16), generator=torch.Generator().manual_seed(0))
     plan = prune(model, metric="wanda_sp" if bias else "taylor_vector", calibration=calibration, num_samples=4,
                  keep_first=0 if uniform else 1, target_ratio=0.25, per_layer="uniform" if uniform else "auto",
-                 bias_compensation=bias, progress=False)
+                 bias_compensation=bias, progress=False, **(options or {}))
     assert plan.same_shapes == uniform
     return model, plan
 
@@ -76,7 +77,8 @@ def test_a_non_uniform_plan_is_written_as_deci_with_per_layer_arrays_and_the_exa
 
 def test_uniform_plans_keep_the_familys_own_architecture_and_tied_heads_are_not_duplicated(tmp_path, tok):
     for family, arch in (("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("mistral", "llama")):
-        model, plan = pruned(family, tok, uniform=True, tie_word_embeddings=True)
+        options = {"prune_attention": False} if family == "qwen2" else None  # llama.cpp's qwen2: q as wide as hidden
+        model, plan = pruned(family, tok, uniform=True, options=options, tie_word_embeddings=True)
         fields, tensors = _read(export_gguf(model, tok, tmp_path / f"{family}.gguf", progress=False).path)
         assert fields["general.architecture"] == arch, family
         assert fields[f"{arch}.attention.head_count"] == plan.layers[0].num_heads
@@ -85,15 +87,18 @@ def test_uniform_plans_keep_the_familys_own_architecture_and_tied_heads_are_not_
         assert ("blk.0.attn_q_norm.weight" in tensors) == (family == "qwen3")  # qwen3's q/k norms travel
 
 
-def test_bias_compensation_stays_native_on_llama_and_moves_qwen2_to_deci(tmp_path, tok):
+def test_bias_compensation_and_narrow_qwen2_attention_move_to_deci_where_the_native_loader_cannot(tmp_path, tok):
     model, _ = pruned("llama", tok, uniform=True, bias=True)
     assert gguf_layout(model).arch == "llama"
     _, tensors = _read(export_gguf(model, tok, tmp_path / "l.gguf", progress=False).path)
     np.testing.assert_allclose(_values(tensors["blk.0.attn_output.bias"]),
                                model.model.layers[0].self_attn.o_proj.bias.detach().numpy())
     assert "blk.0.ffn_down.bias" in tensors
-    model, _ = pruned("qwen2", tok, uniform=True, bias=True)
+    model, _ = pruned("qwen2", tok, uniform=True, bias=True, options={"prune_attention": False})
     assert gguf_layout(model).arch == "deci"  # llama.cpp's qwen2 reads no o_proj bias
+    model, plan = pruned("qwen2", tok, uniform=True)
+    assert plan.layers[0].num_heads < 6
+    assert "heads x head_dim = hidden size" in gguf_layout(model).reason  # ... and sizes q by the hidden size
 
 
 @pytest.mark.parametrize(("family", "kwargs", "match"), [

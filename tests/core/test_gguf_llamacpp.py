@@ -2,10 +2,10 @@
 tokenization identical. Needs ``llama-cpp-python`` (a llama.cpp build: ``bash scripts/build_llamacpp.sh``,
 cached); skipped without it. Marker ``llamacpp``; the embedded-model test is also ``slow``.
 
-Tolerances (max |logit difference| over every position and vocabulary entry, relative to the largest |logit|),
-set from what was measured here with margin: f32 1e-3 (measured about 2e-4: llama.cpp's own kernels and
-accumulation order), f16 3e-3 (about 5e-4), bf16 and q8_0 2e-2 (about 5e-3), with the argmax token equal on at
-least 90% of positions.
+Tolerances (max |logit difference| over every position and vocabulary entry, relative to the largest |logit|;
+keys and values cached in float32), set from what was measured here with margin: f32 1e-3 (measured 4e-5 to 3e-4:
+llama.cpp's own kernels and accumulation order), f16 3e-3 (about 5e-4), bf16 and q8_0 3e-2 (5e-3 to 1.5e-2), with
+the argmax token equal on at least 90% of positions.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from conftest import _tiny_tokenizer, make_tiny_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="bash scripts/build_llamacpp.sh builds and installs it")
 pytestmark = pytest.mark.llamacpp
-TOLERANCE = {"f32": 1e-3, "f16": 3e-3, "bf16": 2e-2, "q8_0": 2e-2}
+TOLERANCE = {"f32": 1e-3, "f16": 3e-3, "bf16": 3e-2, "q8_0": 3e-2}
 
 
-def llamacpp_logits(path, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits for every position of ``ids`` (one sequence, 2 threads)."""
+def llamacpp_logits(path, ids: list[int], *, f32_cache: bool = True) -> np.ndarray:
+    """llama.cpp's logits for every position of ``ids`` (one sequence, 2 threads). ``f32_cache``: keys and values
+    cached in float32, so that the file's precision is what is compared (llama.cpp's default f16 cache adds its
+    own rounding; the perplexity test keeps that default, as users run it)."""
+    cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(64, len(ids)), n_batch=max(64, len(ids)),
-                          logits_all=True, verbose=False, n_threads=2)
+                          logits_all=True, verbose=False, n_threads=2, **cache)
     llm.eval(ids)
     out = np.array(llm.scores[: len(ids)], dtype=np.float64)
     llm.close()
@@ -51,7 +54,7 @@ def tok():
     return _tiny_tokenizer()
 
 
-def _model(family: str, tok, *, uniform: bool, bias: bool = False, hidden: int = 128):
+def _model(family: str, tok, *, uniform: bool, bias: bool = False, hidden: int = 128, attention: bool = True):
     model = make_tiny_model(family, vocab_size=len(tok), layers=3, hidden_size=hidden, num_attention_heads=hidden // 16,
                             intermediate_size=2 * hidden)
     with torch.no_grad():  # logits large enough that argmax agreement means something
@@ -59,20 +62,20 @@ def _model(family: str, tok, *, uniform: bool, bias: bool = False, hidden: int =
     calibration = torch.randint(4, len(tok), (4, 16), generator=torch.Generator().manual_seed(0))
     prune(model, metric="wanda_sp" if bias else "taylor_vector", calibration=calibration, num_samples=4,
           keep_first=0 if uniform else 1, target_ratio=0.25, per_layer="uniform" if uniform else "auto",
-          bias_compensation=bias, progress=False)
+          bias_compensation=bias, prune_attention=attention, progress=False)
     return model
 
 
 IDS = torch.randint(4, 512, (40,), generator=torch.Generator().manual_seed(1)).tolist()
 
 
-@pytest.mark.parametrize(("family", "uniform", "bias", "arch"), [
-    ("llama", True, False, "llama"), ("llama", False, False, "deci"), ("llama", True, True, "llama"),
-    ("qwen2", True, False, "qwen2"), ("qwen2", False, False, "deci"), ("qwen2", True, True, "deci"),
-    ("qwen3", True, False, "qwen3"), ("mistral", False, False, "deci"),
+@pytest.mark.parametrize(("family", "uniform", "bias", "attention", "arch"), [
+    ("llama", True, False, True, "llama"), ("llama", False, False, True, "deci"), ("llama", True, True, True, "llama"),
+    ("qwen2", True, False, False, "qwen2"), ("qwen2", True, False, True, "deci"), ("qwen2", False, False, True, "deci"),
+    ("qwen2", True, True, False, "deci"), ("qwen3", True, False, True, "qwen3"), ("mistral", False, False, True, "deci"),
 ])
-def test_llamacpp_logits_equal_transformers_in_f32(tmp_path, tok, family, uniform, bias, arch):
-    model = _model(family, tok, uniform=uniform, bias=bias)
+def test_llamacpp_logits_equal_transformers_in_f32(tmp_path, tok, family, uniform, bias, attention, arch):
+    model = _model(family, tok, uniform=uniform, bias=bias, attention=attention)
     result = export_gguf(model, tok, tmp_path / "m.gguf", outtype="f32", progress=False)
     assert result.layout.arch == arch
     assert_close(llamacpp_logits(result.path, IDS), hf_logits(model, IDS), "f32")
@@ -110,7 +113,7 @@ def test_embedded_model_tokenizer_and_plans_match_in_llamacpp(tmp_path):
     calibration = tokenize_windows(tok, texts_for("austen:calibration")["Emma"][:40000], 64, max_windows=8)
     for uniform in (True, False):
         pruned, _ = load_model(None)
-        prune(pruned, metric="wanda_sp", calibration=calibration, num_samples=8, target_ratio=0.2,
+        prune(pruned, metric="taylor", calibration=calibration, num_samples=8, target_ratio=0.2,
               per_layer="uniform" if uniform else "auto", keep_first=0 if uniform else 2, progress=False)
         f32 = export_gguf(pruned, tok, tmp_path / "p32.gguf", outtype="f32", progress=False)
         assert f32.layout.arch == ("llama" if uniform else "deci")
@@ -118,7 +121,8 @@ def test_embedded_model_tokenizer_and_plans_match_in_llamacpp(tmp_path):
         assert_close(llamacpp_logits(f32.path, ids), hf_logits(pruned, ids), "f32")
         f16 = export_gguf(pruned, tok, tmp_path / "p16.gguf", outtype="f16", progress=False)
         ours = evaluate_perplexity(pruned, windows, progress=False)
-        theirs = math.exp(np.mean([_nll(llamacpp_logits(f16.path, w.tolist()), w.tolist()) for w in windows]))
+        theirs = math.exp(np.mean([_nll(llamacpp_logits(f16.path, w.tolist(), f32_cache=False), w.tolist())
+                                   for w in windows]))
         assert abs(theirs / ours - 1) < 0.01, (uniform, ours, theirs)
 
 
