@@ -108,7 +108,6 @@ def fidelity(args: argparse.Namespace) -> dict[str, Any]:
                        "ppl_ours": ours, "ppl_llamacpp": theirs, "ratio": theirs / ours,
                        "ppl_llamacpp_f32_cache": theirs_exact, "ratio_f32_cache": theirs_exact / ours,
                        "same_tokens": same_tokens}
-                print(json.dumps(row), flush=True)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return {"rows": rows, "settings": vars(args) | {"outtypes": list(args.outtypes)}}

@@ -22,7 +22,17 @@ from adapruner_lightning.config import check_choice, check_non_negative, check_p
 from adapruner_lightning.core.importance import REDUCERS, metric_names
 from adapruner_lightning.errors import ConfigError
 
-DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2")
+DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
+#: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
+#: FLAP as its reference code runs it and LLM-Pruner's default (taylor, layerwise, layers [4, N-2) kept whole)
+BASELINE_POINTS: tuple[dict[str, Any], ...] = (
+    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "bias_compensation": True,
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0},
+    {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "bias_compensation": False,
+     "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0},
+)
+#: the choices of the searched ``scope`` dimension
+SCOPES = ("layerwise", "global", "standardized")
 DEFAULT_REDUCERS = ("sum", "mean", "max", "first")
 
 
@@ -113,8 +123,14 @@ class SearchSpaceConfig:
         max_keep_last: most trailing layers kept whole.
         layer_ramp: search the per-layer ratio slope in [-1, 1].
         attn_share: search the share of attention in the removed parameters in [0, 0.6].
-        scope: search layerwise vs global selection.
+        scope: search the selection scope: layerwise, global or standardized (FLAP's per-layer z-scores).
         bias_compensation: search whether FLAP's bias compensation is applied (scored under masks).
+        warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
+            searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
+            bias_compensation; keys of dimensions not searched are left out, the calibration subset stays
+            random). None (default): the published baselines' settings (:data:`BASELINE_POINTS`: FLAP's
+            reference configuration, LLM-Pruner's default) that lie in this space, so the search starts where
+            the baselines end; ``[]``: none (the paper's AdaPruner, random initial points only).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -126,8 +142,9 @@ class SearchSpaceConfig:
     max_keep_last: int = 2
     layer_ramp: bool = True
     attn_share: bool = False
-    scope: bool = False
+    scope: bool = True
     bias_compensation: bool = True
+    warm_start: Optional[list[dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -141,6 +158,49 @@ class SearchSpaceConfig:
         check_positive("search.space.subset_dims", self.subset_dims)
         check_non_negative("search.space.max_keep_first", self.max_keep_first)
         check_non_negative("search.space.max_keep_last", self.max_keep_last)
+        for point in self.warm_start or []:
+            self._check_point(point)
+
+    def _choices(self) -> dict[str, Any]:
+        """Searched dimension -> its categories (list) or inclusive range (tuple); None for a free float."""
+        dims: dict[str, Any] = {"metric": list(self.metrics), "reducer": list(self.reducers)}
+        if self.keep_layers:
+            dims.update(keep_first=(0, self.max_keep_first), keep_last=(0, self.max_keep_last))
+        if self.layer_ramp:
+            dims["layer_ramp"] = (-1.0, 1.0)
+        if self.attn_share:
+            dims["attn_share"] = (0.0, 0.6)
+        if self.scope:
+            dims["scope"] = list(SCOPES)
+        if self.bias_compensation:
+            dims["bias_compensation"] = [False, True]
+        return dims
+
+    def _check_point(self, point: dict[str, Any]) -> None:
+        """A warm-start point: known dimensions, values inside the space."""
+        dims = self._choices()
+        known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope", "bias_compensation"}
+        for key, value in point.items():
+            if key not in known:
+                raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
+            allowed = dims.get(key)
+            inside = (allowed is None or (value in allowed if isinstance(allowed, list)
+                                          else allowed[0] <= value <= allowed[1]))
+            if not inside:
+                raise ConfigError(f"search.space.warm_start {key}", value, f"a value of the searched space: {allowed}",
+                                  hint="widen search.space (metrics, max_keep_first ...) or change the point")
+
+    def warm_points(self) -> list[dict[str, Any]]:
+        """The warm-start points restricted to the searched dimensions (the default: the baselines in the space)."""
+        dims = self._choices()
+        if self.warm_start is not None:
+            points = self.warm_start
+        else:
+            points = [p for p in BASELINE_POINTS if all(
+                k not in dims or (v in dims[k] if isinstance(dims[k], list) else dims[k][0] <= v <= dims[k][1])
+                for k, v in p.items())]
+        return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
+                for p in points]
 
 
 @dataclass

@@ -43,6 +43,8 @@ def _optimizer_scores(trials: list[TrialRecord], penalty: float, transform: str 
 def suggest(space: SearchSpace, done: list[TrialRecord], trial: int, seed: int) -> dict[str, Any]:
     """The point to evaluate at ``trial``, a pure function of (space, finished trials, seed, trial index)."""
     config, rng = space.config, _rng(seed, trial)
+    if trial < len(config.space.warm_points()):  # the baselines' settings (or the user's) first
+        return space.warm_point(trial, rng)
     if config.engine.name == "random" or trial < config.engine.init_points or not done:
         return space.random_point(rng)
     scores = _optimizer_scores(done, config.engine.failure_penalty, config.engine.score_transform if config.engine.name == "gp" else "none")

@@ -17,7 +17,7 @@ import torch
 
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.session import Candidate
-from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.config import SCOPES, SearchConfig
 
 
 @dataclass
@@ -61,7 +61,7 @@ class SearchSpace:
         if c.space.attn_share:
             b["attn_share"] = (0.0, 0.6)
         if c.space.scope:
-            b["scope"] = ["layerwise", "global"]
+            b["scope"] = list(SCOPES)
         if c.space.bias_compensation:
             b["bias_compensation"] = [False, True]
         return b
@@ -69,8 +69,13 @@ class SearchSpace:
     def describe(self) -> dict[str, Any]:
         """Everything that defines the space, as plain data (part of a search's problem description)."""
         return {"bounds": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.bounds().items()},
+                "warm_start": self.config.space.warm_points(),
                 "pool": int(self.embedding.shape[0]), "k": self.config.data.subset_size,
                 "target": self.pruning.target_ratio, "basis": self.pruning.ratio_basis}
+
+    def warm_point(self, index: int, rng: np.random.RandomState) -> dict[str, Any]:
+        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`) on a random calibration subset."""
+        return {**self.random_point(rng), **self.config.space.warm_points()[index]}
 
     def random_point(self, rng: np.random.RandomState) -> dict[str, Any]:
         """A uniformly random point of the space."""
