@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ADAPRUNER_PLAN = RESULTS / "quality_standard" / "plans" / "adapruner_0.2_0.json"
+ADAPRUNER_PLAN = RESULTS / "quality_standard" / "plans" / "adapruner_v01_0.2_0.json"
 
 
 def _llama(path: Path, n_ctx: int, threads: int, logits_all: bool = False, f32_cache: bool = False):
@@ -80,7 +80,7 @@ def fidelity(args: argparse.Namespace) -> dict[str, Any]:
 
         model, _ = load_model(None)
         plan = PruningPlan.from_dict(json.loads(ADAPRUNER_PLAN.read_text())["plan"])
-        models["AdaPruner 20% (quality.py seed 0)"] = apply_plan(model, plan).eval()
+        models["AdaPruner 0.1 search 20% (quality.py seed 0)"] = apply_plan(model, plan).eval()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, model in models.items():

@@ -7,7 +7,8 @@ OpenBookQA; offline, the split lm-eval scores; "7-task acc" is their unweighted 
 dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
 [4, N-2)); wanda_sp (uniform per layer) and FLAP as its reference code runs it (``flap_reference`` with
 ``scope="standardized"`` and its bias compensation; 10 random samples); AdaPruner
-(Bayesian search). Before and after the same
+(Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings); adapruner_v01
+(0.1's search: random initial points, layerwise selection, for comparison; not run unless named). Before and after the same
 short LoRA recovery. Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
     python benchmarks/quality.py --quick            # 20%, 3 seeds before recovery, 1 after
@@ -60,6 +61,15 @@ METHODS = {
     # per-layer standardised scores, one cost-weighted global threshold, bias compensation
     "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
     "adapruner": ({}, True, True),
+    # 0.1's search, for comparison: random initial points only, layerwise selection, no flap_reference
+    "adapruner_v01": ({}, True, True),
+}
+#: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
+#: which start from the baselines' settings)
+SEARCH_OPTIONS = {
+    "adapruner": {},
+    "adapruner_v01": {"warm_start": [], "scope": False,
+                      "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
 }
 
 
@@ -161,8 +171,9 @@ class Bench:
         session = self._session(method, ratio, seed)
         info: dict = {}
         if searches:
-            result = run_search(session, SearchConfig.of(trials=self.args.trials, init_points=min(5, self.args.trials)),
-                                seed=seed, progress=False)
+            search = SearchConfig.of(trials=self.args.trials, init_points=min(5, self.args.trials),
+                                     **SEARCH_OPTIONS[method])
+            result = run_search(session, search, seed=seed, progress=False)
             plan = result.plan
             info = {"search_seconds": result.seconds, "best_trial": result.best.trial,
                     "objective": result.best.score, **{k: plan.provenance[k] for k in ("metric", "reducer", "keep_first",
