@@ -71,7 +71,8 @@ def test_bad_settings_are_refused() -> None:
 
 
 # ------------------------------------------------------------------------------- the teacher in a real fit
-def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, **distill):
+def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, *, steps: int = 2, ckpt_path=None, checkpoint=False,
+                      **distill):
     from lightning.pytorch import Trainer
 
     from adapruner_lightning import AdaPrunerCallback, DistillationConfig, TextDataModule
@@ -83,12 +84,32 @@ def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, **distill):
                                pruning=PruningConfig(sample_len=32, metric="magnitude_l2"), export=False,
                                output_dir=str(tmp_path / "out"), progress=False,
                                distillation=DistillationConfig(**distill))
-    trainer = Trainer(max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+    trainer = Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1,
                       logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, callbacks=[pruner])
+                      enable_checkpointing=checkpoint, default_root_dir=str(tmp_path), callbacks=[pruner])
     data = TextDataModule(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=32, batch_size=2, val_windows=2)
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer, pruner
+
+
+def test_on_resume_the_teacher_is_rebuilt_from_the_dense_weights_not_the_checkpoint(tmp_path, tiny_lm_dir, text_dir):
+    from transformers import AutoModelForCausalLM
+
+    from adapruner_lightning import CausalLMModule
+
+    first, _ = _fit_with_teacher(tmp_path / "a", tiny_lm_dir, text_dir, CausalLMModule(model=str(tiny_lm_dir), lr=1e-3),
+                                 checkpoint=True, weight=1.0)
+    ckpt = first.checkpoint_callback.last_model_path or first.checkpoint_callback.best_model_path
+    resumed = CausalLMModule(model=str(tiny_lm_dir), lr=1e-3)
+    trainer, pruner = _fit_with_teacher(tmp_path / "b", tiny_lm_dir, text_dir, resumed, steps=4, ckpt_path=ckpt,
+                                        weight=1.0)
+    assert trainer.global_step == 4 and pruner.teacher is not None
+    dense = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    teacher = pruner.teacher.model.state_dict()
+    for name, param in dense.state_dict().items():  # dense shapes and weights, not the checkpoint's pruned ones
+        assert torch.equal(teacher[name], param), name
+    assert sum(p.numel() for p in resumed.model.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert set(trainer.logged_metrics) >= {"train_kl"}
 
 
 def test_the_teacher_is_the_frozen_dense_model_outside_optimizer_and_checkpoint(tmp_path, tiny_lm_dir, text_dir):
