@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", default=None)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--recovery-seeds", type=int, default=None, help="seeds that also get the recovery fine-tune")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "adapruner_v01"], choices=list(METHODS),
+                   help="methods to run (default: all but adapruner_v01, 0.1's search, which runs only when named)")
     p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
     p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task")
