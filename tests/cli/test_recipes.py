@@ -37,10 +37,12 @@ def test_recipe_parses(files):
 
 
 def test_overlays_merge_into_the_callback_section():
-    base = _parse(["smollm2_default.yaml"])
-    full = _parse(["smollm2_default.yaml", "overlays/full_finetune.yaml"])
+    base = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml"])
+    full = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml", "overlays/full_finetune.yaml"])
     assert full.adapruner.recovery.mode == "full" and base.adapruner.recovery.mode == "lora"
     assert full.adapruner.eval_texts == base.adapruner.eval_texts  # the rest of the section survives
+    demo = _parse(["smollm2_default.yaml"])  # the benchmark's choice at the demo's budget: full, half distillation
+    assert demo.adapruner.recovery.mode == "full" and demo.adapruner.distillation.weight == 0.5
     llm = _parse(["smollm2_default.yaml", "overlays/llm_pruner_baseline.yaml"])
     assert (llm.adapruner.pruning.keep_first, llm.adapruner.pruning.keep_last, llm.adapruner.search.trials) == (4, 2, 0)
 
