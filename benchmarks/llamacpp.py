@@ -49,10 +49,12 @@ def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:
 
 
 def nll(logits: np.ndarray, ids: list[int]) -> float:
-    """Mean next-token negative log-likelihood of ``ids[1:]``."""
-    x = logits[:-1] - logits[:-1].max(-1, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
-    return float(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
+    """Mean next-token negative log-likelihood of ``ids[1:]`` under llama.cpp's ``logits``, by the
+    library's ``causal_lm_nll`` (as our own perplexity computes it)."""
+    from adapruner_lightning.evaluation.metrics import causal_lm_nll
+
+    total, count = causal_lm_nll(torch.from_numpy(logits)[None], torch.tensor([ids]))
+    return float(total / count)
 
 
 # ---------------------------------------------------------------------------------------------- fidelity

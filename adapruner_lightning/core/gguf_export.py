@@ -43,6 +43,8 @@ from adapruner_lightning.errors import ConfigError
 
 #: the ``--outtype`` choices
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
 @dataclass(frozen=True)
 class NativeArch:
     """A family's own llama.cpp architecture and what its loader accepts."""
@@ -84,11 +86,13 @@ PRE_TOKENIZERS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class GGUFLayout:
-    """How a pruned model is written: llama.cpp architecture, q/k permutation, and why."""
+    """How a pruned model is written: llama.cpp architecture, q/k permutation, why, and the per-layer
+    (query heads, kv heads, MLP channels) read off the modules once."""
 
     arch: str
     permute_qk: bool
     reason: str
+    widths: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -103,25 +107,16 @@ class GGUFResult:
     bytes: int = 0
 
 
-def _widths(model: nn.Module) -> list[tuple[int, int, int]]:
-    """(query heads, kv heads, MLP channels) of every layer, read off the modules."""
-    return [(s.num_heads, s.num_kv_heads, s.intermediate) for s in layer_structures(model)]
-
-
-def _has_bias(model: nn.Module, which: str) -> bool:
-    return any(getattr(getattr(s, which), "bias", None) is not None for s in layer_structures(model))
-
-
-def _check_layers(widths: list[tuple[int, int, int]], model: nn.Module) -> None:
+def _check_layers(structures: list[Any]) -> None:
     """Refuse layers that ``deci`` would compute differently from the model."""
-    for index, ((heads, _kv, channels), s) in enumerate(zip(widths, layer_structures(model))):
-        if channels == 0 and heads > 0:
-            raise ConfigError("GGUF export", f"layer {index} keeps {heads} heads and no MLP channel",
+    for s in structures:
+        if s.intermediate == 0 and s.num_heads > 0:
+            raise ConfigError("GGUF export", f"layer {s.index} keeps {s.num_heads} heads and no MLP channel",
                               "a plan that keeps an MLP channel wherever attention is kept",
                               hint="llama.cpp's deci treats a layer without MLP as a no-op and would drop its "
                                    "attention; prune with a lower max per-layer ratio, or use load_pruned")
-        if heads == 0 and getattr(s.o, "bias", None) is not None:
-            raise ConfigError("GGUF export", f"layer {index} has no head but an o_proj bias",
+        if s.num_heads == 0 and getattr(s.o, "bias", None) is not None:
+            raise ConfigError("GGUF export", f"layer {s.index} has no head but an o_proj bias",
                               "bias compensation only on layers that keep a head",
                               hint="llama.cpp's deci skips a head-less layer's attention, bias included")
 
@@ -154,21 +149,23 @@ def gguf_layout(model: nn.Module) -> GGUFLayout:
     """Choose the llama.cpp architecture for ``model`` (pruned) or raise :class:`ConfigError` naming what the
     format cannot express and the way out. Nothing is written."""
     family = _family(model)
-    widths = _widths(model)
+    structures = layer_structures(model)
+    widths = tuple((s.num_heads, s.num_kv_heads, s.intermediate) for s in structures)
     uniform = len(set(widths)) == 1 and 0 not in widths[0]
-    biased = _has_bias(model, "o") or _has_bias(model, "down")
+    biased = any(getattr(m, "bias", None) is not None for s in structures for m in (s.o, s.down))
     native = NATIVE_ARCH[family]
     narrow_q = native.full_width_q and widths[0][0] * head_layout(model.config).head_dim != model.config.hidden_size
     if uniform and (native.out_bias or not biased) and not narrow_q:
-        return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture")
+        return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture",
+                          widths)
     why = ("a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation" if biased else
            f"query heads removed (llama.cpp's {native.arch} needs heads x head_dim = hidden size)")
     if family in NOT_DECI:
         raise ConfigError("GGUF export", f"{why} of the {family} family", "a uniform plan without bias compensation",
                           hint=f"llama.cpp's per-layer architecture deci cannot express {NOT_DECI[family]}; "
                                "prune with per_layer='uniform' (and bias_compensation off), or use load_pruned")
-    _check_layers(widths, model)
-    return GGUFLayout("deci", True, f"{why}: llama.cpp's deci architecture (per-layer head and MLP counts)")
+    _check_layers(structures)
+    return GGUFLayout("deci", True, f"{why}: llama.cpp's deci architecture (per-layer head and MLP counts)", widths)
 
 
 def _rope(config: Any) -> tuple[float, str, dict[str, Any]]:
@@ -325,7 +322,7 @@ def _tensors(model: nn.Module, layout: GGUFLayout) -> Iterator[_Tensor]:
     import gguf
 
     arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == layout.arch)
-    widths = _widths(model)
+    widths = layout.widths
     names = gguf.get_tensor_name_map(arch, len(widths))
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     head_dim = head_layout(model.config).head_dim
@@ -360,13 +357,12 @@ def _write_params(writer: Any, model: nn.Module, layout: GGUFLayout, ftype: int,
 
     config = getattr(model.config, "text_config", None) or model.config
     geometry = head_layout(config)
-    widths = _widths(model)
     per_layer = layout.arch == "deci"
-    heads, kv, channels = (list(w) for w in zip(*widths))
+    heads, kv, channels = (list(w) for w in zip(*layout.widths))
     writer.add_name(name)
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(geometry.hidden_size)
-    writer.add_block_count(len(widths))
+    writer.add_block_count(len(layout.widths))
     writer.add_feed_forward_length(channels if per_layer else channels[0])
     writer.add_head_count(heads if per_layer else heads[0])
     writer.add_head_count_kv(kv if per_layer else kv[0])
@@ -438,10 +434,9 @@ def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: s
         extra = _write_params(writer, model, layout, _file_type(outtype),
                               name or str(getattr(model.config, "_name_or_path", "") or "pruned model"))
         _write_tokenizer(writer, tokenizer, model.config, pre_tokenizer)
-        tensors = [*_tensors(model, layout), *extra]
+        tensors = [(t, _qtype(outtype, t.shape)) for t in [*_tensors(model, layout), *extra]]
         result = GGUFResult(out, layout, outtype, len(tensors))
-        for t in tensors:
-            qtype = _qtype(outtype, t.shape)
+        for t, qtype in tensors:
             if outtype == "q8_0" and len(t.shape) > 1 and qtype == gguf.GGMLQuantizationType.F16:
                 result.fallbacks.append(t.name)
             quantized = qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
@@ -452,8 +447,8 @@ def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: s
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t in progress_bar(tensors, f"GGUF {outtype}", enabled=progress):
-            writer.write_tensor_data(_encode(t.source(), _qtype(outtype, t.shape)))
+        for t, qtype in progress_bar(tensors, f"GGUF {outtype}", enabled=progress):
+            writer.write_tensor_data(_encode(t.source(), qtype))
         writer.close()
     result.bytes = out.stat().st_size
     return result

@@ -161,11 +161,13 @@ class SearchSpaceConfig:
         for point in self.warm_start or []:
             self._check_point(point)
 
-    def _choices(self) -> dict[str, Any]:
-        """Searched dimension -> its categories (list) or inclusive range (tuple); None for a free float."""
+    def dimensions(self) -> dict[str, Any]:
+        """The searched dimensions other than the calibration subset, in the engines' bound format: a category
+        list, a ``(low, high)`` float range or a ``(low, high, int)`` integer range (inclusive). The one table of
+        the space; ``SearchSpace.bounds`` adds the subset coordinates and drops single-choice categories."""
         dims: dict[str, Any] = {"metric": list(self.metrics), "reducer": list(self.reducers)}
         if self.keep_layers:
-            dims.update(keep_first=(0, self.max_keep_first), keep_last=(0, self.max_keep_last))
+            dims.update(keep_first=(0, self.max_keep_first, int), keep_last=(0, self.max_keep_last, int))
         if self.layer_ramp:
             dims["layer_ramp"] = (-1.0, 1.0)
         if self.attn_share:
@@ -178,29 +180,27 @@ class SearchSpaceConfig:
 
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
-        dims = self._choices()
+        dims = self.dimensions()
         known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope", "bias_compensation"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
-            allowed = dims.get(key)
-            inside = (allowed is None or (value in allowed if isinstance(allowed, list)
-                                          else allowed[0] <= value <= allowed[1]))
-            if not inside:
-                raise ConfigError(f"search.space.warm_start {key}", value, f"a value of the searched space: {allowed}",
+            if key in dims and not _inside(dims[key], value):
+                raise ConfigError(f"search.space.warm_start {key}", value, f"a value of the searched space: {dims[key]}",
                                   hint="widen search.space (metrics, max_keep_first ...) or change the point")
 
     def warm_points(self) -> list[dict[str, Any]]:
         """The warm-start points restricted to the searched dimensions (the default: the baselines in the space)."""
-        dims = self._choices()
-        if self.warm_start is not None:
-            points = self.warm_start
-        else:
-            points = [p for p in BASELINE_POINTS if all(
-                k not in dims or (v in dims[k] if isinstance(dims[k], list) else dims[k][0] <= v <= dims[k][1])
-                for k, v in p.items())]
+        dims = self.dimensions()
+        points = self.warm_start if self.warm_start is not None else [
+            p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k], v) for k, v in p.items())]
         return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
                 for p in points]
+
+
+def _inside(bound: Any, value: Any) -> bool:
+    """Whether ``value`` lies in a :meth:`SearchSpaceConfig.dimensions` bound (categories or inclusive range)."""
+    return value in bound if isinstance(bound, list) else bound[0] <= value <= bound[1]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.session import Candidate
-from adapruner_lightning.search.config import SCOPES, SearchConfig
+from adapruner_lightning.search.config import SearchConfig
 
 
 @dataclass
@@ -47,23 +47,13 @@ class SearchSpace:
         """Parameter bounds in bayesian-optimization's typed format (float tuple, int tuple, category list)."""
         c = self.config
         b: dict[str, Any] = {f"u{i}": (0.0, 1.0) for i in range(self.embedding.shape[1])}
-        if len(c.space.metrics) > 1:
-            b["metric"] = list(c.space.metrics)
-        if len(c.space.reducers) > 1:
-            b["reducer"] = list(c.space.reducers)
+        dims = c.space.dimensions()
+        for name in ("metric", "reducer"):  # a single choice is no dimension
+            if len(dims[name]) > 1:
+                b[name] = dims[name]
         if c.space.vary_subset_size:
             b["k"] = (2, min(2 * c.data.subset_size, self.embedding.shape[0]), int)
-        if c.space.keep_layers:
-            b["keep_first"] = (0, c.space.max_keep_first, int)
-            b["keep_last"] = (0, c.space.max_keep_last, int)
-        if c.space.layer_ramp:
-            b["layer_ramp"] = (-1.0, 1.0)
-        if c.space.attn_share:
-            b["attn_share"] = (0.0, 0.6)
-        if c.space.scope:
-            b["scope"] = list(SCOPES)
-        if c.space.bias_compensation:
-            b["bias_compensation"] = [False, True]
+        b.update({name: bound for name, bound in dims.items() if name not in ("metric", "reducer")})
         return b
 
     def describe(self) -> dict[str, Any]:

@@ -127,7 +127,8 @@ def test_embedded_model_tokenizer_and_plans_match_in_llamacpp(tmp_path):
 
 
 def _nll(logits: np.ndarray, ids: list[int]) -> float:
-    """Mean next-token negative log-likelihood of ``ids[1:]`` under ``logits``."""
-    logits = logits[:-1] - logits[:-1].max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return float(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
+    """Mean next-token negative log-likelihood of ``ids[1:]`` under ``logits`` (the library's own function)."""
+    from adapruner_lightning.evaluation.metrics import causal_lm_nll
+
+    total, count = causal_lm_nll(torch.from_numpy(logits)[None], torch.tensor([ids]))
+    return float(total / count)
