@@ -8,8 +8,9 @@ dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random sample
 [4, N-2)); wanda_sp (uniform per layer) and FLAP as its reference code runs it (``flap_reference`` with
 ``scope="standardized"`` and its bias compensation; 10 random samples); AdaPruner
 (Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings); adapruner_v01
-(0.1's search: random initial points, layerwise selection, for comparison; not run unless named). Before and after the same
-short LoRA recovery. Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
+(0.1's search: random initial points, layerwise selection, for comparison) and adapruner_kl (the library's search
+scored by KL from the dense model instead of perplexity), neither run unless named. Before and after the same
+short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
     python benchmarks/quality.py --quick            # 20%, 3 seeds before recovery, 1 after
     python benchmarks/quality.py                    # 10/20/30%, 3 seeds, resumable
@@ -63,13 +64,18 @@ METHODS = {
     "adapruner": ({}, True, True),
     # 0.1's search, for comparison: random initial points only, layerwise selection, no flap_reference
     "adapruner_v01": ({}, True, True),
+    # the library's search with the distillation-aware objective (KL from the dense model on the objective windows)
+    "adapruner_kl": ({}, True, True),
 }
+#: comparison variants of the search, run only when named
+COMPARISONS = ("adapruner_v01", "adapruner_kl")
 #: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
     "adapruner": {},
     "adapruner_v01": {"warm_start": [], "scope": False,
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
+    "adapruner_kl": {"objective": "kl"},
 }
 
 
@@ -86,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", default=None)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--recovery-seeds", type=int, default=None, help="seeds that also get the recovery fine-tune")
-    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "adapruner_v01"], choices=list(METHODS),
-                   help="methods to run (default: all but adapruner_v01, 0.1's search, which runs only when named)")
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in COMPARISONS], choices=list(METHODS),
+                   help="methods to run (default: all but the search variants adapruner_v01 (0.1's search) and "
+                        "adapruner_kl (KL objective), which run only when named)")
     p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
     p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task")
@@ -512,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
               f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
               f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
-              f"recovery ({args.recovery_steps} LoRA steps of 4 x 256 tokens): {recovered}. Sittings that ran cells: "
+              f"recovery ({args.recovery_steps} steps of 4 x 256 tokens; {', '.join(args.recoveries)}): {recovered}. Sittings that ran cells: "
               f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))

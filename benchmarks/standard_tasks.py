@@ -58,8 +58,8 @@ def _predictions(logliks: Sequence[Sequence[float]]) -> list[int]:
 def ours(model: Any, tok: Any, task: str, limit: int | None, batch_size: int) -> dict[str, Any]:
     """Our scores, per-item log-likelihoods and wall time on the first ``limit`` items of ``task`` (one pass: the
     scores are computed from the same log-likelihoods ``score_task`` would compute)."""
-    from adapruner_lightning.evaluation.loglik import _stderr, choice_logliks, continuation_scores
-    from adapruner_lightning.evaluation.metrics import MultipleChoiceAccuracy, multiple_choice_tensors
+    from adapruner_lightning.evaluation.loglik import (choice_logliks, continuation_scores, loglikelihood_metrics,
+                                                       multiple_choice_metrics)
     from adapruner_lightning.evaluation.tasks import get_task, load_task
 
     items = load_task(task, limit=limit)
@@ -67,16 +67,10 @@ def ours(model: Any, tok: Any, task: str, limit: int | None, batch_size: int) ->
     if get_task(task).kind == "loglikelihood":
         pairs = continuation_scores(model, tok, items, batch_size=batch_size, progress=True)
         logliks, greedy = [[ll] for ll, _ in pairs], [g for _, g in pairs]
-        acc = sum(greedy) / len(greedy)
-        scores = {"acc": acc, "acc_stderr": _stderr(acc, len(items)),
-                  "perplexity": math.exp(-sum(ll for ll, _ in pairs) / len(pairs)), "n": float(len(items))}
+        scores = loglikelihood_metrics(pairs)
     else:
         logliks, greedy = choice_logliks(model, tok, items, batch_size=batch_size, progress=True), None
-        metric = MultipleChoiceAccuracy(sync_on_compute=False)
-        metric.update(*multiple_choice_tensors(items, logliks))
-        scores = {k: float(v) for k, v in metric.compute().items()}
-        scores.update(acc_stderr=_stderr(scores["acc"], len(items)), acc_norm_stderr=_stderr(scores["acc_norm"], len(items)),
-                      n=float(len(items)))
+        scores = multiple_choice_metrics(items, logliks)
     seconds = time.perf_counter() - start
     correct = greedy if greedy is not None else [p == item.gold for p, item in zip(_predictions(logliks), items)]
     return {"scores": scores, "seconds": round(seconds, 1), "logliks": logliks, "greedy": greedy, "correct": correct,

@@ -134,15 +134,20 @@ def _family(model: nn.Module) -> str:
 def check_exportable(model: nn.Module, tokenizer: Any, pre_tokenizer: str | None = None) -> None:
     """The refusals that need no plan (family, rope scaling, tokenizer kind and pre-tokenizer): cheap, so a run
     that is to end in a GGUF file checks them before any expensive work; :func:`gguf_layout` checks the rest."""
+    with tempfile.TemporaryDirectory() as folder:
+        _check(model, tokenizer, pre_tokenizer, Path(folder))
+
+
+def _check(model: nn.Module, tokenizer: Any, pre_tokenizer: str | None, folder: Path) -> str:
+    """:func:`check_exportable`, with the tokenizer saved into ``folder`` (kept for the writer); returns the
+    pre-tokenizer's llama.cpp name."""
     _family(model)
     _rope(getattr(model.config, "text_config", None) or model.config)
     if tokenizer is None:
         raise ConfigError("GGUF export", "no tokenizer", "the model's tokenizer",
                           hint="give the LightningModule a .tokenizer attribute (or pass the tokenizer)")
-    with tempfile.TemporaryDirectory() as folder:
-        data = _tokenizer_json(tokenizer, Path(folder))
-    if pre_tokenizer is None:
-        pre_tokenizer_name(data)
+    data = _tokenizer_json(tokenizer, folder)
+    return pre_tokenizer or pre_tokenizer_name(data)
 
 
 def gguf_layout(model: nn.Module) -> GGUFLayout:
@@ -266,21 +271,20 @@ def _token_list(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _write_tokenizer(writer: Any, tokenizer: Any, config: Any, pre_tokenizer: str | None) -> None:
-    """Vocabulary, merges, special tokens, BOS policy and chat template, as llama.cpp's converter writes them."""
+def _write_tokenizer(writer: Any, tokenizer: Any, config: Any, pre_tokenizer: str, folder: Path) -> None:
+    """Vocabulary, merges, special tokens, BOS policy and chat template, as llama.cpp's converter writes them
+    (``folder``: where :func:`_check` saved the tokenizer)."""
     import gguf
 
-    with tempfile.TemporaryDirectory() as folder:
-        data = _tokenizer_json(tokenizer, Path(folder))
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre_tokenizer or pre_tokenizer_name(data))
-        tokens, types = _token_list(tokenizer, int(config.vocab_size))
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        config.to_json_file(str(Path(folder) / "config.json"))
-        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
-        special.add_special_token["bos"] = uses_bos(tokenizer)  # the policy every window here was scored with
-        special.add_to_gguf(writer, quiet=True)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer)
+    tokens, types = _token_list(tokenizer, int(config.vocab_size))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    config.to_json_file(str(folder / "config.json"))
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
+    special.add_special_token["bos"] = uses_bos(tokenizer)  # the policy every window here was scored with
+    special.add_to_gguf(writer, quiet=True)
 
 
 # --------------------------------------------------------------------------------------------- tensors
@@ -404,6 +408,30 @@ def check_outtype(outtype: str) -> str:
     return outtype
 
 
+def _write_tensors(writer: Any, tensors: list[tuple[_Tensor, Any]], outtype: str, result: GGUFResult,
+                   progress: bool) -> None:
+    """Header, key-values and every tensor's info, then the tensors one at a time (streamed: one converted
+    tensor in memory); q8_0 fallbacks to f16 are recorded on ``result``."""
+    import gguf
+
+    from adapruner_lightning.progress import progress_bar
+
+    for t, qtype in tensors:
+        if outtype == "q8_0" and len(t.shape) > 1 and qtype == gguf.GGMLQuantizationType.F16:
+            result.fallbacks.append(t.name)
+        quantized = qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        shape = _byte_shape(t.shape, qtype) if quantized else t.shape
+        dtype = np.uint8 if quantized else (np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16)
+        writer.add_tensor_info(t.name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize,
+                               raw_dtype=qtype if quantized else None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t, qtype in progress_bar(tensors, f"GGUF {outtype}", enabled=progress):
+        writer.write_tensor_data(_encode(t.source(), qtype))
+    writer.close()
+
+
 @torch.no_grad()
 def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: str = "f16",
                 name: str | None = None, pre_tokenizer: str | None = None, progress: bool = True) -> GGUFResult:
@@ -423,33 +451,19 @@ def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: s
     """
     import gguf
 
-    from adapruner_lightning.progress import progress_bar
-
     check_outtype(outtype)
-    check_exportable(model, tokenizer, pre_tokenizer)
-    layout = gguf_layout(model)
     out = Path(out)
-    with atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), layout.arch)
-        extra = _write_params(writer, model, layout, _file_type(outtype),
-                              name or str(getattr(model.config, "_name_or_path", "") or "pruned model"))
-        _write_tokenizer(writer, tokenizer, model.config, pre_tokenizer)
-        tensors = [(t, _qtype(outtype, t.shape)) for t in [*_tensors(model, layout), *extra]]
-        result = GGUFResult(out, layout, outtype, len(tensors))
-        for t, qtype in tensors:
-            if outtype == "q8_0" and len(t.shape) > 1 and qtype == gguf.GGMLQuantizationType.F16:
-                result.fallbacks.append(t.name)
-            quantized = qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-            shape = _byte_shape(t.shape, qtype) if quantized else t.shape
-            dtype = np.uint8 if quantized else (np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16)
-            writer.add_tensor_info(t.name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize,
-                                   raw_dtype=qtype if quantized else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t, qtype in progress_bar(tensors, f"GGUF {outtype}", enabled=progress):
-            writer.write_tensor_data(_encode(t.source(), qtype))
-        writer.close()
+    with tempfile.TemporaryDirectory() as folder:  # the tokenizer saved once, for the checks and the writer
+        pre_tokenizer = _check(model, tokenizer, pre_tokenizer, Path(folder))
+        layout = gguf_layout(model)
+        with atomic_path(out) as tmp:
+            writer = gguf.GGUFWriter(str(tmp), layout.arch)
+            extra = _write_params(writer, model, layout, _file_type(outtype),
+                                  name or str(getattr(model.config, "_name_or_path", "") or "pruned model"))
+            _write_tokenizer(writer, tokenizer, model.config, pre_tokenizer, Path(folder))
+            tensors = [(t, _qtype(outtype, t.shape)) for t in [*_tensors(model, layout), *extra]]
+            result = GGUFResult(out, layout, outtype, len(tensors))
+            _write_tensors(writer, tensors, outtype, result, progress)
     result.bytes = out.stat().st_size
     return result
 

@@ -383,7 +383,15 @@ def score_multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MCIt
     """
     if not items:
         raise ConfigError("items", [], "at least one multiple-choice item")
-    logliks = choice_logliks(model, tokenizer, items, **kw)
+    return multiple_choice_metrics(items, choice_logliks(model, tokenizer, items, **kw))
+
+
+def multiple_choice_metrics(items: Sequence[MCItem], logliks: Sequence[Sequence[float]]) -> dict[str, float]:
+    """lm-eval's multiple-choice metrics from per-choice log-likelihoods (as :func:`choice_logliks` returns them).
+
+    Returns:
+        ``{"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "n"}``.
+    """
     metric = MultipleChoiceAccuracy(sync_on_compute=False)
     metric.update(*multiple_choice_tensors(items, logliks))
     result = {name: float(value) for name, value in metric.compute().items()}
@@ -468,7 +476,15 @@ def score_loglikelihood(model: nn.Module, tokenizer: Any, items: Sequence[Contin
     """
     if not items:
         raise ConfigError("items", [], "at least one log-likelihood item")
-    scores = continuation_scores(model, tokenizer, items, **kw)
+    return loglikelihood_metrics(continuation_scores(model, tokenizer, items, **kw))
+
+
+def loglikelihood_metrics(scores: Sequence[tuple[float, bool]]) -> dict[str, float]:
+    """lm-eval's log-likelihood metrics from ``(log-likelihood, is_greedy)`` pairs (:func:`continuation_scores`).
+
+    Returns:
+        ``{"acc", "acc_stderr", "perplexity", "n"}`` (perplexity per item, as lm-eval aggregates it).
+    """
     n = len(scores)
     acc = sum(greedy for _, greedy in scores) / n
     return {"acc": acc, "acc_stderr": _stderr(acc, n), "perplexity": math.exp(-sum(ll for ll, _ in scores) / n),
