@@ -208,8 +208,8 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
               + " | ".join(f"ppl {n} with bias compensation" for n in names) + " |", "|---|" + "---:|" * (2 * len(names))]
         for r in rows[1:]:
             L.append(f"| {r['metric']} | {_fmt(r['all'])} | {_fmt(r['compensated'])} |")
-    L += ["", f"Removed MLP channels with the highest activation energy (sum x^2 at the down_proj input over the "
-          f"calibration samples, as a multiple of the layer's median channel):", "",
+    L += ["", "Removed MLP channels with the highest activation energy (sum x^2 at the down_proj input over the "
+          "calibration samples, as a multiple of the layer's median channel):", "",
           "| metric | Spearman(channel score, energy), mean over layers | channels (layer:channel, x median, rank in layer) |",
           "|---|---:|---|"]
     for r in rows[1:]:

@@ -296,7 +296,7 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         y = np.array([r["stats"]["peak_mib"] * 2**20 for r in rows], dtype=float)
         c1, c0 = np.polyfit(x, y, 1)
         yp = np.array([r["plain"]["peak_mib"] * 2**20 - r["params"] * 4 for r in rows], dtype=float)
-        p1, p0 = np.polyfit(x, yp, 1)
+        p1 = np.polyfit(x, yp, 1)[0]
         p = np.array([r["params"] for r in rows], dtype=float)
         ts = np.array([r["stats"]["seconds"] for r in rows])
         slope_t = float(np.polyfit(np.log(p), np.log(ts), 1)[0])
@@ -304,7 +304,7 @@ def paper_estimate(result: dict[str, Any]) -> dict[str, Any]:
         sel = np.array([r["select"]["median_s"] for r in rows])
         s1, s0 = np.polyfit(ch, sel, 1)
     else:
-        c1 = c0 = p1 = p0 = s1 = s0 = float("nan")
+        c1 = c0 = p1 = s1 = s0 = float("nan")
         slope_t = float("nan")
     bytes_per_tlh = c1 / batch_tokens  # fp32 bytes per (token x layer x hidden)
     logit_copies = c0 / (batch_tokens * SCALING_VOCAB * 4)  # the intercept in units of one fp32 logits tensor
