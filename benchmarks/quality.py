@@ -10,7 +10,8 @@ dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random sample
 (Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings); adapruner_v01
 (0.1's search: random initial points, layerwise selection, for comparison) and adapruner_kl (the library's search
 scored by KL from the dense model instead of perplexity), neither run unless named. Before and after the same
-short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Results are appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
+short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Results are
+appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
     python benchmarks/quality.py --quick            # 20%, 3 seeds before recovery, 1 after
     python benchmarks/quality.py                    # 10/20/30%, 3 seeds, resumable
@@ -519,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
               f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
               f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
-              f"recovery ({args.recovery_steps} steps of 4 x 256 tokens; {', '.join(args.recoveries)}): {recovered}. Sittings that ran cells: "
+              f"recovery ({args.recovery_steps} steps of 4 x 256 tokens; {', '.join(args.recoveries)}): {recovered}. "
+              f"Sittings that ran cells: "
               f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))
