@@ -484,7 +484,12 @@ def loglikelihood_metrics(scores: Sequence[tuple[float, bool]]) -> dict[str, flo
 
     Returns:
         ``{"acc", "acc_stderr", "perplexity", "n"}`` (perplexity per item, as lm-eval aggregates it).
+
+    Raises:
+        ConfigError: ``scores`` is empty.
     """
+    if not scores:
+        raise ConfigError("log-likelihood scores", [], "at least one scored item")
     n = len(scores)
     acc = sum(greedy for _, greedy in scores) / n
     return {"acc": acc, "acc_stderr": _stderr(acc, n), "perplexity": math.exp(-sum(ll for ll, _ in scores) / n),

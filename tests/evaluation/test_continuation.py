@@ -76,3 +76,12 @@ def test_score_task_dispatches_on_the_kind_and_the_mean_skips_loglikelihood_task
         score_loglikelihood(model, tok, [], progress=False)
     with pytest.raises(ConfigError, match="non-empty"):
         ContinuationItem("context", "")
+
+
+def test_loglikelihood_metrics_match_lm_eval_aggregation_and_refuse_no_scores() -> None:
+    from adapruner_lightning.evaluation.loglik import loglikelihood_metrics
+
+    m = loglikelihood_metrics([(-1.0, True), (-3.0, False)])
+    assert m["acc"] == 0.5 and m["n"] == 2.0 and abs(m["perplexity"] - math.exp(2.0)) < 1e-12
+    with pytest.raises(ConfigError, match="at least one scored item"):
+        loglikelihood_metrics([])
