@@ -6,10 +6,11 @@ them and the same items of the seven standard tasks (BoolQ, PIQA, HellaSwag, Win
 OpenBookQA; offline, the split lm-eval scores; "7-task acc" is their unweighted mean, as papers report); calibration and the search objective come only from the four calibration novels. Methods:
 dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
 [4, N-2)); wanda_sp (uniform per layer) and FLAP as its reference code runs it (``flap_reference`` with
-``scope="standardized"`` and its bias compensation; 10 random samples); AdaPruner
-(Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings); adapruner_v01
-(0.1's search: random initial points, layerwise selection, for comparison) and adapruner_kl (the library's search
-scored by KL from the dense model instead of perplexity), neither run unless named. Before and after the same
+``scope="standardized"``, its bias compensation and its 2,048 samples, i.e. the whole pool of 64); AdaPruner
+(Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings, the subset size
+is searched up to the pool). Run only when named: flap_k10 (FLAP on 10 random samples), adapruner_k10 (the search
+with 10 samples a candidate), adapruner_v01 (0.1's search: random initial points, layerwise selection) and
+adapruner_kl (the library's search scored by KL from the dense model instead of perplexity). Before and after the same
 short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Results are
 appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
 
@@ -60,21 +61,27 @@ METHODS = {
     "llm_pruner": (dict(metric="taylor", keep_first=4, keep_last=2), False, True),
     "wanda_sp": (dict(metric="wanda_sp"), False, True),
     # FLAP as its reference code runs it (lib/prune.py, WIFV, structure AL-AM): squared attention fluctuation,
-    # per-layer standardised scores, one cost-weighted global threshold, bias compensation
-    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
+    # per-layer standardised scores, one cost-weighted global threshold, bias compensation, and its main.py's
+    # 2,048 calibration samples (clipped to the pool: every one of its 64)
+    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True, num_samples=2048), False, True),
+    # the same on 10 random samples (LLM-Pruner's count; the "flap" of the tables before 2026-12-04)
+    "flap_k10": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
     "adapruner": ({}, True, True),
+    # the search with the subset size fixed at 10 (the library's default before 2026-12-04)
+    "adapruner_k10": ({}, True, True),
     # 0.1's search, for comparison: random initial points only, layerwise selection, no flap_reference
     "adapruner_v01": ({}, True, True),
     # the library's search with the distillation-aware objective (KL from the dense model on the objective windows)
     "adapruner_kl": ({}, True, True),
 }
-#: comparison variants of the search, run only when named
-COMPARISONS = ("adapruner_v01", "adapruner_kl")
+#: comparison variants, run only when named
+COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl")
 #: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
     "adapruner": {},
-    "adapruner_v01": {"warm_start": [], "scope": False,
+    "adapruner_k10": {"vary_subset_size": False},
+    "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False,
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
 }
@@ -190,7 +197,7 @@ class Bench:
                                                                                        "bias_compensation")}}
         else:
             plan = session.plan(session.default_candidate())
-        info["removed"] = plan.achieved_ratio
+        info.update(removed=plan.achieved_ratio, samples=len(plan.provenance["subset"]))
         return plan, info
 
     def recover(self, model: torch.nn.Module, seed: int, variant: str = "lora-lm") -> torch.nn.Module:

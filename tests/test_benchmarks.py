@@ -200,3 +200,15 @@ def test_recovery_variants_are_cells_of_their_own_and_old_cells_read_as_lora() -
     md = quality.table(rows, None)
     assert "| 20% | adapruner | LoRA |" in md and "| 20% | adapruner | full-kl |" in md
     assert quality.RECOVERIES["full-mix"][:2] == ("full", 0.5) and quality.RECOVERIES["lora-lm"][1] == 0.0
+
+
+def test_subsets_table_summarises_draws_per_configuration_and_kind() -> None:
+    import subsets
+
+    rows = [{"config": "FLAP reference", "kind": "random 10", "objective": o, "dev": d} for o, d in ((60, 80), (62, 84))]
+    rows.append({"config": "FLAP reference", "kind": "whole pool", "objective": 58.0, "dev": 76.0})
+    table = subsets.table(rows, {"objective": 40.0, "dev": 50.0})
+    random10 = next(l for l in table.splitlines() if "| random 10 |" in l)
+    assert "| 2 | 61.00 ± 1.41 (60.00-62.00) | 82.00 ± 2.83 (80.00-84.00) | 1.640 |" in random10
+    assert "| whole pool | 1 | 58.00 | 76.00 | 1.520 |" in table
+    assert "LLM-Pruner" not in table  # configurations without rows are left out

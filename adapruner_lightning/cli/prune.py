@@ -46,13 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=int, default=16, help="search trials; 0 = no search, use --metric (default 16)")
     data = p.add_argument_group("search data (SearchConfig.data)")
     data.add_argument("--pool-size", type=int, default=64, help="candidate calibration samples N")
-    data.add_argument("--subset-size", type=int, default=10, help="samples per candidate k (and LLM-Pruner's count)")
+    data.add_argument("--subset-size", type=int, default=10,
+                      help="samples of the --trials 0 configuration, and per candidate with --fixed-subset-size")
     data.add_argument("--objective-windows", type=int, default=8, help="held-apart windows scoring each candidate")
     data.add_argument("--objective-seq-len", type=int, default=256, help="tokens per objective window")
     engine = p.add_argument_group("search engine (SearchConfig.engine)")
     engine.add_argument("--engine", choices=["gp", "tpe", "random"], default="gp")
     space = p.add_argument_group("search space (SearchConfig.space)")
     space.add_argument("--metrics", nargs="+", choices=metric_names(), default=None, help="metrics the search may pick")
+    space.add_argument("--fixed-subset-size", action="store_true",
+                       help="every candidate reads --subset-size samples (default: the search picks 2 to --pool-size)")
     return p
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                            num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
     search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size,
                              subset_size=args.subset_size, objective_windows=args.objective_windows,
-                             objective_seq_len=args.objective_seq_len,
+                             objective_seq_len=args.objective_seq_len, vary_subset_size=not args.fixed_subset_size,
                              **({"metrics": args.metrics} if args.metrics else {}))
     resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)

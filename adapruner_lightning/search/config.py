@@ -24,12 +24,13 @@ from adapruner_lightning.errors import ConfigError
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
-#: FLAP as its reference code runs it and LLM-Pruner's default (taylor, layerwise, layers [4, N-2) kept whole)
+#: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
+#: layerwise, layers [4, N-2) kept whole, 10 samples); ``k`` (the sample count) is clipped to the pool
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "bias_compensation": True,
-     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0},
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
     {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "bias_compensation": False,
-     "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0},
+     "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES = ("layerwise", "global", "standardized")
@@ -42,7 +43,8 @@ class SearchData:
 
     Args:
         pool_size: calibration pool size N (candidate samples).
-        subset_size: samples per candidate k (``space.vary_subset_size`` lets the search pick k in [2, 2k]).
+        subset_size: samples per candidate k when ``space.vary_subset_size`` is off (on, the default, the search
+            picks k in [2, pool]).
         objective_windows: held-apart windows scoring each candidate.
         objective_seq_len: tokens per objective window.
         objective: what scores a candidate on those windows: ``"perplexity"`` (negative log perplexity) or
@@ -117,7 +119,9 @@ class SearchSpaceConfig:
         subset_dims: coordinates encoding the calibration subset: samples are embedded by PCA of their cached
             statistics and a candidate takes the k samples nearest to a searched point (similar points give
             overlapping subsets, which a GP can model, unlike N independent bits or one seed integer).
-        vary_subset_size: search k in [2, 2 * data.subset_size].
+        vary_subset_size: search the number of samples k in [2, pool size] (off: k = ``data.subset_size``). On
+            by default: activation metrics read the cached per-sample statistics at any k for free, and FLAP's
+            statistics keep improving with more samples (README, "The calibration subset").
         keep_layers: search how many first/last layers stay whole (up to max_keep_first/last).
         max_keep_first: most leading layers kept whole.
         max_keep_last: most trailing layers kept whole.
@@ -127,8 +131,8 @@ class SearchSpaceConfig:
         bias_compensation: search whether FLAP's bias compensation is applied (scored under masks).
         warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
             searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
-            bias_compensation; keys of dimensions not searched are left out, the calibration subset stays
-            random). None (default): the published baselines' settings (:data:`BASELINE_POINTS`: FLAP's
+            bias_compensation, k; keys of dimensions not searched are left out, the calibration subset stays
+            random; a ``k`` above the pool's size takes the whole pool). None (default): the published baselines' settings (:data:`BASELINE_POINTS`: FLAP's
             reference configuration, LLM-Pruner's default) that lie in this space, so the search starts where
             the baselines end; ``[]``: none (the paper's AdaPruner, random initial points only).
     """
@@ -136,7 +140,7 @@ class SearchSpaceConfig:
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     reducers: list[str] = field(default_factory=lambda: list(DEFAULT_REDUCERS))
     subset_dims: int = 2
-    vary_subset_size: bool = False
+    vary_subset_size: bool = True
     keep_layers: bool = True
     max_keep_first: int = 4
     max_keep_last: int = 2
@@ -163,9 +167,12 @@ class SearchSpaceConfig:
 
     def dimensions(self) -> dict[str, Any]:
         """The searched dimensions other than the calibration subset, in the engines' bound format: a category
-        list, a ``(low, high)`` float range or a ``(low, high, int)`` integer range (inclusive). The one table of
-        the space; ``SearchSpace.bounds`` adds the subset coordinates and drops single-choice categories."""
+        list, a ``(low, high)`` float range or a ``(low, high, int)`` integer range (inclusive; ``high`` None: the
+        pool's size, known when the space is built). The one table of the space; ``SearchSpace.bounds`` adds the
+        subset coordinates, sets the pool's size and drops single-choice categories."""
         dims: dict[str, Any] = {"metric": list(self.metrics), "reducer": list(self.reducers)}
+        if self.vary_subset_size:
+            dims["k"] = (2, None, int)
         if self.keep_layers:
             dims.update(keep_first=(0, self.max_keep_first, int), keep_last=(0, self.max_keep_last, int))
         if self.layer_ramp:
@@ -181,7 +188,8 @@ class SearchSpaceConfig:
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
         dims = self.dimensions()
-        known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope", "bias_compensation"}
+        known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope", "bias_compensation",
+                 "k"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
@@ -200,7 +208,9 @@ class SearchSpaceConfig:
 
 def _inside(bound: Any, value: Any) -> bool:
     """Whether ``value`` lies in a :meth:`SearchSpaceConfig.dimensions` bound (categories or inclusive range)."""
-    return value in bound if isinstance(bound, list) else bound[0] <= value <= bound[1]
+    if isinstance(bound, list):
+        return value in bound
+    return bound[0] <= value and (bound[1] is None or value <= bound[1])
 
 
 @dataclass

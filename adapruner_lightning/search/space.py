@@ -51,9 +51,10 @@ class SearchSpace:
         for name in ("metric", "reducer"):  # a single choice is no dimension
             if len(dims[name]) > 1:
                 b[name] = dims[name]
-        if c.space.vary_subset_size:
-            b["k"] = (2, min(2 * c.data.subset_size, self.embedding.shape[0]), int)
         b.update({name: bound for name, bound in dims.items() if name not in ("metric", "reducer")})
+        if "k" in b:  # the whole pool at most
+            pool = int(self.embedding.shape[0])
+            b["k"] = (min(2, pool), pool, int)
         return b
 
     def describe(self) -> dict[str, Any]:
@@ -64,8 +65,13 @@ class SearchSpace:
                 "target": self.pruning.target_ratio, "basis": self.pruning.ratio_basis}
 
     def warm_point(self, index: int, rng: np.random.RandomState) -> dict[str, Any]:
-        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`) on a random calibration subset."""
-        return {**self.random_point(rng), **self.config.space.warm_points()[index]}
+        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`) on a random calibration subset of its
+        ``k`` samples (clipped to the pool)."""
+        point = {**self.random_point(rng), **self.config.space.warm_points()[index]}
+        if "k" in point:
+            low, high, _ = self.bounds()["k"]
+            point["k"] = max(low, min(int(point["k"]), high))
+        return point
 
     def random_point(self, rng: np.random.RandomState) -> dict[str, Any]:
         """A uniformly random point of the space."""

@@ -25,3 +25,19 @@ def test_prune_in_bf16_exports_bf16(tmp_path, tiny_lm_dir, text_dir):
 def test_bad_dtype_is_one_line(capsys, tmp_path):
     assert cli.main(["prune", "--dtype", "float8", "--out", str(tmp_path / "x")]) == 2
     assert "dtype='float8' is invalid" in capsys.readouterr().err
+
+
+def _trace_subsets(path) -> list[list[int]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [row["candidate"]["subset"] for row in rows if "candidate" in row]
+
+
+def test_the_subset_size_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_dir):
+    common = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
+              "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+              "--no-progress"]
+    assert cli.main([*common, "--out", str(tmp_path / "searched")]) == 0
+    first = _trace_subsets(tmp_path / "searched.search_trace.jsonl")[0]
+    assert first == list(range(8))  # FLAP's warm point: its 2,048 samples, clipped to the pool of 8
+    assert cli.main([*common, "--fixed-subset-size", "--out", str(tmp_path / "fixed")]) == 0
+    assert {len(s) for s in _trace_subsets(tmp_path / "fixed.search_trace.jsonl")} == {4}
