@@ -63,7 +63,8 @@ METHODS = {
     # FLAP as its reference code runs it (lib/prune.py, WIFV, structure AL-AM): squared attention fluctuation,
     # per-layer standardised scores, one cost-weighted global threshold, bias compensation, and its main.py's
     # 2,048 calibration samples (clipped to the pool: every one of its 64)
-    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True, num_samples=2048), False, True),
+    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True, num_samples=2048),
+             False, True),
     # the same on 10 random samples (LLM-Pruner's count; the "flap" of the tables before 2026-12-04)
     "flap_k10": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
     "adapruner": ({}, True, True),

@@ -109,7 +109,8 @@ def _summary(values: list[float]) -> str:
 
 def table(rows: list[dict], dense: dict[str, float]) -> str:
     """Mean ± std (min-max) over draws, per configuration and subset kind, and as a multiple of dense."""
-    lines = ["| configuration | subset | draws | objective ppl | dev ppl | dev ppl x dense |", "|---|---|---:|---|---|---:|"]
+    lines = ["| configuration | subset | draws | objective ppl | dev ppl | dev ppl x dense |",
+             "|---|---|---:|---|---|---:|"]
     for config in CONFIGS:
         for kind in KINDS:
             rs = [r for r in rows if r["config"] == config and r["kind"] == kind]
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             for draw in range(1 if KINDS[kind][1] == "all" else draws):
                 subset = bench.subset(kind, rng)
-                rows.append({"config": config, "kind": kind, "draw": draw, "subset": subset, **bench.score(config, subset)})
-                print(f"{config:<20} {kind:<12} {draw} obj {rows[-1]['objective']:.2f} dev {rows[-1]['dev']:.2f}", flush=True)
+                row = {"config": config, "kind": kind, "draw": draw, "subset": subset, **bench.score(config, subset)}
+                rows.append(row)
+                print(f"{config:<20} {kind:<12} {draw} obj {row['objective']:.2f} dev {row['dev']:.2f}", flush=True)
     machine = speed.machine_info(torch.device("cpu"))
     header = (f"Calibration subsets — {machine['date']} — {machine['cpu_model']}, {machine['cpu_count']} cores, torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads, {time.perf_counter() - start:.0f} s. Command: "

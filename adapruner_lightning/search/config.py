@@ -132,9 +132,10 @@ class SearchSpaceConfig:
         warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
             searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
             bias_compensation, k; keys of dimensions not searched are left out, the calibration subset stays
-            random; a ``k`` above the pool's size takes the whole pool). None (default): the published baselines' settings (:data:`BASELINE_POINTS`: FLAP's
-            reference configuration, LLM-Pruner's default) that lie in this space, so the search starts where
-            the baselines end; ``[]``: none (the paper's AdaPruner, random initial points only).
+            random; a ``k`` above the pool's size takes the whole pool). None (default): the published
+            baselines' settings (:data:`BASELINE_POINTS`: FLAP's reference configuration, LLM-Pruner's default,
+            each with its own sample count) that lie in this space, so the search starts where the baselines
+            end; ``[]``: none (the paper's AdaPruner, random initial points only).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -188,8 +189,8 @@ class SearchSpaceConfig:
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
         dims = self.dimensions()
-        known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope", "bias_compensation",
-                 "k"}
+        known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope",
+                 "bias_compensation", "k"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
