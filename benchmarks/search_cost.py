@@ -194,7 +194,8 @@ def run_one_search(session: Any, *, metrics: list[str], trials: int, pool_size: 
     from adapruner_lightning.search.runner import run_search
 
     config = SearchConfig.of(trials=trials, init_points=min(3, trials), metrics=metrics, pool_size=pool_size,
-                          subset_size=subset_size, objective_windows=objective_windows, objective_seq_len=256)
+                          subset_size=subset_size, objective_windows=objective_windows, objective_seq_len=256,
+                          vary_subset_size=False)  # trial costs at the stated k, as recorded
     start = time.perf_counter()
     result = run_search(session, config, seed=seed, progress=True)
     wall = time.perf_counter() - start
@@ -260,7 +261,7 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     stats, plain = measure_stats_and_plain(session, 1, device)
     objective = measure_objective(session, 2, device)
     search = SearchConfig.of(trials=args.scaling_trials, metrics=CACHED_METRICS, pool_size=session.pool.shape[0],
-                          subset_size=min(args.subset_size, session.pool.shape[0]))
+                          subset_size=min(args.subset_size, session.pool.shape[0]), vary_subset_size=False)
     space = SearchSpace.build(search, session.config, session.stats.features())
     rng = np.random.RandomState(args.seed)
     trials = [evaluate_point(session, space, space.random_point(rng), i) for i in range(args.scaling_trials)]

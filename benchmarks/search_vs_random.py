@@ -243,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = SearchConfig.of(trials=budget, init_points=args.init_points, engine=engine.removesuffix("-raw"),
                                   score_transform="none" if engine == "gp-raw" else "copula", metrics=METRICS,
                                   pool_size=args.pool, subset_size=args.subset_size,
-                                  objective_windows=args.objective_windows, objective_seq_len=256)
+                                  objective_windows=args.objective_windows, objective_seq_len=256,
+                                  vary_subset_size=False)  # k fixed, as the recorded results
             space = (SeedIntegerSpace if encoding == "seed" else SearchSpace).build(config, session.config, features)
             done, start, reused = [], time.perf_counter(), 0
             with make_progress() as bar:
