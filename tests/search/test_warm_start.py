@@ -9,6 +9,7 @@ import pytest
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.search.config import BASELINE_POINTS, SearchConfig, SearchSpaceConfig
 from adapruner_lightning.search.runner import run_search
+from adapruner_lightning.search.space import SearchSpace
 from helpers_core import SMALL
 from helpers_core import small_session as _session
 
@@ -47,7 +48,6 @@ def test_the_baselines_start_with_their_own_sample_counts_and_the_subset_size_is
     pool = session.pool.shape[0]
     assert sorted(result.trials[0].candidate["subset"]) == list(range(pool))  # FLAP: every sample of the pool
     assert len(result.trials[1].candidate["subset"]) == min(10, pool)           # LLM-Pruner: its 10 samples
-    from adapruner_lightning.search.space import SearchSpace
     space = SearchSpace.build(config, session.config, session.stats.features())
     assert space.bounds()["k"] == (2, pool, int)
     fixed = SearchConfig.of(**{**SMALL, "vary_subset_size": False})
