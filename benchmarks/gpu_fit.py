@@ -108,18 +108,32 @@ def reset_peak() -> None:
 
 
 class PhaseMemory(Callback):
-    """Peak GPU memory of setup (dense evaluation, search, pruning) and of the fine-tune."""
+    """Peak GPU memory of setup (dense evaluation, search, pruning) and of the fine-tune.
+
+    Listed before the pruner (its ``on_train_end`` must read the fine-tune's peak before the pruner's own merges
+    and exports); the setup peak is read by :class:`SetupPeak`, listed after it."""
 
     def __init__(self) -> None:
         self.peaks: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.peaks["setup: dense eval, search, prune (GB)"] = peak_gb()
         reset_peak()
 
     def on_train_end(self, trainer, pl_module) -> None:  # before the pruner's own (listed first)
         self.peaks["fine-tune (GB)"] = peak_gb()
         reset_peak()
+
+
+class SetupPeak(Callback):
+    """Reads the setup peak right after the pruner's ``setup`` (listed after it), before the strategy is set up:
+    DeepSpeed's ZeRO optimizer resets CUDA's peak counters when it is built (``deepspeed.runtime.utils.empty_cache``),
+    so a reading at ``on_fit_start`` would miss the search (the first GPU check read 1.82 GB that way)."""
+
+    def __init__(self, phases: PhaseMemory) -> None:
+        self.phases = phases
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.phases.peaks["setup: dense eval, search, prune (GB)"] = peak_gb()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(accelerator="cpu" if args.smoke else "gpu", devices=1, strategy=strategy,
                       precision="32-true" if args.smoke else "bf16-true", max_steps=args.steps,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-                      num_sanity_val_steps=0, default_root_dir=str(work), callbacks=[phases, pruner])
+                      num_sanity_val_steps=0, default_root_dir=str(work), callbacks=[phases, pruner, SetupPeak(phases)])
     reset_peak()
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data)

@@ -170,7 +170,8 @@ def saved_activation_bytes(model: torch.nn.Module, pool: torch.Tensor, trainable
         for p, _ in flags:
             p.requires_grad_(trainable)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            hidden = model.get_decoder()(input_ids=pool, use_cache=False).last_hidden_state
+            device = next(model.parameters()).device
+            hidden = model.get_decoder()(input_ids=pool.to(device), use_cache=False).last_hidden_state
         del hidden
     finally:
         handle.remove()

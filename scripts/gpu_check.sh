@@ -5,7 +5,8 @@
 # after, once, here (the device's image lacks these; see CONTRIBUTING.md, "The GPU check"):
 #   echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl torch-pruning==1.6.1 bayesian-optimization==3.4.0 \
-#     hjson pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection \
+#     hjson pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection datasets==5.2.0 dill==0.4.1 \
+#     multiprocess==0.70.19 \
 #   && python3 -m pip download --no-deps --no-binary=:all: -d .whl deepspeed==0.19.8
 # First (#19) benchmarks/gpu_fit.py: a 1.1 B random Llama in bf16 through the callback under Lightning's
 # DeepSpeedStrategy, ZeRO-2, one GPU (search, prune, LoRA, evaluation, export, reload): peak memory, phase times.

@@ -27,7 +27,7 @@ for one layer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -224,6 +224,18 @@ def _flap_reference(inputs: ScoreInputs) -> MemberScores:
     return out
 
 
+def score_members(spec: MetricSpec, inputs: ScoreInputs) -> MemberScores:
+    """``spec``'s member scores of ``inputs``, computed on the device of the layer's weights and returned there.
+
+    The statistics caches stay on the host (they grow with the pool) while the weights sit on the accelerator;
+    the reduced statistics of one layer are vectors, so they travel to the weights, never the weights to them.
+    """
+    device = inputs.layer.o.weight.device
+    moved = replace(inputs, activation_stats={k: v.to(device) for k, v in inputs.activation_stats.items()},
+                    gradient_stats={k: v.to(device) for k, v in inputs.gradient_stats.items()})
+    return {m: None if t is None else t.to(device) for m, t in spec.fn(moved).items()}
+
+
 def _standardise(scores: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` over one layer's channels (unbiased std, as ``torch.std`` in FLAP's reference)."""
     scores = scores.double()
@@ -294,6 +306,10 @@ class UnitScores:
     heads: torch.Tensor  # [num_heads]: one query head (its q rows + o columns)
     kv_groups: torch.Tensor  # [num_kv_heads]: a KV head with its query heads
     channels: torch.Tensor  # [intermediate]: one MLP channel
+
+    def cpu(self) -> UnitScores:
+        """These scores on the host (where selection compares them across layers)."""
+        return UnitScores(heads=self.heads.cpu(), kv_groups=self.kv_groups.cpu(), channels=self.channels.cpu())
 
 
 def unit_scores(layer: LayerStructure, members: MemberScores, reducer: str) -> UnitScores:

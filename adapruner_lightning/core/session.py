@@ -33,6 +33,7 @@ from adapruner_lightning.core.importance import (
     UnitScores,
     get_metric,
     metric_names,
+    score_members,
     standardized_unit_scores,
     unit_scores,
 )
@@ -48,6 +49,9 @@ from adapruner_lightning.errors import ConfigError
 
 #: Subsets whose gradient-metric scores stay cached (score vectors only: about 4 x (3 H + I) floats per layer).
 GRADIENT_CACHE_SUBSETS = 64
+#: PruningConfig fields that change memory, not the problem: left out of :meth:`PruningSession.problem`, so a
+#: search trace resumes under another value (batches differ only in float rounding).
+MEMORY_KNOBS = ("backward_batch_tokens",)
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,8 @@ class PruningSession:
         pool: calibration pool, LongTensor ``[N, T]``.
         objective: held-apart windows ``[M, T']`` that score candidates (may be None without a search).
         pool_ids: stable ids of the pool's samples (recorded in plans and traces).
-        batch_size: batch size of statistics passes and objective evaluation.
+        batch_size: batch size of objective evaluation, and at most that of the statistics and gradient passes
+            (which hold at most ``config.backward_batch_tokens`` tokens a batch).
         progress: show progress bars.
         stats: the pool's statistics from another session on the same weights and pool (they depend on
             neither the metric, the seed nor the target), so several configurations pay for one pass.
@@ -114,6 +119,7 @@ class PruningSession:
         self.objective_windows = objective
         self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
         self.batch_size, self.progress = batch_size, progress
+        self.backward_batch = max(1, min(batch_size, config.backward_batch_tokens // max(1, pool.shape[1])))
         self.layers = layer_structures(model)
         self.uniform = config.per_layer == "uniform" or not get_architecture(model).per_layer_heads
         if self.uniform:
@@ -141,7 +147,7 @@ class PruningSession:
     def stats(self) -> StatsCache:
         """Per-sample activation statistics of the pool (computed on first use, then cached)."""
         if self._stats is None:
-            self._stats = collect_activation_stats(self.model, self.layers, self.pool, batch_size=self.batch_size,
+            self._stats = collect_activation_stats(self.model, self.layers, self.pool, batch_size=self.backward_batch,
                                                    sample_ids=self.pool_ids, progress=self.progress,
                                                    collective=self.collective)
         return self._stats
@@ -157,7 +163,7 @@ class PruningSession:
             specs = [s for s in specs if s.needs == "gradients" and s.second_order == spec.second_order]
             samples = self.pool[torch.as_tensor(sorted(subset))]
             self._grad_cache[key] = collect_gradient_scores(self.model, self.layers, samples, specs,
-                                                            batch_size=self.batch_size)
+                                                            batch_size=self.backward_batch)
         return [layer[spec.name] for layer in self._grad_cache[key]]
 
     def unit_scores(self, candidate: Candidate) -> dict[int, UnitScores]:
@@ -171,9 +177,10 @@ class PruningSession:
             inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
                                  gradient_stats=gradients[i] if gradients else {},
                                  generator=torch.Generator().manual_seed(self.config.seed * 1000 + i))
-            members = spec.fn(inputs)
-            out[i] = (standardized_unit_scores(self.layers[i], members) if candidate.scope == "standardized"
+            members = score_members(spec, inputs)
+            scores = (standardized_unit_scores(self.layers[i], members) if candidate.scope == "standardized"
                       else unit_scores(self.layers[i], members, candidate.reducer))
+            out[i] = scores.cpu()
         return out
 
     def _check_uniform(self, candidate: Candidate) -> None:
@@ -264,7 +271,8 @@ class PruningSession:
             "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
             "objective": None if self.objective_windows is None else
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
-            "pruning": asdict(self.config), "attention_unit": self.attention_unit, "uniform": self.uniform,
+            "pruning": {k: v for k, v in asdict(self.config).items() if k not in MEMORY_KNOBS},
+            "attention_unit": self.attention_unit, "uniform": self.uniform,
         }
 
     def free_memory(self) -> None:

@@ -8,7 +8,8 @@ import torch
 from adapruner_lightning.core import importance
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.core.groups import layer_structures
-from adapruner_lightning.core.importance import ScoreInputs, get_metric, metric_names, reduce_members, register_metric, unit_scores
+from adapruner_lightning.core.importance import (ScoreInputs, get_metric, metric_names, reduce_members, register_metric,
+                                                 score_members, unit_scores)
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from conftest import make_tiny_model
 from helpers_core import tiny, tokens
@@ -121,6 +122,28 @@ def test_metric_registry():
         assert get_metric("test_ones").description == "All ones." and "test_ones" in metric_names()
     finally:
         del importance._METRICS["test_ones"]
+
+
+@pytest.mark.parametrize("metric", metric_names())
+def test_metrics_score_where_the_weights_are_while_the_statistics_stay_on_the_host(metric):
+    """On a GPU the statistics caches live on the host and the weights on the device: the GPU check (H200,
+    2026-12-04) stopped in ``flap`` with "found at least two devices, cuda:0 and cpu". The meta device stands in
+    for the GPU: every metric must score on the weights' device and return every member there."""
+    model = tiny("llama")
+    layers = layer_structures(model)
+    pool = tokens(2, 8)
+    spec = get_metric(metric)
+    act = collect_activation_stats(model, layers, pool, progress=False).reduce([0, 1]) \
+        if spec.needs == "activations" else None
+    grads = collect_gradient_scores(model, layers, pool, [spec]) if spec.needs == "gradients" else None
+    model.to("meta")
+    layer = layers[1]
+    inputs = ScoreInputs(layer, activation_stats=act[1] if act else {}, gradient_stats=grads[1][metric] if grads else {},
+                         generator=torch.Generator().manual_seed(0))
+    members = score_members(spec, inputs)
+    assert {t.device.type for t in members.values() if t is not None} == {"meta"}
+    units = unit_scores(layer, members, "sum")
+    assert units.channels.shape == (layer.intermediate,) and units.heads.shape == (layer.num_heads,)
 
 
 # ------------------------------------------------------------------------------------------- statistics

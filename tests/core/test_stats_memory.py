@@ -14,6 +14,7 @@ from adapruner_lightning.core.groups import layer_structures, output_site
 from adapruner_lightning.core.importance import MEMBERS, ROW_MEMBERS, get_metric
 from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.core.stats import collect_gradient_scores
+from adapruner_lightning.errors import ConfigError
 from conftest import make_tiny_model
 from helpers_core import tiny, tokens
 
@@ -165,3 +166,27 @@ def test_activation_pass_moves_rows_to_the_host_once_per_batch_not_per_hook(monk
     for a, b in zip(batched.layers, single.layers):
         assert a.keys() == b.keys()
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) and a[k].dtype == torch.float32 for k in a)
+
+
+def test_the_backward_passes_hold_at_most_backward_batch_tokens_while_the_objective_keeps_its_batch():
+    """Long calibration samples are not pushed through the search's backward passes 8 at a time: the GPU check
+    (H200, 2026-12-04; 1.1 B random Llama, 512-token samples) peaked at 4.05x its weights in setup, the saved
+    activations of 8 x 512 tokens, and a 7-8B model with 2,048-token samples would need ~7x its weights. The
+    forward-only objective saves nothing for a backward, so it keeps its batch of windows."""
+    model = tiny("llama")
+    seen: list[tuple[bool, int]] = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append((torch.is_grad_enabled(), args[0].numel())))
+    config = PruningConfig(target_ratio=0.2, sample_len=32, backward_batch_tokens=64)
+    session = PruningSession(model, config, tokens(6, 32), objective=tokens(4, 32, seed=1), progress=False)
+    session.objective(session.select(Candidate("taylor", "sum", list(range(6)))))
+    session.select(Candidate("flap", "sum", list(range(6))))
+    backward = [n for grad, n in seen if grad]
+    assert backward and max(backward) == 64  # 2 samples of 32 tokens a batch, stats pass and gradient pass
+    assert [n for grad, n in seen if not grad] == [4 * 32]  # the objective: all 4 windows in one batch
+    assert PruningConfig().backward_batch_tokens // PruningConfig().sample_len == 8  # the defaults: unchanged
+    other = PruningSession(model, PruningConfig(target_ratio=0.2, sample_len=32), tokens(6, 32),
+                           objective=tokens(4, 32, seed=1), progress=False)
+    assert other.backward_batch == 8 and other.problem() == session.problem()  # a memory knob: traces still resume
+    with pytest.raises(ConfigError, match="backward_batch_tokens"):
+        PruningConfig(backward_batch_tokens=0)
