@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -43,7 +44,7 @@ from adapruner_lightning.evaluation.metrics import evaluate_perplexity, item_cor
 from adapruner_lightning.data.models import load_model
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.physical import apply_plan
-from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.core.session import MEMORY_KNOBS, PruningSession
 from adapruner_lightning.search.runner import run_search
 from adapruner_lightning.core.stats import StatsCache
 
@@ -119,6 +120,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _search_config(method: str, trials: int) -> SearchConfig:
+    """The search a searching ``method`` runs: ``trials`` trials, the first ``min(5, trials)`` of them initial."""
+    return SearchConfig.of(trials=trials, init_points=min(5, trials), **SEARCH_OPTIONS[method])
+
+
+def recipe(method: str, ratio: float, seed: int, trials: int) -> dict:
+    """Every option a method's plan depends on, resolved against the library's current defaults (memory knobs
+    left out, as in a search trace's problem key): a kept plan is reused only while its recipe is unchanged, so
+    a plan searched before a default changed is not passed off as today's method."""
+    overrides, searches, _ = METHODS[method]
+    pruning = {k: v for k, v in dataclasses.asdict(PruningConfig(target_ratio=ratio, seed=seed, **overrides)).items()
+               if k not in MEMORY_KNOBS}
+    search = dataclasses.asdict(_search_config(method, trials)) if searches else None
+    return json.loads(json.dumps({"pruning": pruning, "search": search}, default=str))
+
+
+def _recipe_difference(old: dict | None, new: dict) -> str:
+    """The options in which a kept plan's recipe differs from today's, for the line that says it is planned again."""
+    if not old:
+        return "no recipe recorded"
+    changed = [f"{part}.{k}" for part in new for k in sorted(set(old.get(part) or {}) | set(new[part] or {}))
+               if (old.get(part) or {}).get(k) != (new[part] or {}).get(k)]
+    return ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+
+
 class Bench:
     """Holds the dense model, the shared data and the evaluation set; runs and scores one cell."""
 
@@ -160,12 +186,17 @@ class Bench:
         """The dense model pruned by ``method``; the plan is kept under ``<out>/plans`` so the recovered cell
         of the same method, ratio and seed applies it instead of searching or scoring again."""
         path = Path(self.args.out) / "plans" / f"{method}_{ratio}_{seed}.json"
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
-        else:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        wanted = recipe(method, ratio, seed, self.args.trials)
+        if saved is not None and saved.get("recipe") != wanted:
+            print(f"{path}: made with other options ({_recipe_difference(saved.get('recipe'), wanted)}); "
+                  "planning again", flush=True)
+            saved = None
+        if saved is None:
             plan, info = self._plan(method, ratio, seed)
-            write_text_atomic(path, json.dumps({"plan": plan.to_dict(), "info": info}))
+            saved = {"plan": plan.to_dict(), "info": info, "recipe": wanted}
+            write_text_atomic(path, json.dumps(saved))
+        plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
         model = self.fresh()
         apply_plan(model, plan)
         return model, dict(info)
@@ -188,8 +219,7 @@ class Bench:
         session = self._session(method, ratio, seed)
         info: dict = {}
         if searches:
-            search = SearchConfig.of(trials=self.args.trials, init_points=min(5, self.args.trials),
-                                     **SEARCH_OPTIONS[method])
+            search = _search_config(method, self.args.trials)
             result = run_search(session, search, seed=seed, progress=False)
             plan = result.plan
             info = {"search_seconds": result.seconds, "best_trial": result.best.trial,
@@ -523,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     recovered = {0: "none", 1: "seed 0"}.get(args.recovery_seeds, f"seeds 0..{args.recovery_seeds - 1}")
     ran_in = "; ".join(f"{s['date']} {s['cpu_model']}: {s['cells']} cells in {s['seconds']:.0f} s" for s in sittings)
     header = (f"Quality benchmark — {dt.date.today()} — {machine['cpu_model']}, {machine['cpu_count']} cores, "
-              f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Command: "
-              f"`python {' '.join(sys.argv)}`. Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
+              f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Rendered by: "
+              f"`python {' '.join(sys.argv)}` (each sitting's own command: runs.jsonl). Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
               f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
               f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
               f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "

@@ -212,3 +212,48 @@ def test_subsets_table_summarises_draws_per_configuration_and_kind() -> None:
     assert "| 2 | 61.00 ± 1.41 (60.00-62.00) | 82.00 ± 2.83 (80.00-84.00) | 1.640 |" in random10
     assert "| whole pool | 1 | 58.00 | 76.00 | 1.520 |" in table
     assert "LLM-Pruner" not in table  # configurations without rows are left out
+
+
+def test_a_kept_plan_is_reused_only_while_its_recipe_is_unchanged(tmp_path, monkeypatch, capsys):
+    """A plan kept under ``<out>/plans`` from other options (another objective, an older default, a plan with no
+    recipe) is planned again, not passed off as today's method; an unchanged recipe reuses it."""
+    import dataclasses
+
+    import torch
+
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.session import PruningSession
+    from tests.conftest import make_tiny_model
+
+    made = []
+
+    def plan_on_tiny(method, ratio, seed):
+        made.append(method)
+        session = PruningSession(make_tiny_model(), PruningConfig(target_ratio=ratio, metric="magnitude_l2"),
+                                 torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0)),
+                                 progress=False)
+        return session.plan(session.default_candidate()), {"objective": -1.0}
+
+    bench = object.__new__(quality.Bench)
+    bench.args = _args("--quick", "--out", str(tmp_path))
+    monkeypatch.setattr(bench, "fresh", lambda: make_tiny_model())
+    monkeypatch.setattr(bench, "_plan", plan_on_tiny)
+    bench.prune("adapruner", 0.2, 0)
+    bench.prune("adapruner", 0.2, 0)
+    assert made == ["adapruner"]  # same recipe: the kept plan
+    path = tmp_path / "plans" / "adapruner_0.2_0.json"
+    kept = json.loads(path.read_text())
+    assert kept["recipe"] == quality.recipe("adapruner", 0.2, 0, bench.args.trials)
+    assert quality.recipe("adapruner_kl", 0.2, 0, 12) != quality.recipe("adapruner", 0.2, 0, 12)
+    assert "backward_batch_tokens" not in kept["recipe"]["pruning"]  # a memory knob changes no plan
+
+    path.write_text(json.dumps({"plan": kept["plan"], "info": kept["info"]}))  # a plan from before recipes
+    bench.prune("adapruner", 0.2, 0)
+    assert made == ["adapruner"] * 2 and "no recipe recorded" in capsys.readouterr().out
+
+    options = dict(quality.SEARCH_OPTIONS, adapruner={"vary_subset_size": False})  # as if a default changed
+    monkeypatch.setattr(quality, "SEARCH_OPTIONS", options)
+    _, info = bench.prune("adapruner", 0.2, 0)
+    assert made == ["adapruner"] * 3 and info == {"objective": -1.0}
+    assert "search.space" in capsys.readouterr().out
+    assert dataclasses.is_dataclass(quality._search_config("adapruner", 12))
