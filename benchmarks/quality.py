@@ -44,7 +44,7 @@ from adapruner_lightning.evaluation.metrics import evaluate_perplexity, item_cor
 from adapruner_lightning.data.models import load_model
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.physical import apply_plan
-from adapruner_lightning.core.session import MEMORY_KNOBS, PruningSession
+from adapruner_lightning.core.session import PruningSession, plan_options
 from adapruner_lightning.search.runner import run_search
 from adapruner_lightning.core.stats import StatsCache
 
@@ -130,8 +130,7 @@ def recipe(method: str, ratio: float, seed: int, trials: int) -> dict:
     left out, as in a search trace's problem key): a kept plan is reused only while its recipe is unchanged, so
     a plan searched before a default changed is not passed off as today's method."""
     overrides, searches, _ = METHODS[method]
-    pruning = {k: v for k, v in dataclasses.asdict(PruningConfig(target_ratio=ratio, seed=seed, **overrides)).items()
-               if k not in MEMORY_KNOBS}
+    pruning = plan_options(PruningConfig(target_ratio=ratio, seed=seed, **overrides))
     search = dataclasses.asdict(_search_config(method, trials)) if searches else None
     return json.loads(json.dumps({"pruning": pruning, "search": search}, default=str))
 
@@ -553,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     recovered = {0: "none", 1: "seed 0"}.get(args.recovery_seeds, f"seeds 0..{args.recovery_seeds - 1}")
     ran_in = "; ".join(f"{s['date']} {s['cpu_model']}: {s['cells']} cells in {s['seconds']:.0f} s" for s in sittings)
     header = (f"Quality benchmark — {dt.date.today()} — {machine['cpu_model']}, {machine['cpu_count']} cores, "
-              f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Rendered by: "
-              f"`python {' '.join(sys.argv)}` (each sitting's own command: runs.jsonl). Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
+              f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
+              f"Rendered by: `python {' '.join(sys.argv)}` (each sitting's own command: runs.jsonl). "
+              f"Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
               f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
               f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
               f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "

@@ -53,6 +53,11 @@ GRADIENT_CACHE_SUBSETS = 64
 #: search trace resumes under another value (batches differ only in float rounding).
 MEMORY_KNOBS = ("backward_batch_tokens",)
 
+
+def plan_options(config: PruningConfig) -> dict[str, Any]:
+    """Every pruning option a plan depends on, as plain data: ``config`` without its :data:`MEMORY_KNOBS`."""
+    return {k: v for k, v in asdict(config).items() if k not in MEMORY_KNOBS}
+
 log = logging.getLogger(__name__)
 
 
@@ -271,7 +276,7 @@ class PruningSession:
             "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
             "objective": None if self.objective_windows is None else
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
-            "pruning": {k: v for k, v in asdict(self.config).items() if k not in MEMORY_KNOBS},
+            "pruning": plan_options(self.config),
             "attention_unit": self.attention_unit, "uniform": self.uniform,
         }
 
