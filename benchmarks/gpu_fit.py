@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
     from adapruner_lightning.core.config import PruningConfig
-    from adapruner_lightning.core.export import load_pruned
+    from adapruner_lightning.outputs.export import load_pruned
     from adapruner_lightning.core.groups import total_params
     from adapruner_lightning.lightning.recovery import RecoveryConfig
     from adapruner_lightning.search.config import SearchConfig

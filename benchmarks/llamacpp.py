@@ -60,7 +60,7 @@ def nll(logits: np.ndarray, ids: list[int]) -> float:
 # ---------------------------------------------------------------------------------------------- fidelity
 def fidelity(args: argparse.Namespace) -> dict[str, Any]:
     from adapruner_lightning.api import prune
-    from adapruner_lightning.core.gguf_export import export_gguf
+    from adapruner_lightning.outputs.gguf import export_gguf
     from adapruner_lightning.data.models import load_model
     from adapruner_lightning.data.text import texts_for, tokenize_windows
     from adapruner_lightning.evaluation.metrics import evaluate_perplexity
@@ -140,7 +140,7 @@ def speed_rows(models: dict[str, torch.nn.Module], tok: Any, *, outtype: str, pr
                interleave: Callable[..., dict[str, list[float]]], log: Callable[[str], None]) -> dict[str, Any]:
     """llama.cpp prefill and decode seconds per model, GGUF files written from ``models`` in ``outtype``;
     ``interleave`` is speed.py's round-by-round timer."""
-    from adapruner_lightning.core.gguf_export import export_gguf
+    from adapruner_lightning.outputs.gguf import export_gguf
 
     out: dict[str, Any] = {"outtype": outtype, "threads": threads, "rows": {}}
     with tempfile.TemporaryDirectory() as folder:

@@ -201,7 +201,7 @@ def _paged_in(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _reload_steps(session: Any, step: Any) -> dict[str, Any]:
-    from adapruner_lightning.core.export import load_pruned, save_pruned
+    from adapruner_lightning.outputs.export import load_pruned, save_pruned
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import Candidate
 

@@ -1,7 +1,7 @@
 """The package's layering, checked statically: no module imports from a layer above its own, and no cycles.
 
 Layers, bottom up (CONTRIBUTING.md): ``errors``/``progress``/``config`` < ``data`` < ``evaluation`` < ``core`` <
-``search`` < ``api`` < ``lightning`` < ``cli``. Every import counts, function-level (lazy) ones included.
+``search`` < ``outputs`` < ``api`` < ``lightning`` < ``cli``. Every import counts, function-level (lazy) ones included.
 The checks run on a scratch copy with a forbidden import and a cycle planted, so they are shown to fail.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adapruner_lightning"
 NAME = "adapruner_lightning"
-LAYERS = {"errors": 0, "progress": 0, "config": 0, "distributed": 0, "data": 1, "evaluation": 2, "core": 3, "search": 4, "api": 5,
-          "lightning": 6, "cli": 7}
+LAYERS = {"errors": 0, "progress": 0, "config": 0, "distributed": 0, "data": 1, "evaluation": 2, "core": 3, "search": 4, "outputs": 5,
+          "api": 6, "lightning": 7, "cli": 8}
 
 
 def _modules(root: Path) -> dict[str, Path]:

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(spec: str | None) -> tuple[nn.Module, Any]:
     """Load a model (a pruned export directory through ``export.load_pruned``)."""
     if spec is not None and (Path(spec).expanduser() / "pruning_plan.json").is_file():
-        from adapruner_lightning.core.export import load_pruned
+        from adapruner_lightning.outputs.export import load_pruned
 
         model, tokenizer, _plan = load_pruned(Path(spec).expanduser())
         return model, tokenizer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adapruner_lightning.core.gguf_export import OUTTYPES
+from adapruner_lightning.outputs.gguf import OUTTYPES
 from adapruner_lightning.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``adapruner export``."""
     args = _parser().parse_args(argv)
-    from adapruner_lightning.core.gguf_export import export_gguf_dir
+    from adapruner_lightning.outputs.gguf import export_gguf_dir
 
     directory = Path(args.directory).expanduser()
     if not (directory / "pruning_plan.json").is_file():

@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``adapruner prune``."""
     args = _parser().parse_args(argv)
     from adapruner_lightning.core.config import PruningConfig
-    from adapruner_lightning.core.export import save_pruned
+    from adapruner_lightning.outputs.export import save_pruned
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import PruningSession, check_model
     from adapruner_lightning.data.calibration import make_splits
     from adapruner_lightning.data.models import load_model, resolve_dtype
     from adapruner_lightning.data.text import texts_for
-    from adapruner_lightning.lightning.report import plot_search, write_report
+    from adapruner_lightning.outputs.report import plot_search, write_report
     from adapruner_lightning.search.config import SearchConfig
     from adapruner_lightning.search.runner import run_search
 

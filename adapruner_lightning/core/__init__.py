@@ -1,1 +1,1 @@
-"""Layer 3: structured pruning of a plain HF causal LM (groups, importance, selection, masks, plans, export)."""
+"""Layer 3: structured pruning of a plain HF causal LM (groups, importance, selection, masks, plans, physical removal)."""

@@ -191,7 +191,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True) -> nn
     dependency group, after checking that gate/up/down are coupled as the architecture table says (a user's
     modified model is caught). ``trace=False`` removes the same rows/columns with torch-pruning's low-level
     functions without running the model: for a model freshly built from a registered family's config, also
-    with its parameters on the meta device (how :func:`~adapruner_lightning.core.export.load_pruned` replays).
+    with its parameters on the meta device (how :func:`~adapruner_lightning.outputs.export.load_pruned` replays).
     """
     spec = get_architecture(model)
     layers = check_plan_fits(model, plan)

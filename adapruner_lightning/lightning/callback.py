@@ -24,7 +24,7 @@ from typing_extensions import override
 from adapruner_lightning.config import check_fraction, check_positive
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.groups import total_params
-from adapruner_lightning.core import gguf_export
+from adapruner_lightning.outputs import gguf as gguf_export
 from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.core.session import check_model
@@ -33,7 +33,7 @@ from adapruner_lightning.errors import AdaPrunerError, ConfigError
 from adapruner_lightning.lightning import _compat, planning
 from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
-from adapruner_lightning.lightning.report import evaluate_stage, write_outputs
+from adapruner_lightning.outputs.report import evaluate_stage, write_outputs
 from adapruner_lightning.lightning.tracking import ValidationTasks
 from adapruner_lightning.search.config import SearchConfig, SearchEngine
 
@@ -54,7 +54,7 @@ class AdaPrunerCallback(Callback):
         output_dir: where the report, search trace, plot and export go (default: the trainer's log dir).
         export: save the pruned (and merged) model at the end of fit, with its model card (``README.md``).
         gguf: also write ``pruned_model.gguf`` for llama.cpp in this type (``f32``, ``f16``, ``bf16``, ``q8_0``;
-            :mod:`~adapruner_lightning.core.gguf_export`); what the format cannot express is refused in ``setup``,
+            :mod:`~adapruner_lightning.outputs.gguf`); what the format cannot express is refused in ``setup``,
             before the search (family, tokenizer) or right after pruning (the plan), never after the fine-tune.
         eval_texts: held-out text specs for the report (e.g. ``["austen:evaluation"]``); None: no evaluation.
         eval_tasks: zero-shot tasks for the report.

@@ -259,7 +259,7 @@ def _mean_inputs(model, pool: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_flap_bias_compensation_adds_the_removed_mean_contribution(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from adapruner_lightning.core.export import load_pruned, save_pruned
+    from adapruner_lightning.outputs.export import load_pruned, save_pruned
 
     model = make_tiny_model("llama", vocab_size=VOCAB, layers=3)
     pool = tokens(4, 16)
@@ -302,7 +302,7 @@ def test_phi3_fused_projections_prune_uniformly(tmp_path, metric):
     identical layer shapes, plain from_pretrained reload, generation with a KV cache."""
     from transformers import AutoModelForCausalLM
 
-    from adapruner_lightning.core.export import save_pruned
+    from adapruner_lightning.outputs.export import save_pruned
 
     model = make_tiny_model("phi3", vocab_size=VOCAB, layers=3, pad_token_id=0, eos_token_id=1, bos_token_id=2)
     session = PruningSession(model, PruningConfig(target_ratio=0.25, metric=metric, num_samples=4), tokens(),

@@ -71,7 +71,7 @@ def test_bf16_masked_logits_equal_physical_within_the_stated_tolerance(family):
 
 
 def test_bf16_model_stays_bf16_through_search_export_and_reload(tmp_path):
-    from adapruner_lightning.core.export import load_pruned, save_pruned
+    from adapruner_lightning.outputs.export import load_pruned, save_pruned
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.search.config import SearchConfig
     from adapruner_lightning.search.runner import run_search

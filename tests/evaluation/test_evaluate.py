@@ -86,7 +86,7 @@ def _fake_models(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
         return tiny_model(), tiny_tokenizer(), {"removed": {}}
 
     monkeypatch.setitem(sys.modules, "adapruner_lightning.data.models", types.SimpleNamespace(load_model=load_model))
-    monkeypatch.setitem(sys.modules, "adapruner_lightning.core.export", types.SimpleNamespace(load_pruned=load_pruned))
+    monkeypatch.setitem(sys.modules, "adapruner_lightning.outputs.export", types.SimpleNamespace(load_pruned=load_pruned))
 
 
 def test_main_prints_json_and_loads_pruned_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

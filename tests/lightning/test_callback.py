@@ -14,7 +14,7 @@ from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModul
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.core.export import load_pruned
+from adapruner_lightning.outputs.export import load_pruned
 from adapruner_lightning.core.groups import total_params
 from adapruner_lightning.lightning.recovery import RecoveryConfig
 

@@ -85,7 +85,7 @@ def test_sigkill_during_finetune_then_resume(tmp_path, tiny_lm_dir, text_dir):
     step, params = map(int, out.stdout.split("RESULT")[1].split())
     assert step == last + 3  # training went on from the checkpoint's step
     assert trace.read_text().count('"type": "trial"') == trials_before  # no search on resume
-    from adapruner_lightning.core.export import load_pruned
+    from adapruner_lightning.outputs.export import load_pruned
 
     model, _, plan = load_pruned(root / "out" / "adapruner" / "pruned_model")
     assert plan.to_dict()["layers"] == plan_beside["layers"]  # the killed run's plan, replayed

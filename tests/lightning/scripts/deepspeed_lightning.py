@@ -113,8 +113,8 @@ class Recorder(Callback):
 
 def reload_and_evaluate(export: Path, text: str) -> dict:
     """Rank 0: the exported model, reloaded and evaluated as the callback evaluated the recovered model."""
-    from adapruner_lightning.core.export import load_pruned
-    from adapruner_lightning.lightning.report import evaluate_stage
+    from adapruner_lightning.outputs.export import load_pruned
+    from adapruner_lightning.outputs.report import evaluate_stage
 
     model, tokenizer, plan = load_pruned(export, device="cpu")
     scores, _ = evaluate_stage(model, tokenizer, [text], [], max_tokens=EVAL_TOKENS, n_items=0, progress=False)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from adapruner_lightning.api import prune
-from adapruner_lightning.core import gguf_export
-from adapruner_lightning.core.export import load_pruned, save_pruned
-from adapruner_lightning.core.gguf_export import export_gguf, export_gguf_dir, gguf_layout, pre_tokenizer_name
+from adapruner_lightning.outputs import gguf as gguf_export
+from adapruner_lightning.outputs.export import load_pruned, save_pruned
+from adapruner_lightning.outputs.gguf import export_gguf, export_gguf_dir, gguf_layout, pre_tokenizer_name
 from adapruner_lightning.errors import ConfigError
 from conftest import _tiny_tokenizer, make_tiny_model
 

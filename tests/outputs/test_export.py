@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from adapruner_lightning.core import export
+from adapruner_lightning.outputs import export
 from adapruner_lightning.errors import ConfigError
-from adapruner_lightning.core.export import load_pruned, save_pruned
+from adapruner_lightning.outputs.export import load_pruned, save_pruned
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.api import prune
 from helpers_core import tiny, tokens

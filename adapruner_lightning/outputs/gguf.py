@@ -470,7 +470,7 @@ def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: s
 
 def export_gguf_dir(directory: str | Path, out: str | Path, *, outtype: str = "f16", **kwargs: Any) -> GGUFResult:
     """:func:`export_gguf` of an export directory written by ``save_pruned`` (reloaded by ``load_pruned``)."""
-    from adapruner_lightning.core.export import load_pruned
+    from adapruner_lightning.outputs.export import load_pruned
 
     check_outtype(outtype)
     model, tokenizer, _plan = load_pruned(directory)

@@ -1,8 +1,8 @@
 """Saving and reloading pruned models: safetensors weights + HF config + ``pruning_plan.json``.
 
 * Uniform plans (every layer the same shape) reload with plain ``AutoModelForCausalLM.from_pretrained(dir)``.
-* Every export carries a model card (``README.md``, :mod:`~adapruner_lightning.core.model_card`); a GGUF file for
-  llama.cpp is written from the reloaded model by :mod:`~adapruner_lightning.core.gguf_export`.
+* Every export carries a model card (``README.md``, :mod:`~adapruner_lightning.outputs.model_card`); a GGUF file for
+  llama.cpp is written from the reloaded model by :mod:`~adapruner_lightning.outputs.gguf`.
 * Any plan reloads with :func:`load_pruned`, which builds the original architecture from the saved config with
   its parameters on the meta device (no memory), replays the plan's shapes there (torch-pruning's history-replay
   idea) and assigns the saved tensors strictly: peak memory is about one pruned model, in the saved dtype.
@@ -36,7 +36,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: P
                 extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (already pruned by ``plan``) with its tokenizer, plan and model card (``README.md``, with the
     quality of ``report`` when given) to ``directory`` atomically."""
-    from adapruner_lightning.core.model_card import model_card
+    from adapruner_lightning.outputs.model_card import model_card
 
     directory = Path(directory)
     base = str(getattr(model.config, "_name_or_path", "") or "") or None

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from adapruner_lightning.api import prune
-from adapruner_lightning.core.gguf_export import export_gguf
+from adapruner_lightning.outputs.gguf import export_gguf
 from conftest import _tiny_tokenizer, make_tiny_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="bash scripts/build_llamacpp.sh builds and installs it")

@@ -122,7 +122,7 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
     Returns:
         The path of ``report.md``.
     """
-    from adapruner_lightning.core.export import save_pruned
+    from adapruner_lightning.outputs.export import save_pruned
 
     plot = plot_search(trace, plan, out_dir / "search_trace.png") if trace else None
     report["plan_summary"] = {"provenance": {k: v for k, v in plan.provenance.items() if k != "versions"},
@@ -134,7 +134,7 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
         report["seconds"]["export"] = time.perf_counter() - start
         report["files"]["model"] = str(out_dir / "pruned_model")
         if gguf:
-            from adapruner_lightning.core.gguf_export import export_gguf
+            from adapruner_lightning.outputs.gguf import export_gguf
 
             start = time.perf_counter()
             report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / "pruned_model.gguf", outtype=gguf).path)
