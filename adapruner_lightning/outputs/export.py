@@ -72,7 +72,8 @@ def saved_dtype(config: Any) -> torch.dtype:
     return getattr(torch, value) if isinstance(value, str) else value
 
 
-def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu"):
+def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None,
+                device: str = "cpu") -> tuple[nn.Module, Any, PruningPlan]:
     """Rebuild a pruned model from ``directory`` (any plan, non-uniform included).
 
     The dense architecture is built with its parameters on the meta device (buffers such as rotary frequencies
