@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "SearchConfig": "adapruner_lightning.search.config",
     "RecoveryConfig": "adapruner_lightning.lightning.recovery",
     "DistillationConfig": "adapruner_lightning.lightning.distillation",
+    "EvalConfig": "adapruner_lightning.evaluation.config",
     "recovery_loss": "adapruner_lightning.lightning.distillation",
     "PruningPlan": "adapruner_lightning.core.plan",
     "prune": "adapruner_lightning.api",

@@ -18,6 +18,7 @@ DOCUMENTED = {
     "SearchConfig": "adapruner_lightning.search.config:SearchConfig",
     "RecoveryConfig": "adapruner_lightning.lightning.recovery:RecoveryConfig",
     "DistillationConfig": "adapruner_lightning.lightning.distillation:DistillationConfig",
+    "EvalConfig": "adapruner_lightning.evaluation.config:EvalConfig",
     "recovery_loss": "adapruner_lightning.lightning.distillation:recovery_loss",
     "PruningPlan": "adapruner_lightning.core.plan:PruningPlan",
     "prune": "adapruner_lightning.api:prune",

@@ -67,9 +67,8 @@ def wrap_for_recovery(model: nn.Module, config: RecoveryConfig) -> nn.Module:
 
 
 def unwrap(model: nn.Module, *, merge: bool) -> nn.Module:
-    """The plain HF model behind a peft wrapper (adapters merged when ``merge``)."""
-    if hasattr(model, "merge_and_unload") and merge:
-        return model.merge_and_unload()
-    if hasattr(model, "get_base_model") and not merge:
+    """The plain HF model behind a peft wrapper: the adapters folded into its weights when ``merge``, else removed
+    (the base weights as they were before the fine-tune). A model without adapters is returned as it is."""
+    if not hasattr(model, "peft_config"):
         return model
-    return model
+    return model.merge_and_unload() if merge else model.unload()

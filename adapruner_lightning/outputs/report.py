@@ -11,6 +11,7 @@ from typing import Any
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.data.text import write_text_atomic
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.evaluation.config import EvalConfig
 
 
 def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: str | Path) -> Path | None:
@@ -95,8 +96,8 @@ def flatten_eval(result: Any) -> dict[str, float]:
     return out
 
 
-def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str], *, max_tokens: int,
-                   n_items: int, progress: bool = True) -> tuple[dict[str, float], float]:
+def evaluate_stage(model: Any, tokenizer: Any, config: EvalConfig, *,
+                   progress: bool = True) -> tuple[dict[str, float], float]:
     """Held-out quality of ``model`` for one report stage: ``(flat scores, seconds)`` (see :func:`flatten_eval`).
 
     Raises:
@@ -106,11 +107,11 @@ def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str
     from adapruner_lightning.evaluation.evaluate import evaluate_model
 
     if tokenizer is None:
-        raise ConfigError("eval_texts", texts, "a LightningModule with a .tokenizer attribute",
-                          hint="set module.tokenizer or drop eval_texts")
+        raise ConfigError("eval.texts", config.texts, "a LightningModule with a .tokenizer attribute",
+                          hint="set module.tokenizer or drop eval.texts")
     start = time.perf_counter()
-    result = evaluate_model(model, tokenizer, texts_for(texts), tasks=tasks, max_tokens=max_tokens, n_items=n_items,
-                            progress=progress)
+    result = evaluate_model(model, tokenizer, texts_for(config.texts or []), tasks=config.tasks,
+                            max_tokens=config.max_tokens, n_items=config.items, progress=progress)
     return flatten_eval(result), time.perf_counter() - start
 
 
