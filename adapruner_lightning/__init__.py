@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "prune": "adapruner_lightning.api",
     "PruningSession": "adapruner_lightning.core.session",
     "run_search": "adapruner_lightning.search.runner",
+    "find_plan": "adapruner_lightning.search.pipeline",
     "save_pruned": "adapruner_lightning.outputs.export",
     "load_pruned": "adapruner_lightning.outputs.export",
     "export_gguf": "adapruner_lightning.outputs.gguf",

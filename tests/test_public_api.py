@@ -24,6 +24,7 @@ DOCUMENTED = {
     "prune": "adapruner_lightning.api:prune",
     "PruningSession": "adapruner_lightning.core.session:PruningSession",
     "run_search": "adapruner_lightning.search.runner:run_search",
+    "find_plan": "adapruner_lightning.search.pipeline:find_plan",
     "save_pruned": "adapruner_lightning.outputs.export:save_pruned",
     "load_pruned": "adapruner_lightning.outputs.export:load_pruned",
     "export_gguf": "adapruner_lightning.outputs.gguf:export_gguf",

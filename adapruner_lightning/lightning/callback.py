@@ -221,9 +221,10 @@ class AdaPrunerCallback(Callback):
                                      trace_path=self._out_dir(trainer) / "search_trace.jsonl",
                                      forward_context=_compat.statistics_context(trainer.precision_plugin),
                                      progress=self.progress and trainer.is_global_zero, collective=collective)
-        self.trace = found["trace"]
-        self.report.update(found["report"])
-        return PruningPlan.from_dict(found["plan"])
+        self.trace = found.trace()
+        self.report["search"] = found.summary()
+        self.report["seconds"]["search"] = found.seconds
+        return found.plan
 
     def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
         """Calibration pool and objective windows: from the datamodule's ``pruning_data`` when it has one,

@@ -194,7 +194,8 @@ def test_export_directory_round_trip_cli_and_model_card(tmp_path, tok, capsys):
     card = (tmp_path / "pruned" / "README.md").read_text()
     assert f"{plan.params_before:,} before, {plan.params_after:,} after" in card
     assert f"| 1 | {plan.layers[1].num_heads} / 6 | {plan.layers[1].num_kv_heads} / 2 |" in card
-    assert "| pruned | 12.5 |" in card and "non-uniform" in card and "load_pruned" in card
+    assert "| measure | pruned |" in card and "| ppl/held-out | 12.5 |" in card
+    assert "non-uniform" in card and "load_pruned" in card
     assert main(["export", str(tmp_path / "pruned"), "--gguf", str(tmp_path / "m.gguf"), "--outtype", "f32",
                  "--no-progress"]) == 0
     assert "deci" in capsys.readouterr().out

@@ -23,3 +23,9 @@ def test_the_callback_searches_with_search_configs_defaults():
     callback = AdaPrunerCallback()
     assert callback.search == default
     assert (callback.search.trials, callback.search.engine.init_points) == (default.trials, default.engine.init_points)
+
+
+def test_adapruner_prune_searches_with_search_configs_defaults():
+    from adapruner_lightning.cli.prune import parse
+
+    assert parse(["--out", "x"]).search == SearchConfig()

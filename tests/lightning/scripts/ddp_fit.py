@@ -188,7 +188,7 @@ def main() -> None:
     record.update(params_after_fit=recorder._params(module), global_step=trainer.global_step,
                   pruning_data_calls=RankShuffledData.pruning_data_calls, search_runs=SEARCH_RUNS,
                   losses_finite=all(math.isfinite(x) for x in record["losses"]),
-                  search_seconds=pruner.report.get("search_seconds"),
+                  search_seconds=pruner.report["seconds"].get("search"),
                   val_scores={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")},
                   teacher={n: digest(p) for n, p in pruner.teacher.model.named_parameters()} if pruner.teacher else None,
                   dense={n: digest(p) for n, p in CausalLMModule(model=model_dir).model.named_parameters()},
