@@ -134,36 +134,6 @@ def test_the_teacher_is_the_frozen_dense_model_outside_optimizer_and_checkpoint(
     assert set(trainer.logged_metrics) >= {"train_kl", "train_lm_loss"}
 
 
-def test_a_users_own_module_distils_with_one_line(tmp_path, tiny_lm_dir, text_dir):
-    """A plain LightningModule whose training_step returns recovery_loss(self, batch, out) trains on the KL: its
-    first loss is the KL of its (pruned) logits from the teacher's on that batch."""
-    from lightning.pytorch import LightningModule
-    from transformers import AutoModelForCausalLM
-
-    from adapruner_lightning import recovery_loss
-
-    class Mine(LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-            self.seen = []
-
-        def training_step(self, batch, batch_idx):
-            out = self.model(input_ids=batch["input_ids"], use_cache=False)
-            loss = recovery_loss(self, batch, out)
-            self.seen.append((loss.detach(), out.logits.detach(), batch["input_ids"]))
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    module = Mine()
-    _, pruner = _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module)
-    loss, logits, ids = module.seen[0]
-    expected = distillation_loss(logits, pruner.teacher.logits(ids))
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5) and float(loss) > 0
-
-
 class _Mine:
     """A plain LightningModule whose training_step is the two-line protocol, recording its losses and logits."""
 
@@ -190,6 +160,16 @@ class _Mine:
                 return torch.optim.SGD(self.parameters(), lr=0.0)
 
         return Mine()
+
+
+def test_a_users_own_module_distils_with_one_line(tmp_path, tiny_lm_dir, text_dir):
+    """A plain LightningModule whose training_step returns recovery_loss(self, batch, out) trains on the KL: its
+    first loss is the KL of its (pruned) logits from the teacher's on that batch."""
+    module = _Mine.build(tiny_lm_dir)
+    _, pruner = _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module)
+    loss, logits, ids, _ = module.seen[0]
+    expected = distillation_loss(logits, pruner.teacher.logits(ids))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5) and float(loss) > 0
 
 
 def _another_teacher(tiny_lm_dir):
