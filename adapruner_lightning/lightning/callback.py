@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Optional
 
 import torch
@@ -69,7 +69,7 @@ class AdaPrunerCallback(Callback):
             before the search (family, tokenizer) or right after pruning (the plan), never after the fine-tune.
         eval: held-out evaluation (:class:`~adapruner_lightning.evaluation.config.EvalConfig`): the report's
             dense / pruned / recovered quality and the zero-shot accuracy logged at every validation as
-            ``val/acc/<task>``; None: no evaluation.
+            ``val/acc/<task>``; None: ``EvalConfig()``, no evaluation.
         distillation: recover by distilling the dense model (frozen as it was just before pruning) into the pruned
             one (:class:`~adapruner_lightning.lightning.distillation.DistillationConfig`); the LightningModule's
             ``training_step`` returns ``recovery_loss(self, batch, outputs)`` (``CausalLMModule`` does). None: the
