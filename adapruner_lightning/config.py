@@ -7,7 +7,7 @@ metric names against core's registry), ``search.config.SearchConfig``, ``lightni
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from adapruner_lightning.errors import ConfigError
 
@@ -18,6 +18,12 @@ def check_choice(what: str, value: str, allowed: "list[str] | tuple[str, ...] | 
     if value not in allowed:
         raise ConfigError(what, value, f"one of {names}")
     return value
+
+
+def check_literal(what: str, value: str, literal: Any) -> str:
+    """:func:`check_choice` against the values of a ``Literal`` type (each choice list is written once, as the
+    ``Literal`` a config field is annotated with; jsonargparse reads the same type for the CLI's choices)."""
+    return check_choice(what, value, get_args(literal))
 
 
 def check_fraction(what: str, value: float, *, closed_low: bool = False) -> float:

@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lightning.pytorch.strategies import DeepSpeedStrategy
     from transformers import AutoTokenizer
 
-    from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
+    from adapruner_lightning import AdaPrunerCallback, CausalLMModule, EvalConfig, TextDataModule
     from adapruner_lightning.core.config import PruningConfig
     from adapruner_lightning.outputs.export import load_pruned
     from adapruner_lightning.core.groups import total_params
@@ -165,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                         subset_size=8, objective_windows=4,
                                                                         objective_seq_len=args.seq_len),
                                pruning=PruningConfig(sample_len=args.seq_len), recovery=RecoveryConfig(mode="lora"),
-                               output_dir=str(work / "out"), export=True, eval_texts=[str(work / "eval.txt")],
-                               eval_max_tokens=8192, progress=False)
+                               output_dir=str(work / "out"), export=True,
+                               eval=EvalConfig(texts=[str(work / "eval.txt")], max_tokens=8192), progress=False)
     phases = PhaseMemory()
     strategy = "auto" if args.smoke else DeepSpeedStrategy(config={
         "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": args.batch_size,

@@ -233,26 +233,22 @@ class Bench:
     def recover(self, model: torch.nn.Module, seed: int, variant: str = "lora-lm") -> torch.nn.Module:
         """The same short recovery ``variant`` (:data:`RECOVERIES`) for every method (finetune windows only, seeded
         order); distilling variants take the dense model as the frozen teacher."""
-        from lightning.pytorch import Callback, Trainer, seed_everything
+        from lightning.pytorch import Trainer, seed_everything
         from torch.utils.data import DataLoader
 
-        from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
+        from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher, attach_teacher
         from adapruner_lightning.lightning.module import CausalLMModule
         from adapruner_lightning.lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
 
         mode, weight, lr = RECOVERIES[variant]
-        callbacks = []
-        if weight:  # recovery_loss finds the teacher on any callback of the trainer
-            teaching = Callback()
-            teaching.teacher = Teacher(self.model, DistillationConfig(weight=weight))
-            callbacks.append(teaching)
+        teacher = Teacher(self.model, DistillationConfig(weight=weight)) if weight else None
         seed_everything(seed, verbose=False)
         module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig(mode=mode)), lr=lr, warmup_steps=2)
+        attach_teacher(module, teacher)  # recovery_loss distils from it
         rows = [{"input_ids": w} for w in self.splits.finetune[: self.args.recovery_steps * 4]]
         loader = DataLoader(rows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
         trainer = Trainer(max_steps=self.args.recovery_steps, accelerator="auto", devices=1, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                          callbacks=callbacks)
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(module, train_dataloaders=loader)
         return unwrap(module.model, merge=True).eval()
 

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"adapruner fit: --config {argv[i + 1]!r} does not exist; recipes: "
                   f"{sorted(p.name for p in Path('recipes').glob('*.yaml'))}", file=sys.stderr)
             return 2
+    check_renamed(argv)
     check_before_run(argv)
     cli = build_cli(argv)
     _print_reports(cli)
@@ -92,3 +93,21 @@ def check_before_run(argv: list[str]) -> None:
     parser.add_class_arguments(AdaPrunerCallback, "adapruner")
     build = getattr(parser, "instantiate", None) or parser.instantiate_classes
     build(Namespace(adapruner=config.adapruner))  # every callback option validated, nothing loaded
+
+
+def check_renamed(argv: list[str]) -> None:
+    """Refuse the callback's renamed options (``adapruner.eval_texts`` -> ``adapruner.eval.texts`` ...) in the
+    ``--config`` files and the flags of ``argv`` with a :class:`~adapruner_lightning.errors.ConfigError` naming the
+    new spelling (jsonargparse would only say that the key is not expected)."""
+    import yaml
+
+    from adapruner_lightning.lightning.callback import RENAMED_OPTIONS, refuse_removed
+
+    names = [arg.split("=")[0].removeprefix("--adapruner.") for arg in argv if arg.startswith("--adapruner.")]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2] \
+            if arg.startswith("--config=") else None
+        if path and Path(path).is_file():
+            section = (yaml.safe_load(Path(path).read_text()) or {}).get("adapruner") or {}
+            names += list(section) if isinstance(section, dict) else []
+    refuse_removed([name for name in names if name in RENAMED_OPTIONS])

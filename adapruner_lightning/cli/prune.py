@@ -1,119 +1,173 @@
 """``adapruner prune``: search + physical prune + export + report, without training, for any supported model.
 
+The pruning and search options are :class:`~adapruner_lightning.core.config.PruningConfig` and
+:class:`~adapruner_lightning.search.config.SearchConfig` themselves, read by jsonargparse (``--pruning.<field>``,
+``--search.<field>``, ``--search.data.<field>`` ...): their flags, types, choices, defaults and help come from the
+dataclasses, and a YAML file of the same keys is read with ``--config``. The common options also have short
+spellings (:data:`ALIASES`).
+
 Example::
 
     adapruner prune --model PATH --text austen:calibration --target-ratio 0.2 --trials 16 --out pruned/
     adapruner prune --trials 0 --metric taylor --keep-first 4 --keep-last 2 --out llm_pruner_default/
+    adapruner prune --search.data.objective kl --search.engine.name tpe --out pruned/
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
+from typing import Any, Optional
 
-from adapruner_lightning.core.importance import REDUCERS, metric_names
+#: short spelling -> the arguments it stands for (``{}``: the value given). Names only: the types, choices,
+#: defaults and help are the config fields'.
+ALIASES: dict[str, list[str]] = {
+    "--target-ratio": ["--pruning.target_ratio", "{}"],
+    "--ratio-basis": ["--pruning.ratio_basis", "{}"],
+    "--metric": ["--pruning.metric", "{}"],
+    "--reducer": ["--pruning.reducer", "{}"],
+    "--scope": ["--pruning.scope", "{}"],
+    "--keep-first": ["--pruning.keep_first", "{}"],
+    "--keep-last": ["--pruning.keep_last", "{}"],
+    "--round-to": ["--pruning.round_to", "{}"],
+    "--sample-len": ["--pruning.sample_len", "{}"],
+    "--seed": ["--pruning.seed", "{}"],
+    "--uniform": ["--pruning.per_layer", "uniform"],
+    "--bias-compensation": ["--pruning.bias_compensation", "true"],
+    "--trials": ["--search.trials", "{}"],
+    "--engine": ["--search.engine.name", "{}"],
+    "--pool-size": ["--search.data.pool_size", "{}"],
+    "--subset-size": ["--search.data.subset_size", "{}", "--pruning.num_samples", "{}"],
+    "--objective-windows": ["--search.data.objective_windows", "{}"],
+    "--objective-seq-len": ["--search.data.objective_seq_len", "{}"],
+    "--metrics": ["--search.space.metrics", "[{}]"],
+    "--fixed-subset-size": ["--search.space.vary_subset_size", "false"],
+    "--no-progress": ["--progress", "false"],
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adapruner prune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="HF model dir, .gguf file or hub id (default: embedded SmolLM2-135M)")
-    p.add_argument("--text", nargs="+", default=["austen:calibration"],
+def _expand(argv: list[str]) -> list[str]:
+    """``argv`` with every short spelling replaced by the arguments it stands for (``--metrics a b`` takes the
+    values up to the next flag as one list)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, _, inline = argv[i].partition("=")
+        template = ALIASES.get(name)
+        if template is None:
+            out.append(argv[i])
+            i += 1
+            continue
+        takes, many = any("{}" in part for part in template), "[{}]" in template
+        values: list[str] = [inline] if inline else []
+        if takes and not inline:
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--") and (many or not values):
+                values.append(argv[i + 1])
+                i += 1
+        value = ", ".join(values)
+        out += [part.replace("{}", value) for part in template]
+        i += 1
+    return out
+
+
+def _parser():
+    """The parser: this command's own options, then every PruningConfig and SearchConfig field."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.importance import metric_names
+    from adapruner_lightning.data.models import DTYPES
+    from adapruner_lightning.search.config import SearchConfig
+
+    aliases = "; ".join(f"{k}{' X' if any('{}' in part for part in v) else ''} = {' '.join(v).replace('{}', 'X')}"
+                        for k, v in ALIASES.items())
+    p = ArgumentParser(prog="adapruner prune", description=__doc__.split("\n\n")[0], exit_on_error=False,
+                       epilog=f"Importance metrics: {', '.join(metric_names())}. Short spellings: {aliases}.")
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (pruning:, search: ...)")
+    p.add_argument("--model", type=Optional[str], default=None,
+                   help="HF model dir, .gguf file or hub id (default: the embedded SmolLM2-135M)")
+    p.add_argument("--text", type=str, nargs="+", default=["austen:calibration"],
                    help="calibration/objective text: files, directories or austen: selectors (never evaluation text)")
-    p.add_argument("--out", required=True, help="output directory (export, plan, report, search plot); the search "
-                   "trace goes beside it as OUT.search_trace.jsonl, so the atomic export never replaces it and "
-                   "a rerun resumes it")
-    p.add_argument("--device", default="cpu", help="where the search and pruning run, e.g. cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", help="model dtype: float32 | bfloat16 | float16 (kept through "
-                   "search, pruning and export; statistics accumulate in float32)")
-    p.add_argument("--no-progress", action="store_true")
-    pruning = p.add_argument_group("pruning (PruningConfig)")
-    pruning.add_argument("--target-ratio", type=float, default=0.2, help="fraction of parameters to remove (default 0.2)")
-    pruning.add_argument("--ratio-basis", choices=["total", "prunable"], default="total")
-    pruning.add_argument("--metric", choices=metric_names(), default="taylor", help="metric when --trials 0")
-    pruning.add_argument("--reducer", choices=sorted(REDUCERS), default="sum", help="reducer when --trials 0")
-    pruning.add_argument("--scope", choices=["layerwise", "global", "standardized"], default="layerwise")
-    pruning.add_argument("--keep-first", type=int, default=0)
-    pruning.add_argument("--keep-last", type=int, default=0)
-    pruning.add_argument("--uniform", action="store_true", help="identical layer shapes (plain from_pretrained reloads)")
-    pruning.add_argument("--round-to", type=int, default=1)
-    pruning.add_argument("--bias-compensation", action="store_true",
-                         help="FLAP bias compensation on the final plan (the export then reloads with load_pruned)")
-    pruning.add_argument("--sample-len", type=int, default=128, help="tokens per calibration sample")
-    pruning.add_argument("--seed", type=int, default=0)
-    search = p.add_argument_group("search (SearchConfig)")
-    search.add_argument("--trials", type=int, default=16, help="search trials; 0 = no search, use --metric (default 16)")
-    data = p.add_argument_group("search data (SearchConfig.data)")
-    data.add_argument("--pool-size", type=int, default=64, help="candidate calibration samples N")
-    data.add_argument("--subset-size", type=int, default=10,
-                      help="samples of the --trials 0 configuration, and per candidate with --fixed-subset-size")
-    data.add_argument("--objective-windows", type=int, default=8, help="held-apart windows scoring each candidate")
-    data.add_argument("--objective-seq-len", type=int, default=256, help="tokens per objective window")
-    engine = p.add_argument_group("search engine (SearchConfig.engine)")
-    engine.add_argument("--engine", choices=["gp", "tpe", "random"], default="gp")
-    space = p.add_argument_group("search space (SearchConfig.space)")
-    space.add_argument("--metrics", nargs="+", choices=metric_names(), default=None, help="metrics the search may pick")
-    space.add_argument("--fixed-subset-size", action="store_true",
-                       help="every candidate reads --subset-size samples (default: the search picks 2 to --pool-size)")
+    p.add_argument("--out", type=str, required=True,
+                   help="output directory (export, plan, report, search plot); the search trace goes beside it as "
+                        "OUT.search_trace.jsonl, so the atomic export never replaces it and a rerun resumes it")
+    p.add_argument("--device", type=str, default="cpu", help="where the search and pruning run, e.g. cuda")
+    p.add_argument("--dtype", type=str, default="float32",
+                   help=f"model dtype: {' | '.join(DTYPES)} (kept through search, pruning and export)")
+    p.add_argument("--progress", type=bool, default=True, help="show progress bars (--no-progress: off)")
+    p.add_class_arguments(PruningConfig, "pruning")
+    p.add_class_arguments(SearchConfig, "search")
     return p
+
+
+def parse(argv: list[str]) -> Any:
+    """The options of ``argv``, with ``pruning`` and ``search`` built as their dataclasses (their checks run).
+
+    Raises:
+        AdaPrunerError: an option jsonargparse refuses (unknown, wrong type, not a choice), as one line.
+        ConfigError: a value a config's own checks refuse.
+    """
+    from argparse import ArgumentError
+
+    from adapruner_lightning.errors import AdaPrunerError
+
+    parser = _parser()
+    try:
+        config = parser.parse_args(_expand(argv))
+    except ArgumentError as error:
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise AdaPrunerError(f"{message} (see adapruner prune --help)") from None
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return build(config)
+
+
+def prepare_output(out: Path) -> Path:
+    """The one place the output directory is prepared, before any model loads; returns the search trace's path
+    (beside ``out``: the atomic export replaces ``out`` whole, and a rerun resumes the trace)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f"{out.name}.search_trace.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``adapruner prune``."""
-    args = _parser().parse_args(argv)
-    from adapruner_lightning.core.config import PruningConfig
-    from adapruner_lightning.outputs.export import save_pruned
+    import sys
+
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import PruningSession, check_model
     from adapruner_lightning.data.calibration import make_splits
     from adapruner_lightning.data.models import load_model, resolve_dtype
     from adapruner_lightning.data.text import texts_for
-    from adapruner_lightning.outputs.report import plot_search, write_report
-    from adapruner_lightning.search.config import SearchConfig
-    from adapruner_lightning.search.runner import run_search
+    from adapruner_lightning.outputs.export import save_pruned
+    from adapruner_lightning.outputs.report import plan_summary, plot_search, to_markdown, write_report
+    from adapruner_lightning.search.pipeline import find_plan
 
-    config = PruningConfig(target_ratio=args.target_ratio, ratio_basis=args.ratio_basis, metric=args.metric,
-                           reducer=args.reducer, scope=args.scope, keep_first=args.keep_first, keep_last=args.keep_last,
-                           per_layer="uniform" if args.uniform else "auto", round_to=args.round_to,
-                           bias_compensation=args.bias_compensation,
-                           num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
-    search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size,
-                             subset_size=args.subset_size, objective_windows=args.objective_windows,
-                             objective_seq_len=args.objective_seq_len, vary_subset_size=not args.fixed_subset_size,
-                             **({"metrics": args.metrics} if args.metrics else {}))
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    pruning, search = args.pruning, args.search
     resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)
     out = Path(args.out)
+    trace_path = prepare_output(out)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     check_model(model, needs_gradients=True)
     seconds["load"] = time.perf_counter() - t
-    splits = make_splits(tokenizer, texts, n_pool=args.pool_size, pool_seq_len=args.sample_len,
-                         n_objective=args.objective_windows, objective_seq_len=search.data.objective_seq_len, seed=args.seed)
-    session = PruningSession(model, config, splits.pool, objective=splits.objective, pool_ids=splits.pool_ids,
-                             progress=not args.no_progress)
+    splits = make_splits(tokenizer, texts, n_pool=search.data.pool_size, pool_seq_len=pruning.sample_len,
+                         n_objective=search.data.objective_windows, objective_seq_len=search.data.objective_seq_len,
+                         seed=pruning.seed)
+    session = PruningSession(model, pruning, splits.pool, objective=splits.objective, pool_ids=splits.pool_ids,
+                             progress=args.progress)
+    result = find_plan(session, search, trace_path=trace_path, progress=args.progress, bos=splits.bos)
+    seconds["search"] = result.seconds
     t = time.perf_counter()
-    trace = []
-    if args.trials > 0:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run_search(session, search, trace_path=out.parent / f"{out.name}.search_trace.jsonl",
-                            progress=not args.no_progress)
-        plan, trace = result.plan, result.trace()
-    else:
-        plan = session.plan(session.default_candidate())
-    seconds["search"] = time.perf_counter() - t
-    session.release()
-    plan.provenance["bos"] = splits.bos
-    t = time.perf_counter()
-    apply_plan(model, plan)
+    apply_plan(model, result.plan)
     seconds["prune"] = time.perf_counter() - t
+    plan = result.plan
     save_pruned(model, tokenizer, out, plan)
-    if trace:
-        plot_search(trace, plan, out / "search_trace.png")
+    plot = plot_search(result.trace(), plan, out / "search_trace.png") if result.trials else None
     report = {"params": {"before": plan.params_before, "after": plan.params_after, "removed_ratio": plan.achieved_ratio},
-              "seconds": seconds, "plan_summary": {k: v for k, v in plan.provenance.items() if k != "versions"}}
-    write_report(out, report)
-    print(json.dumps(report, indent=1, default=str))
+              "seconds": seconds, "search": result.summary(), "plan": plan_summary(plan),
+              "files": {"plot": str(plot) if plot else None, "trace": str(trace_path) if result.trials else None}}
+    write_report(out, report, plan)
+    print(to_markdown(report, plan))
     return 0

@@ -1,9 +1,11 @@
 """Registry of supported model families: where the layers, attention and MLP live, and their head layout.
 
 The tables are data, apart from any logic. A family is found from ``config.model_type``. To support a new
-family, describe it with :class:`ArchitectureSpec` and call :func:`register_architecture`::
+family, describe it with :class:`ArchitectureSpec` and call :func:`register_architecture`; how it is written
+to GGUF for llama.cpp is part of the description (:class:`GGUFArch`, read by ``outputs/gguf.py``)::
 
-    register_architecture(ArchitectureSpec(name="my_llama_clone", model_types=("my_llama",)))
+    register_architecture(ArchitectureSpec(name="my_llama_clone", model_types=("my_llama",),
+                                           gguf=GGUFArch("llama")))
 """
 
 from __future__ import annotations
@@ -14,6 +16,30 @@ from typing import Any
 from torch import nn
 
 from adapruner_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """How a family is written to GGUF for llama.cpp (the writer is :mod:`adapruner_lightning.outputs.gguf`).
+
+    Args:
+        arch: llama.cpp's own architecture for the family, written for uniform plans (``llama``, ``qwen2``,
+            ``qwen3``); None: no GGUF export of this family.
+        permute_qk: llama.cpp's graph rotates adjacent pairs (``NORM`` rope) where Hugging Face rotates halves, so
+            q/k rows are permuted per head (``llama`` and the per-layer ``deci``; not ``qwen2``/``qwen3``).
+        out_bias: ``arch``'s loader reads ``o_proj``/``down_proj`` biases (FLAP bias compensation); otherwise a
+            compensated plan goes to ``deci``.
+        full_width_q: ``arch`` sizes q and o by the hidden size (query heads x head_dim must equal it; otherwise
+            the plan goes to ``deci``).
+        deci_lacks: what llama.cpp's per-layer ``deci`` architecture cannot express of this family (its non-uniform
+            plans are then refused, naming it); None: ``deci`` runs the family's non-uniform plans.
+    """
+
+    arch: str | None = None
+    permute_qk: bool = True
+    out_bias: bool = True
+    full_width_q: bool = False
+    deci_lacks: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +60,7 @@ class ArchitectureSpec:
             ``gate_up_proj``), replacing gate/up.
         per_layer_heads: whether attention reads its head counts from per-module attributes (so layers can
             differ); families whose attention reads the shared config only allow uniform pruning.
+        gguf: how llama.cpp runs the family (:class:`GGUFArch`; the default: no GGUF export).
         notes: anything a user should know (shown by ``supported_architectures()``).
     """
 
@@ -52,6 +79,7 @@ class ArchitectureSpec:
     fused_qkv: str | None = None
     fused_gate_up: str | None = None
     per_layer_heads: bool = True
+    gguf: GGUFArch = GGUFArch()
     notes: str = ""
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
@@ -80,6 +108,11 @@ def register_architecture(spec: ArchitectureSpec, *, replace: bool = False) -> A
 def supported_architectures() -> list[str]:
     """The ``config.model_type`` values that can be pruned."""
     return sorted(_REGISTRY)
+
+
+def registered_specs() -> list[ArchitectureSpec]:
+    """Every registered family's spec, once each, by name."""
+    return sorted({spec.name: spec for spec in _REGISTRY.values()}.values(), key=lambda spec: spec.name)
 
 
 def get_architecture(model_or_config: Any) -> ArchitectureSpec:
@@ -128,14 +161,21 @@ def head_layout(config: Any) -> HeadLayout:
 
 
 for _spec in (
-    ArchitectureSpec("llama", ("llama",)),
-    ArchitectureSpec("mistral", ("mistral",)),
-    ArchitectureSpec("qwen2", ("qwen2",), notes="q/k/v carry biases; they are pruned with their rows"),
-    ArchitectureSpec("qwen3", ("qwen3",), notes="q_norm/k_norm act per head on head_dim, which never changes"),
-    ArchitectureSpec("gemma", ("gemma",)),
-    ArchitectureSpec("gemma2", ("gemma2",)),
-    ArchitectureSpec("gemma3", ("gemma3_text",), notes="single-KV-head variants can only lose query heads"),
+    ArchitectureSpec("llama", ("llama",), gguf=GGUFArch("llama")),
+    ArchitectureSpec("mistral", ("mistral",), gguf=GGUFArch("llama")),
+    ArchitectureSpec("qwen2", ("qwen2",), gguf=GGUFArch("qwen2", permute_qk=False, out_bias=False, full_width_q=True),
+                     notes="q/k/v carry biases; they are pruned with their rows"),
+    ArchitectureSpec("qwen3", ("qwen3",), gguf=GGUFArch("qwen3", permute_qk=False, out_bias=False,
+                                                        deci_lacks="its per-head q_norm/k_norm"),
+                     notes="q_norm/k_norm act per head on head_dim, which never changes"),
+    ArchitectureSpec("gemma", ("gemma",), gguf=GGUFArch(deci_lacks="Gemma's scaled embeddings and (1 + w) norms")),
+    ArchitectureSpec("gemma2", ("gemma2",), gguf=GGUFArch(
+        deci_lacks="Gemma-2's extra post-attention/post-MLP norms and logit soft-capping")),
+    ArchitectureSpec("gemma3", ("gemma3_text",), gguf=GGUFArch(
+        deci_lacks="Gemma-3's extra norms, q/k norms and sliding-window layers"),
+                     notes="single-KV-head variants can only lose query heads"),
     ArchitectureSpec("phi3", ("phi3",), fused_qkv="qkv_proj", fused_gate_up="gate_up_proj", per_layer_heads=False,
+                     gguf=GGUFArch(deci_lacks="Phi-3's fused qkv_proj/gate_up_proj"),
                      notes="fused qkv_proj/gate_up_proj; its attention reads the shared config's head count, so "
                            "every layer is pruned alike (per_layer='uniform')"),
 ):

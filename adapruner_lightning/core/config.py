@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from adapruner_lightning.config import check_choice, check_fraction, check_non_negative, check_positive
+from adapruner_lightning.config import check_choice, check_fraction, check_literal, check_non_negative, check_positive
+from adapruner_lightning.core.groups import AttentionUnit
 from adapruner_lightning.core.importance import REDUCERS, metric_names
 from adapruner_lightning.errors import ConfigError
 
+#: how the removed groups are chosen across layers
 Scope = Literal["layerwise", "global", "standardized"]
-
-
-AttentionUnit = Literal["auto", "kv_group", "query_head"]
+#: what ``target_ratio`` is a fraction of
+RatioBasis = Literal["total", "prunable"]
+#: ``uniform`` forces identical layer shapes
+PerLayer = Literal["auto", "uniform"]
 
 
 @dataclass
@@ -50,11 +53,11 @@ class PruningConfig:
     """
 
     target_ratio: float = 0.2
-    ratio_basis: Literal["total", "prunable"] = "total"
+    ratio_basis: RatioBasis = "total"
     metric: str = "taylor"
     reducer: str = "sum"
     scope: Scope = "layerwise"
-    per_layer: Literal["auto", "uniform"] = "auto"
+    per_layer: PerLayer = "auto"
     attention_unit: AttentionUnit = "auto"
     keep_first: int = 0
     keep_last: int = 0
@@ -70,15 +73,15 @@ class PruningConfig:
 
     def __post_init__(self) -> None:
         check_fraction("target_ratio", self.target_ratio)
-        check_choice("ratio_basis", self.ratio_basis, ("total", "prunable"))
+        check_literal("ratio_basis", self.ratio_basis, RatioBasis)
         check_choice("metric", self.metric, metric_names())
         check_choice("reducer", self.reducer, REDUCERS)
-        check_choice("scope", self.scope, ("layerwise", "global", "standardized"))
+        check_literal("scope", self.scope, Scope)
         if self.scope == "standardized" and self.layer_ramp:
             raise ConfigError("layer_ramp", self.layer_ramp, "0 with scope='standardized'",
                               hint="FLAP's adaptive structure sets every layer's share itself; use scope='layerwise'")
-        check_choice("per_layer", self.per_layer, ("auto", "uniform"))
-        check_choice("attention_unit", self.attention_unit, ("auto", "kv_group", "query_head"))
+        check_literal("per_layer", self.per_layer, PerLayer)
+        check_literal("attention_unit", self.attention_unit, AttentionUnit)
         check_non_negative("keep_first", self.keep_first)
         check_non_negative("keep_last", self.keep_last)
         if self.attn_share is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -25,7 +26,9 @@ from torch import nn
 from adapruner_lightning.core.architectures import ArchitectureSpec, get_architecture, head_layout
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
 
-ATTENTION_UNITS = ("auto", "kv_group", "query_head")
+#: how attention is pruned: whole key/value groups, query heads uniformly within the groups, or chosen per model
+AttentionUnit = Literal["auto", "kv_group", "query_head"]
+ATTENTION_UNITS: tuple[str, ...] = get_args(AttentionUnit)
 
 
 @dataclass

@@ -14,13 +14,15 @@ divergence). Positions are the ones perplexity scores (each window's tokens but 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 #: Objectives a search can score candidates by.
-OBJECTIVES = ("perplexity", "kl")
+ObjectiveKind = Literal["perplexity", "kl"]
+OBJECTIVES: tuple[str, ...] = get_args(ObjectiveKind)
 _EMPTY = 1e-6  # leftover dense mass below this is float32 rounding of an (almost) full top-k
 
 

@@ -91,16 +91,17 @@ def make_splits(
     tokenizer: Any,
     texts: dict[str, str],
     *,
-    n_pool: int = 64,
-    pool_seq_len: int = 128,
-    n_objective: int = 16,
-    objective_seq_len: int = 256,
+    n_pool: int,
+    pool_seq_len: int,
+    n_objective: int,
+    objective_seq_len: int,
     seed: int = 0,
 ) -> DataSplits:
     """Cut the calibration texts into seeded, disjoint pool / objective / fine-tune windows.
 
     See the module docstring for the scheme. The result depends only on the tokenizer, the texts, the sizes
-    and ``seed`` (not on dict order).
+    and ``seed`` (not on dict order). The sizes have no defaults here: a search takes them from its
+    ``SearchConfig.data`` (and the sample length from ``PruningConfig.sample_len``), the one place they are set.
 
     Args:
         tokenizer: a Hugging Face tokenizer (each window starts with BOS when the model expects it).

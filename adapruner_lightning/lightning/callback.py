@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from adapruner_lightning.config import check_fraction, check_positive
+from adapruner_lightning.config import check_fraction
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.groups import total_params
 from adapruner_lightning.outputs import gguf as gguf_export
@@ -30,24 +31,34 @@ from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.core.session import check_model
 from adapruner_lightning.data.calibration import DataSplits
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
+from adapruner_lightning.evaluation.config import EvalConfig
 from adapruner_lightning.lightning import _compat, planning
-from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
+from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher, attach_teacher
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
 from adapruner_lightning.outputs.report import evaluate_stage, write_outputs
 from adapruner_lightning.lightning.tracking import ValidationTasks
-from adapruner_lightning.search.config import SearchConfig, SearchEngine
+from adapruner_lightning.search.config import SearchConfig
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+
+
+#: the callback's 0.2 evaluation options, refused with their new spelling (``eval=EvalConfig(...)``)
+RENAMED_OPTIONS: dict[str, str] = {"eval_texts": "eval.texts", "eval_tasks": "eval.tasks",
+                                   "eval_max_tokens": "eval.max_tokens", "eval_items": "eval.items",
+                                   "val_tasks": "eval.val_tasks", "val_items": "eval.val_items"}
 
 
 class AdaPrunerCallback(Callback):
     """Prune the Hugging Face causal LM inside a LightningModule at the start of ``fit``; fit then recovers it.
 
     Args:
-        target_ratio: fraction of parameters to remove (overrides ``pruning.target_ratio``).
-        pruning: pruning options (metric when not searching, basis, schedule, round_to ...).
-        search: search options; ``SearchConfig(trials=0)`` prunes with ``pruning`` as given.
+        target_ratio: fraction of parameters to remove; None (default): ``pruning.target_ratio``. Given, it takes
+            precedence over the pruning config's default ratio; a pruning config that sets another ratio itself is
+            refused as ambiguous.
+        pruning: pruning options (target ratio, metric when not searching, basis, schedule, round_to ...).
+        search: search options (default: ``SearchConfig()``); ``SearchConfig(trials=0)`` prunes with ``pruning``
+            as given.
         recovery: LoRA / full / no fine-tuning after pruning.
         plan: path to a ``pruning_plan.json`` to apply instead of searching (``target_ratio`` must then be None).
         model_attr: attribute of the LightningModule holding the HF model (auto-detected when None).
@@ -56,20 +67,16 @@ class AdaPrunerCallback(Callback):
         gguf: also write ``pruned_model.gguf`` for llama.cpp in this type (``f32``, ``f16``, ``bf16``, ``q8_0``;
             :mod:`~adapruner_lightning.outputs.gguf`); what the format cannot express is refused in ``setup``,
             before the search (family, tokenizer) or right after pruning (the plan), never after the fine-tune.
-        eval_texts: held-out text specs for the report (e.g. ``["austen:evaluation"]``); None: no evaluation.
-        eval_tasks: zero-shot tasks for the report.
-        eval_max_tokens: tokens per evaluation text.
-        eval_items: items per zero-shot task.
-        val_tasks: zero-shot tasks scored at every validation of the fit and logged as ``val/acc/<task>`` and
-            ``val/acc_norm/<task>`` through the trainer's logger (items built from ``eval_texts``, synced across
-            ranks); None: the multiple-choice tasks of ``eval_tasks``; ``[]``: off.
-        val_items: items per validation task (kept small: they are scored at every validation).
+        eval: held-out evaluation (:class:`~adapruner_lightning.evaluation.config.EvalConfig`): the report's
+            dense / pruned / recovered quality and the zero-shot accuracy logged at every validation as
+            ``val/acc/<task>``; None: ``EvalConfig()``, no evaluation.
         distillation: recover by distilling the dense model (frozen as it was just before pruning) into the pruned
             one (:class:`~adapruner_lightning.lightning.distillation.DistillationConfig`); the LightningModule's
             ``training_step`` returns ``recovery_loss(self, batch, outputs)`` (``CausalLMModule`` does). None: the
             module's own loss. The teacher costs one more copy of the dense model (in ``teacher_dtype``, on
             ``teacher_device``) and one teacher forward per step.
         progress: show progress bars.
+        **removed: the 0.2 flat evaluation names (``eval_texts`` ...), refused with their ``eval.*`` spelling.
 
     Raises:
         ConfigError: on any invalid argument or combination, at construction.
@@ -80,33 +87,26 @@ class AdaPrunerCallback(Callback):
         trainer.fit(module, datamodule=datamodule)
     """
 
-    def __init__(self, target_ratio: Optional[float] = 0.2, pruning: Optional[PruningConfig] = None,
+    def __init__(self, target_ratio: Optional[float] = None, pruning: Optional[PruningConfig] = None,
                  search: Optional[SearchConfig] = None, recovery: Optional[RecoveryConfig] = None,
                  plan: Optional[str] = None, model_attr: Optional[str] = None, output_dir: Optional[str] = None,
-                 export: bool = True, eval_texts: Optional[list[str]] = None, eval_tasks: Optional[list[str]] = None,
-                 eval_max_tokens: int = 8192, eval_items: int = 100, val_tasks: Optional[list[str]] = None,
-                 val_items: int = 16, distillation: Optional[DistillationConfig] = None, gguf: Optional[str] = None,
-                 progress: bool = True) -> None:
+                 export: bool = True, eval: Optional[EvalConfig] = None,
+                 distillation: Optional[DistillationConfig] = None, gguf: Optional[str] = None,
+                 progress: bool = True, **removed: Any) -> None:
         super().__init__()
-        if plan is not None and target_ratio is not None and pruning is None:
+        refuse_removed(removed)
+        if plan is not None and target_ratio is not None:
             raise ConfigError("target_ratio", target_ratio, "None when an explicit plan is given",
                               hint="the plan fixes what is removed; pass target_ratio=None with plan=...")
         if plan is not None and not Path(plan).is_file():
             raise ConfigError("plan", plan, "an existing pruning_plan.json")
-        pruning = pruning or PruningConfig()
-        if target_ratio is not None:
-            check_fraction("target_ratio", target_ratio)
-            pruning = PruningConfig(**{**pruning.__dict__, "target_ratio": target_ratio})
-        self.pruning, self.search = pruning, search if search is not None else SearchConfig(trials=8, engine=SearchEngine(init_points=4))
+        self.pruning = _pruning_config(target_ratio, pruning)
+        self.search = search if search is not None else SearchConfig()
         self.recovery = recovery or RecoveryConfig()
         self.plan_path, self.model_attr, self.output_dir = plan, model_attr, output_dir
         self.export, self.progress = export, progress
         self.gguf = gguf_export.check_outtype(gguf) if gguf is not None else None
-        self.eval_texts, self.eval_tasks = eval_texts, list(eval_tasks or [])
-        self.eval_max_tokens, self.eval_items = eval_max_tokens, eval_items
-        self.val_tasks = self._check_val_tasks(self.eval_tasks if val_tasks is None else list(val_tasks), val_items,
-                                               explicit=val_tasks is not None)
-        self.val_items = val_items
+        self.eval = eval if eval is not None else EvalConfig()
         self.distillation = distillation
         self.teacher: Teacher | None = None  # built in setup, from the dense model
         self._tracker: ValidationTasks | None = None
@@ -116,24 +116,6 @@ class AdaPrunerCallback(Callback):
         self._applied = False
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
-
-    def _check_val_tasks(self, tasks: list[str], n_items: int, *, explicit: bool) -> list[str]:
-        """The validation tasks, checked: known names, multiple choice (taken from ``eval_tasks`` by default, the
-        others skipped; named explicitly, refused), ``eval_texts`` for offline tasks to be built from, ``n_items >= 1``."""
-        from adapruner_lightning.evaluation.items import MULTIPLE_CHOICE
-        from adapruner_lightning.evaluation.tasks import get_task
-
-        specs = {name: get_task(name) for name in tasks}
-        others = [name for name, spec in specs.items() if spec.kind != MULTIPLE_CHOICE]
-        if others and explicit:
-            raise ConfigError("val_tasks", others, "multiple-choice tasks (acc / acc_norm are tracked during fit)",
-                              hint="score log-likelihood tasks such as lambada_openai through eval_tasks")
-        tasks = [name for name in tasks if name not in others]
-        if any(specs[name].offline for name in tasks) and not self.eval_texts:
-            raise ConfigError("val_tasks", tasks, "eval_texts to build the offline tasks' items from",
-                              hint="set eval_texts (held-out text), use standard tasks, or pass val_tasks=[]")
-        check_positive("val_items", n_items)
-        return tasks
 
     # ------------------------------------------------------------------ finding things in the user's objects
 
@@ -195,6 +177,7 @@ class AdaPrunerCallback(Callback):
             self._exclude_objective_from_training(trainer)
         if self.distillation is not None:  # the dense model as it is now, before the plan is applied (also on resume)
             self.teacher = Teacher(model, self.distillation)
+        attach_teacher(pl_module, self.teacher)  # recovery_loss(pl_module, ...) distils from it (None: the LM loss)
         self._prune(trainer, pl_module, attr, model, plan, wrapper=found)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 
@@ -238,9 +221,10 @@ class AdaPrunerCallback(Callback):
                                      trace_path=self._out_dir(trainer) / "search_trace.jsonl",
                                      forward_context=_compat.statistics_context(trainer.precision_plugin),
                                      progress=self.progress and trainer.is_global_zero, collective=collective)
-        self.trace = found["trace"]
-        self.report.update(found["report"])
-        return PruningPlan.from_dict(found["plan"])
+        self.trace = found.trace()
+        self.report["search"] = found.summary()
+        self.report["seconds"]["search"] = found.seconds
+        return found.plan
 
     def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
         """Calibration pool and objective windows: from the datamodule's ``pruning_data`` when it has one,
@@ -250,10 +234,10 @@ class AdaPrunerCallback(Callback):
         return splits
 
     def _prepare_dense(self, trainer: Trainer, model: nn.Module, tokenizer: Any) -> None:
-        """Check the model, move it to this rank's device and evaluate it dense (when ``eval_texts``)."""
+        """Check the model, move it to this rank's device and evaluate it dense (when ``eval.texts``)."""
         check_model(model, needs_gradients=True)
         model.to(trainer.strategy.root_device)
-        if self.eval_texts:
+        if self.eval.texts:
             self._evaluate("dense", model, tokenizer)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan,
@@ -265,7 +249,7 @@ class AdaPrunerCallback(Callback):
         self.plan, self._applied = plan, True
         after = total_params(model)
         self.report["params"] = {"before": before, "after": after, "removed_ratio": 1 - after / before}
-        if self.eval_texts:  # every rank (no rank idles in the next collective while rank 0 evaluates)
+        if self.eval.texts:  # every rank (no rank idles in the next collective while rank 0 evaluates)
             model.to(trainer.strategy.root_device)
             _compat.collective(trainer).together(
                 lambda: self._evaluate("pruned", model, getattr(pl_module, "tokenizer", None)))
@@ -276,8 +260,7 @@ class AdaPrunerCallback(Callback):
                        f"({self.report['params']['removed_ratio']:.1%} removed)")
 
     def _evaluate(self, stage: str, model: nn.Module, tokenizer: Any) -> None:
-        scores, seconds = evaluate_stage(model, tokenizer, self.eval_texts, self.eval_tasks,
-                                         max_tokens=self.eval_max_tokens, n_items=self.eval_items, progress=self.progress)
+        scores, seconds = evaluate_stage(model, tokenizer, self.eval, progress=self.progress)
         self.report["quality"][stage] = scores
         self.report["seconds"][f"eval_{stage}"] = seconds
 
@@ -293,11 +276,11 @@ class AdaPrunerCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the recovery fine-tune's clock; build the validation tasks' items (once)."""
         self._fit_started = time.perf_counter()
-        if self.val_tasks and self._tracker is None:
+        if self.eval.tracked_tasks and self._tracker is None:
             from adapruner_lightning.data.text import texts_for
 
-            texts = texts_for(self.eval_texts) if self.eval_texts else {}
-            self._tracker = ValidationTasks(self.val_tasks, texts, self.val_items)
+            texts = texts_for(self.eval.texts) if self.eval.texts else {}
+            self._tracker = ValidationTasks(self.eval.tracked_tasks, texts, self.eval.val_items)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -329,13 +312,19 @@ class AdaPrunerCallback(Callback):
                 model = unwrap(model, merge=True)
             setattr(pl_module, attr, model)
         tokenizer = getattr(pl_module, "tokenizer", None)
-        if self.eval_texts:
+        if self.eval.texts:
             _compat.collective(trainer).together(lambda: self._evaluate("recovered", model, tokenizer))
         with _compat.gathered(model):
             if trainer.is_global_zero:
                 md_path = write_outputs(self._out_dir(trainer), model, tokenizer, self.plan, self.trace, self.report,
                                         export=self.export, gguf=self.gguf)
                 rank_zero_info(f"adapruner: report written to {md_path}")
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Detach the teacher from the module at the end of ``fit`` (the callback keeps it as ``self.teacher``)."""
+        if stage == "fit":
+            attach_teacher(pl_module, None)
 
     def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
         """The (attribute, pruned model) at the end of fit: LoRA-wrapped or not, outside a compile wrapper."""
@@ -374,3 +363,30 @@ class AdaPrunerCallback(Callback):
         self.trace = list(state_dict.get("trace", []))
         if state_dict.get("plan") and self.plan is None:
             self.plan = PruningPlan.from_dict(state_dict["plan"])
+
+
+def refuse_removed(removed: Iterable[str]) -> None:
+    """Refuse options the callback does not take, naming the new spelling of the renamed ones
+    (:data:`RENAMED_OPTIONS`); used for Python keywords and, by ``adapruner fit``, for YAML keys and flags."""
+    for name in removed:
+        if name in RENAMED_OPTIONS:
+            new = RENAMED_OPTIONS[name]
+            raise ConfigError("AdaPrunerCallback option", name, f"{new} (the evaluation options are one section)",
+                              hint=f"pass eval=EvalConfig({new.split('.')[1]}=...); in YAML: adapruner: eval: "
+                                   f"{{{new.split('.')[1]}: ...}}")
+        raise ConfigError("AdaPrunerCallback option", name, "an argument of AdaPrunerCallback",
+                          hint="see help(AdaPrunerCallback)")
+
+
+def _pruning_config(target_ratio: float | None, pruning: PruningConfig | None) -> PruningConfig:
+    """The pruning config with ``target_ratio`` applied (None: the config's own ratio). A config whose ratio was
+    changed from the default and disagrees with ``target_ratio`` is refused: it is unclear which one is meant."""
+    pruning = pruning if pruning is not None else PruningConfig()
+    if target_ratio is None:
+        return pruning
+    check_fraction("target_ratio", target_ratio)
+    default = PruningConfig.__dataclass_fields__["target_ratio"].default
+    if pruning.target_ratio not in (default, target_ratio):
+        raise ConfigError("target_ratio", target_ratio, f"None or pruning.target_ratio={pruning.target_ratio}",
+                          hint="set the ratio in one place: target_ratio=... or pruning=PruningConfig(target_ratio=...)")
+    return replace(pruning, target_ratio=target_ratio)

@@ -3,11 +3,11 @@
 :class:`DistillationConfig` (an option of :class:`~adapruner_lightning.lightning.callback.AdaPrunerCallback`) turns it
 on; the callback then keeps a :class:`Teacher` (a frozen copy of the dense model in its own dtype and device, never a
 submodule of the LightningModule: not in the optimizer, not in checkpoints; on resume it is rebuilt from the dense
-weights the module holds before the stored plan is replayed; under DDP every rank has its own).
-:func:`recovery_loss` is the whole protocol for a LightningModule's ``training_step``::
+weights the module holds before the stored plan is replayed; under DDP every rank has its own) and attaches it to
+the LightningModule (:func:`attach_teacher`), where :func:`recovery_loss` finds it. :func:`recovery_loss` is the whole protocol for a LightningModule's ``training_step``::
 
     out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels)
-    return recovery_loss(self, batch, out)   # the LM loss, or the distillation mix when the callback has a teacher
+    return recovery_loss(self, batch, out)   # the LM loss, or the distillation mix when a teacher is attached
 
 ``CausalLMModule`` does exactly this.
 
@@ -115,21 +115,32 @@ class Teacher:
         return loss, parts
 
 
+#: the LightningModule attribute through which a teacher reaches :func:`recovery_loss` (set by :func:`attach_teacher`)
+TEACHER_ATTR = "adapruner_teacher"
+
+
+def attach_teacher(module: Any, teacher: Teacher | None) -> None:
+    """Make ``teacher`` the one :func:`recovery_loss` distils ``module`` from (None: none, the LM loss).
+
+    ``AdaPrunerCallback(distillation=...)`` calls this in ``setup`` and detaches it in ``teardown``. The teacher is a
+    plain attribute, never a submodule: not in the optimizer, not in checkpoints."""
+    setattr(module, TEACHER_ATTR, teacher)
+
+
 def recovery_loss(module: Any, batch: dict[str, Tensor], outputs: Any) -> Tensor:
-    """The recovery loss of a ``training_step``: ``outputs.loss`` (the LM loss), or, when a callback of the module's
-    trainer holds a distillation teacher (``AdaPrunerCallback(distillation=...)``), the KL to the dense teacher
-    mixed with it; the parts are logged as ``train_kl`` / ``train_lm_loss``.
+    """The recovery loss of a ``training_step``: ``outputs.loss`` (the LM loss), or, when a distillation teacher is
+    attached to the module (:func:`attach_teacher`; ``AdaPrunerCallback(distillation=...)`` attaches the dense
+    model), the KL to the teacher mixed with it; the parts are logged as ``train_kl`` / ``train_lm_loss``.
 
     Args:
-        module: the LightningModule (its ``trainer`` is searched for the teacher).
+        module: the LightningModule (its ``adapruner_teacher`` attribute, when set, is the teacher).
         batch: the batch (``input_ids``, optional ``attention_mask``), as given to the model.
         outputs: the model's outputs (``.logits``, and ``.loss`` when labels were passed).
 
     Returns:
         The loss to return from ``training_step``.
     """
-    trainer = getattr(module, "_trainer", None)
-    teacher = next((c.teacher for c in getattr(trainer, "callbacks", []) if getattr(c, "teacher", None)), None)
+    teacher = getattr(module, TEACHER_ATTR, None)
     if teacher is None:
         return outputs.loss
     loss, parts = teacher.loss(batch, outputs)

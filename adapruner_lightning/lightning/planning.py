@@ -4,13 +4,12 @@
   resumed or evaluated, replayed (LoRA adapters included) before its weights load; :func:`plan_from_file`.
 * :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
   when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
-* :func:`search_plan`: the search (or the configured candidate), every rank taking part, as plain data.
+* :func:`search_plan`: the search (or the configured candidate), every rank taking part: a ``SearchResult``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,9 @@ from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning import _compat
 from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
 from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
-from adapruner_lightning.search import runner
 from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.pipeline import find_plan
+from adapruner_lightning.search.runner import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +113,12 @@ def train_rows(trainer: Trainer, needed: int) -> torch.Tensor:
 
 def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, search: SearchConfig, *,
                 device: torch.device, trace_path: Path, forward_context: Callable[[], Any],
-                progress: bool = True, collective: Collective = LOCAL) -> dict[str, Any]:
-    """Search (or, with ``search.trials == 0``, take the configured candidate) and return the plan and its
-    trace as plain data: ``{"plan": ..., "trace": [...], "report": {"search_seconds": ...}}``.
-
-    Every rank of ``collective`` calls this with the same model and splits: the statistics pass and the trials
-    are split between the ranks, and every rank returns the same plan and trace."""
+                progress: bool = True, collective: Collective = LOCAL) -> SearchResult:
+    """:func:`~adapruner_lightning.search.pipeline.find_plan` on the pruning data of a fit, inside the precision
+    plugin's ``forward_context``: every rank of ``collective`` calls this with the same model and splits and
+    returns the same plan and trace."""
     session = PruningSession(model, pruning, splits.pool.to(device), objective=splits.objective.to(device),
                              pool_ids=splits.pool_ids, progress=progress, collective=collective)
-    start = time.perf_counter()
     with forward_context():
-        if search.trials > 0:
-            result = runner.run_search(session, search, trace_path=trace_path, progress=progress, collective=collective)
-            plan, trace = result.plan, result.trace()
-        else:  # every rank selects (nobody idles), rank 0's selection is the one kept
-            plan, trace = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate()))), []
-    session.release()
-    plan.provenance["bos"] = splits.bos  # how the calibration and objective windows were tokenised
-    return {"plan": plan.to_dict(), "trace": trace, "report": {"search_seconds": time.perf_counter() - start}}
+        return find_plan(session, search, trace_path=trace_path, collective=collective, progress=progress,
+                         bos=splits.bos)

@@ -7,10 +7,12 @@ from typing import Literal
 
 from torch import nn
 
-from adapruner_lightning.config import check_choice
+from adapruner_lightning.config import check_literal
 from adapruner_lightning.errors import ConfigError
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: how the rest of ``fit`` recovers: LoRA adapters, every weight, or nothing (frozen)
+RecoveryMode = Literal["lora", "full", "none"]
 
 
 @dataclass
@@ -26,7 +28,7 @@ class RecoveryConfig:
         merge_on_end: merge the adapters into the weights at the end of fit (the export is then a plain model).
     """
 
-    mode: Literal["lora", "full", "none"] = "lora"
+    mode: RecoveryMode = "lora"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -34,7 +36,7 @@ class RecoveryConfig:
     merge_on_end: bool = True
 
     def __post_init__(self) -> None:
-        check_choice("recovery.mode", self.mode, ("lora", "full", "none"))
+        check_literal("recovery.mode", self.mode, RecoveryMode)
         if self.lora_r < 1:
             raise ConfigError("recovery.lora_r", self.lora_r, "a positive rank")
         if not 0 <= self.lora_dropout < 1:
@@ -67,9 +69,8 @@ def wrap_for_recovery(model: nn.Module, config: RecoveryConfig) -> nn.Module:
 
 
 def unwrap(model: nn.Module, *, merge: bool) -> nn.Module:
-    """The plain HF model behind a peft wrapper (adapters merged when ``merge``)."""
-    if hasattr(model, "merge_and_unload") and merge:
-        return model.merge_and_unload()
-    if hasattr(model, "get_base_model") and not merge:
+    """The plain HF model behind a peft wrapper: the adapters folded into its weights when ``merge``, else removed
+    (the base weights as they were before the fine-tune). A model without adapters is returned as it is."""
+    if not hasattr(model, "peft_config"):
         return model
-    return model
+    return model.merge_and_unload() if merge else model.unload()

@@ -29,8 +29,8 @@ class ValidationTasks:
 
         for name in tasks:
             if get_task(name).kind != MULTIPLE_CHOICE:
-                raise ConfigError("val_tasks", name, "multiple-choice tasks (acc / acc_norm are tracked during fit)",
-                                  hint=f"score {name} at the end of fit through eval_tasks instead")
+                raise ConfigError("eval.val_tasks", name, "multiple-choice tasks (acc / acc_norm are tracked during fit)",
+                                  hint=f"score {name} at the end of fit through eval.tasks instead")
         self.items: dict[str, list[MCItem]] = {name: task_items(name, texts, n_items=n_items, seed=seed)
                                                for name in tasks}
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapruner_lightning.core.architectures import get_architecture, head_layout
+from adapruner_lightning.core.architectures import ArchitectureSpec, get_architecture, head_layout, registered_specs
 from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.data.text import atomic_path, uses_bos
 from adapruner_lightning.errors import ConfigError
@@ -45,31 +45,6 @@ from adapruner_lightning.errors import ConfigError
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
-@dataclass(frozen=True)
-class NativeArch:
-    """A family's own llama.cpp architecture and what its loader accepts."""
-
-    arch: str
-    permute_qk: bool  # llama.cpp's NORM rope pairs adjacent dims (HF rotates halves)
-    out_bias: bool  # reads o_proj/down_proj biases (FLAP bias compensation)
-    full_width_q: bool = False  # expects heads x head_dim == hidden (llama.cpp's qwen2 sizes q and o by n_embd)
-
-
-#: registered family -> its llama.cpp architecture
-NATIVE_ARCH: dict[str, NativeArch] = {
-    "llama": NativeArch("llama", True, True),
-    "mistral": NativeArch("llama", True, True),
-    "qwen2": NativeArch("qwen2", False, False, full_width_q=True),
-    "qwen3": NativeArch("qwen3", False, False),
-}
-#: families whose blocks llama.cpp's ``deci`` cannot express, and what it lacks
-NOT_DECI: dict[str, str] = {
-    "qwen3": "its per-head q_norm/k_norm",
-    "gemma": "Gemma's scaled embeddings and (1 + w) norms",
-    "gemma2": "Gemma-2's extra post-attention/post-MLP norms and logit soft-capping",
-    "gemma3": "Gemma-3's extra norms, q/k norms and sliding-window layers",
-    "phi3": "Phi-3's fused qkv_proj/gate_up_proj",
-}
 #: llama.cpp's ``tokenizer.ggml.pre`` names, keyed by the tokenizer.json pre-tokenizer they reproduce:
 #: the Split regex (or "bytelevel" for GPT-2's built-in one, "digits+bytelevel" for SmolLM's)
 PRE_TOKENIZERS: dict[str, str] = {
@@ -121,14 +96,17 @@ def _check_layers(structures: list[Any]) -> None:
                               hint="llama.cpp's deci skips a head-less layer's attention, bias included")
 
 
-def _family(model: nn.Module) -> str:
-    family = get_architecture(model).name
-    if family not in NATIVE_ARCH:
-        lacks = f"; llama.cpp's deci cannot express {NOT_DECI[family]}" if family in NOT_DECI else ""
-        raise ConfigError("GGUF export", f"the {family} family", f"one of {sorted(NATIVE_ARCH)}",
+def _family(model: nn.Module) -> ArchitectureSpec:
+    """The model's family, refused unless its :class:`~adapruner_lightning.core.architectures.GGUFArch` names a
+    llama.cpp architecture."""
+    spec = get_architecture(model)
+    if spec.gguf.arch is None:
+        lacks = f"; llama.cpp's deci cannot express {spec.gguf.deci_lacks}" if spec.gguf.deci_lacks else ""
+        writable = [s.name for s in registered_specs() if s.gguf.arch is not None]
+        raise ConfigError("GGUF export", f"the {spec.name} family", f"one of {writable}",
                           hint=f"its own llama.cpp architecture is not written here{lacks}: run llama.cpp's "
                                "convert_hf_to_gguf.py on a uniform export directory, or use load_pruned")
-    return family
+    return spec
 
 
 def check_exportable(model: nn.Module, tokenizer: Any, pre_tokenizer: str | None = None) -> None:
@@ -153,21 +131,21 @@ def _check(model: nn.Module, tokenizer: Any, pre_tokenizer: str | None, folder: 
 def gguf_layout(model: nn.Module) -> GGUFLayout:
     """Choose the llama.cpp architecture for ``model`` (pruned) or raise :class:`ConfigError` naming what the
     format cannot express and the way out. Nothing is written."""
-    family = _family(model)
+    spec = _family(model)
+    family, native = spec.name, spec.gguf
     structures = layer_structures(model)
     widths = tuple((s.num_heads, s.num_kv_heads, s.intermediate) for s in structures)
     uniform = len(set(widths)) == 1 and 0 not in widths[0]
     biased = any(getattr(m, "bias", None) is not None for s in structures for m in (s.o, s.down))
-    native = NATIVE_ARCH[family]
     narrow_q = native.full_width_q and widths[0][0] * head_layout(model.config).head_dim != model.config.hidden_size
     if uniform and (native.out_bias or not biased) and not narrow_q:
         return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture",
                           widths)
     why = ("a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation" if biased else
            f"query heads removed (llama.cpp's {native.arch} needs heads x head_dim = hidden size)")
-    if family in NOT_DECI:
+    if native.deci_lacks:
         raise ConfigError("GGUF export", f"{why} of the {family} family", "a uniform plan without bias compensation",
-                          hint=f"llama.cpp's per-layer architecture deci cannot express {NOT_DECI[family]}; "
+                          hint=f"llama.cpp's per-layer architecture deci cannot express {native.deci_lacks}; "
                                "prune with per_layer='uniform' (and bias_compensation off), or use load_pruned")
     _check_layers(structures)
     return GGUFLayout("deci", True, f"{why}: llama.cpp's deci architecture (per-layer head and MLP counts)", widths)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.outputs.tables import quality_table, widths_table
 
 
 def _removed(plan: PruningPlan) -> list[str]:
@@ -19,23 +20,10 @@ def _removed(plan: PruningPlan) -> list[str]:
             f"- FLAP bias compensation: {'yes' if plan.compensated else 'no'}"]
 
 
-def _widths_table(plan: PruningPlan) -> list[str]:
-    rows = ["| layer | query heads | kv heads | MLP channels |", "|---|---|---|---|"]
-    rows += [f"| {lp.index} | {lp.num_heads} / {plan.original_num_heads} | {lp.num_kv_heads} / "
-             f"{plan.original_num_kv_heads} | {lp.intermediate_size} / {plan.original_intermediate_size} |"
-             for lp in plan.layers]
-    return rows
-
-
 def _quality(report: dict[str, Any]) -> list[str]:
-    stages = report.get("quality") or {}
-    if not stages:
+    rows = quality_table(report.get("quality") or {})
+    if not rows:
         return ["Not measured in this run (see `adapruner eval --model <this directory>`)."]
-    keys = sorted({k for scores in stages.values() for k in scores})
-    rows = ["| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for stage, scores in stages.items():
-        cells = [f"{scores[k]:.4g}" if isinstance(scores.get(k), float) else str(scores.get(k, "")) for k in keys]
-        rows.append(f"| {stage} | " + " | ".join(cells) + " |")
     return rows + ["", "Perplexity (`ppl/...`) on held-out text, accuracy (`acc/...`) zero-shot; from `report.json`."]
 
 
@@ -68,6 +56,6 @@ def model_card(plan: PruningPlan, *, base_model: str | None = None, report: dict
              f"({plan.achieved_ratio:.1%} removed, target {plan.target_ratio:.0%} of the {plan.ratio_basis} count)",
              f"- plan: {'uniform' if plan.is_uniform else 'non-uniform (layers differ in width)'}"
              + (f"; {method}" if method else ""), "", "## What was removed", "", *_removed(plan), "",
-             "## Per-layer widths", "", *_widths_table(plan), "", "## Measured quality", "",
+             "## Per-layer widths", "", *widths_table(plan, grouped=False), "", "## Measured quality", "",
              *_quality(report or {}), "", "## How to load", "", *_loading(plan, name), ""]
     return "\n".join(lines)

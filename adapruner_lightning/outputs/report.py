@@ -1,4 +1,5 @@
-"""The run report: JSON + Markdown with before/after parameters, quality and wall times, and the search plot."""
+"""The run report: ``report.json`` (everything) and a concise ``report.md`` (quality by stage with ratios to dense,
+the search's summary, per-layer widths, wall times), the search plot, and the end-of-fit outputs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.data.text import write_text_atomic
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.evaluation.config import EvalConfig
+from adapruner_lightning.outputs.tables import fmt, quality_table, search_lines, widths_table
 
 
 def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: str | Path) -> Path | None:
@@ -48,37 +51,40 @@ def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: st
     return path
 
 
-def write_report(directory: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``directory``."""
+def write_report(directory: str | Path, report: dict[str, Any], plan: PruningPlan | None = None) -> tuple[Path, Path]:
+    """Write ``report.json`` (everything, for programs) and ``report.md`` (:func:`to_markdown`, for people) into
+    ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path = write_text_atomic(directory / "report.json", json.dumps(report, indent=1, default=str))
-    return json_path, write_text_atomic(directory / "report.md", to_markdown(report))
+    return json_path, write_text_atomic(directory / "report.md", to_markdown(report, plan))
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    """Markdown summary: parameters, quality per stage, wall time per phase."""
+def to_markdown(report: dict[str, Any], plan: PruningPlan | None = None) -> str:
+    """The concise report a person reads: parameters, quality by stage with ratios to dense, what the search did
+    and chose, the per-layer widths (consecutive equal layers in one row) and the time per phase. The full plan
+    is ``pruning_plan.json`` beside it."""
     lines = ["# adapruner report", ""]
     params = report.get("params", {})
     if params:
-        lines += ["| parameters | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in params.items()] + [""]
-    stages = report.get("quality", {})
-    if stages:
-        keys = sorted({k for v in stages.values() for k in v})
-        lines += ["| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        lines += [f"| {stage} | " + " | ".join(_fmt(v.get(k, "")) for k in keys) + " |" for stage, v in stages.items()]
-        lines.append("")
+        lines += [f"Parameters: {fmt(params.get('before'))} -> {fmt(params.get('after'))} "
+                  f"({params.get('removed_ratio', 0):.1%} removed" +
+                  (f", target {plan.target_ratio:.0%} of the {plan.ratio_basis} count)" if plan else ")"), ""]
+    quality = quality_table(report.get("quality", {}))
+    if quality:
+        lines += ["## Quality", "", *quality, "",
+                  "Perplexity (`ppl/...`, lower is better) on held-out text; zero-shot accuracy (`acc/...`).", ""]
+    search = search_lines(report.get("search", {}))
+    if search:
+        lines += ["## Search", "", *search, ""]
+        if (report.get("files") or {}).get("plot"):
+            lines += ["![search trace and widths](search_trace.png)", ""]
+    if plan is not None:
+        lines += ["## Per-layer widths", "", *widths_table(plan), "", f"The full plan: `{PLAN_FILE}`.", ""]
     seconds = report.get("seconds", {})
     if seconds:
-        lines += ["| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in seconds.items()] + [""]
-    if report.get("plan_summary"):
-        lines += ["## plan", "", "```", json.dumps(report["plan_summary"], indent=1), "```", ""]
+        lines += ["## Time", "", "| phase | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in seconds.items()] + [""]
     return "\n".join(lines)
 
 
@@ -95,8 +101,8 @@ def flatten_eval(result: Any) -> dict[str, float]:
     return out
 
 
-def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str], *, max_tokens: int,
-                   n_items: int, progress: bool = True) -> tuple[dict[str, float], float]:
+def evaluate_stage(model: Any, tokenizer: Any, config: EvalConfig, *,
+                   progress: bool = True) -> tuple[dict[str, float], float]:
     """Held-out quality of ``model`` for one report stage: ``(flat scores, seconds)`` (see :func:`flatten_eval`).
 
     Raises:
@@ -106,11 +112,11 @@ def evaluate_stage(model: Any, tokenizer: Any, texts: list[str], tasks: list[str
     from adapruner_lightning.evaluation.evaluate import evaluate_model
 
     if tokenizer is None:
-        raise ConfigError("eval_texts", texts, "a LightningModule with a .tokenizer attribute",
-                          hint="set module.tokenizer or drop eval_texts")
+        raise ConfigError("eval.texts", config.texts, "a LightningModule with a .tokenizer attribute",
+                          hint="set module.tokenizer or drop eval.texts")
     start = time.perf_counter()
-    result = evaluate_model(model, tokenizer, texts_for(texts), tasks=tasks, max_tokens=max_tokens, n_items=n_items,
-                            progress=progress)
+    result = evaluate_model(model, tokenizer, texts_for(config.texts or []), tasks=config.tasks,
+                            max_tokens=config.max_tokens, n_items=config.items, progress=progress)
     return flatten_eval(result), time.perf_counter() - start
 
 
@@ -125,9 +131,8 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
     from adapruner_lightning.outputs.export import save_pruned
 
     plot = plot_search(trace, plan, out_dir / "search_trace.png") if trace else None
-    report["plan_summary"] = {"provenance": {k: v for k, v in plan.provenance.items() if k != "versions"},
-                              "achieved_ratio": plan.achieved_ratio, "uniform": plan.is_uniform}
-    report["files"] = {"plot": str(plot) if plot else None}
+    report["plan"] = plan_summary(plan)
+    report["files"] = {"plot": str(plot) if plot else None, "plan": str(out_dir / PLAN_FILE)}
     if export and not hasattr(model, "peft_config"):
         start = time.perf_counter()
         save_pruned(model, tokenizer, out_dir / "pruned_model", plan, report=report)
@@ -140,4 +145,9 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
             report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / "pruned_model.gguf", outtype=gguf).path)
             report["seconds"]["export_gguf"] = time.perf_counter() - start
     plan.save(out_dir / PLAN_FILE)
-    return write_report(out_dir, report)[1]
+    return write_report(out_dir, report, plan)[1]
+
+
+def plan_summary(plan: PruningPlan) -> dict[str, Any]:
+    """The plan in the report: removed share, shape kind and compensation (the whole plan is ``pruning_plan.json``)."""
+    return {"achieved_ratio": plan.achieved_ratio, "uniform": plan.is_uniform, "compensated": plan.compensated}

@@ -16,10 +16,12 @@ the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
-from adapruner_lightning.config import check_choice, check_non_negative, check_positive
+from adapruner_lightning.config import check_choice, check_literal, check_non_negative, check_positive
+from adapruner_lightning.core.config import Scope
 from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.core.objective import ObjectiveKind
 from adapruner_lightning.errors import ConfigError
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
@@ -33,7 +35,11 @@ BASELINE_POINTS: tuple[dict[str, Any], ...] = (
      "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
 )
 #: the choices of the searched ``scope`` dimension
-SCOPES = ("layerwise", "global", "standardized")
+SCOPES: tuple[str, ...] = get_args(Scope)
+#: the engines that propose points, the GP's acquisition functions and its score transforms
+EngineName = Literal["gp", "tpe", "random"]
+Acquisition = Literal["ucb", "ei", "poi"]
+ScoreTransform = Literal["copula", "none"]
 DEFAULT_REDUCERS = ("sum", "mean", "max", "first")
 
 
@@ -57,7 +63,7 @@ class SearchData:
     subset_size: int = 10
     objective_windows: int = 8
     objective_seq_len: int = 256
-    objective: Literal["perplexity", "kl"] = "perplexity"
+    objective: ObjectiveKind = "perplexity"
     kl_top_k: int = 64
 
     def __post_init__(self) -> None:
@@ -69,7 +75,7 @@ class SearchData:
         check_positive("search.data.objective_windows", self.objective_windows)
         if self.objective_seq_len < 8:
             raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
-        check_choice("search.data.objective", self.objective, ("perplexity", "kl"))
+        check_literal("search.data.objective", self.objective, ObjectiveKind)
         check_positive("search.data.kl_top_k", self.kl_top_k)
 
 
@@ -88,18 +94,18 @@ class SearchEngine:
         max_failures: consecutive failed trials that stop the search with a summary.
     """
 
-    name: Literal["gp", "tpe", "random"] = "gp"
+    name: EngineName = "gp"
     init_points: int = 5
-    acquisition: Literal["ucb", "ei", "poi"] = "ei"
-    score_transform: Literal["copula", "none"] = "copula"
+    acquisition: Acquisition = "ei"
+    score_transform: ScoreTransform = "copula"
     failure_penalty: float = 1.0
     max_failures: int = 5
 
     def __post_init__(self) -> None:
-        check_choice("search.engine.name", self.name, ("gp", "tpe", "random"))
+        check_literal("search.engine.name", self.name, EngineName)
         check_non_negative("search.engine.init_points", self.init_points)
-        check_choice("search.engine.acquisition", self.acquisition, ("ucb", "ei", "poi"))
-        check_choice("search.engine.score_transform", self.score_transform, ("copula", "none"))
+        check_literal("search.engine.acquisition", self.acquisition, Acquisition)
+        check_literal("search.engine.score_transform", self.score_transform, ScoreTransform)
         check_positive("search.engine.max_failures", self.max_failures)
         if self.name == "tpe":
             try:

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchResult:
-    """The search's outcome: every trial, the best one, and its plan."""
+    """How a plan was found: every trial, the best one, and its plan (no trial and no best when the configured
+    candidate was taken without a search, ``SearchConfig(trials=0)``)."""
 
     trials: list[TrialRecord]
-    best: TrialRecord
+    best: TrialRecord | None
     plan: PruningPlan
     signature: str
     seconds: float
@@ -45,6 +46,19 @@ class SearchResult:
     def trace(self) -> list[dict[str, Any]]:
         """The trials as plain data."""
         return [t.plain() for t in self.trials]
+
+    def summary(self) -> dict[str, Any]:
+        """What a person reads of the search: trials (failed ones), the best trial and its score, what it chose
+        (metric, reducer, samples, schedule) and the wall time."""
+        chosen = {k: v for k, v in self.plan.provenance.items()
+                  if k in ("metric", "reducer", "scope", "keep_first", "keep_last", "layer_ramp", "attn_share",
+                           "bias_compensation")}
+        chosen["samples"] = len(self.plan.provenance.get("subset", []))
+        return {"trials": len(self.trials), "failed": sum(t.status != "ok" for t in self.trials),
+                "best_trial": None if self.best is None else self.best.trial,
+                "best_score": None if self.best is None else self.best.score,
+                "objective": self.plan.provenance.get("search", {}).get("objective", {}).get("kind"),
+                "chose": chosen, "seconds": self.seconds}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -84,8 +98,9 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
 
 def run_search(session: PruningSession, config: SearchConfig, *, seed: int | None = None,
                trace_path: str | Path | None = None, progress: bool = True,
-               collective: Collective = LOCAL) -> SearchResult:
+               collective: Collective = LOCAL, provenance: dict[str, Any] | None = None) -> SearchResult:
     """Search the solution space of ``session`` and return the best plan (the model is left unpruned).
+    ``provenance``: more entries for the plan's provenance (e.g. ``{"bos": True}``), recorded as it is made.
 
     With a ``collective`` of several ranks (each holding the same model and data), every rank scores its own
     point of each round of ``world_size`` proposals (:func:`suggest_batch`); the records are gathered, so every
@@ -112,11 +127,11 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
     best = max(ok, key=lambda t: (t.score, -t.trial))
     signature = trace_signature(problem)
-    provenance = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
-                  "signature": signature, "world_size": collective.world_size, "objective": objective}
+    found = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
+             "signature": signature, "world_size": collective.world_size, "objective": objective}
     owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
     plan = collective.run_on(owner, lambda: session.plan(space.candidate(best.params), best.selection,
-                                                         search=provenance))
+                                                         search=found, **(provenance or {})))
     return SearchResult(trials=done, best=best, plan=plan, signature=signature,
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
 

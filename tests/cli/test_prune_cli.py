@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 from safetensors.torch import load_file
 
@@ -41,3 +43,54 @@ def test_the_subset_size_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_di
     assert first == list(range(8))  # FLAP's warm point: its 2,048 samples, clipped to the pool of 8
     assert cli.main([*common, "--fixed-subset-size", "--out", str(tmp_path / "fixed")]) == 0
     assert {len(s) for s in _trace_subsets(tmp_path / "fixed.search_trace.jsonl")} == {4}
+
+
+def test_the_flags_are_the_config_dataclasses():
+    """Every PruningConfig / SearchConfig field is a flag whose default is the field's: nothing re-declared."""
+    import dataclasses
+    import typing
+
+    from adapruner_lightning.cli.prune import _parser, parse
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.search.config import SearchConfig
+
+    args = parse(["--out", "x"])
+    assert args.pruning == PruningConfig() and args.search == SearchConfig()
+    text = _parser().format_help()
+    hints = typing.get_type_hints(SearchConfig)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(SearchConfig) if dataclasses.is_dataclass(hints[f.name])}
+    flags = [f"--pruning.{f.name}" for f in dataclasses.fields(PruningConfig)]
+    flags += [f"--search.{f.name}" for f in dataclasses.fields(SearchConfig) if f.name not in sections]
+    flags += [f"--search.{name}.{f.name}" for name, kind in sections.items() for f in dataclasses.fields(kind)]
+    missing = [flag for flag in flags if flag not in text]
+    assert not missing and len(flags) > 40, missing
+    assert "{layerwise,global,standardized}" in text and "{gp,tpe,random}" in text  # choices from the Literals
+
+
+def test_the_short_spellings_set_the_config_fields(tmp_path):
+    from adapruner_lightning.cli.prune import parse
+
+    args = parse(["--out", "x", "--target-ratio", "0.3", "--trials", "2", "--metrics", "taylor", "flap", "--engine",
+                  "random", "--fixed-subset-size", "--subset-size=4", "--uniform", "--no-progress", "--text", "a", "b",
+                  "--search.data.objective", "kl"])
+    assert (args.pruning.target_ratio, args.pruning.per_layer, args.pruning.num_samples) == (0.3, "uniform", 4)
+    assert (args.search.trials, args.search.engine.name, args.search.data.subset_size) == (2, "random", 4)
+    assert args.search.space.metrics == ["taylor", "flap"] and not args.search.space.vary_subset_size
+    assert args.search.data.objective == "kl" and args.progress is False and args.text == ["a", "b"]
+    config = tmp_path / "prune.yaml"
+    config.write_text("pruning:\n  metric: flap\n  keep_first: 2\nsearch:\n  trials: 0\n  data:\n    pool_size: 32\n")
+    args = parse(["--config", str(config), "--out", "y"])
+    assert (args.pruning.metric, args.pruning.keep_first, args.search.trials, args.search.data.pool_size) == \
+        ("flap", 2, 0, 32)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scope", "nope"], "pruning.scope"),
+    (["--search.engine.name", "annealing"], "search.engine.name"),
+    (["--trials", "many"], "search.trials"),
+    (["--no-such-flag", "1"], "unrecognized arguments"),
+])
+def test_a_value_the_parser_refuses_is_one_line(capsys, argv, message):
+    assert cli.main(["prune", "--out", "x", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adapruner prune: error: ") and message in err[0], err

@@ -40,7 +40,7 @@ def test_overlays_merge_into_the_callback_section():
     base = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml"])
     full = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml", "overlays/full_finetune.yaml"])
     assert full.adapruner.recovery.mode == "full" and base.adapruner.recovery.mode == "lora"
-    assert full.adapruner.eval_texts == base.adapruner.eval_texts  # the rest of the section survives
+    assert full.adapruner.eval.texts == base.adapruner.eval.texts  # the rest of the section survives
     demo = _parse(["smollm2_default.yaml"])  # the benchmark's choice at the demo's budget: full, half distillation
     assert demo.adapruner.recovery.mode == "full" and demo.adapruner.distillation.weight == 0.5
     llm = _parse(["smollm2_default.yaml", "overlays/llm_pruner_baseline.yaml"])
@@ -86,3 +86,16 @@ def test_a_bad_callback_option_is_refused_before_the_model_loads(monkeypatch, ca
     monkeypatch.setattr(models, "load_model", no_loading)
     assert cli.main(["fit", "--config", str(RECIPES / "smollm2_default.yaml"), "--adapruner.target_ratio", "1.5"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("adapruner fit: error: target_ratio=1.5")
+
+
+@pytest.mark.parametrize("where", ["yaml", "flag"])
+def test_the_flat_evaluation_names_are_refused_with_their_new_spelling(tmp_path, capsys, where):
+    """0.2's ``adapruner: eval_texts:`` (YAML or flag) is one line naming ``eval.texts``, before any model loads."""
+    config = tmp_path / "old.yaml"
+    config.write_text("adapruner:\n  target_ratio: 0.2\n" + ("  eval_texts: ['austen:evaluation']\n" if where == "yaml" else ""))
+    flags = ["--adapruner.eval_items", "5"] if where == "flag" else []
+    assert cli.main(["fit", "--config", str(config), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    old, new = ("eval_texts", "texts") if where == "yaml" else ("eval_items", "items")
+    assert len(err) == 1 and err[0].startswith(f"adapruner fit: error: AdaPrunerCallback option='{old}'"), err
+    assert f"eval.{new}" in err[0] and f"adapruner: eval: {{{new}: ...}}" in err[0]

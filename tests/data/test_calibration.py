@@ -92,20 +92,23 @@ def test_no_objective(tokenizer, texts: dict[str, str]) -> None:
     assert s.objective.shape == (0, 16) and s.objective_ids == []
 
 
+SIZES = dict(n_pool=64, pool_seq_len=128, n_objective=16, objective_seq_len=256)
+
+
 def test_errors(tokenizer, texts: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"texts=\{\} is invalid"):
-        make_splits(tokenizer, {})
+        make_splits(tokenizer, {}, **SIZES)
     with pytest.raises(ConfigError, match=r"n_pool=0 is invalid: expected an integer >= 1"):
-        make_splits(tokenizer, texts, n_pool=0)
+        make_splits(tokenizer, texts, **{**SIZES, "n_pool": 0})
     with pytest.raises(ConfigError, match=r"pool_seq_len=4 is invalid: expected an integer >= 8"):
-        make_splits(tokenizer, texts, pool_seq_len=4)
+        make_splits(tokenizer, texts, **{**SIZES, "pool_seq_len": 4})
     with pytest.raises(ConfigError, match=r"objective_seq_len=2 is invalid"):
-        make_splits(tokenizer, texts, objective_seq_len=2)
+        make_splits(tokenizer, texts, **{**SIZES, "objective_seq_len": 2})
 
 
 def test_too_few_windows(tokenizer, texts: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"n_pool \+ n_objective=80.*at most \d+ \(the texts hold \d+ windows of 256 tokens.*lower n_pool"):
-        make_splits(tokenizer, texts, n_pool=64, n_objective=16)
+        make_splits(tokenizer, texts, **SIZES)
 
 
 @pytest.mark.slow
@@ -114,7 +117,7 @@ def test_real_austen_splits() -> None:
     from adapruner_lightning.data.models import load_model
 
     _, tokenizer = load_model(None)
-    s = make_splits(tokenizer, texts_for("austen:calibration"))
+    s = make_splits(tokenizer, texts_for("austen:calibration"), **SIZES)
     assert s.pool.shape == (64, 128) and s.objective.shape == (16, 256)
     books = {i.rsplit(":", 1)[0] for i in s.pool_ids + s.objective_ids + s.finetune_ids}
     assert books == set(CALIBRATION_BOOKS)

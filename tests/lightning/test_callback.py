@@ -103,12 +103,36 @@ def test_module_without_hf_model_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(target_ratio=1.5), "target_ratio"),
     (dict(target_ratio=0.0), "target_ratio"),
-    (dict(target_ratio=0.2, plan="missing_plan.json"), "plan"),
+    (dict(target_ratio=0.2, plan="missing_plan.json"), "target_ratio"),
+    (dict(plan="missing_plan.json"), "plan"),
     (dict(pruning=PruningConfig(), plan=None, recovery=None, target_ratio=-1), "target_ratio"),
 ])
 def test_misconfiguration(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         AdaPrunerCallback(**kwargs)
+
+
+def test_the_pruning_configs_target_ratio_is_the_one_pruned(tmp_path, tiny_lm_dir, text_dir):
+    """``AdaPrunerCallback(pruning=PruningConfig(target_ratio=0.3))`` removes 30%: the callback's own target_ratio
+    defaults to None (the pruning config's), it does not override it with a default of its own."""
+    module = CausalLMModule(model=str(tiny_lm_dir), lr=1e-3)
+    before = total_params(module.model)
+    cb = AdaPrunerCallback(pruning=PruningConfig(target_ratio=0.3, metric="magnitude_l2"), search=SearchConfig(trials=0),
+                           recovery=RecoveryConfig(mode="full"), output_dir=str(tmp_path / "o"), export=False,
+                           progress=False)
+    _trainer(tmp_path, cb, enable_checkpointing=False, max_steps=1).fit(module, datamodule=_data(tiny_lm_dir, text_dir))
+    assert abs((1 - total_params(module.model) / before) - 0.3) < 0.01
+    assert cb.plan.target_ratio == 0.3
+
+
+def test_target_ratio_and_the_pruning_config_precedence():
+    """The shortcut wins over the pruning config's default ratio; two different ratios set explicitly are refused."""
+    assert AdaPrunerCallback().pruning.target_ratio == PruningConfig().target_ratio
+    shortcut = AdaPrunerCallback(target_ratio=0.35, pruning=PruningConfig(metric="flap", sample_len=32))
+    assert (shortcut.pruning.target_ratio, shortcut.pruning.metric, shortcut.pruning.sample_len) == (0.35, "flap", 32)
+    assert AdaPrunerCallback(target_ratio=0.3, pruning=PruningConfig(target_ratio=0.3)).pruning.target_ratio == 0.3
+    with pytest.raises(ConfigError, match=r"target_ratio=0.3 is invalid: expected None or pruning.target_ratio=0.4"):
+        AdaPrunerCallback(target_ratio=0.3, pruning=PruningConfig(target_ratio=0.4))
 
 
 def test_lora_targets_that_do_not_exist(tmp_path, tiny_lm_dir):

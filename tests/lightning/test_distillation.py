@@ -72,7 +72,7 @@ def test_bad_settings_are_refused() -> None:
 
 # ------------------------------------------------------------------------------- the teacher in a real fit
 def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, *, steps: int = 2, ckpt_path=None, checkpoint=False,
-                      **distill):
+                      others=(), distil: bool = True, **distill):
     from lightning.pytorch import Trainer
 
     from adapruner_lightning import AdaPrunerCallback, DistillationConfig, TextDataModule
@@ -83,10 +83,10 @@ def _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module, *, steps: int = 2
     pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=0), recovery=RecoveryConfig(mode="full"),
                                pruning=PruningConfig(sample_len=32, metric="magnitude_l2"), export=False,
                                output_dir=str(tmp_path / "out"), progress=False,
-                               distillation=DistillationConfig(**distill))
+                               distillation=DistillationConfig(**distill) if distil else None)
     trainer = Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1,
                       logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=checkpoint, default_root_dir=str(tmp_path), callbacks=[pruner])
+                      enable_checkpointing=checkpoint, default_root_dir=str(tmp_path), callbacks=[*others, pruner])
     data = TextDataModule(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=32, batch_size=2, val_windows=2)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer, pruner
@@ -134,34 +134,76 @@ def test_the_teacher_is_the_frozen_dense_model_outside_optimizer_and_checkpoint(
     assert set(trainer.logged_metrics) >= {"train_kl", "train_lm_loss"}
 
 
+class _Mine:
+    """A plain LightningModule whose training_step is the two-line protocol, recording its losses and logits."""
+
+    @staticmethod
+    def build(tiny_lm_dir):
+        from lightning.pytorch import LightningModule
+        from transformers import AutoModelForCausalLM
+
+        from adapruner_lightning import recovery_loss
+
+        class Mine(LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+                self.seen = []
+
+            def training_step(self, batch, batch_idx):
+                out = self.model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False)
+                loss = recovery_loss(self, batch, out)
+                self.seen.append((loss.detach(), out.logits.detach(), batch["input_ids"], out.loss.detach()))
+                return loss
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        return Mine()
+
+
 def test_a_users_own_module_distils_with_one_line(tmp_path, tiny_lm_dir, text_dir):
     """A plain LightningModule whose training_step returns recovery_loss(self, batch, out) trains on the KL: its
     first loss is the KL of its (pruned) logits from the teacher's on that batch."""
-    from lightning.pytorch import LightningModule
-    from transformers import AutoModelForCausalLM
-
-    from adapruner_lightning import recovery_loss
-
-    class Mine(LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-            self.seen = []
-
-        def training_step(self, batch, batch_idx):
-            out = self.model(input_ids=batch["input_ids"], use_cache=False)
-            loss = recovery_loss(self, batch, out)
-            self.seen.append((loss.detach(), out.logits.detach(), batch["input_ids"]))
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    module = Mine()
+    module = _Mine.build(tiny_lm_dir)
     _, pruner = _fit_with_teacher(tmp_path, tiny_lm_dir, text_dir, module)
-    loss, logits, ids = module.seen[0]
+    loss, logits, ids, _ = module.seen[0]
     expected = distillation_loss(logits, pruner.teacher.logits(ids))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5) and float(loss) > 0
+
+
+def _another_teacher(tiny_lm_dir):
+    """A callback of someone else's that also holds a ``.teacher`` (a randomly initialised model of the same shape)."""
+    from lightning.pytorch import Callback
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
+
+    torch.manual_seed(123)
+    other = Callback()
+    other.teacher = Teacher(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_lm_dir)), DistillationConfig())
+    return other
+
+
+def test_recovery_loss_reaches_the_pruners_teacher_not_another_callbacks(tmp_path, tiny_lm_dir, text_dir):
+    """Another callback listed first that also has a ``.teacher`` is not distilled from: the first loss is the KL
+    to the pruner's dense teacher; without distillation on the pruner, the loss is the LM loss; after fit the
+    teacher is detached from the module."""
+    from adapruner_lightning.lightning.distillation import TEACHER_ATTR
+
+    other = _another_teacher(tiny_lm_dir)
+    module = _Mine.build(tiny_lm_dir)
+    _, pruner = _fit_with_teacher(tmp_path / "a", tiny_lm_dir, text_dir, module, others=[other])
+    loss, logits, ids, _ = module.seen[0]
+    expected = distillation_loss(logits, pruner.teacher.logits(ids))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) != pytest.approx(float(distillation_loss(logits, other.teacher.logits(ids))), rel=1e-3)
+    assert getattr(module, TEACHER_ATTR, None) is None  # detached at the end of fit; the callback keeps it
+
+    plain = _Mine.build(tiny_lm_dir)
+    _, pruner = _fit_with_teacher(tmp_path / "b", tiny_lm_dir, text_dir, plain, others=[other], distil=False)
+    assert pruner.teacher is None
+    assert all(float(loss) == float(lm_loss) for loss, _, _, lm_loss in plain.seen)
 
 
 def test_without_a_teacher_recovery_loss_is_the_lm_loss():

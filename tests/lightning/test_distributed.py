@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from adapruner_lightning.search.config import SearchConfig
+
 SCRIPTS = Path(__file__).parent / "scripts"
 DDP_TIMEOUT_S = 300
 DEEPSPEED_TIMEOUT_S = 300
@@ -158,7 +160,7 @@ def test_ddp_defaults_with_a_users_own_module(tmp_path, tiny_lm_dir, mode):
     result = run_script("ddp_defaults.py", tiny_lm_dir, out, mode, timeout=DDP_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-6000:]
     r0, r1 = _ranks(out)
-    assert r0["plan"] == r1["plan"] and r0["plan"]["provenance"]["search"]["trials"] == 8  # the default search
+    assert r0["plan"] == r1["plan"] and r0["plan"]["provenance"]["search"]["trials"] == SearchConfig().trials
     assert r0["params"] == r1["params"] and r0["global_step"] == r1["global_step"] == 2
     assert r0["report_dir"] == r1["report_dir"] and (Path(r0["report_dir"]) / "report.md").is_file()
 

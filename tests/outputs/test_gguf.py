@@ -194,7 +194,8 @@ def test_export_directory_round_trip_cli_and_model_card(tmp_path, tok, capsys):
     card = (tmp_path / "pruned" / "README.md").read_text()
     assert f"{plan.params_before:,} before, {plan.params_after:,} after" in card
     assert f"| 1 | {plan.layers[1].num_heads} / 6 | {plan.layers[1].num_kv_heads} / 2 |" in card
-    assert "| pruned | 12.5 |" in card and "non-uniform" in card and "load_pruned" in card
+    assert "| measure | pruned |" in card and "| ppl/held-out | 12.5 |" in card
+    assert "non-uniform" in card and "load_pruned" in card
     assert main(["export", str(tmp_path / "pruned"), "--gguf", str(tmp_path / "m.gguf"), "--outtype", "f32",
                  "--no-progress"]) == 0
     assert "deci" in capsys.readouterr().out
@@ -208,3 +209,35 @@ def test_export_directory_round_trip_cli_and_model_card(tmp_path, tok, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     direct = export_gguf_dir(tmp_path / "pruned", tmp_path / "z.gguf", outtype="f32", progress=False)
     assert direct.path.read_bytes() == (tmp_path / "m.gguf").read_bytes()
+
+
+def test_a_new_family_exports_by_declaring_its_layout_on_its_spec_alone(tmp_path, tok):
+    """Adding a family that exports to GGUF means one ArchitectureSpec (its ``gguf`` entry); gguf.py has no table
+    of families of its own. A Llama clone under its own model_type: refused until its spec names llama.cpp's
+    architecture, then written as ``deci`` (non-uniform plan) with the same tensors as a Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adapruner_lightning.core import architectures
+    from adapruner_lightning.core.architectures import ArchitectureSpec, GGUFArch, register_architecture
+
+    class CloneConfig(LlamaConfig):
+        model_type = "my_llama_clone"
+
+    reference = make_tiny_model("llama", vocab_size=len(tok), layers=3)
+    model = LlamaForCausalLM(CloneConfig(**{k: v for k, v in reference.config.to_dict().items() if k != "model_type"}))
+    model.load_state_dict(reference.state_dict())
+    try:
+        register_architecture(ArchitectureSpec("my_llama_clone", ("my_llama_clone",)))
+        with pytest.raises(ConfigError, match=r"my_llama_clone family.*one of \['llama', 'mistral', 'qwen2', 'qwen3'\]"):
+            gguf_layout(model)
+        register_architecture(ArchitectureSpec("my_llama_clone", ("my_llama_clone",), gguf=GGUFArch("llama")),
+                              replace=True)
+        calibration = torch.randint(0, len(tok), (4, 16), generator=torch.Generator().manual_seed(0))
+        plan = prune(model, metric="taylor_vector", calibration=calibration, num_samples=4, keep_first=1,
+                     target_ratio=0.25, progress=False)
+        fields, tensors = _read(export_gguf(model, tok, tmp_path / "clone.gguf", outtype="f32", progress=False).path)
+        assert fields["general.architecture"] == "deci" and not plan.same_shapes
+        np.testing.assert_array_equal(_values(tensors["blk.2.ffn_down.weight"]),
+                                      model.model.layers[2].mlp.down_proj.weight.detach().numpy())
+    finally:
+        architectures._REGISTRY.pop("my_llama_clone", None)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from adapruner_lightning import AdaPrunerCallback, CausalLMModule, DistillationConfig, TextDataModule
 from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.evaluation.config import EvalConfig
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.lightning.datamodule import _collate
 from adapruner_lightning.lightning.recovery import RecoveryConfig
@@ -167,8 +168,9 @@ def main() -> None:
     if mode == "ok":  # also: every rank evaluates; one validation scores VAL_ITEMS items, half on each rank
         slow_objective()
         search, timeout = {**SEARCH, "trials": SLOW_TRIALS}, PG_TIMEOUT_S
-        tracking = dict(eval_texts=[str(Path(text_dir) / "alpha.txt")], eval_max_tokens=256, val_tasks=[VAL_TASK],
-                        val_items=VAL_ITEMS, distillation=DistillationConfig(weight=0.5))  # every rank its own teacher
+        tracking = dict(eval=EvalConfig(texts=[str(Path(text_dir) / "alpha.txt")], max_tokens=256, val_tasks=[VAL_TASK],
+                                        val_items=VAL_ITEMS),
+                        distillation=DistillationConfig(weight=0.5))  # every rank its own teacher
         validation = dict(limit_val_batches=1, val_check_interval=MAX_STEPS)
     pruner = kind(target_ratio=0.2, search=SearchConfig.of(**search), pruning=PruningConfig(sample_len=32),
                   recovery=RecoveryConfig(mode="full"), output_dir=str(out / "adapruner_out"), export=False,
@@ -186,7 +188,7 @@ def main() -> None:
     record.update(params_after_fit=recorder._params(module), global_step=trainer.global_step,
                   pruning_data_calls=RankShuffledData.pruning_data_calls, search_runs=SEARCH_RUNS,
                   losses_finite=all(math.isfinite(x) for x in record["losses"]),
-                  search_seconds=pruner.report.get("search_seconds"),
+                  search_seconds=pruner.report["seconds"].get("search"),
                   val_scores={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/acc")},
                   teacher={n: digest(p) for n, p in pruner.teacher.model.named_parameters()} if pruner.teacher else None,
                   dense={n: digest(p) for n, p in CausalLMModule(model=model_dir).model.named_parameters()},
@@ -195,7 +197,7 @@ def main() -> None:
         from adapruner_lightning.data.text import texts_for
         from adapruner_lightning.lightning.tracking import ValidationTasks
 
-        items = ValidationTasks([VAL_TASK], texts_for(tracking["eval_texts"]), VAL_ITEMS)
+        items = ValidationTasks([VAL_TASK], texts_for(tracking["eval"].texts), VAL_ITEMS)
         record["val_scores_one_process"] = items.score(module.model, module.tokenizer)
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
     print(f"[rank {trainer.global_rank}] DDP_FIT_OK", flush=True)

@@ -35,6 +35,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from adapruner_lightning import AdaPrunerCallback, CausalLMModule, TextDataModule
 from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.evaluation.config import EvalConfig
 from adapruner_lightning.lightning.recovery import RecoveryConfig
 from adapruner_lightning.search.config import SearchConfig
 
@@ -117,7 +118,7 @@ def reload_and_evaluate(export: Path, text: str) -> dict:
     from adapruner_lightning.outputs.report import evaluate_stage
 
     model, tokenizer, plan = load_pruned(export, device="cpu")
-    scores, _ = evaluate_stage(model, tokenizer, [text], [], max_tokens=EVAL_TOKENS, n_items=0, progress=False)
+    scores, _ = evaluate_stage(model, tokenizer, EvalConfig(texts=[text], max_tokens=EVAL_TOKENS), progress=False)
     return {"exported_plan": plan.to_dict(), "exported_scores": scores,
             "exported_shapes": {n: list(p.shape) for n, p in model.named_parameters()}}
 
@@ -133,7 +134,7 @@ def main() -> None:
     searches = count_search_runs()
     pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(**SEARCH), pruning=PruningConfig(sample_len=32),
                                recovery=RecoveryConfig(mode=mode, lora_r=4), output_dir=str(out / "adapruner_out"),
-                               export=True, eval_texts=[text], eval_max_tokens=EVAL_TOKENS, progress=False)
+                               export=True, eval=EvalConfig(texts=[text], max_tokens=EVAL_TOKENS), progress=False)
     recorder = Recorder(pruner)
     checkpoints = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=MAX_STEPS, save_top_k=-1)
     config = {"zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
