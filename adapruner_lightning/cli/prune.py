@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (export, plan, report, search plot); the search "
                    "trace goes beside it as OUT.search_trace.jsonl, so the atomic export never replaces it and "
                    "a rerun resumes it")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it holds an earlier export (atomically); "
+                   "any other existing file or non-empty directory is always refused")
     p.add_argument("--device", default="cpu", help="where the search and pruning run, e.g. cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="model dtype: float32 | bfloat16 | float16 (kept through "
                    "search, pruning and export; statistics accumulate in float32)")
@@ -60,8 +62,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``adapruner prune``."""
+    """Entry point of ``adapruner prune``: ``--out`` is checked (``outputs.guard``) and locked before any work."""
     args = _parser().parse_args(argv)
+    from adapruner_lightning.data.locks import writer_lock
+    from adapruner_lightning.data.models import model_inputs
+    from adapruner_lightning.outputs.guard import check_output_path
+
+    out = check_output_path(args.out, inputs=model_inputs(args.model), overwrite=args.overwrite, flag="--out",
+                            overwrite_flag="--overwrite")
+    with writer_lock(out, what="--out"):
+        return _prune(args, out)
+
+
+def _prune(args: argparse.Namespace, out: Path) -> int:
     from adapruner_lightning.core.config import PruningConfig
     from adapruner_lightning.outputs.export import save_pruned
     from adapruner_lightning.core.physical import apply_plan
@@ -84,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
                              **({"metrics": args.metrics} if args.metrics else {}))
     resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)
-    out = Path(args.out)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     apply_plan(model, plan)
     seconds["prune"] = time.perf_counter() - t
-    save_pruned(model, tokenizer, out, plan)
+    save_pruned(model, tokenizer, out, plan, overwrite=args.overwrite)
     if trace:
         plot_search(trace, plan, out / "search_trace.png")
     report = {"params": {"before": plan.params_before, "after": plan.params_after, "removed_ratio": plan.achieved_ratio},

@@ -176,6 +176,18 @@ def resolve_model_path(spec: str | Path | None) -> str:
     )
 
 
+def model_inputs(spec: str | Path | None) -> list[Path]:
+    """The local paths a model spec reads (nothing is loaded or converted): the embedded model's directory and
+    file, a model directory, a ``.gguf`` file with its converted cache; none for a hub id. Writers refuse to
+    replace them (``outputs.guard``)."""
+    if spec is None or str(spec) in ("embedded", EMBEDDED):
+        return [embedded_model_dir()]
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return [path, _gguf_cache_dir(path.resolve())]
+    return [path] if path.exists() else []
+
+
 def _check_causal_lm(config: PretrainedConfig, where: str) -> None:
     """Raise :class:`ConfigError` unless ``config`` describes a decoder-only causal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING

@@ -34,6 +34,7 @@ from adapruner_lightning.lightning import _compat, planning
 from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
 from adapruner_lightning.outputs.report import evaluate_stage, write_outputs
+from adapruner_lightning.lightning.planning import claim_fit_outputs, release_fit_outputs
 from adapruner_lightning.lightning.tracking import ValidationTasks
 from adapruner_lightning.search.config import SearchConfig, SearchEngine
 
@@ -284,9 +285,10 @@ class AdaPrunerCallback(Callback):
     def _out_dir(self, trainer: Trainer) -> Path:
         """Where the report, trace and export go; resolved once, in ``setup``, on every rank (the trainer's
         ``log_dir`` is a collective: called on rank 0 alone it would pair with another rank's broadcast)."""
-        if self._out is None:
-            self._out = Path(self.output_dir or _compat.output_root(trainer)) / "adapruner"
-            self._out.mkdir(parents=True, exist_ok=True)
+        if self._out is None:  # checked (no input model's directory, no user's files replaced) and locked by rank 0
+            self._out = claim_fit_outputs(Path(self.output_dir or _compat.output_root(trainer)) / "adapruner",
+                                          model=trainer.lightning_module, export=self.export, gguf=bool(self.gguf),
+                                          lock=trainer.is_global_zero)
         return self._out
 
     @override
@@ -348,6 +350,16 @@ class AdaPrunerCallback(Callback):
             if isinstance(_compat.uncompiled(child), (PreTrainedModel, PeftModel)):
                 return name, _compat.uncompiled(child)
         raise AdaPrunerError("the pruned model is no longer an attribute of the LightningModule")
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Give back the output directory's writer lock (rank 0)."""
+        release_fit_outputs(self._out)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Give back the output directory's writer lock (rank 0): Lightning calls no ``teardown`` after an error."""
+        release_fit_outputs(self._out)
 
     # ------------------------------------------------------------------ state
 

@@ -24,15 +24,35 @@ from adapruner_lightning.core.physical import apply_plan, is_applied
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.data.calibration import DataSplits
+from adapruner_lightning.data.locks import acquire, release
 from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning import _compat
 from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
 from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
+from adapruner_lightning.outputs.guard import check_fit_outputs, local_model_paths
 from adapruner_lightning.search import runner
 from adapruner_lightning.search.config import SearchConfig
 
 log = logging.getLogger(__name__)
+
+
+def claim_fit_outputs(out_dir: Path, *, model: nn.Module, export: bool, gguf: bool, lock: bool) -> Path:
+    """The callback's output directory, before any work: not the directory of the model being pruned (nor above
+    it), no file, and its end-of-fit export and GGUF file replace only exports of ours (``outputs.guard``); rank 0
+    (``lock``) then holds its writer lock until :func:`release_fit_outputs`, so a second job on the same directory is
+    refused naming this one. Returns the directory (created)."""
+    inputs = [path for child in (model, *model.children()) for path in local_model_paths(child)]
+    check_fit_outputs(out_dir, inputs=inputs, export=export, gguf=gguf)
+    if lock:
+        acquire(out_dir, what="output_dir")
+    return out_dir
+
+
+def release_fit_outputs(out_dir: Path | None) -> None:
+    """Give back the writer lock of :func:`claim_fit_outputs` (nothing when this process holds none)."""
+    if out_dir is not None:
+        release(out_dir)
 
 
 def plan_from_file(path: str | None) -> PruningPlan | None:

@@ -33,12 +33,22 @@ def _original_config(plan: PruningPlan) -> dict[str, int]:
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: PruningPlan,
-                extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None) -> Path:
+                extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None, *,
+                overwrite: bool = True) -> Path:
     """Write ``model`` (already pruned by ``plan``) with its tokenizer, plan and model card (``README.md``, with the
-    quality of ``report`` when given) to ``directory`` atomically."""
+    quality of ``report`` when given) to ``directory`` atomically.
+
+    ``directory`` must be new, empty or an earlier export of ours (replaced only with ``overwrite``, the default);
+    the model's own directory, a directory above it, a file or a non-empty directory that is not an export are
+    refused before anything is written (:func:`~adapruner_lightning.outputs.guard.check_output_path`).
+
+    Raises:
+        ConfigError: ``directory`` is not a path this function may replace.
+    """
+    from adapruner_lightning.outputs.guard import check_output_path, local_model_paths
     from adapruner_lightning.outputs.model_card import model_card
 
-    directory = Path(directory)
+    directory = check_output_path(directory, inputs=local_model_paths(model), overwrite=overwrite, flag="directory")
     base = str(getattr(model.config, "_name_or_path", "") or "") or None
     with atomic_path(directory) as tmp:
         model.config.head_dim = plan.head_dim

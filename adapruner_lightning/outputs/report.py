@@ -121,23 +121,30 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
 
     Returns:
         The path of ``report.md``.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a ``pruned_model`` directory or ``pruned_model.gguf`` file that is not an
+            export of ours, or is the model's own directory (checked before anything is written).
     """
     from adapruner_lightning.outputs.export import save_pruned
+    from adapruner_lightning.outputs.guard import FIT_EXPORT, FIT_GGUF, check_fit_outputs, local_model_paths
 
+    exporting = export and not hasattr(model, "peft_config")
+    check_fit_outputs(out_dir, inputs=local_model_paths(model), export=exporting, gguf=exporting and bool(gguf))
     plot = plot_search(trace, plan, out_dir / "search_trace.png") if trace else None
     report["plan_summary"] = {"provenance": {k: v for k, v in plan.provenance.items() if k != "versions"},
                               "achieved_ratio": plan.achieved_ratio, "uniform": plan.is_uniform}
     report["files"] = {"plot": str(plot) if plot else None}
-    if export and not hasattr(model, "peft_config"):
+    if exporting:
         start = time.perf_counter()
-        save_pruned(model, tokenizer, out_dir / "pruned_model", plan, report=report)
+        save_pruned(model, tokenizer, out_dir / FIT_EXPORT, plan, report=report)
         report["seconds"]["export"] = time.perf_counter() - start
-        report["files"]["model"] = str(out_dir / "pruned_model")
+        report["files"]["model"] = str(out_dir / FIT_EXPORT)
         if gguf:
             from adapruner_lightning.outputs.gguf import export_gguf
 
             start = time.perf_counter()
-            report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / "pruned_model.gguf", outtype=gguf).path)
+            report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / FIT_GGUF, outtype=gguf).path)
             report["seconds"]["export_gguf"] = time.perf_counter() - start
     plan.save(out_dir / PLAN_FILE)
     return write_report(out_dir, report)[1]

@@ -24,7 +24,7 @@ from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.engines import suggest_batch
 from adapruner_lightning.search.space import SearchSpace
-from adapruner_lightning.search.trace import TrialRecord, _append, read_trace, write_header
+from adapruner_lightning.search.trace import TrialRecord, _append, open_trace, trace_writer
 from adapruner_lightning.search.trace import signature as trace_signature
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,9 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed,
                **({"search_objective": objective} if config.data.objective != "perplexity" else {})}
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
-    done = collective.run_on(0, lambda: _open_trace(path, problem))
-    fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
+    with trace_writer(path, enabled=collective.is_zero):  # rank 0 writes the trace, holding its lock
+        done = collective.run_on(0, lambda: _open_trace(path, problem))
+        fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
     ok = [t for t in done if t.status == "ok"]
     if not ok:
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
@@ -123,9 +124,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
 
 def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:
     """The finished trials of this problem's trace at ``path`` (a new trace is started when there is none)."""
-    done = read_trace(path, problem) if path else []
-    if path and not path.exists():
-        write_header(path, problem)
+    done = open_trace(path, problem) if path else []
     if done:
         log.info("resuming search from %s: %d finished trials", path, len(done))
     return done
