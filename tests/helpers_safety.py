@@ -23,9 +23,11 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 
 def run_cli(*args: object, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """``python -m adapruner_lightning.cli ARGS`` in a real process (no --debug)."""
+    """``python -m adapruner_lightning.cli ARGS`` in a real process (no --debug; progress bars, ours and Hugging
+    Face's, off, so stderr holds only what went wrong)."""
     environ = {k: v for k, v in os.environ.items() if k != "ADAPRUNER_DEBUG"}
-    environ.update(ADAPRUNER_PROGRESS="0", OMP_NUM_THREADS="1", **env)
+    environ.update(ADAPRUNER_PROGRESS="0", OMP_NUM_THREADS="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                   TRANSFORMERS_VERBOSITY="error", **env)
     return subprocess.run([sys.executable, "-m", "adapruner_lightning.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=environ)
 

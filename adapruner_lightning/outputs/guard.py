@@ -29,8 +29,10 @@ from adapruner_lightning.errors import ConfigError
 
 #: the GGUF key that marks a file as written by :func:`~adapruner_lightning.outputs.gguf.export_gguf`
 GGUF_MARKER = "adapruner.version"
-#: names of the end-of-fit outputs inside the callback's output directory
-FIT_EXPORT, FIT_GGUF = "pruned_model", "pruned_model.gguf"
+#: name of the end-of-fit export inside the callback's output directory
+FIT_EXPORT = "pruned_model"
+#: name of the end-of-fit GGUF file inside the callback's output directory
+FIT_GGUF = "pruned_model.gguf"
 
 
 def is_export(path: Path) -> bool:

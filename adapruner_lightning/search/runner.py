@@ -96,6 +96,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     if session.uniform and (config.space.keep_layers or config.space.layer_ramp or config.space.scope):
         log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
         config = replace(config, space=replace(config.space, keep_layers=False, layer_ramp=False, scope=False))
+    session.check_reachable(**_fewest_kept(config, session.config), searched=True)  # before the first trial
     t0 = time.perf_counter()
     features = session.stats.features()
     stats_seconds = time.perf_counter() - t0
@@ -120,6 +121,12 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
                                                          search=provenance))
     return SearchResult(trials=done, best=best, plan=plan, signature=signature,
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
+
+
+def _fewest_kept(config: SearchConfig, pruning: Any) -> dict[str, int]:
+    """The fewest leading/trailing layers any candidate of the space keeps whole (the most removable ones)."""
+    dims = config.space.dimensions()
+    return {key: int(dims[key][0]) if key in dims else getattr(pruning, key) for key in ("keep_first", "keep_last")}
 
 
 def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:
