@@ -109,7 +109,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def _read_one(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("text file", str(path), "a UTF-8 text file",
+                          hint=f"it is not UTF-8 ({exc.reason} at byte {exc.start}); convert it (iconv -t utf-8) or "
+                               f"leave it out") from exc
     if not text.strip():
         raise ConfigError("text file", str(path), "a UTF-8 text file with some text", hint="remove the empty file or fill it")
     return text

@@ -123,9 +123,14 @@ def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        return torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError ... for a bad file
+        raise ConfigError("checkpoint", str(file), "a complete checkpoint written by Lightning",
+                          hint=f"it cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                               f"the file is truncated or damaged: resume from an earlier checkpoint") from exc
 
 
 def _partitioned(model: nn.Module) -> list[nn.Parameter]:

@@ -63,7 +63,21 @@ def plan_from_file(path: str | None) -> PruningPlan | None:
 def stored_checkpoint(trainer: Trainer) -> dict[str, Any] | None:
     """The checkpoint the running ``fit``/``validate``/``test``/``predict`` restores, memory-mapped (None: none)."""
     path = fit_ckpt_path(trainer)
-    file = checkpoint_file(path) if path else None
+    return read_checkpoint(path) if path else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (a file, or a DeepSpeed checkpoint directory), memory-mapped; None for a remote
+    path (``s3://``), which Lightning reads itself.
+
+    Raises:
+        ConfigError: no checkpoint there, or a truncated or damaged one (refused before any search, not after a
+            search that Lightning's restore then fails).
+    """
+    file = checkpoint_file(path)
+    if file is None and "://" not in str(path):
+        raise ConfigError("ckpt_path", str(path), "an existing checkpoint file, or a DeepSpeed checkpoint directory "
+                          "holding its model states", hint="check the path (nothing was searched or pruned)")
     return _compat.load_checkpoint_lazily(file) if file is not None else None
 
 

@@ -64,7 +64,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def read_trace(path: Path, problem: dict[str, Any]) -> list[TrialRecord]:
-    """Finished trials of a previous run of the same problem (a torn last line, from a kill, is ignored).
+    """Finished trials of a previous run of the same problem (a torn last line, cut short by a crash, is ignored).
 
     ``problem`` describes the search completely (model, samples, options; see ``PruningSession.problem``); a
     trace written for another problem is refused with the differing keys named, never resumed.
@@ -75,10 +75,11 @@ def read_trace(path: Path, problem: dict[str, Any]) -> list[TrialRecord]:
     """
     if not path.exists():
         return []
-    lines = path.read_text(errors="replace").splitlines()
+    text = path.read_text(errors="replace")
+    lines, torn = text.splitlines(), not text.endswith("\n")  # a write cut short leaves no newline
     records: list[TrialRecord] = []
     for number, line in enumerate(lines, 1):
-        data = _parse(path, number, line, last=number == len(lines))
+        data = _parse(path, number, line, last=number == len(lines) and torn)
         if data is None:
             continue
         if number == 1 and data.get("type") != "header":
