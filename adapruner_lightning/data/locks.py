@@ -155,9 +155,10 @@ def acquire(target: str | Path, *, what: str = "output path") -> Path:
     if previous and previous.get("pid") != os.getpid():
         log.warning("adapruner: taking over the stale lock %s of %s, which is no longer running", file,
                     _describe(previous))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_me()).encode(), 0)
-    os.fsync(fd)
+    with contextlib.suppress(OSError):  # the flock is the lock; the record only names us (a full disk may refuse it)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        os.fsync(fd)
     _HELD[key] = _Held(fd, file)
     return file
 
