@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
-from adapruner_lightning.data.text import write_text_atomic
+from adapruner_lightning.data.text import atomic_path, write_text_atomic
 from adapruner_lightning.errors import ConfigError
 
 
 def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: str | Path) -> Path | None:
-    """PNG: objective per trial with best-so-far, and the per-layer widths of the best plan."""
+    """PNG: objective per trial with best-so-far, and the per-layer widths of the best plan (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +43,11 @@ def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: st
         ax2.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk keeps the previous plot
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
