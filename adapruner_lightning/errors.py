@@ -37,6 +37,11 @@ class SearchFailed(AdaPrunerError, RuntimeError):
     """The search could not produce a plan (every trial failed, or a rank failed)."""
 
 
+class SearchInterrupted(SearchFailed):
+    """The search stopped early on request (the job is being preempted); its trace keeps every finished trial and
+    a rerun on the same trace resumes after them."""
+
+
 class DiskFull(AdaPrunerError, OSError):
     """Writing an output ran out of space (``ENOSPC``, or the quota: ``EDQUOT``); the writer kept the previous
     complete version of the file or directory.

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,9 @@ from torch import nn
 
 from adapruner_lightning.distributed import Collective
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
+from adapruner_lightning.search.stop import clear_stop, request_stop, stop_reason
+
+log = logging.getLogger(__name__)
 
 #: Strategies that hand ``setup`` whole, unwrapped modules on every rank.
 SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "DeepSpeedStrategy")
@@ -199,3 +208,61 @@ def statistics_context(plugin: Any) -> Any:
     if getattr(plugin, "precision", None) in ("16-mixed", "16"):
         return contextlib.nullcontext
     return plugin.forward_context
+
+
+def requeue_signal(trainer: Trainer) -> signal.Signals | None:
+    """The signal on which Lightning checkpoints and requeues this job (SLURM's ``SIGUSR1`` by default), or None.
+
+    Relies on: the trainer's cluster environment (``trainer._accelerator_connector.cluster_environment``) is a
+    ``SLURMEnvironment`` whose ``auto_requeue`` and ``requeue_signal`` decide whether ``_SignalConnector`` installs
+    its requeue handler, which it does in ``Trainer._run`` only after ``setup`` and the checkpoint restore
+    (``register_signal_handlers``): during the search the signal still has its default action, which kills the job
+    without requeueing it.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        return None
+    return environment.requeue_signal
+
+
+def requeue_slurm_job() -> int:
+    """``scontrol requeue`` this SLURM job, as Lightning's requeue handler does (``SLURM_ARRAY_JOB_ID`` _
+    ``SLURM_ARRAY_TASK_ID`` for an array task, else ``SLURM_JOB_ID``); returns scontrol's exit status.
+
+    Relies on: Lightning's ``_SignalConnector._slurm_sigusr_handler_fn`` requeues with exactly this command.
+    """
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID", "")
+    try:
+        status = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        status = 127
+    (log.info if status == 0 else log.warning)("adapruner: scontrol requeue %s exited with %d", job, status)
+    return status
+
+
+@contextlib.contextmanager
+def requeue_during_search(trainer: Trainer) -> Iterator[None]:
+    """The search's handling of the requeue signal (:func:`requeue_signal`), which Lightning does not handle yet:
+    rank 0 requeues the job at once (a checkpoint of the unpruned model would be useless) and every rank stops the
+    search after its current round (``search.stop``), the trace holding every finished trial for the requeued job
+    to resume. The previous handler is restored afterwards, so Lightning installs its own for the fine-tune."""
+    signum = requeue_signal(trainer)
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(received: int, frame: Any) -> None:
+        if stop_reason() is None:
+            request_stop(signal.Signals(received).name)
+            if trainer.is_global_zero:
+                requeue_slurm_job()
+
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+        clear_stop()

@@ -235,10 +235,11 @@ class AdaPrunerCallback(Callback):
         tokenizer = getattr(pl_module, "tokenizer", None)
         collective.together(lambda: self._prepare_dense(trainer, model, tokenizer))
         splits = collective.run_on(0, lambda: self.pruning_data(trainer, pl_module, tokenizer))
-        found = planning.search_plan(model, splits, self.pruning, self.search, device=trainer.strategy.root_device,
-                                     trace_path=self._out_dir(trainer) / "search_trace.jsonl",
-                                     forward_context=_compat.statistics_context(trainer.precision_plugin),
-                                     progress=self.progress and trainer.is_global_zero, collective=collective)
+        with _compat.requeue_during_search(trainer):  # SLURM's requeue signal: stop after the round, requeue
+            found = planning.search_plan(model, splits, self.pruning, self.search, device=trainer.strategy.root_device,
+                                         trace_path=self._out_dir(trainer) / "search_trace.jsonl",
+                                         forward_context=_compat.statistics_context(trainer.precision_plugin),
+                                         progress=self.progress and trainer.is_global_zero, collective=collective)
         self.trace = found["trace"]
         self.report.update(found["report"])
         return PruningPlan.from_dict(found["plan"])

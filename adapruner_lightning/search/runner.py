@@ -24,6 +24,7 @@ from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.engines import suggest_batch
 from adapruner_lightning.search.space import SearchSpace
+from adapruner_lightning.search.stop import raise_if_stopped, stop_reason
 from adapruner_lightning.search.trace import TrialRecord, _append, open_trace, trace_writer
 from adapruner_lightning.search.trace import signature as trace_signature
 
@@ -156,7 +157,7 @@ def _run_trials(session, space, config, done, seed, path, progress, collective: 
                 {"ok": True, "value": None}
             own = envelope.get("value")
             envelope = {**envelope, "value": replace(own, selection=None) if own else None,
-                        "elapsed": time.perf_counter() - start}
+                        "elapsed": time.perf_counter() - start, "stop": stop_reason()}
             gathered = collective.all_gather(envelope)
             collective.raise_if_failed(gathered)
             elapsed = max(e["elapsed"] for e in gathered)
@@ -164,6 +165,7 @@ def _run_trials(session, space, config, done, seed, path, progress, collective: 
             for record in sorted(records, key=lambda r: r.trial):
                 failures = _register(done, record, path if collective.is_zero else None, failures, config)
                 fresh.add(record.trial)
+            raise_if_stopped(gathered, len(done), path)  # a preempted job: every rank stops after this round
             best = max((t.score for t in done if t.status == "ok"), default=float("nan"))
             info = (f"best KL {-best:.4f}" if session.objective_kind == "kl"
                     else f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")

@@ -192,3 +192,70 @@ def test_configure_model_is_called_early_only_when_the_module_defines_it():
         pass
 
     assert not _compat.configure_model_early(Plain())
+
+
+class _SignalProbe(Callback):
+    """Records, in ``setup`` and at ``on_train_start``, what handles SIGUSR1 and what ``requeue_signal`` says."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    def setup(self, trainer, pl_module, stage):
+        import signal
+
+        self.seen.update(setup=signal.getsignal(signal.SIGUSR1), requeue=_compat.requeue_signal(trainer))
+        with _compat.requeue_during_search(trainer):
+            self.seen["during_search"] = signal.getsignal(signal.SIGUSR1)
+
+    def on_train_start(self, trainer, pl_module):
+        import signal
+
+        self.seen["train"] = signal.getsignal(signal.SIGUSR1)
+
+
+def test_lightning_installs_its_slurm_requeue_handler_only_after_setup(tmp_path, monkeypatch):
+    """The requeue signal has its default action in ``setup`` (where the search runs) and Lightning's handler
+    from the first training step; the search's own handler is in place only while it searches, and removing it
+    lets Lightning install its own (Lightning skips the signal if some handler is already there)."""
+    import signal
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in dict(SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="t", SLURM_PROCID="0",
+                           SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_ID="7").items():
+        monkeypatch.setenv(key, value)
+    probe = _SignalProbe()
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe],
+                      plugins=[SLURMEnvironment(auto_requeue=True)])
+    trainer.fit(_Tiny())
+    assert probe.seen["requeue"] == signal.SIGUSR1
+    assert probe.seen["setup"] in (signal.SIG_DFL, None)
+    assert callable(probe.seen["during_search"]) and probe.seen["during_search"] is not probe.seen["train"]
+    assert type(probe.seen["train"]).__name__ == "_HandlersCompose"  # Lightning's, installed after setup
+    plain = _SignalProbe()
+    Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[plain],
+            plugins=[SLURMEnvironment(auto_requeue=False)]).fit(_Tiny())
+    assert plain.seen["requeue"] is None and plain.seen["during_search"] == plain.seen["setup"]
+
+
+def test_the_requeue_command_is_lightnings(tmp_path, monkeypatch):
+    log = tmp_path / "calls"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert _compat.requeue_slurm_job() == 0
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "9")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    assert _compat.requeue_slurm_job() == 0
+    assert log.read_text().splitlines() == ["requeue 123", "requeue 9_4"]
+    import inspect
+
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    source = inspect.getsource(_SignalConnector._slurm_sigusr_handler_fn)
+    assert '["scontrol", "requeue", job_id]' in source and 'f"{array_job_id}_{array_task_id}"' in source
