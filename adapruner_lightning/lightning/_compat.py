@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from adapruner_lightning.distributed import Collective
@@ -243,26 +244,60 @@ def requeue_slurm_job() -> int:
     return status
 
 
-@contextlib.contextmanager
-def requeue_during_search(trainer: Trainer) -> Iterator[None]:
-    """The search's handling of the requeue signal (:func:`requeue_signal`), which Lightning does not handle yet:
-    rank 0 requeues the job at once (a checkpoint of the unpruned model would be useless) and every rank stops the
-    search after its current round (``search.stop``), the trace holding every finished trial for the requeued job
-    to resume. The previous handler is restored afterwards, so Lightning installs its own for the fine-tune."""
-    signum = requeue_signal(trainer)
-    if signum is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class RequeueHandler:
+    """SLURM's requeue signal (:func:`requeue_signal`) for the whole fit, handled where every rank is at the same
+    point, in place of Lightning's handler, which it keeps out.
 
-    def handler(received: int, frame: Any) -> None:
-        if stop_reason() is None:
-            request_stop(signal.Signals(received).name)
-            if trainer.is_global_zero:
-                requeue_slurm_job()
+    Lightning's handler (``_SignalConnector._slurm_sigusr_handler_fn``) is installed only after ``setup``, so during
+    the search the signal's default action killed the job without a requeue; and it saves its HPC checkpoint (a
+    collective) inside the signal handler, wherever each rank happens to be: under ZeRO-3, whose forward and backward
+    are sequences of parameter all-gathers, the ranks then wait in different collectives until the process group
+    times out. Here the handler only records the signal (``search.stop``). During the search rank 0 requeues the job at
+    once and every rank stops after the round (the trace holds every finished trial; a checkpoint of the unpruned
+    model would be useless). During the fine-tune every rank learns of it at the end of the step (one all-reduce of a
+    flag per step), then all save the HPC checkpoint Lightning would have saved (``hpc_ckpt_<n>.ckpt`` in
+    ``default_root_dir``, which Lightning's SLURM auto-resume restores) and rank 0 requeues, as Lightning does.
 
-    previous = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)
+    Relies on: Lightning installs its requeue handler only if the signal has none yet (``_has_already_handler``),
+    and names HPC checkpoints with ``_checkpoint_connector.hpc_save_path``.
+    """
+
+    def __init__(self, trainer: Trainer, signum: signal.Signals) -> None:
+        self.trainer, self.signum, self.requeued, self.saved = trainer, signum, False, False
+        self.previous = signal.signal(signum, self._record)
+
+    @classmethod
+    def install(cls, trainer: Trainer) -> "RequeueHandler | None":
+        """The handler, installed when the trainer requeues on a signal (None otherwise, or off the main thread)."""
+        signum = requeue_signal(trainer)
+        if signum is None or threading.current_thread() is not threading.main_thread():
+            return None
+        return cls(trainer, signum)
+
+    def _record(self, received: int, frame: Any) -> None:
+        if stop_reason() is not None:
+            return
+        request_stop(signal.Signals(received).name)
+        if self.trainer.global_step == 0 and self.trainer.is_global_zero:  # the search: nothing to checkpoint yet
+            self.requeued = requeue_slurm_job() == 0 or self.requeued
+
+    def at_step_end(self) -> None:
+        """Every rank, at the end of each training step: checkpoint and requeue once any rank got the signal."""
+        import torch
+
+        flag = torch.tensor([1.0 if stop_reason() is not None else 0.0])
+        if self.saved or not collective(self.trainer).sum_(flag).item():
+            return
+        self.saved = True
+        rank_zero_info(f"adapruner: {stop_reason()} received: saving an HPC checkpoint and requeueing the job")
+        connector = self.trainer._checkpoint_connector
+        self.trainer.save_checkpoint(connector.hpc_save_path(self.trainer.default_root_dir))
+        if self.trainer.is_global_zero and not self.requeued:
+            self.requeued = requeue_slurm_job() == 0
+
+    def remove(self) -> None:
+        """Put the signal's previous handler back and forget the request."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, self.previous)
         clear_stop()
+

@@ -117,6 +117,7 @@ class AdaPrunerCallback(Callback):
         self._applied = False
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
+        self._requeue: _compat.RequeueHandler | None = None
 
     def _check_val_tasks(self, tasks: list[str], n_items: int, *, explicit: bool) -> list[str]:
         """The validation tasks, checked: known names, multiple choice (taken from ``eval_tasks`` by default, the
@@ -186,6 +187,7 @@ class AdaPrunerCallback(Callback):
         if self.gguf:
             gguf_export.check_exportable(model, getattr(pl_module, "tokenizer", None))
         self._out_dir(trainer)  # every rank, before any rank-0-only work
+        self._requeue = _compat.RequeueHandler.install(trainer)  # SLURM's requeue signal, search and fine-tune
         plan = self._stored_plan(trainer)
         started = time.perf_counter()
         if plan is None:
@@ -235,11 +237,10 @@ class AdaPrunerCallback(Callback):
         tokenizer = getattr(pl_module, "tokenizer", None)
         collective.together(lambda: self._prepare_dense(trainer, model, tokenizer))
         splits = collective.run_on(0, lambda: self.pruning_data(trainer, pl_module, tokenizer))
-        with _compat.requeue_during_search(trainer):  # SLURM's requeue signal: stop after the round, requeue
-            found = planning.search_plan(model, splits, self.pruning, self.search, device=trainer.strategy.root_device,
-                                         trace_path=self._out_dir(trainer) / "search_trace.jsonl",
-                                         forward_context=_compat.statistics_context(trainer.precision_plugin),
-                                         progress=self.progress and trainer.is_global_zero, collective=collective)
+        found = planning.search_plan(model, splits, self.pruning, self.search, device=trainer.strategy.root_device,
+                                     trace_path=self._out_dir(trainer) / "search_trace.jsonl",
+                                     forward_context=_compat.statistics_context(trainer.precision_plugin),
+                                     progress=self.progress and trainer.is_global_zero, collective=collective)
         self.trace = found["trace"]
         self.report.update(found["report"])
         return PruningPlan.from_dict(found["plan"])
@@ -353,14 +354,26 @@ class AdaPrunerCallback(Callback):
         raise AdaPrunerError("the pruned model is no longer an attribute of the LightningModule")
 
     @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        """Act on SLURM's requeue signal where every rank is at the same point (``_compat.RequeueHandler``)."""
+        if self._requeue is not None:
+            self._requeue.at_step_end()
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Give back the output directory's writer lock (rank 0)."""
-        release_fit_outputs(self._out)
+        """Give back the output directory's writer lock (rank 0) and the requeue signal's previous handler."""
+        self._end()
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Give back the output directory's writer lock (rank 0): Lightning calls no ``teardown`` after an error."""
+        """As :meth:`teardown`: Lightning calls no ``teardown`` after an error."""
+        self._end()
+
+    def _end(self) -> None:
         release_fit_outputs(self._out)
+        if self._requeue is not None:
+            self._requeue.remove()
+            self._requeue = None
 
     # ------------------------------------------------------------------ state
 

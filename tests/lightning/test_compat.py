@@ -195,49 +195,57 @@ def test_configure_model_is_called_early_only_when_the_module_defines_it():
 
 
 class _SignalProbe(Callback):
-    """Records, in ``setup`` and at ``on_train_start``, what handles SIGUSR1 and what ``requeue_signal`` says."""
+    """Records what handles SIGUSR1 in ``setup`` and at ``on_train_start``; with ``install``, installs the
+    callback's requeue handler in ``setup`` (as AdaPrunerCallback does)."""
 
-    def __init__(self) -> None:
-        self.seen: dict[str, object] = {}
+    def __init__(self, install: bool) -> None:
+        self.install, self.seen, self.handler = install, {}, None
 
     def setup(self, trainer, pl_module, stage):
         import signal
 
         self.seen.update(setup=signal.getsignal(signal.SIGUSR1), requeue=_compat.requeue_signal(trainer))
-        with _compat.requeue_during_search(trainer):
-            self.seen["during_search"] = signal.getsignal(signal.SIGUSR1)
+        if self.install:
+            self.handler = _compat.RequeueHandler.install(trainer)
 
     def on_train_start(self, trainer, pl_module):
         import signal
 
         self.seen["train"] = signal.getsignal(signal.SIGUSR1)
 
+    def teardown(self, trainer, pl_module, stage):
+        if self.handler is not None:
+            self.handler.remove()
 
-def test_lightning_installs_its_slurm_requeue_handler_only_after_setup(tmp_path, monkeypatch):
-    """The requeue signal has its default action in ``setup`` (where the search runs) and Lightning's handler
-    from the first training step; the search's own handler is in place only while it searches, and removing it
-    lets Lightning install its own (Lightning skips the signal if some handler is already there)."""
-    import signal
 
+def _slurm_fit(tmp_path, monkeypatch, install: bool, auto_requeue: bool = True) -> dict:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     for key, value in dict(SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="t", SLURM_PROCID="0",
                            SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_ID="7").items():
         monkeypatch.setenv(key, value)
-    probe = _SignalProbe()
-    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe],
-                      plugins=[SLURMEnvironment(auto_requeue=True)])
-    trainer.fit(_Tiny())
-    assert probe.seen["requeue"] == signal.SIGUSR1
-    assert probe.seen["setup"] in (signal.SIG_DFL, None)
-    assert callable(probe.seen["during_search"]) and probe.seen["during_search"] is not probe.seen["train"]
-    assert type(probe.seen["train"]).__name__ == "_HandlersCompose"  # Lightning's, installed after setup
-    plain = _SignalProbe()
+    probe = _SignalProbe(install)
     Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[plain],
-            plugins=[SLURMEnvironment(auto_requeue=False)]).fit(_Tiny())
-    assert plain.seen["requeue"] is None and plain.seen["during_search"] == plain.seen["setup"]
+            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe],
+            plugins=[SLURMEnvironment(auto_requeue=auto_requeue)]).fit(_Tiny())
+    return {**probe.seen, "handler": probe.handler}
+
+
+def test_lightning_installs_its_slurm_requeue_handler_only_after_setup_and_only_if_there_is_none(tmp_path,
+                                                                                              monkeypatch):
+    """In ``setup`` (where the search runs) the requeue signal has its default action: it would kill the job
+    unrequeued. Lightning installs its handler before the first step, unless one is installed already: the
+    callback's (``RequeueHandler``) then stays for the whole fit, and is removed at teardown."""
+    import signal
+
+    lightning_only = _slurm_fit(tmp_path, monkeypatch, install=False)
+    assert lightning_only["requeue"] == signal.SIGUSR1 and lightning_only["setup"] in (signal.SIG_DFL, None)
+    assert type(lightning_only["train"]).__name__ == "_HandlersCompose"  # Lightning's own
+    ours = _slurm_fit(tmp_path, monkeypatch, install=True)
+    assert ours["train"] == ours["handler"]._record  # Lightning kept out
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # removed again
+    off = _slurm_fit(tmp_path, monkeypatch, install=True, auto_requeue=False)
+    assert off["requeue"] is None and off["handler"] is None
 
 
 def test_the_requeue_command_is_lightnings(tmp_path, monkeypatch):

@@ -32,6 +32,9 @@ from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.lightning.recovery import RecoveryConfig
 from adapruner_lightning.search.config import SearchConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from deepspeed_lightning import CpuDeepSpeedStrategy, count_search_runs  # noqa: E402
+
 SEARCH = dict(trials=6, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "magnitude_l2"])
 
@@ -47,19 +50,6 @@ def slow_trials(seconds: float) -> None:
         return value
 
     PruningSession.objective = objective
-
-
-def count_searches() -> list[int]:
-    import adapruner_lightning.search.runner as runner
-
-    real, calls = runner.run_search, []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    runner.run_search = counted
-    return calls
 
 
 class Slow(Callback):
@@ -87,9 +77,7 @@ class PlanWriter(Callback):
 def strategy(name: str):
     if name == "ddp":
         return DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=30))
-    sys.path.insert(0, str(Path(__file__).parent))
     import deepspeed.comm.torch as ds_torch_comm
-    from deepspeed_lightning import CpuDeepSpeedStrategy
 
     ds_torch_comm.build_shm_op = lambda: None  # the CPU all-reduce op compiles for minutes; gloo carries everything
     config = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
@@ -105,7 +93,7 @@ def main() -> None:
     (out / f"{run}_pid{rank}").write_text(str(os.getpid()))
     torch.set_num_threads(1)
     slow_trials(float(os.environ.get("TRIAL_SLEEP", "0")))
-    searches = count_searches()
+    searches = count_search_runs()
     slow = Slow(float(os.environ.get("STEP_SLEEP", "0")))
     pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(**SEARCH), pruning=PruningConfig(sample_len=32),
                                recovery=RecoveryConfig(mode="full"), output_dir=str(out / "out"), export=False,
