@@ -323,3 +323,13 @@ def test_the_table_covers_every_file_type_with_at_least_fifteen_cases():
     kinds = {"export weights", "export plan", "config.json", "tokenizer", "model weights", "GGUF", "trace",
              "checkpoint", "plan file", "text", "task file"}
     assert all(any(kind in name for name in CASES) for kind in kinds)
+
+
+def test_a_damaged_report_is_a_config_error_naming_it(tmp_path):
+    """``report.json`` is read by the Python API only (``outputs.export.read_report``)."""
+    from adapruner_lightning.outputs.export import read_report
+
+    (tmp_path / "report.json").write_text('{"params": {"before": 1')
+    with pytest.raises(ConfigError, match="report.json") as info:
+        read_report(tmp_path)
+    assert str(tmp_path / "report.json") in str(info.value)

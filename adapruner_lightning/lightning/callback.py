@@ -52,7 +52,10 @@ class AdaPrunerCallback(Callback):
         recovery: LoRA / full / no fine-tuning after pruning.
         plan: path to a ``pruning_plan.json`` to apply instead of searching (``target_ratio`` must then be None).
         model_attr: attribute of the LightningModule holding the HF model (auto-detected when None).
-        output_dir: where the report, search trace, plot and export go (default: the trainer's log dir).
+        output_dir: where the report, search trace, plot and export go (default: the trainer's log dir), in its
+            ``adapruner/`` folder; checked in ``setup``, before the search: neither the model's own directory nor
+            one above it, and its ``pruned_model`` export replaces only an export of ours. Rank 0 holds its writer
+            lock for the fit (a second job on it is refused, naming this one).
         export: save the pruned (and merged) model at the end of fit, with its model card (``README.md``).
         gguf: also write ``pruned_model.gguf`` for llama.cpp in this type (``f32``, ``f16``, ``bf16``, ``q8_0``;
             :mod:`~adapruner_lightning.outputs.gguf`); what the format cannot express is refused in ``setup``,
