@@ -7,6 +7,7 @@ Every error says what is wrong, the value given, and the allowed values or the f
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -34,3 +35,27 @@ class ConfigError(AdaPrunerError, ValueError):
 
 class SearchFailed(AdaPrunerError, RuntimeError):
     """The search could not produce a plan (every trial failed, or a rank failed)."""
+
+
+class SearchInterrupted(SearchFailed):
+    """The search stopped early on request (the job is being preempted); its trace keeps every finished trial and
+    a rerun on the same trace resumes after them."""
+
+
+class DiskFull(AdaPrunerError, OSError):
+    """Writing an output ran out of space (``ENOSPC``, or the quota: ``EDQUOT``); the writer kept the previous
+    complete version of the file or directory.
+
+    Args:
+        path: what was being written.
+        detail: the operating system's words.
+    """
+
+    def __init__(self, path: Any, detail: str = "") -> None:
+        self.path = str(path)
+        self.message = (f"disk full while writing {path}{f' ({detail})' if detail else ''}; the previous complete "
+                        f"version is kept. Fix: free space on that disk (or raise the quota) and rerun, or write elsewhere")
+        super().__init__(errno.ENOSPC, self.message)
+
+    def __str__(self) -> str:
+        return self.message

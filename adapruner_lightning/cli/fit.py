@@ -79,12 +79,45 @@ def parse_only(argv: list[str]):
     return _ParseOnly(CausalLMModule, TextDataModule, args=argv, run=False).config
 
 
+#: arguments of the ``fit`` sub-command itself, which the parse-only configuration does not know
+_FIT_ONLY = ("--ckpt_path", "--weights_only")
+
+
+def _without_fit_only(argv: list[str]) -> list[str]:
+    """``argv`` without :data:`_FIT_ONLY` (``--ckpt_path X`` or ``--ckpt_path=X``): a resumed ``fit`` is checked too."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _FIT_ONLY:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in _FIT_ONLY)):
+            out.append(arg)
+    return out
+
+
+def _fit_only_value(argv: list[str], name: str) -> str | None:
+    """The value given to the ``fit`` argument ``name`` (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def check_before_run(argv: list[str]) -> None:
     """Refuse, before any model loads, a configuration whose training data is unset (the GPU recipes leave it to
     the user) or whose callback options are invalid: :class:`~adapruner_lightning.errors.ConfigError`, shown as
     one line by the dispatcher (LightningCLI would build the callback only after the module loaded its model)."""
-    config = parse_only(argv)
+    config = parse_only(_without_fit_only(argv))
     check_training_data(config.data.texts, config.data.instructions)
+    ckpt_path = _fit_only_value(argv, "--ckpt_path")
+    if ckpt_path not in (None, "null", "last", "hpc", "best"):  # read now: LightningCLI reads it with torch.load
+        from adapruner_lightning.lightning.planning import read_checkpoint
+
+        read_checkpoint(ckpt_path)
     from jsonargparse import ArgumentParser, Namespace
 
     from adapruner_lightning.lightning.callback import AdaPrunerCallback

@@ -91,6 +91,9 @@ def _parser():
     p.add_argument("--out", type=str, required=True,
                    help="output directory (export, plan, report, search plot); the search trace goes beside it as "
                         "OUT.search_trace.jsonl, so the atomic export never replaces it and a rerun resumes it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier export (atomically); any other existing file or "
+                        "non-empty directory is always refused")
     p.add_argument("--device", type=str, default="cpu", help="where the search and pruning run, e.g. cuda")
     p.add_argument("--dtype", type=str, default="float32",
                    help=f"model dtype: {' | '.join(DTYPES)} (kept through search, pruning and export)")
@@ -129,9 +132,22 @@ def prepare_output(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``adapruner prune``."""
+    """Entry point of ``adapruner prune``: ``--out`` is checked (``outputs.guard``) and locked before any work."""
     import sys
 
+    from adapruner_lightning.data.locks import writer_lock
+    from adapruner_lightning.data.models import model_inputs
+    from adapruner_lightning.outputs.guard import check_output_path
+
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    out = check_output_path(args.out, inputs=model_inputs(args.model), overwrite=args.overwrite, flag="--out",
+                            overwrite_flag="--overwrite")
+    with writer_lock(out, what="--out"):
+        return _prune(args, out)
+
+
+def _prune(args: Any, out: Path) -> int:
+    """Search (or take the configured candidate), prune, export and report into ``out``."""
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import PruningSession, check_model
     from adapruner_lightning.data.calibration import make_splits
@@ -141,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     from adapruner_lightning.outputs.report import plan_summary, plot_search, to_markdown, write_report
     from adapruner_lightning.search.pipeline import find_plan
 
-    args = parse(list(sys.argv[1:] if argv is None else argv))
     pruning, search = args.pruning, args.search
     resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)
-    out = Path(args.out)
     trace_path = prepare_output(out)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_plan(model, result.plan)
     seconds["prune"] = time.perf_counter() - t
     plan = result.plan
-    save_pruned(model, tokenizer, out, plan)
+    save_pruned(model, tokenizer, out, plan, overwrite=args.overwrite)
     plot = plot_search(result.trace(), plan, out / "search_trace.png") if result.trials else None
     report = {"params": {"before": plan.params_before, "after": plan.params_after, "removed_ratio": plan.achieved_ratio},
               "seconds": seconds, "search": result.summary(), "plan": plan_summary(plan),

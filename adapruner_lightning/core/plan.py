@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapruner_lightning.data.files import read_json
 from adapruner_lightning.data.text import write_text_atomic
 from adapruner_lightning.errors import ConfigError
 
@@ -106,11 +107,11 @@ class PruningPlan:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("plan file", str(path), "an existing pruning_plan.json")
+        data = read_json(path, "plan file", hint="write the plan again (every export and checkpoint folder holds one)")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError("plan file", str(path), "valid JSON", hint=f"the file is corrupted ({exc})") from exc
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ConfigError as exc:  # name the file, not only what is wrong inside it
+            raise ConfigError("plan file", str(path), exc.expected, hint=f"{exc}") from exc
 
 
 def library_versions() -> dict[str, str]:

@@ -78,6 +78,22 @@ def pruned_layer_range(num_layers: int, keep_first: int, keep_last: int) -> rang
     return range(keep_first, num_layers - keep_last)
 
 
+def removable_params(layers: list[LayerStructure], indices: range | list[int], *, attention_unit: str,
+                     round_to: int, prune_attention: bool = True) -> int:
+    """The most parameters any selection can remove from the layers ``indices``: each keeps one KV group (or one
+    query head per group) and ``round_to`` MLP channels, whatever the scores (the units of
+    :func:`_attention_units` and :func:`_mlp_units`, counted without scoring them)."""
+    total = 0
+    for i in indices:
+        layer = layers[i]
+        if prune_attention:
+            units = layer.num_kv_heads - 1 if attention_unit == "kv_group" else layer.queries_per_kv - 1
+            total += units * layer.unit_cost(attention_unit)
+        if layer.intermediate > round_to:
+            total += (layer.intermediate - round_to) * layer.channel_cost()
+    return total
+
+
 def _attention_units(layer: LayerStructure, scores: UnitScores, unit: str) -> list[_Unit]:
     """Removable attention units of a layer, lowest score first, at most all but one."""
     if unit == "kv_group":
@@ -130,7 +146,8 @@ def select_groups(layers: list[LayerStructure], scores: dict[int, UnitScores], o
     indices = list(pruned_layer_range(len(layers), opts.keep_first, opts.keep_last))
     attn = {i: _attention_units(layers[i], scores[i], opts.attention_unit) if opts.prune_attention else [] for i in indices}
     mlp = {i: _mlp_units(layers[i], scores[i], opts.round_to) for i in indices}
-    capacity = sum(u.cost for units in (*attn.values(), *mlp.values()) for u in units)
+    capacity = removable_params(layers, indices, attention_unit=opts.attention_unit, round_to=opts.round_to,
+                                prune_attention=opts.prune_attention)
     if opts.budget > capacity:
         raise ConfigError("target_ratio", f"{opts.budget} parameters", f"at most {capacity} removable parameters with "
                           f"these constraints", hint="lower target_ratio, keep fewer layers whole, or lower round_to")

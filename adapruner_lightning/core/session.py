@@ -41,7 +41,13 @@ from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.objective import OBJECTIVES, DenseReference, dense_reference, kl_from_reference
 from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
-from adapruner_lightning.core.selection import LayerSelection, SelectionOptions, pruned_layer_range, select_groups
+from adapruner_lightning.core.selection import (
+    LayerSelection,
+    SelectionOptions,
+    pruned_layer_range,
+    removable_params,
+    select_groups,
+)
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.config import check_choice, check_positive
@@ -196,10 +202,40 @@ class PruningSession:
                               f"every layer pruned alike (per_layer='uniform'{'' if self.config.per_layer == 'uniform' else f', required by {family}'})",
                               hint="drop keep_first/keep_last/layer_ramp and use scope='layerwise'")
 
+    def check_reachable(self, keep_first: int, keep_last: int, *, searched: bool = False) -> None:
+        """Refuse a target that no selection keeping ``keep_first``/``keep_last`` layers whole can reach, before any
+        statistics pass or trial (the most removable: every other layer down to one KV group or query head per
+        group and ``round_to`` MLP channels). ``searched``: these are the fewest any candidate of a search space
+        keeps, so no candidate can reach it (the message says so).
+
+        Raises:
+            ConfigError: the target is above that; the hint names ``ratio_basis='prunable'`` (``--ratio-basis
+                prunable``) when the basis is the total, whose embeddings are never pruned.
+        """
+        c = self.config
+        indices = pruned_layer_range(len(self.layers), keep_first, keep_last)
+        capacity = removable_params(self.layers, indices, attention_unit=self.attention_unit, round_to=c.round_to,
+                                    prune_attention=c.prune_attention)
+        if self.budget <= capacity:
+            return
+        basis = self.params_total if c.ratio_basis == "total" else prunable_params(self.layers)
+        who = "any candidate of the search space" if searched else "this configuration"
+        hint = (f"lower target_ratio to at most {capacity / basis:.3f}, keep fewer layers whole or lower round_to")
+        if c.ratio_basis == "total":
+            fixed = self.params_total - prunable_params(self.layers)
+            hint = (f"pass --ratio-basis prunable (ratio_basis='prunable': the ratio counts the decoder projections "
+                    f"only; the embeddings and other unpruned tensors hold {fixed:,} of the {basis:,} parameters) or "
+                    + hint)
+        raise ConfigError("target_ratio", c.target_ratio,
+                          f"at most {capacity / basis:.3f} of the {c.ratio_basis} parameters: {who} can remove "
+                          f"{capacity:,} removable parameters (layers {indices.start}-{indices.stop - 1} each keep one "
+                          f"attention unit and {c.round_to} MLP channel(s))", hint=hint)
+
     def select(self, candidate: Candidate) -> dict[int, LayerSelection]:
-        """The groups ``candidate`` removes to meet the budget."""
+        """The groups ``candidate`` removes to meet the budget (an unreachable target is refused before scoring)."""
         if self.uniform:
             self._check_uniform(candidate)
+        self.check_reachable(candidate.keep_first, candidate.keep_last)
         opts = SelectionOptions(
             budget=self.budget, scope=candidate.scope, attention_unit=self.attention_unit,
             keep_first=candidate.keep_first, keep_last=candidate.keep_last, attn_share=candidate.attn_share,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from adapruner_lightning.data.files import check_model_files
 from adapruner_lightning.data.text import atomic_path, cache_dir
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
 
@@ -176,6 +177,25 @@ def resolve_model_path(spec: str | Path | None) -> str:
     )
 
 
+def model_inputs(spec: str | Path | None) -> list[Path]:
+    """The local paths a model spec reads (nothing is loaded or converted): the embedded model's directory and
+    file, a model directory, a ``.gguf`` file with its converted cache; none for a hub id. Writers refuse to
+    replace them (``outputs.guard``)."""
+    if spec is None or str(spec) in ("embedded", EMBEDDED):
+        return [embedded_model_dir()]
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return [path, _gguf_cache_dir(path.resolve())]
+    return [path] if path.exists() else []
+
+
+def _restore_hint(path: Path) -> str:
+    """How to repair a damaged file of the model directory ``path`` (a converted cache is simply deleted)."""
+    if cache_dir().resolve() in path.resolve().parents:
+        return f"{path} is adapruner's converted copy of a GGUF file: delete that directory and it is converted again"
+    return "restore the model directory (download or save it again)"
+
+
 def _check_causal_lm(config: PretrainedConfig, where: str) -> None:
     """Raise :class:`ConfigError` unless ``config`` describes a decoder-only causal LM."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -253,6 +273,8 @@ def load_model(
 
     dtype = resolve_dtype(dtype)
     path = resolve_model_path(spec)
+    if Path(path).is_dir():
+        check_model_files(path, hint=_restore_hint(Path(path)))
     config = _load_config(path)
     _check_causal_lm(config, path)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}

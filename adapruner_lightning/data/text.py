@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.errors import ConfigError, DiskFull
 
 """The calibration / evaluation split is fixed for the whole project: calibration samples, the search
 objective and any fine-tuning use only :data:`CALIBRATION_BOOKS`; evaluation uses only :data:`EVALUATION_BOOKS`."""
@@ -48,9 +49,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _swap(tmp, path)
-    except BaseException:
+    except BaseException as error:
         _remove(tmp)
+        full = disk_full_detail(error)
+        if full is not None and not isinstance(error, DiskFull):
+            raise DiskFull(path, full) from error
         raise
+
+
+#: ``errno`` values that mean "no space left": the disk, or the user's quota
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_detail(error: BaseException) -> str | None:
+    """The operating system's words when ``error`` (or an error it was raised from) is a full disk or quota,
+    else None. Libraries that write through their own code (safetensors, the tokenizers) report it as text
+    (``No space left on device (os error 28)``), so their messages are read too."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error.strerror or os.strerror(error.errno)
+        text = str(error)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return text.splitlines()[0][:200]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _swap(tmp: Path, path: Path) -> None:
@@ -85,7 +109,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def _read_one(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("text file", str(path), "a UTF-8 text file",
+                          hint=f"it is not UTF-8 ({exc.reason} at byte {exc.start}); convert it (iconv -t utf-8) or "
+                               f"leave it out") from exc
     if not text.strip():
         raise ConfigError("text file", str(path), "a UTF-8 text file with some text", hint="remove the empty file or fill it")
     return text

@@ -13,14 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from adapruner_lightning.distributed import Collective
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
+from adapruner_lightning.search.stop import clear_stop, request_stop, stop_reason
+
+log = logging.getLogger(__name__)
 
 #: Strategies that hand ``setup`` whole, unwrapped modules on every rank.
 SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy", "DeepSpeedStrategy")
@@ -123,9 +133,14 @@ def load_checkpoint_lazily(file: Path) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        return torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError ... for a bad file
+        raise ConfigError("checkpoint", str(file), "a complete checkpoint written by Lightning",
+                          hint=f"it cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                               f"the file is truncated or damaged: resume from an earlier checkpoint") from exc
 
 
 def _partitioned(model: nn.Module) -> list[nn.Parameter]:
@@ -194,3 +209,95 @@ def statistics_context(plugin: Any) -> Any:
     if getattr(plugin, "precision", None) in ("16-mixed", "16"):
         return contextlib.nullcontext
     return plugin.forward_context
+
+
+def requeue_signal(trainer: Trainer) -> signal.Signals | None:
+    """The signal on which Lightning checkpoints and requeues this job (SLURM's ``SIGUSR1`` by default), or None.
+
+    Relies on: the trainer's cluster environment (``trainer._accelerator_connector.cluster_environment``) is a
+    ``SLURMEnvironment`` whose ``auto_requeue`` and ``requeue_signal`` decide whether ``_SignalConnector`` installs
+    its requeue handler, which it does in ``Trainer._run`` only after ``setup`` and the checkpoint restore
+    (``register_signal_handlers``): during the search the signal still has its default action, which kills the job
+    without requeueing it.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        return None
+    return environment.requeue_signal
+
+
+def requeue_slurm_job() -> int:
+    """``scontrol requeue`` this SLURM job, as Lightning's requeue handler does (``SLURM_ARRAY_JOB_ID`` _
+    ``SLURM_ARRAY_TASK_ID`` for an array task, else ``SLURM_JOB_ID``); returns scontrol's exit status.
+
+    Relies on: Lightning's ``_SignalConnector._slurm_sigusr_handler_fn`` requeues with exactly this command.
+    """
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID", "")
+    try:
+        status = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        status = 127
+    (log.info if status == 0 else log.warning)("adapruner: scontrol requeue %s exited with %d", job, status)
+    return status
+
+
+class RequeueHandler:
+    """SLURM's requeue signal (:func:`requeue_signal`) for the whole fit, handled where every rank is at the same
+    point, in place of Lightning's handler, which it keeps out.
+
+    Lightning's handler (``_SignalConnector._slurm_sigusr_handler_fn``) is installed only after ``setup``, so during
+    the search the signal's default action killed the job without a requeue; and it saves its HPC checkpoint (a
+    collective) inside the signal handler, wherever each rank happens to be: under ZeRO-3, whose forward and backward
+    are sequences of parameter all-gathers, the ranks then wait in different collectives until the process group
+    times out. Here the handler only records the signal (``search.stop``). During the search rank 0 requeues the job at
+    once and every rank stops after the round (the trace holds every finished trial; a checkpoint of the unpruned
+    model would be useless). During the fine-tune every rank learns of it at the end of the step (one all-reduce of a
+    flag per step), then all save the HPC checkpoint Lightning would have saved (``hpc_ckpt_<n>.ckpt`` in
+    ``default_root_dir``, which Lightning's SLURM auto-resume restores) and rank 0 requeues, as Lightning does.
+
+    Relies on: Lightning installs its requeue handler only if the signal has none yet (``_has_already_handler``),
+    and names HPC checkpoints with ``_checkpoint_connector.hpc_save_path``.
+    """
+
+    def __init__(self, trainer: Trainer, signum: signal.Signals) -> None:
+        self.trainer, self.signum, self.requeued, self.saved = trainer, signum, False, False
+        self.previous = signal.signal(signum, self._record)
+
+    @classmethod
+    def install(cls, trainer: Trainer) -> "RequeueHandler | None":
+        """The handler, installed when the trainer requeues on a signal (None otherwise, or off the main thread)."""
+        signum = requeue_signal(trainer)
+        if signum is None or threading.current_thread() is not threading.main_thread():
+            return None
+        return cls(trainer, signum)
+
+    def _record(self, received: int, frame: Any) -> None:
+        if stop_reason() is not None:
+            return
+        request_stop(signal.Signals(received).name)
+        if self.trainer.global_step == 0 and self.trainer.is_global_zero:  # the search: nothing to checkpoint yet
+            self.requeued = requeue_slurm_job() == 0 or self.requeued
+
+    def at_step_end(self) -> None:
+        """Every rank, at the end of each training step: checkpoint and requeue once any rank got the signal."""
+        import torch
+
+        flag = torch.tensor([1.0 if stop_reason() is not None else 0.0])
+        if self.saved or not collective(self.trainer).sum_(flag).item():
+            return
+        self.saved = True
+        rank_zero_info(f"adapruner: {stop_reason()} received: saving an HPC checkpoint and requeueing the job")
+        connector = self.trainer._checkpoint_connector
+        self.trainer.save_checkpoint(connector.hpc_save_path(self.trainer.default_root_dir))
+        if self.trainer.is_global_zero and not self.requeued:
+            self.requeued = requeue_slurm_job() == 0
+
+    def remove(self) -> None:
+        """Put the signal's previous handler back and forget the request."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, self.previous)
+        clear_stop()
+

@@ -36,6 +36,7 @@ from adapruner_lightning.lightning import _compat, planning
 from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher, attach_teacher
 from adapruner_lightning.lightning.recovery import RecoveryConfig, check_lora_targets, unwrap, wrap_for_recovery
 from adapruner_lightning.outputs.report import evaluate_stage, write_outputs
+from adapruner_lightning.lightning.planning import claim_fit_outputs, release_fit_outputs
 from adapruner_lightning.lightning.tracking import ValidationTasks
 from adapruner_lightning.search.config import SearchConfig
 
@@ -62,7 +63,10 @@ class AdaPrunerCallback(Callback):
         recovery: LoRA / full / no fine-tuning after pruning.
         plan: path to a ``pruning_plan.json`` to apply instead of searching (``target_ratio`` must then be None).
         model_attr: attribute of the LightningModule holding the HF model (auto-detected when None).
-        output_dir: where the report, search trace, plot and export go (default: the trainer's log dir).
+        output_dir: where the report, search trace, plot and export go (default: the trainer's log dir), in its
+            ``adapruner/`` folder; checked in ``setup``, before the search: neither the model's own directory nor
+            one above it, and its ``pruned_model`` export replaces only an export of ours. Rank 0 holds its writer
+            lock for the fit (a second job on it is refused, naming this one).
         export: save the pruned (and merged) model at the end of fit, with its model card (``README.md``).
         gguf: also write ``pruned_model.gguf`` for llama.cpp in this type (``f32``, ``f16``, ``bf16``, ``q8_0``;
             :mod:`~adapruner_lightning.outputs.gguf`); what the format cannot express is refused in ``setup``,
@@ -116,6 +120,7 @@ class AdaPrunerCallback(Callback):
         self._applied = False
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
+        self._requeue: _compat.RequeueHandler | None = None
 
     # ------------------------------------------------------------------ finding things in the user's objects
 
@@ -167,6 +172,7 @@ class AdaPrunerCallback(Callback):
         if self.gguf:
             gguf_export.check_exportable(model, getattr(pl_module, "tokenizer", None))
         self._out_dir(trainer)  # every rank, before any rank-0-only work
+        self._requeue = _compat.RequeueHandler.install(trainer)  # SLURM's requeue signal, search and fine-tune
         plan = self._stored_plan(trainer)
         started = time.perf_counter()
         if plan is None:
@@ -267,9 +273,10 @@ class AdaPrunerCallback(Callback):
     def _out_dir(self, trainer: Trainer) -> Path:
         """Where the report, trace and export go; resolved once, in ``setup``, on every rank (the trainer's
         ``log_dir`` is a collective: called on rank 0 alone it would pair with another rank's broadcast)."""
-        if self._out is None:
-            self._out = Path(self.output_dir or _compat.output_root(trainer)) / "adapruner"
-            self._out.mkdir(parents=True, exist_ok=True)
+        if self._out is None:  # checked (no input model's directory, no user's files replaced) and locked by rank 0
+            self._out = claim_fit_outputs(Path(self.output_dir or _compat.output_root(trainer)) / "adapruner",
+                                          model=trainer.lightning_module, export=self.export, gguf=bool(self.gguf),
+                                          lock=trainer.is_global_zero)
         return self._out
 
     @override
@@ -337,6 +344,28 @@ class AdaPrunerCallback(Callback):
             if isinstance(_compat.uncompiled(child), (PreTrainedModel, PeftModel)):
                 return name, _compat.uncompiled(child)
         raise AdaPrunerError("the pruned model is no longer an attribute of the LightningModule")
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        """Act on SLURM's requeue signal where every rank is at the same point (``_compat.RequeueHandler``)."""
+        if self._requeue is not None:
+            self._requeue.at_step_end()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Give back the output directory's writer lock (rank 0) and the requeue signal's previous handler."""
+        self._end()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """As :meth:`teardown`: Lightning calls no ``teardown`` after an error."""
+        self._end()
+
+    def _end(self) -> None:
+        release_fit_outputs(self._out)
+        if self._requeue is not None:
+            self._requeue.remove()
+            self._requeue = None
 
     # ------------------------------------------------------------------ state
 

@@ -23,6 +23,7 @@ from adapruner_lightning.core.physical import apply_plan, is_applied
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.data.calibration import DataSplits
+from adapruner_lightning.data.locks import acquire, release
 from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning import _compat
@@ -35,6 +36,24 @@ from adapruner_lightning.search.runner import SearchResult
 log = logging.getLogger(__name__)
 
 
+def claim_fit_outputs(out_dir: Path, *, model: nn.Module, export: bool, gguf: bool, lock: bool) -> Path:
+    """The callback's output directory, before any work: not the directory of the model being pruned (nor above
+    it), no file, and its end-of-fit export and GGUF file replace only exports of ours (``outputs.guard``); rank 0
+    (``lock``) then holds its writer lock until :func:`release_fit_outputs`, so a second job on the same directory is
+    refused naming this one. Returns the directory (created)."""
+    inputs = [path for child in (model, *model.children()) for path in local_model_paths(child)]
+    check_fit_outputs(out_dir, inputs=inputs, export=export, gguf=gguf)
+    if lock:
+        acquire(out_dir, what="output_dir")
+    return out_dir
+
+
+def release_fit_outputs(out_dir: Path | None) -> None:
+    """Give back the writer lock of :func:`claim_fit_outputs` (nothing when this process holds none)."""
+    if out_dir is not None:
+        release(out_dir)
+
+
 def plan_from_file(path: str | None) -> PruningPlan | None:
     """The plan stored at ``path`` (None when no path is given)."""
     return PruningPlan.load(path) if path else None
@@ -43,7 +62,21 @@ def plan_from_file(path: str | None) -> PruningPlan | None:
 def stored_checkpoint(trainer: Trainer) -> dict[str, Any] | None:
     """The checkpoint the running ``fit``/``validate``/``test``/``predict`` restores, memory-mapped (None: none)."""
     path = fit_ckpt_path(trainer)
-    file = checkpoint_file(path) if path else None
+    return read_checkpoint(path) if path else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (a file, or a DeepSpeed checkpoint directory), memory-mapped; None for a remote
+    path (``s3://``), which Lightning reads itself.
+
+    Raises:
+        ConfigError: no checkpoint there, or a truncated or damaged one (refused before any search, not after a
+            search that Lightning's restore then fails).
+    """
+    file = checkpoint_file(path)
+    if file is None and "://" not in str(path):
+        raise ConfigError("ckpt_path", str(path), "an existing checkpoint file, or a DeepSpeed checkpoint directory "
+                          "holding its model states", hint="check the path (nothing was searched or pruned)")
     return _compat.load_checkpoint_lazily(file) if file is not None else None
 
 

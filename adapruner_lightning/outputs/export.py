@@ -13,7 +13,6 @@ rename, so an interrupted save never leaves a half model and the previous export
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.data.files import check_model_files, read_json
 from adapruner_lightning.data.text import atomic_path
 from adapruner_lightning.errors import ConfigError
 
@@ -33,12 +33,22 @@ def _original_config(plan: PruningPlan) -> dict[str, int]:
 
 
 def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path, plan: PruningPlan,
-                extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None) -> Path:
+                extra_files: dict[str, str] | None = None, report: dict[str, Any] | None = None, *,
+                overwrite: bool = True) -> Path:
     """Write ``model`` (already pruned by ``plan``) with its tokenizer, plan and model card (``README.md``, with the
-    quality of ``report`` when given) to ``directory`` atomically."""
+    quality of ``report`` when given) to ``directory`` atomically.
+
+    ``directory`` must be new, empty or an earlier export of ours (replaced only with ``overwrite``, the default);
+    the model's own directory, a directory above it, a file or a non-empty directory that is not an export are
+    refused before anything is written (:func:`~adapruner_lightning.outputs.guard.check_output_path`).
+
+    Raises:
+        ConfigError: ``directory`` is not a path this function may replace.
+    """
+    from adapruner_lightning.outputs.guard import check_output_path, local_model_paths
     from adapruner_lightning.outputs.model_card import model_card
 
-    directory = Path(directory)
+    directory = check_output_path(directory, inputs=local_model_paths(model), overwrite=overwrite, flag="directory")
     base = str(getattr(model.config, "_name_or_path", "") or "") or None
     with atomic_path(directory) as tmp:
         model.config.head_dim = plan.head_dim
@@ -89,13 +99,14 @@ def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None,
         ``(model, tokenizer_or_None, plan)``.
     """
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from adapruner_lightning.core.physical import apply_plan
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ConfigError("pruned model directory", str(directory), "a directory written by save_pruned (config.json)")
+    check_model_files(directory, hint=_REEXPORT)
     plan = PruningPlan.load(directory / PLAN_FILE)
     config = AutoConfig.from_pretrained(directory)
     for key, value in (getattr(config, ORIGINAL_CONFIG_KEY, None) or _original_config(plan)).items():
@@ -105,6 +116,7 @@ def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None,
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     apply_plan(model, plan, trace=False)  # the coupling of a freshly built registered family is known
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _load_state_dict(directory).items()}
+    _check_shapes(directory, model, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
@@ -112,11 +124,37 @@ def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None,
                           "weights matching the plan", hint="the directory mixes files of different exports")
     if tied:
         model.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").exists() else None
-    return model.to(device).eval(), tokenizer, plan
+    return model.to(device).eval(), _load_tokenizer(directory), plan
+
+
+_REEXPORT = "export the model again (save_pruned / adapruner prune --out DIR --overwrite)"
+
+
+def _check_shapes(directory: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights whose shapes are not those the plan gives (files of another export mixed in)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} (plan: {expected[k]})" for k, v in state.items()
+             if k in expected and tuple(v.shape) != expected[k]]
+    if wrong:
+        raise ConfigError("pruned weights", str(directory), f"tensors of the shapes {PLAN_FILE} gives",
+                          hint=f"{len(wrong)} differ, e.g. {wrong[0]}: the weights and the plan come from different "
+                               f"exports; {_REEXPORT}")
+
+
+def _load_tokenizer(directory: Path) -> Any:
+    """The export's tokenizer (None when it has none); one that cannot load is a ConfigError naming the directory."""
+    from transformers import AutoTokenizer
+
+    if not (directory / "tokenizer_config.json").exists():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises many types for a damaged file
+        raise ConfigError("tokenizer files", str(directory), "a tokenizer saved by save_pretrained",
+                          hint=f"transformers said: {type(exc).__name__}: {str(exc)[:200]}; {_REEXPORT}") from exc
 
 
 def read_report(directory: str | Path) -> dict[str, Any]:
     """The ``report.json`` written beside an export (empty dict when absent)."""
     path = Path(directory) / "report.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "report file", hint="delete it (it is rewritten by the next run)") if path.exists() else {}

@@ -39,7 +39,9 @@ from torch import nn
 from adapruner_lightning.core.architectures import ArchitectureSpec, get_architecture, head_layout, registered_specs
 from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.data.text import atomic_path, uses_bos
+from adapruner_lightning import __version__
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.outputs.guard import GGUF_MARKER
 
 #: the ``--outtype`` choices
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -342,6 +344,7 @@ def _write_params(writer: Any, model: nn.Module, layout: GGUFLayout, ftype: int,
     per_layer = layout.arch == "deci"
     heads, kv, channels = (list(w) for w in zip(*layout.widths))
     writer.add_name(name)
+    writer.add_string(GGUF_MARKER, __version__)  # how check_output_path recognises a file of ours
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(geometry.hidden_size)
     writer.add_block_count(len(layout.widths))
@@ -412,7 +415,8 @@ def _write_tensors(writer: Any, tensors: list[tuple[_Tensor, Any]], outtype: str
 
 @torch.no_grad()
 def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: str = "f16",
-                name: str | None = None, pre_tokenizer: str | None = None, progress: bool = True) -> GGUFResult:
+                name: str | None = None, pre_tokenizer: str | None = None, progress: bool = True,
+                overwrite: bool = True, inputs: tuple[str | Path, ...] = ()) -> GGUFResult:
     """Write ``model`` (pruned, any plan) and ``tokenizer`` to the GGUF file ``out`` for llama.cpp.
 
     Args:
@@ -423,14 +427,21 @@ def export_gguf(model: nn.Module, tokenizer: Any, out: str | Path, *, outtype: s
         name: ``general.name`` (default: the config's ``_name_or_path``).
         pre_tokenizer: llama.cpp's pre-tokenizer name, when :data:`PRE_TOKENIZERS` does not know the tokenizer's.
         progress: a progress bar over the tensors.
+        overwrite: replace ``out`` when it is a GGUF file of ours (any other existing file is always refused).
+        inputs: more input paths ``out`` must not be (the model's own directory is known from its config).
 
     Raises:
-        ConfigError: a feature the format cannot express (see :func:`gguf_layout`), before anything is written.
+        ConfigError: a feature the format cannot express (see :func:`gguf_layout`), or an ``out`` that is not a
+            path this function may replace (:func:`~adapruner_lightning.outputs.guard.check_output_path`), before
+            anything is written.
     """
     import gguf
 
+    from adapruner_lightning.outputs.guard import check_output_path, local_model_paths
+
     check_outtype(outtype)
-    out = Path(out)
+    out = check_output_path(out, inputs=[*local_model_paths(model), *inputs], overwrite=overwrite, kind="file",
+                            flag="out")
     with tempfile.TemporaryDirectory() as folder:  # the tokenizer saved once, for the checks and the writer
         pre_tokenizer = _check(model, tokenizer, pre_tokenizer, Path(folder))
         layout = gguf_layout(model)
@@ -450,7 +461,10 @@ def export_gguf_dir(directory: str | Path, out: str | Path, *, outtype: str = "f
     """:func:`export_gguf` of an export directory written by ``save_pruned`` (reloaded by ``load_pruned``)."""
     from adapruner_lightning.outputs.export import load_pruned
 
+    from adapruner_lightning.outputs.guard import check_output_path
+
     check_outtype(outtype)
+    check_output_path(out, inputs=[directory], overwrite=kwargs.get("overwrite", True), kind="file", flag="out")
     model, tokenizer, _plan = load_pruned(directory)
-    return export_gguf(model, tokenizer, out, outtype=outtype, **kwargs)
+    return export_gguf(model, tokenizer, out, outtype=outtype, inputs=(directory,), **kwargs)
 

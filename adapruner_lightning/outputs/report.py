@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
-from adapruner_lightning.data.text import write_text_atomic
+from adapruner_lightning.data.text import atomic_path, write_text_atomic
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation.config import EvalConfig
 from adapruner_lightning.outputs.tables import fmt, quality_table, search_lines, widths_table
 
 
 def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: str | Path) -> Path | None:
-    """PNG: objective per trial with best-so-far, and the per-layer widths of the best plan."""
+    """PNG: objective per trial with best-so-far, and the per-layer widths of the best plan (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +46,11 @@ def plot_search(trials: list[dict[str, Any]], plan: PruningPlan | None, path: st
         ax2.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk keeps the previous plot
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -127,22 +130,29 @@ def write_outputs(out_dir: Path, model: Any, tokenizer: Any, plan: PruningPlan, 
 
     Returns:
         The path of ``report.md``.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a ``pruned_model`` directory or ``pruned_model.gguf`` file that is not an
+            export of ours, or is the model's own directory (checked before anything is written).
     """
     from adapruner_lightning.outputs.export import save_pruned
+    from adapruner_lightning.outputs.guard import FIT_EXPORT, FIT_GGUF, check_fit_outputs, local_model_paths
 
+    exporting = export and not hasattr(model, "peft_config")
+    check_fit_outputs(out_dir, inputs=local_model_paths(model), export=exporting, gguf=exporting and bool(gguf))
     plot = plot_search(trace, plan, out_dir / "search_trace.png") if trace else None
     report["plan"] = plan_summary(plan)
     report["files"] = {"plot": str(plot) if plot else None, "plan": str(out_dir / PLAN_FILE)}
-    if export and not hasattr(model, "peft_config"):
+    if exporting:
         start = time.perf_counter()
-        save_pruned(model, tokenizer, out_dir / "pruned_model", plan, report=report)
+        save_pruned(model, tokenizer, out_dir / FIT_EXPORT, plan, report=report)
         report["seconds"]["export"] = time.perf_counter() - start
-        report["files"]["model"] = str(out_dir / "pruned_model")
+        report["files"]["model"] = str(out_dir / FIT_EXPORT)
         if gguf:
             from adapruner_lightning.outputs.gguf import export_gguf
 
             start = time.perf_counter()
-            report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / "pruned_model.gguf", outtype=gguf).path)
+            report["files"]["gguf"] = str(export_gguf(model, tokenizer, out_dir / FIT_GGUF, outtype=gguf).path)
             report["seconds"]["export_gguf"] = time.perf_counter() - start
     plan.save(out_dir / PLAN_FILE)
     return write_report(out_dir, report, plan)[1]

@@ -24,7 +24,8 @@ from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.engines import suggest_batch
 from adapruner_lightning.search.space import SearchSpace
-from adapruner_lightning.search.trace import TrialRecord, _append, read_trace, write_header
+from adapruner_lightning.search.stop import raise_if_stopped, stop_reason
+from adapruner_lightning.search.trace import TrialRecord, _append, open_trace, trace_writer
 from adapruner_lightning.search.trace import signature as trace_signature
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     if session.uniform and (config.space.keep_layers or config.space.layer_ramp or config.space.scope):
         log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
         config = replace(config, space=replace(config.space, keep_layers=False, layer_ramp=False, scope=False))
+    session.check_reachable(**_fewest_kept(config, session.config), searched=True)  # before the first trial
     t0 = time.perf_counter()
     features = session.stats.features()
     stats_seconds = time.perf_counter() - t0
@@ -120,8 +122,9 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     problem = {**session.problem(), "space": space.describe(), "engine": asdict(config.engine), "seed": seed,
                **({"search_objective": objective} if config.data.objective != "perplexity" else {})}
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
-    done = collective.run_on(0, lambda: _open_trace(path, problem))
-    fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
+    with trace_writer(path, enabled=collective.is_zero):  # rank 0 writes the trace, holding its lock
+        done = collective.run_on(0, lambda: _open_trace(path, problem))
+        fresh = _run_trials(session, space, config, done, seed, path, progress, collective)
     ok = [t for t in done if t.status == "ok"]
     if not ok:
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
@@ -136,11 +139,15 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
                         seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
 
 
+def _fewest_kept(config: SearchConfig, pruning: Any) -> dict[str, int]:
+    """The fewest leading/trailing layers any candidate of the space keeps whole (the most removable ones)."""
+    dims = config.space.dimensions()
+    return {key: int(dims[key][0]) if key in dims else getattr(pruning, key) for key in ("keep_first", "keep_last")}
+
+
 def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:
     """The finished trials of this problem's trace at ``path`` (a new trace is started when there is none)."""
-    done = read_trace(path, problem) if path else []
-    if path and not path.exists():
-        write_header(path, problem)
+    done = open_trace(path, problem) if path else []
     if done:
         log.info("resuming search from %s: %d finished trials", path, len(done))
     return done
@@ -165,7 +172,7 @@ def _run_trials(session, space, config, done, seed, path, progress, collective: 
                 {"ok": True, "value": None}
             own = envelope.get("value")
             envelope = {**envelope, "value": replace(own, selection=None) if own else None,
-                        "elapsed": time.perf_counter() - start}
+                        "elapsed": time.perf_counter() - start, "stop": stop_reason()}
             gathered = collective.all_gather(envelope)
             collective.raise_if_failed(gathered)
             elapsed = max(e["elapsed"] for e in gathered)
@@ -173,6 +180,7 @@ def _run_trials(session, space, config, done, seed, path, progress, collective: 
             for record in sorted(records, key=lambda r: r.trial):
                 failures = _register(done, record, path if collective.is_zero else None, failures, config)
                 fresh.add(record.trial)
+            raise_if_stopped(gathered, len(done), path)  # a preempted job: every rank stops after this round
             best = max((t.score for t in done if t.status == "ok"), default=float("nan"))
             info = (f"best KL {-best:.4f}" if session.objective_kind == "kl"
                     else f"best -log ppl {best:.4f} (ppl {math.exp(-best):.2f})")

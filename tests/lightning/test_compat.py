@@ -192,3 +192,78 @@ def test_configure_model_is_called_early_only_when_the_module_defines_it():
         pass
 
     assert not _compat.configure_model_early(Plain())
+
+
+class _SignalProbe(Callback):
+    """Records what handles SIGUSR1 in ``setup`` and at ``on_train_start``; with ``install``, installs the
+    callback's requeue handler in ``setup`` (as AdaPrunerCallback does)."""
+
+    def __init__(self, install: bool) -> None:
+        self.install, self.seen, self.handler = install, {}, None
+
+    def setup(self, trainer, pl_module, stage):
+        import signal
+
+        self.seen.update(setup=signal.getsignal(signal.SIGUSR1), requeue=_compat.requeue_signal(trainer))
+        if self.install:
+            self.handler = _compat.RequeueHandler.install(trainer)
+
+    def on_train_start(self, trainer, pl_module):
+        import signal
+
+        self.seen["train"] = signal.getsignal(signal.SIGUSR1)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self.handler is not None:
+            self.handler.remove()
+
+
+def _slurm_fit(tmp_path, monkeypatch, install: bool, auto_requeue: bool = True) -> dict:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in dict(SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="t", SLURM_PROCID="0",
+                           SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_JOB_ID="7").items():
+        monkeypatch.setenv(key, value)
+    probe = _SignalProbe(install)
+    Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe],
+            plugins=[SLURMEnvironment(auto_requeue=auto_requeue)]).fit(_Tiny())
+    return {**probe.seen, "handler": probe.handler}
+
+
+def test_lightning_installs_its_slurm_requeue_handler_only_after_setup_and_only_if_there_is_none(tmp_path,
+                                                                                              monkeypatch):
+    """In ``setup`` (where the search runs) the requeue signal has its default action: it would kill the job
+    unrequeued. Lightning installs its handler before the first step, unless one is installed already: the
+    callback's (``RequeueHandler``) then stays for the whole fit, and is removed at teardown."""
+    import signal
+
+    lightning_only = _slurm_fit(tmp_path, monkeypatch, install=False)
+    assert lightning_only["requeue"] == signal.SIGUSR1 and lightning_only["setup"] in (signal.SIG_DFL, None)
+    assert type(lightning_only["train"]).__name__ == "_HandlersCompose"  # Lightning's own
+    ours = _slurm_fit(tmp_path, monkeypatch, install=True)
+    assert ours["train"] == ours["handler"]._record  # Lightning kept out
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # removed again
+    off = _slurm_fit(tmp_path, monkeypatch, install=True, auto_requeue=False)
+    assert off["requeue"] is None and off["handler"] is None
+
+
+def test_the_requeue_command_is_lightnings(tmp_path, monkeypatch):
+    log = tmp_path / "calls"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert _compat.requeue_slurm_job() == 0
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "9")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    assert _compat.requeue_slurm_job() == 0
+    assert log.read_text().splitlines() == ["requeue 123", "requeue 9_4"]
+    import inspect
+
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    source = inspect.getsource(_SignalConnector._slurm_sigusr_handler_fn)
+    assert '["scontrol", "requeue", job_id]' in source and 'f"{array_job_id}_{array_task_id}"' in source
