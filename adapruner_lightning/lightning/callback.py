@@ -327,12 +327,6 @@ class AdaPrunerCallback(Callback):
                                         export=self.export, gguf=self.gguf)
                 rank_zero_info(f"adapruner: report written to {md_path}")
 
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Detach the teacher from the module at the end of ``fit`` (the callback keeps it as ``self.teacher``)."""
-        if stage == "fit":
-            attach_teacher(pl_module, None)
-
     def _wrapped_model(self, pl_module: LightningModule) -> tuple[str, nn.Module]:
         """The (attribute, pruned model) at the end of fit: LoRA-wrapped or not, outside a compile wrapper."""
         if self.model_attr:
@@ -353,7 +347,10 @@ class AdaPrunerCallback(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Give back the output directory's writer lock (rank 0) and the requeue signal's previous handler."""
+        """Detach the teacher from the module at the end of ``fit`` (the callback keeps it as ``self.teacher``); give
+        back the output directory's writer lock (rank 0) and the requeue signal's previous handler."""
+        if stage == "fit":
+            attach_teacher(pl_module, None)
         self._end()
 
     @override

@@ -29,6 +29,7 @@ from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning import _compat
 from adapruner_lightning.lightning._compat import checkpoint_file, fit_ckpt_path
 from adapruner_lightning.lightning.recovery import RecoveryConfig, wrap_for_recovery
+from adapruner_lightning.outputs.guard import check_fit_outputs, local_model_paths
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.pipeline import find_plan
 from adapruner_lightning.search.runner import SearchResult
