@@ -34,7 +34,7 @@ def read_json(path: str | Path, what: str, hint: str = "") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(what, str(path), "a valid JSON file",
+        raise ConfigError(what, str(path), "valid JSON",
                           hint=f"the file is corrupted or truncated ({exc}); {hint or 'restore it or write it again'}") from exc
 
 

@@ -31,7 +31,7 @@ from helpers_dist import REPO, clean_env
 
 SCRIPT = Path(__file__).parent / "scripts" / "preempt_fit.py"
 RUN_TIMEOUT_S = 420
-MAX_STEPS = 8
+MAX_STEPS = 6
 JOB_ID = "4242"
 
 
@@ -134,13 +134,13 @@ def _kill_sequence(out: Path, model: Path, text: Path, strategy: str) -> dict:
     """Run 1 loses rank 1 to SIGKILL in the search's second round; run 2 (restarted) resumes the search and loses
     rank 1 again mid-fine-tune; run 3 resumes from the last checkpoint."""
     seen: dict = {}
-    job = Job(out, "search_kill", _env(out, "torchrun", strategy, model, text, TRIAL_SLEEP=3))
+    job = Job(out, "search_kill", _env(out, "torchrun", strategy, model, text, TRIAL_SLEEP=2))
     job.wait_for("second round of trials", lambda: len(_trials(out)) >= 2)
     seen["trials_at_kill"] = _trials(out)
     job.signal(signal.SIGKILL, ranks=(1,))
     seen["codes_search_kill"] = job.finish(timeout=90)
     seen["trials_after_kill"] = _trials(out)
-    job = Job(out, "finetune_kill", _env(out, "torchrun", strategy, model, text, STEP_SLEEP=2))
+    job = Job(out, "finetune_kill", _env(out, "torchrun", strategy, model, text, STEP_SLEEP=1.5))
     job.wait_for("third checkpoint", lambda: len(_checkpoint_steps(out)) >= 3)
     job.signal(signal.SIGKILL, ranks=(1,))
     seen["codes_finetune_kill"] = job.finish(timeout=90)
@@ -161,7 +161,7 @@ def _signal_sequence(out: Path, model: Path, text: Path, strategy: str) -> dict:
     """Run 1 gets SIGUSR1 on both ranks in the search's second round; run 2 (the requeued job) resumes the search
     and gets SIGUSR1 mid-fine-tune, then is killed as SLURM ends a requeued job; run 3 starts with no ckpt_path."""
     seen: dict = {}
-    job = Job(out, "search_signal", _env(out, "slurm", strategy, model, text, TRIAL_SLEEP=3))
+    job = Job(out, "search_signal", _env(out, "slurm", strategy, model, text, TRIAL_SLEEP=2))
     job.wait_for("second round of trials", lambda: len(_trials(out)) >= 2)
     job.signal(signal.SIGUSR1)
     seen["codes_search_signal"] = job.finish(timeout=120)
@@ -169,7 +169,7 @@ def _signal_sequence(out: Path, model: Path, text: Path, strategy: str) -> dict:
     seen["trials_after_signal"] = _trials(out)
     seen["trace_text"] = (out / "out" / "adapruner" / "search_trace.jsonl").read_text()
     seen["scontrol_after_search"] = _lines(out / "scontrol.log")
-    job = Job(out, "finetune_signal", _env(out, "slurm", strategy, model, text, STEP_SLEEP=2))
+    job = Job(out, "finetune_signal", _env(out, "slurm", strategy, model, text, STEP_SLEEP=1.5))
     job.wait_for("second checkpoint", lambda: len(_checkpoint_steps(out)) >= 2)
     job.signal(signal.SIGUSR1)
     before = len(seen["scontrol_after_search"])
