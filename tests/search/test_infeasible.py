@@ -85,5 +85,5 @@ def test_the_cli_refuses_it_in_one_line_and_runs_no_trial(tmp_path):
                      "--sample-len", "16", "--pool-size", "6", "--subset-size", "2", "--objective-windows", "2",
                      "--objective-seq-len", "16", "--target-ratio", "0.2", "--out", out, "--no-progress")
     assert_one_line_error(result, "prune", "target_ratio=0.2", "--ratio-basis prunable")
-    assert not (tmp_path / "pruned.search_trace.jsonl").exists() and not any(out.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "pruned", "text.txt"]  # no lock left behind
+    assert not (tmp_path / "pruned.search_trace.jsonl").exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "text.txt"]  # no output, no lock left behind
