@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.search.engines import engine_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--objective-windows", type=int, default=8, help="held-apart windows scoring each candidate")
     data.add_argument("--objective-seq-len", type=int, default=256, help="tokens per objective window")
     engine = p.add_argument_group("search engine (SearchConfig.engine)")
-    engine.add_argument("--engine", choices=["gp", "tpe", "random"], default="gp")
+    engine.add_argument("--engine", choices=engine_names(), default="gp")
     space = p.add_argument_group("search space (SearchConfig.space)")
     space.add_argument("--metrics", nargs="+", choices=metric_names(), default=None, help="metrics the search may pick")
     space.add_argument("--fixed-subset-size", action="store_true",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from adapruner_lightning.search.config import SearchConfig
-from adapruner_lightning.search.engines import suggest, suggest_batch
+from adapruner_lightning.search.suggest import suggest, suggest_batch
 from adapruner_lightning.search.runner import run_search
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.trace import TrialRecord
