@@ -41,3 +41,15 @@ def test_the_subset_size_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_di
     assert first == list(range(8))  # FLAP's warm point: its 2,048 samples, clipped to the pool of 8
     assert cli.main([*common, "--fixed-subset-size", "--out", str(tmp_path / "fixed")]) == 0
     assert {len(s) for s in _trace_subsets(tmp_path / "fixed.search_trace.jsonl")} == {4}
+
+
+def test_prune_prints_and_reports_the_distinct_plans_scored(tmp_path, tiny_lm_dir, text_dir, capsys):
+    args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
+            "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 0
+    search = json.loads(capsys.readouterr().out)["plan_summary"]["search"]
+    rows = [json.loads(line) for line in (tmp_path / "out.search_trace.jsonl").read_text().splitlines()][1:]
+    assert search["plans_scored"] == sum(r["repeat_of"] is None and bool(r["digest"]) for r in rows) >= 1
+    assert search["trials_saved"] == sum(r["repeat_of"] is not None for r in rows)
+    assert f'"plans_scored": {search["plans_scored"]}' in (tmp_path / "out" / "report.md").read_text()
