@@ -17,7 +17,7 @@ import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -83,8 +83,8 @@ class SearchEngine:
 
     name: str = "gp"
     init_points: int = 5
-    acquisition: str = "ei"
-    score_transform: str = "copula"
+    acquisition: Literal["ucb", "ei", "poi"] = "ei"
+    score_transform: Literal["copula", "none"] = "copula"
     failure_penalty: float = 1.0
     max_failures: int = 5
     max_repeats: int = 10
