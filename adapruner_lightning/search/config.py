@@ -39,8 +39,9 @@ BASELINE_POINTS: tuple[dict[str, Any], ...] = (
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES = ("layerwise", "global", "standardized")
-#: the scopes that read ``layer_ramp`` (``core.selection``: ``standardized`` ranks every unit on one scale unweighted)
-RAMP_SCOPES = ("layerwise", "global")
+#: the scopes that score units with the reducer and weight layers by ``layer_ramp`` (``core.selection``;
+#: ``standardized`` ranks FLAP's mean z-scores of every layer on one scale, unweighted)
+REDUCED_SCOPES = ("layerwise", "global")
 DEFAULT_REDUCERS = ("sum", "mean", "max", "first")
 
 
@@ -141,7 +142,7 @@ class SearchSpaceConfig:
         """The one table of the space: each searched dimension, in order, with its bound (a category list, a
         ``(low, high)`` float range or a ``(low, high, int)`` inclusive integer range), its canonical value and
         where it matters (a condition reads only dimensions before it and the fixed values of what is not searched;
-        ``core.selection`` and ``core.importance`` are the ground truth, ``tests/search/test_space.py`` checks each):
+        ``core.selection`` and ``core.importance`` are the ground truth, ``tests/search/test_dimensions.py`` checks each):
 
         * ``reducer``: only for the ``layerwise``/``global`` scopes (``standardized`` scores units by mean z-scores)
           and metrics whose units combine several members (not ``wanda_sp``/``flap``: o/down columns alone);
@@ -161,7 +162,7 @@ class SearchSpaceConfig:
         if self.bias_compensation:
             dims["bias_compensation"] = Dimension([False, True], False)
         dims["reducer"] = Dimension(list(self.reducers), self.reducers[0],
-                                    where(scope=RAMP_SCOPES, metric=tuple(filter(reads_reducer, self.metrics))))
+                                    where(scope=REDUCED_SCOPES, metric=tuple(filter(reads_reducer, self.metrics))))
         if self.vary_subset_size:
             dims["k"] = Dimension((min(2, pool or 2), pool, int), pool, reads_samples)
         for i in range(coords):
@@ -170,7 +171,7 @@ class SearchSpaceConfig:
             dims.update(keep_first=Dimension((0, self.max_keep_first, int), 0),
                         keep_last=Dimension((0, self.max_keep_last, int), 0))
         if self.layer_ramp:
-            dims["layer_ramp"] = Dimension((-1.0, 1.0), 0.0, where(scope=RAMP_SCOPES))
+            dims["layer_ramp"] = Dimension((-1.0, 1.0), 0.0, where(scope=REDUCED_SCOPES))
         if self.attn_share:
             dims["attn_share"] = Dimension((0.0, 0.6), 0.0, where(prune_attention=(True,)))
         return dims
