@@ -159,6 +159,12 @@ def _code_version() -> str:
         return str(root)
 
 
+def _split_seconds(seed: dict[str, Any]) -> str:
+    """Statistics pass, trials (selection + objective, as the trace records them), and the rest: the proposals."""
+    trials = sum(t["seconds"] for t in seed["trials"])
+    return f"{seed['stats_s']:.0f}, {trials:.0f}, {seed['search_s'] - seed['stats_s'] - trials:.0f}"
+
+
 def _mean_se(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
 
@@ -178,15 +184,15 @@ def report(args: argparse.Namespace) -> int:
         lines.append(f"- `{r['label']}`: code {r['code']}; {m['date']}; {m['cpu_model']}, {m['cpu_count']} cores; "
                      f"`{m['command']}`")
     lines += ["", "| code | seed | evaluations | distinct plans evaluated | re-scored | repeats registered free | "
-              "distinct / evaluation | best objective (-log ppl) | best ppl | best trial (metric, scope) | search s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "distinct / evaluation | best objective (-log ppl) | best ppl | best trial (metric, scope) | search s "
+              "(statistics, trials, proposals) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for s in r["seeds"]:
             best = s["best_candidate"]
             lines.append(f"| {r['label']} | {s['seed']} | {s['evaluations']} | {s['distinct_evaluated']} | "
                          f"{s['rescored']} | {s['repeats_registered']} | {s['distinct_evaluated'] / s['evaluations']:.2f} | "
                          f"{s['best_score']:.4f} | {s['best_ppl']:.3f} | {s['best_trial']} ({best['metric']}, "
-                         f"{best['scope']}) | {s['search_s']:.0f} |")
+                         f"{best['scope']}) | {s['search_s']:.0f} ({_split_seconds(s)}) |")
     lines += ["", "Paired by seed against the first run (`" + ref["label"] + "`):", "",
               "| code | distinct plans evaluated (mean) | re-scored (mean) | best objective difference, mean +- SE "
               "(positive: better) | best ppl ratio (mean) |", "|---|---|---|---|---|"]
