@@ -62,6 +62,7 @@ def test_categorical_dimensions_keep_their_values(searched):
                                                         record.params[name] == v) for v in bound), (name, record.params)
 
 
+@pytest.mark.filterwarnings("ignore:Non-float parameters are experimental")
 def test_the_gp_kernel_compares_canonical_points():
     """The GP's input transform fixes inactive dimensions: two rows that differ only in an inactive dimension are
     the same point to the kernel (and the acquisition function), rows differing in an active one are not."""
