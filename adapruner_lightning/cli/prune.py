@@ -78,11 +78,13 @@ def _parser():
     from adapruner_lightning.core.importance import metric_names
     from adapruner_lightning.data.models import DTYPES
     from adapruner_lightning.search.config import SearchConfig
+    from adapruner_lightning.search.engines import engine_names
 
     aliases = "; ".join(f"{k}{' X' if any('{}' in part for part in v) else ''} = {' '.join(v).replace('{}', 'X')}"
                         for k, v in ALIASES.items())
     p = ArgumentParser(prog="adapruner prune", description=__doc__.split("\n\n")[0], exit_on_error=False,
-                       epilog=f"Importance metrics: {', '.join(metric_names())}. Short spellings: {aliases}.")
+                       epilog=f"Importance metrics: {', '.join(metric_names())}. Search engines: "
+                              f"{', '.join(engine_names())}. Short spellings: {aliases}.")
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (pruning:, search: ...)")
     p.add_argument("--model", type=Optional[str], default=None,
                    help="HF model dir, .gguf file or hub id (default: the embedded SmolLM2-135M)")

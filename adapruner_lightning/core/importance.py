@@ -71,25 +71,32 @@ class MetricSpec:
     second_order: bool = False
     description: str = ""
     salience: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+    members: tuple[str, ...] = MEMBERS  # the members it scores (the others are None)
 
 
 _METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, needs: Needs, *, second_order: bool = False, description: str = ""):
+def register_metric(name: str, needs: Needs, *, second_order: bool = False, description: str = "",
+                    members: tuple[str, ...] = MEMBERS):
     """Decorator registering ``fn(inputs: ScoreInputs) -> MemberScores`` under ``name`` (duplicates refused).
 
-    Gradient metrics are registered with :func:`register_gradient_metric` instead."""
+    ``members`` declares which members ``fn`` scores (it returns None for the others); the search reads it to know
+    where the reducer matters (:func:`reads_reducer`). Gradient metrics are registered with
+    :func:`register_gradient_metric` instead."""
     check_choice("needs", needs, ("nothing", "activations"))
-    return _register(name, needs, second_order, description, None)
+    for member in members:
+        check_choice("members[]", member, MEMBERS)
+    return _register(name, needs, second_order, description, None, tuple(members))
 
 
-def _register(name: str, needs: Needs, second_order: bool, description: str, salience: Callable | None):
+def _register(name: str, needs: Needs, second_order: bool, description: str, salience: Callable | None,
+              members: tuple[str, ...] = MEMBERS):
     def wrap(fn: Callable[[ScoreInputs], MemberScores]) -> Callable[[ScoreInputs], MemberScores]:
         if name in _METRICS:
             raise ConfigError("metric name", name, "a name not registered yet")
         _METRICS[name] = MetricSpec(name, needs, fn, second_order, description or (fn.__doc__ or "").strip(),
-                                    salience)
+                                    salience, members)
         return fn
 
     return wrap
@@ -142,6 +149,15 @@ def metric_names() -> list[str]:
     return sorted(_METRICS)
 
 
+def reads_reducer(name: str) -> bool:
+    """Whether metric ``name``'s unit scores depend on the reducer of :func:`unit_scores`: only where some unit
+    combines two or more scored members (a query head q/o, a KV group q/k/v/o, an MLP channel gate/up/down). A
+    metric scoring the o/down input columns alone (``wanda_sp``, ``flap``) gives every unit one member, which every
+    reducer returns unchanged."""
+    members = set(get_metric(name).members)
+    return len(members & {"q", "k", "v", "o"}) > 1 or len(members & {"gate", "up", "down"}) > 1
+
+
 def _weight(layer: LayerStructure, member: str) -> torch.Tensor:
     return getattr(layer, member).weight.detach().float()
 
@@ -187,7 +203,7 @@ def _input_norms(inputs: ScoreInputs, member: str) -> tuple[torch.Tensor, torch.
     return stats[f"sum:{member}"], stats[f"sq:{member}"], tokens
 
 
-@register_metric("wanda_sp", "activations")
+@register_metric("wanda_sp", "activations", members=("o", "down"))
 def _wanda_sp(inputs: ScoreInputs) -> MemberScores:
     """Wanda-sp: ||X_j||_2 * sum_i |W_ij| for the input channels of o_proj and down_proj."""
     out: MemberScores = dict.fromkeys(MEMBERS)
@@ -197,7 +213,7 @@ def _wanda_sp(inputs: ScoreInputs) -> MemberScores:
     return out
 
 
-@register_metric("flap", "activations")
+@register_metric("flap", "activations", members=("o", "down"))
 def _flap(inputs: ScoreInputs) -> MemberScores:
     """FLAP fluctuation: Var_t(X_j) * ||W_:j||^2 for the input channels of o_proj and down_proj."""
     out: MemberScores = dict.fromkeys(MEMBERS)
@@ -209,7 +225,7 @@ def _flap(inputs: ScoreInputs) -> MemberScores:
     return out
 
 
-@register_metric("flap_reference", "activations")
+@register_metric("flap_reference", "activations", members=("o", "down"))
 def _flap_reference(inputs: ScoreInputs) -> MemberScores:
     """FLAP's WIFV score as its reference code computes it (CASIA-IVA-Lab/FLAP, ``lib/prune.py``, ``prune_flap``).
 

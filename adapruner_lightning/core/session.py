@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -249,6 +250,24 @@ class PruningSession:
         if not candidate.bias_compensation:
             return None
         return compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+
+    def compensation_key(self, candidate: Candidate) -> tuple | None:
+        """What the compensation of ``candidate``'s plan reads besides its selection, as plain data (None: no
+        compensation). FLAP's bias adds the mean activations of the candidate's samples, so its key names them. The
+        one place a new compensation kind (e.g. a least-squares reconstruction on the samples' covariance) adds
+        what it reads, so that :meth:`digest` tells its plans apart."""
+        if not candidate.bias_compensation:
+            return None
+        return ("bias", sorted(candidate.subset))
+
+    def digest(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> str:
+        """A short hash of what ``candidate``'s score depends on: the units its ``selection`` removes per layer and
+        its :meth:`compensation_key`. Equal digests, equal scores on this session (metric, reducer and schedule act
+        only through the selection), so a search scores each digest once."""
+        removed = [[i, sel.heads, sel.kv_heads, sel.channels] for i, sel in sorted(selection.items())
+                   if sel.heads or sel.kv_heads or sel.channels]
+        payload = json.dumps({"removed": removed, "compensation": self.compensation_key(candidate)})
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def objective(self, selection: dict[int, LayerSelection], biases: dict | None = None) -> float:

@@ -88,6 +88,9 @@ def search_lines(search: dict[str, Any]) -> list[str]:
     score, kind = search.get("best_score"), search.get("objective") or "perplexity"
     best = (f"KL {-score:.4g}" if kind == "kl" else f"objective perplexity {math.exp(-score):.4g}") \
         if isinstance(score, (int, float)) else "n/a"
-    return [f"- trials: {search['trials']} ({search.get('failed', 0)} failed){seconds}",
+    distinct = (f"; {search['plans_scored']} distinct plans scored, {search.get('trials_saved', 0)} repeated plans "
+                f"registered at no cost{' (the space is exhausted)' if search.get('exhausted') else ''}"
+                if search.get("plans_scored") is not None else "")
+    return [f"- trials: {search['trials']} ({search.get('failed', 0)} failed{distinct}){seconds}",
             f"- best trial: {search.get('best_trial')} ({best}, on the held-apart objective windows, under masks)",
             f"- chose: {chose}"]

@@ -16,13 +16,18 @@ the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Optional, get_args
 
 from adapruner_lightning.config import check_choice, check_literal, check_non_negative, check_positive
 from adapruner_lightning.core.config import Scope
-from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.core.importance import REDUCERS, get_metric, metric_names, reads_reducer
 from adapruner_lightning.core.objective import ObjectiveKind
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.search.dimensions import Below, Dimension, where
+from adapruner_lightning.search.engines import SearchEngine
+
+__all__ = ["BASELINE_POINTS", "DEFAULT_METRICS", "SCOPES", "SearchConfig", "SearchData", "SearchEngine",
+           "SearchSpaceConfig"]
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
@@ -36,10 +41,9 @@ BASELINE_POINTS: tuple[dict[str, Any], ...] = (
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES: tuple[str, ...] = get_args(Scope)
-#: the engines that propose points, the GP's acquisition functions and its score transforms
-EngineName = Literal["gp", "tpe", "random"]
-Acquisition = Literal["ucb", "ei", "poi"]
-ScoreTransform = Literal["copula", "none"]
+#: the scopes that score units with the reducer and weight layers by ``layer_ramp`` (``core.selection``;
+#: ``standardized`` ranks FLAP's mean z-scores of every layer on one scale, unweighted)
+REDUCED_SCOPES = ("layerwise", "global")
 DEFAULT_REDUCERS = ("sum", "mean", "max", "first")
 
 
@@ -77,42 +81,6 @@ class SearchData:
             raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
         check_literal("search.data.objective", self.objective, ObjectiveKind)
         check_positive("search.data.kl_top_k", self.kl_top_k)
-
-
-@dataclass
-class SearchEngine:
-    """How points are proposed and failed trials handled.
-
-    Args:
-        name: ``"gp"`` (bayesian-optimization's Gaussian process), ``"tpe"`` (optuna, the paper's BO-TPE,
-            extra ``[tpe]``) or ``"random"``.
-        init_points: random candidates before the optimiser takes over.
-        acquisition: ``"ucb"``, ``"ei"`` or ``"poi"`` (gp).
-        score_transform: ``"copula"`` (default: the GP sees normal quantiles of the scores' ranks, robust
-            to collapsed candidates with huge perplexity) or ``"none"`` (raw negative log perplexity).
-        failure_penalty: a failed (NaN/inf/OOM) trial is registered this far below the worst finite score.
-        max_failures: consecutive failed trials that stop the search with a summary.
-    """
-
-    name: EngineName = "gp"
-    init_points: int = 5
-    acquisition: Acquisition = "ei"
-    score_transform: ScoreTransform = "copula"
-    failure_penalty: float = 1.0
-    max_failures: int = 5
-
-    def __post_init__(self) -> None:
-        check_literal("search.engine.name", self.name, EngineName)
-        check_non_negative("search.engine.init_points", self.init_points)
-        check_literal("search.engine.acquisition", self.acquisition, Acquisition)
-        check_literal("search.engine.score_transform", self.score_transform, ScoreTransform)
-        check_positive("search.engine.max_failures", self.max_failures)
-        if self.name == "tpe":
-            try:
-                import optuna  # noqa: F401
-            except ImportError as exc:
-                raise ConfigError("search.engine.name", "tpe", "an installed optuna",
-                                  hint="pip install 'adapruner-lightning[tpe]'") from exc
 
 
 @dataclass
@@ -172,24 +140,42 @@ class SearchSpaceConfig:
         for point in self.warm_start or []:
             self._check_point(point)
 
-    def dimensions(self) -> dict[str, Any]:
-        """The searched dimensions other than the calibration subset, in the engines' bound format: a category
-        list, a ``(low, high)`` float range or a ``(low, high, int)`` integer range (inclusive; ``high`` None: the
-        pool's size, known when the space is built). The one table of the space; ``SearchSpace.bounds`` adds the
-        subset coordinates, sets the pool's size and drops single-choice categories."""
-        dims: dict[str, Any] = {"metric": list(self.metrics), "reducer": list(self.reducers)}
-        if self.vary_subset_size:
-            dims["k"] = (2, None, int)
-        if self.keep_layers:
-            dims.update(keep_first=(0, self.max_keep_first, int), keep_last=(0, self.max_keep_last, int))
-        if self.layer_ramp:
-            dims["layer_ramp"] = (-1.0, 1.0)
-        if self.attn_share:
-            dims["attn_share"] = (0.0, 0.6)
+    def dimensions(self, pool: int | None = None, coords: int = 0) -> dict[str, Dimension]:
+        """The one table of the space: each searched dimension, in order, with its bound (a category list, a
+        ``(low, high)`` float range or a ``(low, high, int)`` inclusive integer range), its canonical value and
+        where it matters (a condition reads only dimensions before it and the fixed values of what is not searched;
+        ``core.selection`` and ``core.importance`` are the ground truth, ``tests/search/test_dimensions.py`` checks each):
+
+        * ``reducer``: only for the ``layerwise``/``global`` scopes (``standardized`` scores units by mean z-scores)
+          and metrics whose units combine several members (not ``wanda_sp``/``flap``: o/down columns alone);
+        * ``k`` and the subset coordinates ``u0..``: only where the samples are read (a metric that needs data, or
+          bias compensation: it adds the candidate's mean activations); ``u0..`` also only while ``k`` < the pool;
+        * ``layer_ramp``: only for the ``layerwise``/``global`` scopes;
+        * ``attn_share``: only while attention is pruned at all (``PruningConfig.prune_attention``).
+
+        ``pool`` (the pool's size, None before it is known) bounds ``k``; ``coords`` subset coordinates are added
+        (:class:`~adapruner_lightning.search.space.SearchSpace` knows how many). A category list of one value is no
+        dimension (:class:`~adapruner_lightning.search.dimensions.ConditionalSpace` fixes it)."""
+        reads_samples = (where(metric=tuple(m for m in self.metrics if get_metric(m).needs != "nothing"))
+                         | where(bias_compensation=(True,)))
+        dims: dict[str, Dimension] = {"metric": Dimension(list(self.metrics), self.metrics[0])}
         if self.scope:
-            dims["scope"] = list(SCOPES)
+            dims["scope"] = Dimension(list(SCOPES), SCOPES[0])
         if self.bias_compensation:
-            dims["bias_compensation"] = [False, True]
+            dims["bias_compensation"] = Dimension([False, True], False)
+        dims["reducer"] = Dimension(list(self.reducers), self.reducers[0],
+                                    where(scope=REDUCED_SCOPES, metric=tuple(filter(reads_reducer, self.metrics))))
+        if self.vary_subset_size:
+            dims["k"] = Dimension((min(2, pool or 2), pool, int), pool, reads_samples)
+        for i in range(coords):
+            dims[f"u{i}"] = Dimension((0.0, 1.0), 0.5, reads_samples & where(k=Below(pool)))
+        if self.keep_layers:
+            dims.update(keep_first=Dimension((0, self.max_keep_first, int), 0),
+                        keep_last=Dimension((0, self.max_keep_last, int), 0))
+        if self.layer_ramp:
+            dims["layer_ramp"] = Dimension((-1.0, 1.0), 0.0, where(scope=REDUCED_SCOPES))
+        if self.attn_share:
+            dims["attn_share"] = Dimension((0.0, 0.6), 0.0, where(prune_attention=(True,)))
         return dims
 
     def _check_point(self, point: dict[str, Any]) -> None:
@@ -200,16 +186,17 @@ class SearchSpaceConfig:
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
-            if key in dims and not _inside(dims[key], value):
-                raise ConfigError(f"search.space.warm_start {key}", value, f"a value of the searched space: {dims[key]}",
+            if key in dims and not _inside(dims[key].bound, value):
+                raise ConfigError(f"search.space.warm_start {key}", value,
+                                  f"a value of the searched space: {dims[key].bound}",
                                   hint="widen search.space (metrics, max_keep_first ...) or change the point")
 
     def warm_points(self) -> list[dict[str, Any]]:
         """The warm-start points restricted to the searched dimensions (the default: the baselines in the space)."""
         dims = self.dimensions()
         points = self.warm_start if self.warm_start is not None else [
-            p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k], v) for k, v in p.items())]
-        return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
+            p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k].bound, v) for k, v in p.items())]
+        return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k].bound) > 1)}
                 for p in points]
 
 

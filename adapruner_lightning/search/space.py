@@ -1,4 +1,5 @@
-"""SearchSpace: the searched dimensions, their bounds for each engine, and decoding a point into a Candidate.
+"""SearchSpace: the searched dimensions (a :class:`~adapruner_lightning.search.dimensions.ConditionalSpace`), the
+calibration subset's encoding, and decoding a point into a Candidate.
 
 The calibration subset is encoded by ``subset_dims`` coordinates in [0, 1]: every pool sample is embedded
 by PCA of its cached per-sample statistics (normalised vector-Taylor sums over o/down inputs), and a point
@@ -9,7 +10,7 @@ enough in these coordinates for a GP or TPE to model, unlike N independent bits 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.session import Candidate
 from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.dimensions import ConditionalSpace
 
 
 @dataclass
@@ -27,6 +29,15 @@ class SearchSpace:
     config: SearchConfig
     pruning: PruningConfig
     embedding: torch.Tensor  # [N, subset_dims] in [0, 1]
+    dims: ConditionalSpace = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        p = self.pruning
+        fixed = {"scope": p.scope, "bias_compensation": p.bias_compensation, "keep_first": p.keep_first,
+                 "keep_last": p.keep_last, "layer_ramp": p.layer_ramp, "attn_share": p.attn_share,
+                 "k": self.config.data.subset_size, "prune_attention": p.prune_attention}
+        table = self.config.space.dimensions(int(self.embedding.shape[0]), int(self.embedding.shape[1]))
+        self.dims = ConditionalSpace(table, fixed)
 
     @classmethod
     def build(cls, config: SearchConfig, pruning: PruningConfig, features: torch.Tensor) -> "SearchSpace":
@@ -45,45 +56,35 @@ class SearchSpace:
 
     def bounds(self) -> dict[str, Any]:
         """Parameter bounds in bayesian-optimization's typed format (float tuple, int tuple, category list)."""
-        c = self.config
-        b: dict[str, Any] = {f"u{i}": (0.0, 1.0) for i in range(self.embedding.shape[1])}
-        dims = c.space.dimensions()
-        for name in ("metric", "reducer"):  # a single choice is no dimension
-            if len(dims[name]) > 1:
-                b[name] = dims[name]
-        b.update({name: bound for name, bound in dims.items() if name not in ("metric", "reducer")})
-        if "k" in b:  # the whole pool at most
-            pool = int(self.embedding.shape[0])
-            b["k"] = (min(2, pool), pool, int)
-        return b
+        return self.dims.bounds()
 
     def describe(self) -> dict[str, Any]:
         """Everything that defines the space, as plain data (part of a search's problem description)."""
         return {"bounds": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.bounds().items()},
-                "warm_start": self.config.space.warm_points(),
+                "conditions": self.dims.describe(), "warm_start": self.config.space.warm_points(),
                 "pool": int(self.embedding.shape[0]), "k": self.config.data.subset_size,
                 "target": self.pruning.target_ratio, "basis": self.pruning.ratio_basis}
 
     def warm_point(self, index: int, rng: np.random.RandomState) -> dict[str, Any]:
-        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`) on a random calibration subset of its
-        ``k`` samples (clipped to the pool)."""
-        point = {**self.random_point(rng), **self.config.space.warm_points()[index]}
-        if "k" in point:
+        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`), its ``k`` clipped to the pool; the
+        dimensions it leaves out (the calibration subset) drawn at random where they are active."""
+        point = dict(self.config.space.warm_points()[index])
+        if "k" in point and "k" in self.bounds():
             low, high, _ = self.bounds()["k"]
             point["k"] = max(low, min(int(point["k"]), high))
-        return point
+        return self.dims.random_point(rng, given=point)
 
     def random_point(self, rng: np.random.RandomState) -> dict[str, Any]:
-        """A uniformly random point of the space."""
-        point: dict[str, Any] = {}
-        for name, bound in self.bounds().items():
-            if isinstance(bound, list):
-                point[name] = bound[rng.randint(len(bound))]
-            elif len(bound) == 3:
-                point[name] = int(rng.randint(bound[0], bound[1] + 1))
-            else:
-                point[name] = float(rng.uniform(bound[0], bound[1]))
-        return point
+        """A uniformly random point of the space (inactive dimensions not drawn: at their canonical value)."""
+        return self.dims.random_point(rng)
+
+    def canonical(self, point: dict[str, Any]) -> dict[str, Any]:
+        """``point`` completed, its inactive dimensions at their canonical value (:meth:`ConditionalSpace.canonical`)."""
+        return self.dims.canonical(point)
+
+    def active(self, point: dict[str, Any]) -> list[str]:
+        """The dimensions that can change the plan at ``point``."""
+        return self.dims.active(point)
 
     def subset(self, point: dict[str, Any]) -> list[int]:
         """The ``k`` pool samples nearest to the point's coordinates (ties broken by index)."""
@@ -95,12 +96,11 @@ class SearchSpace:
         return sorted(order[:k])
 
     def candidate(self, point: dict[str, Any]) -> Candidate:
-        """Decode a point into a :class:`Candidate` (dimensions not searched take the PruningConfig value)."""
-        p, c = self.pruning, self.config
+        """Decode a point into a :class:`Candidate` (inactive dimensions at their canonical value, dimensions not
+        searched at the PruningConfig's value)."""
+        v = self.dims.values(point)
         return Candidate(
-            metric=point.get("metric", c.space.metrics[0]), reducer=point.get("reducer", c.space.reducers[0]),
-            subset=self.subset(point), keep_first=int(point.get("keep_first", p.keep_first)),
-            keep_last=int(point.get("keep_last", p.keep_last)), layer_ramp=float(point.get("layer_ramp", p.layer_ramp)),
-            attn_share=point.get("attn_share", p.attn_share), scope=point.get("scope", p.scope),
-            bias_compensation=bool(point.get("bias_compensation", p.bias_compensation)),
+            metric=v["metric"], reducer=v["reducer"], subset=self.subset(v), keep_first=int(v["keep_first"]),
+            keep_last=int(v["keep_last"]), layer_ramp=float(v["layer_ramp"]), attn_share=v["attn_share"],
+            scope=v["scope"], bias_compensation=bool(v["bias_compensation"]),
         )

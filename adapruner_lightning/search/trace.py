@@ -28,17 +28,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialRecord:
-    """One finished trial, as written to the trace."""
+    """One finished trial, as written to the trace.
+
+    ``params`` holds every searched dimension (the inactive ones at their canonical value), ``active`` the
+    dimensions that could change the plan at that point (None in traces that predate it), ``digest`` what the score
+    depends on (``PruningSession.digest``; empty when the candidate failed before its selection), ``repeat_of`` the
+    earlier trial whose plan this proposal repeated (registered with its score at no cost; None: scored here)."""
 
     trial: int
     params: dict[str, Any]
     candidate: dict[str, Any]
     sample_ids: list[str]
     score: float | None
-    status: str  # "ok" or "failed"
+    status: str  # "ok" or "failed" ("pending" while selected but not yet scored)
     seconds: float
     error: str = ""
     rank: int = 0  # the rank that scored it
+    active: list[str] | None = None
+    digest: str = ""
+    repeat_of: int | None = None
     selection: Any = field(default=None, repr=False, compare=False)  # the scored selection, in memory only
 
     def to_json(self) -> str:

@@ -64,7 +64,8 @@ def test_the_flags_are_the_config_dataclasses():
     flags += [f"--search.{name}.{f.name}" for name, kind in sections.items() for f in dataclasses.fields(kind)]
     missing = [flag for flag in flags if flag not in text]
     assert not missing and len(flags) > 40, missing
-    assert "{layerwise,global,standardized}" in text and "{gp,tpe,random}" in text  # choices from the Literals
+    assert "{layerwise,global,standardized}" in text  # choices from the Literals
+    assert "Search engines: gp, tpe, random" in " ".join(text.split())  # from the engine registry
 
 
 def test_the_short_spellings_set_the_config_fields(tmp_path):
@@ -94,3 +95,17 @@ def test_a_value_the_parser_refuses_is_one_line(capsys, argv, message):
     assert cli.main(["prune", "--out", "x", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("adapruner prune: error: ") and message in err[0], err
+
+
+def test_prune_prints_and_reports_the_distinct_plans_scored(tmp_path, tiny_lm_dir, text_dir, capsys):
+    args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
+            "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    search = json.loads((tmp_path / "out" / "report.json").read_text())["search"]
+    rows = [json.loads(line) for line in (tmp_path / "out.search_trace.jsonl").read_text().splitlines()][1:]
+    assert search["plans_scored"] == sum(r["repeat_of"] is None and bool(r["digest"]) for r in rows) >= 1
+    assert search["trials_saved"] == sum(r["repeat_of"] is not None for r in rows)
+    line = f"{search['plans_scored']} distinct plans scored, {search['trials_saved']} repeated plans"
+    assert line in printed and line in (tmp_path / "out" / "report.md").read_text()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from adapruner_lightning.search.config import SearchConfig
-from adapruner_lightning.search.engines import suggest, suggest_batch
+from adapruner_lightning.search.suggest import suggest, suggest_batch
 from adapruner_lightning.search.runner import run_search
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.trace import TrialRecord
@@ -24,7 +24,7 @@ TIMEOUT_S = 240
 
 def _search(out: Path, trials: int, world_size: int, mode: str = "ok") -> list[dict]:
     results = launch_ranks(SCRIPT, out, trials, mode, world_size=world_size, timeout=TIMEOUT_S)
-    if mode != "ok":
+    if mode == "fail":
         return [r.returncode for r in results]
     for rank, result in enumerate(results):
         assert result.returncode == 0 and f"[rank {rank}] SEARCH_OK" in result.stdout, result.stdout[-4000:]
@@ -96,6 +96,24 @@ def test_a_trial_failing_on_one_rank_stops_every_rank_with_its_message(tmp_path)
     for rank in (0, 1):
         assert (tmp_path / f"error{rank}.txt").read_text() == \
             "SearchFailed: adapruner: the search failed on rank 1: RuntimeError: boom on rank 1"
+
+
+def test_repeated_plans_are_decided_alike_on_one_rank_and_two(tmp_path):
+    """Every rank classifies each round from the gathered digests in trial order, so where the proposals do not
+    depend on the rank count (random search), neither do which trials are scored, which are registered as repeats
+    of which, the distinct plans and the plan."""
+    (one,) = _search(tmp_path / "one", 8, 1, mode="repeats")
+    two = _search(tmp_path / "two", 8, 2, mode="repeats")
+    assert two[0]["trace"] == two[1]["trace"] and two[0]["plan"] == two[1]["plan"]
+    keys = ("trial", "params", "digest", "repeat_of", "score", "status", "active")
+    same = lambda trace: [{k: t[k] for k in keys} for t in trace]  # noqa: E731 - not the rank or the seconds
+    assert same(one["trace"]) == same(two[0]["trace"])
+    assert one["plan"]["layers"] == two[0]["plan"]["layers"]
+    repeats = [t for t in one["trace"] if t["repeat_of"] is not None]
+    assert repeats, "no proposal repeated a plan: the test exercises nothing"
+    distinct = {t["digest"] for t in one["trace"] if t["repeat_of"] is None}
+    assert len(distinct) == 8 and {t["digest"] for t in two[0]["trace"]} == distinct
+    assert {t["rank"] for t in two[0]["trace"] if t["repeat_of"] is not None} <= {0, 1}
 
 
 def test_one_point_batches_are_the_sequential_suggestions():

@@ -139,13 +139,13 @@ def test_subset_encoding_neighbours_overlap():
 
 def test_copula_transform_keeps_the_ranking_and_bounds_outliers():
     from adapruner_lightning.search.trace import TrialRecord
-    from adapruner_lightning.search.engines import _optimizer_scores
+    from adapruner_lightning.search.engines import optimizer_scores
 
     scores = [-4.6, -4.5, -13.8, None, -4.55]  # one collapsed candidate (ppl ~1e6) and one failed trial
     trials = [TrialRecord(i, {}, {}, [], s, "ok" if s is not None else "failed", 0.0) for i, s in enumerate(scores)]
-    raw = _optimizer_scores(trials, penalty=1.0)
+    raw = optimizer_scores(trials, penalty=1.0)
     assert raw[3] == -14.8  # failed: below the worst finite score
-    warped = _optimizer_scores(trials, penalty=1.0, transform="copula")
+    warped = optimizer_scores(trials, penalty=1.0, transform="copula")
     assert sorted(range(5), key=raw.__getitem__) == sorted(range(5), key=warped.__getitem__)
     assert max(warped) - min(warped) < 3.0  # the 9-unit outlier gap shrinks to a few standard deviations
     assert (warped[1] - warped[4]) / (max(warped) - min(warped)) > (raw[1] - raw[4]) / (max(raw) - min(raw))

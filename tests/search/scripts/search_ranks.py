@@ -2,9 +2,10 @@
 ``MASTER_PORT``), on the tiny session of ``tests/helpers_core.py``. Rank ``r`` writes ``OUT/rank{r}.json`` (plan,
 trace) and ``OUT/stats{r}.pt`` (the statistics it searched with); the trace goes to ``OUT/trace.jsonl``.
 
-Usage: python search_ranks.py OUT TRIALS {ok,fail}
+Usage: python search_ranks.py OUT TRIALS {ok,fail,repeats}
 ``fail``: rank 1's second trial raises ``RuntimeError("boom on rank 1")``; each rank then writes
-``OUT/error{r}.txt`` with the exception it ended with.
+``OUT/error{r}.txt`` with the exception it ended with. ``repeats``: random search of a space with few plans for
+its data-free metric (:data:`REPEATS`), so that proposals repeat plans already scored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ import adapruner_lightning.search.runner as runner  # noqa: E402
 from adapruner_lightning.distributed import Collective  # noqa: E402
 from adapruner_lightning.search.config import SearchConfig  # noqa: E402
 from helpers_core import SMALL, small_session  # noqa: E402
+
+
+#: random search over magnitude_l2 (5 plans: 3 scopes, 2 reducers where they matter) and flap_reference
+REPEATS = dict(engine="random", metrics=["magnitude_l2", "flap_reference"], reducers=["sum", "max"],
+               search_keep_layers=False, search_layer_ramp=False, search_bias_compensation=False, max_repeats=20)
 
 
 def fail_second_trial_on_rank_one(rank: int) -> None:
@@ -50,7 +56,8 @@ def main() -> None:
     session = small_session()
     session.collective = collective
     try:
-        result = runner.run_search(session, SearchConfig.of(**{**SMALL, "trials": trials}),
+        config = SearchConfig.of(**{**SMALL, "trials": trials, **(REPEATS if mode == "repeats" else {})})
+        result = runner.run_search(session, config,
                                    trace_path=out / "trace.jsonl", progress=False, collective=collective)
     except Exception as exc:  # noqa: BLE001 - recorded for the test
         (out / f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
