@@ -204,7 +204,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
 def _fewest_kept(config: SearchConfig, pruning: Any) -> dict[str, int]:
     """The fewest leading/trailing layers any candidate of the space keeps whole (the most removable ones)."""
     dims = config.space.dimensions()
-    return {key: int(dims[key][0]) if key in dims else getattr(pruning, key) for key in ("keep_first", "keep_last")}
+    return {key: int(dims[key].bound[0]) if key in dims else getattr(pruning, key) for key in ("keep_first", "keep_last")}
 
 
 def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:

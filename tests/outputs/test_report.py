@@ -32,7 +32,9 @@ def test_report_md_is_concise_quality_with_ratios_search_summary_and_grouped_wid
     assert "| ppl/Persuasion | 20 | 30 | 25 | 1.500x | 1.250x |" in text
     assert "| acc/austen_cloze | 0.5 | 0.4 | 0.45 | 0.800x | 0.900x |" in text
     best = result.best
-    assert f"- trials: {SMALL['trials']} (0 failed)" in text and f"- best trial: {best.trial} " in text
+    assert (f"- trials: {len(result.trials)} (0 failed; {result.plans_scored} distinct plans scored, "
+            f"{result.trials_saved} repeated plans registered at no cost)") in text
+    assert f"- best trial: {best.trial} " in text
     assert f"metric={plan.provenance['metric']}" in text and f"samples={len(plan.provenance['subset'])}" in text
     assert f"{plan.params_before:,} -> {plan.params_after:,}" in text and "pruning_plan.json" in text
     width_rows = [line for line in text.splitlines() if line.startswith("| ") and " / " in line and "measure" not in line

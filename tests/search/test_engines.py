@@ -92,9 +92,9 @@ def test_the_engine_registry_is_the_one_choice_list():
         SearchEngine(name="annealing")
     with pytest.raises(ConfigError, match="not registered yet"):
         register_engine("gp", get_engine("random").propose)
-    from adapruner_lightning.cli.prune import _parser
+    from adapruner_lightning.cli.prune import parse
 
-    assert _parser().parse_args(["--out", "x", "--engine", "tpe"]).engine == "tpe"
+    assert parse(["--out", "x", "--engine", "tpe"]).search.engine.name == "tpe"
 
 
 def test_a_registered_engine_runs_a_search_and_is_offered_by_the_cli():
@@ -106,9 +106,9 @@ def test_a_registered_engine_runs_a_search_and_is_offered_by_the_cli():
 
     register_engine("corner", corner)
     try:
-        from adapruner_lightning.cli.prune import _parser
+        from adapruner_lightning.cli.prune import parse
 
-        assert _parser().parse_args(["--out", "x", "--engine", "corner"]).engine == "corner"
+        assert parse(["--out", "x", "--engine", "corner"]).search.engine.name == "corner"
         config = SearchConfig.of(engine="corner", **{**SMALL, "trials": 6, "max_repeats": 4})
         result = run_search(small_session(), config, progress=False)
         # 3 random starts, the corner once, then the corner again and again: registered, not scored, until the
