@@ -89,8 +89,14 @@ def test_a_bad_callback_option_is_refused_before_the_model_loads(monkeypatch, ca
 
 
 @pytest.mark.parametrize("where", ["yaml", "flag"])
-def test_the_flat_evaluation_names_are_refused_with_their_new_spelling(tmp_path, capsys, where):
+def test_the_flat_evaluation_names_are_refused_with_their_new_spelling(tmp_path, capsys, monkeypatch, where):
     """0.2's ``adapruner: eval_texts:`` (YAML or flag) is one line naming ``eval.texts``, before any model loads."""
+    from adapruner_lightning.data import models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the renamed option was refused")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
     config = tmp_path / "old.yaml"
     config.write_text("adapruner:\n  target_ratio: 0.2\n" + ("  eval_texts: ['austen:evaluation']\n" if where == "yaml" else ""))
     flags = ["--adapruner.eval_items", "5"] if where == "flag" else []
