@@ -209,6 +209,14 @@ def report(args: argparse.Namespace) -> int:
                         "best_diff_mean": mean, "best_diff_se": se, "ppl_ratio_mean": ratio,
                         "distinct_mean": distinct, "rescored_mean": rescored})
         lines.append(f"| {r['label']} | {distinct:.1f} | {rescored:.1f} | {mean:+.4f} +- {se:.4f} | {ratio:.4f} |")
+    lines += ["", "What was evaluated again, and what was registered without an evaluation (trial: metric, scope, k):", ""]
+    for r in runs:
+        for s in r["seeds"]:
+            again = [f"{t['trial']}: {t['metric']}, {t['scope']}, {t['k']}" for t in s["trials"] if t["rescored"]]
+            free = [f"{t['trial']} (= {t['repeat_of']}): {t['metric']}, {t['scope']}, {t['k']}" for t in s["trials"]
+                    if t["repeat_of"] is not None]
+            lines.append(f"- {r['label']}, seed {s['seed']}: re-scored [{'; '.join(again)}]; repeats registered free "
+                         f"[{'; '.join(free)}]")
     lines.append("")
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1,
