@@ -61,7 +61,8 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: float = 0.2,
         plan = run_search(session, search).plan
     else:
         plan = session.plan(session.default_candidate())
+    refit = session.least_squares if plan.refits_weights else None
     session.release()
     plan.provenance["bos"] = uses_bos(tokenizer) if tokenizer is not None else None
-    apply_plan(model, plan)
+    apply_plan(model, plan, refit=refit)
     return plan

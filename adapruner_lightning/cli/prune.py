@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = session.plan(session.default_candidate())
     seconds["search"] = time.perf_counter() - t
+    refit = session.least_squares if plan.refits_weights else None
     session.release()
     plan.provenance["bos"] = splits.bos
     t = time.perf_counter()
-    apply_plan(model, plan)
+    apply_plan(model, plan, refit=refit)
     seconds["prune"] = time.perf_counter() - t
     save_pruned(model, tokenizer, out, plan)
     if trace:

@@ -15,11 +15,13 @@ the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional
 
 from adapruner_lightning.config import check_choice, check_non_negative, check_positive
 from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 from adapruner_lightning.errors import ConfigError
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
@@ -27,9 +29,9 @@ DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_referenc
 #: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
 #: layerwise, layers [4, N-2) kept whole, 10 samples); ``k`` (the sample count) is clipped to the pool
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
-    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "bias_compensation": True,
+    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
      "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
-    {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "bias_compensation": False,
+    {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "reconstruction": "none",
      "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
 )
 #: the choices of the searched ``scope`` dimension
@@ -128,10 +130,15 @@ class SearchSpaceConfig:
         layer_ramp: search the per-layer ratio slope in [-1, 1].
         attn_share: search the share of attention in the removed parameters in [0, 0.6].
         scope: search the selection scope: layerwise, global or standardized (FLAP's per-layer z-scores).
-        bias_compensation: search whether FLAP's bias compensation is applied (scored under masks).
+        reconstruction: search how the removed channels are made up for, among ``reconstructions`` (scored under
+            masks as exported; :mod:`~adapruner_lightning.core.reconstruction`).
+        reconstructions: the choices: ``"none"``, ``"bias"`` (FLAP's bias compensation), ``"lstsq"`` (kept
+            columns re-fitted in least squares on the pool).
+        bias_compensation: deprecated: ``True`` searches ``reconstructions=["none", "bias"]`` (the space before
+            ``lstsq``), ``False`` does not search the reconstruction.
         warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
             searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
-            bias_compensation, k; keys of dimensions not searched are left out, the calibration subset stays
+            reconstruction, k; the deprecated ``bias_compensation: true`` is ``reconstruction: bias``; keys of dimensions not searched are left out, the calibration subset stays
             random; a ``k`` above the pool's size takes the whole pool). None (default): the published
             baselines' settings (:data:`BASELINE_POINTS`: FLAP's reference configuration, LLM-Pruner's default,
             each with its own sample count) that lie in this space, so the search starts where the baselines
@@ -148,7 +155,9 @@ class SearchSpaceConfig:
     layer_ramp: bool = True
     attn_share: bool = False
     scope: bool = True
-    bias_compensation: bool = True
+    reconstruction: bool = True
+    reconstructions: list[str] = field(default_factory=lambda: list(RECONSTRUCTIONS))
+    bias_compensation: Optional[bool] = None
     warm_start: Optional[list[dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
@@ -163,6 +172,12 @@ class SearchSpaceConfig:
         check_positive("search.space.subset_dims", self.subset_dims)
         check_non_negative("search.space.max_keep_first", self.max_keep_first)
         check_non_negative("search.space.max_keep_last", self.max_keep_last)
+        self._legacy_bias_compensation()
+        if not self.reconstructions:
+            raise ConfigError("search.space.reconstructions", self.reconstructions,
+                              f"a non-empty list drawn from {list(RECONSTRUCTIONS)}")
+        for name in self.reconstructions:
+            check_choice("search.space.reconstructions[]", name, RECONSTRUCTIONS)
         for point in self.warm_start or []:
             self._check_point(point)
 
@@ -182,15 +197,29 @@ class SearchSpaceConfig:
             dims["attn_share"] = (0.0, 0.6)
         if self.scope:
             dims["scope"] = list(SCOPES)
-        if self.bias_compensation:
-            dims["bias_compensation"] = [False, True]
+        if self.reconstruction:
+            dims["reconstruction"] = list(self.reconstructions)
         return dims
+
+    def _legacy_bias_compensation(self) -> None:
+        """Map the deprecated ``bias_compensation`` switch and warm-start key onto ``reconstruction``."""
+        if self.bias_compensation is not None:
+            warnings.warn("search.space.bias_compensation is deprecated: use reconstruction / reconstructions",
+                          DeprecationWarning, stacklevel=4)
+            self.reconstruction = self.bias_compensation
+            if self.bias_compensation:
+                self.reconstructions = ["none", "bias"]
+            self.bias_compensation = None
+        if any("bias_compensation" in point for point in self.warm_start or []):
+            warnings.warn("the warm-start key bias_compensation is deprecated: use reconstruction: bias / none",
+                          DeprecationWarning, stacklevel=4)
+            self.warm_start = [_legacy_point(point) for point in self.warm_start]
 
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
         dims = self.dimensions()
         known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope",
-                 "bias_compensation", "k"}
+                 "reconstruction", "k"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
@@ -205,6 +234,14 @@ class SearchSpaceConfig:
             p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k], v) for k, v in p.items())]
         return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
                 for p in points]
+
+
+def _legacy_point(point: dict[str, Any]) -> dict[str, Any]:
+    """A warm-start point with the deprecated ``bias_compensation`` key as ``reconstruction``."""
+    if "bias_compensation" not in point:
+        return point
+    rest = {k: v for k, v in point.items() if k != "bias_compensation"}
+    return {"reconstruction": "bias" if point["bias_compensation"] else "none", **rest}
 
 
 def _inside(bound: Any, value: Any) -> bool:
@@ -271,6 +308,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     **{f.name: ("engine", f.name) for f in fields(SearchEngine) if f.name != "name"},
     "engine": ("engine", "name"),
     **{f.name: ("space", f.name) for f in fields(SearchSpaceConfig)},
-    **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "bias_compensation")},
+    **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "reconstruction",
+                                             "bias_compensation")},
     "search_subset_size": ("space", "vary_subset_size"),
 }

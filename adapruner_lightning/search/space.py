@@ -102,5 +102,5 @@ class SearchSpace:
             subset=self.subset(point), keep_first=int(point.get("keep_first", p.keep_first)),
             keep_last=int(point.get("keep_last", p.keep_last)), layer_ramp=float(point.get("layer_ramp", p.layer_ramp)),
             attn_share=point.get("attn_share", p.attn_share), scope=point.get("scope", p.scope),
-            bias_compensation=bool(point.get("bias_compensation", p.bias_compensation)),
+            reconstruction=point.get("reconstruction", p.reconstruction),
         )
