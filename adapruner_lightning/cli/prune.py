@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     pruning.add_argument("--keep-last", type=int, default=0)
     pruning.add_argument("--uniform", action="store_true", help="identical layer shapes (plain from_pretrained reloads)")
     pruning.add_argument("--round-to", type=int, default=1)
-    pruning.add_argument("--bias-compensation", action="store_true",
-                         help="FLAP bias compensation on the final plan (the export then reloads with load_pruned)")
+    pruning.add_argument("--reconstruction", choices=list(RECONSTRUCTIONS), default=None,
+                         help="what makes up for the removed channels with --trials 0 (none; bias: FLAP's bias "
+                              "compensation; lstsq: kept columns re-fitted in least squares on the pool); with a "
+                              "search, the only choice searched (default: the search picks among all three)")
+    pruning.add_argument("--bias-compensation", action="store_true", help="deprecated: --reconstruction bias")
     pruning.add_argument("--sample-len", type=int, default=128, help="tokens per calibration sample")
     pruning.add_argument("--seed", type=int, default=0)
     search = p.add_argument_group("search (SearchConfig)")
@@ -76,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     config = PruningConfig(target_ratio=args.target_ratio, ratio_basis=args.ratio_basis, metric=args.metric,
                            reducer=args.reducer, scope=args.scope, keep_first=args.keep_first, keep_last=args.keep_last,
                            per_layer="uniform" if args.uniform else "auto", round_to=args.round_to,
-                           bias_compensation=args.bias_compensation,
+                           reconstruction=args.reconstruction or "none", bias_compensation=args.bias_compensation,
                            num_samples=args.subset_size, sample_len=args.sample_len, seed=args.seed)
     search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size,
                              subset_size=args.subset_size, objective_windows=args.objective_windows,
                              objective_seq_len=args.objective_seq_len, vary_subset_size=not args.fixed_subset_size,
-                             **({"metrics": args.metrics} if args.metrics else {}))
+                             **({"metrics": args.metrics} if args.metrics else {}),
+                             **({"reconstructions": [config.reconstruction]} if args.reconstruction or
+                                args.bias_compensation else {}))
     resolve_dtype(args.dtype)  # bad input fails before any loading
     texts = texts_for(args.text)
     out = Path(args.out)

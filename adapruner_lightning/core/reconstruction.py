@@ -74,10 +74,6 @@ class GramCache:
     layers: list[dict[str, torch.Tensor]]
     tokens: int
 
-    def moments(self, index: int, member: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean [d], E[x x^T] [d, d])`` of layer ``index``'s ``member`` inputs (host, float32)."""
-        layer = self.layers[index]
-        return layer[f"sum:{member}"] / self.tokens, layer[member] / self.tokens
 
 
 class _StopForward(Exception):
@@ -184,13 +180,15 @@ class LayerFit:
 
 
 def solve_fit(mean: torch.Tensor, second: torch.Tensor, removed: list[int], *, damping: float,
-              intercept: bool = True) -> LayerFit:
+              intercept: bool = True, count: float = 1.0) -> LayerFit:
     """The least-squares prediction of the inputs ``removed`` from the others (see the module docstring).
 
-    ``mean`` and ``second`` are the inputs' mean and ``E[x x^T]`` (any device; the solve runs there in float32).
-    A singular covariance (a dead channel) is handled by the damping; if the factorisation still fails at
-    ``10^6`` times the damping, or the result is not finite, the fit falls back to the zeroth order (the mean),
-    which never produces NaN weights."""
+    ``mean`` and ``second / count`` are the inputs' mean and ``E[x x^T]`` (``second`` may be the raw sum over
+    ``count`` tokens, which is then not copied whole; any device; the solve runs there in float32,
+    holding the kept block ``|S|^2`` twice and ``|S| x |R|`` besides, never another ``d x d`` copy). A singular
+    covariance (a dead channel) is handled by the damping; if the factorisation still fails at ``10^6`` times the
+    damping, or the result is not finite, the fit falls back to the zeroth order (the mean), which never produces
+    NaN weights."""
     d = mean.shape[0]
     device = second.device
     r = torch.as_tensor(sorted(removed), dtype=torch.long, device=device)
@@ -198,12 +196,13 @@ def solve_fit(mean: torch.Tensor, second: torch.Tensor, removed: list[int], *, d
     keep[r] = False
     s = keep.nonzero().flatten()
     mean = mean.to(device, torch.float32)
-    cov = second.to(device, torch.float32)
-    if intercept:
-        cov = cov - torch.outer(mean, mean)
-    c_ss = cov[s][:, s]
-    c_sr = cov[s][:, r]
+    c_ss = second[s.unsqueeze(1), s].float().div_(count)
+    c_sr = second[s.unsqueeze(1), r].float().div_(count)
+    if intercept:  # the covariance: E[x x^T] - mu mu^T, block by block
+        c_ss.sub_(torch.outer(mean[s], mean[s]))
+        c_sr.sub_(torch.outer(mean[s], mean[r]))
     matrix = _ridge(c_ss, c_sr, damping)
+    del c_ss, c_sr
     if matrix is None:
         log.warning("least-squares reconstruction: no stable fit of %d removed inputs; using their mean", len(r))
         matrix = torch.zeros(len(r), len(s), dtype=torch.float32, device=device)
@@ -212,17 +211,19 @@ def solve_fit(mean: torch.Tensor, second: torch.Tensor, removed: list[int], *, d
 
 
 def _ridge(c_ss: torch.Tensor, c_sr: torch.Tensor, damping: float) -> torch.Tensor | None:
-    """``C_RS (C_SS + lambda I)^-1`` by Cholesky, the damping raised tenfold while the factorisation fails; None
-    when it never succeeds or the result is not finite."""
-    scale = float(c_ss.diagonal().mean()) if c_ss.numel() else 0.0
+    """``C_RS (C_SS + lambda I)^-1`` by Cholesky (``c_ss``'s diagonal is damped in place), the damping raised
+    tenfold while the factorisation fails; None when it never succeeds or the result is not finite."""
+    diagonal = c_ss.diagonal()
+    scale = float(diagonal.mean()) if c_ss.numel() else 0.0
     if not scale > 0 or not torch.isfinite(c_ss).all() or not torch.isfinite(c_sr).all():
         return None
+    base = diagonal.clone()
     lam = max(damping, 1e-8) * scale
-    eye = torch.eye(c_ss.shape[0], dtype=c_ss.dtype, device=c_ss.device)
     for _ in range(_RETRIES + 1):
-        factor, info = torch.linalg.cholesky_ex(c_ss + lam * eye)
+        diagonal.copy_(base + lam)
+        factor, info = torch.linalg.cholesky_ex(c_ss)
         if int(info) == 0:
-            matrix = torch.cholesky_solve(c_sr, factor).T.contiguous()
+            matrix = torch.cholesky_solve(c_sr, factor).T
             return matrix if torch.isfinite(matrix).all() else None
         lam *= 10
     return None
@@ -236,23 +237,29 @@ class LeastSquares:
     damping: float = DEFAULT_DAMPING
     intercept: bool = True
 
-    def layer_fits(self, layer: LayerStructure, sel: LayerSelection) -> dict[str, LayerFit]:
-        """The fits of ``layer``'s o/down under ``sel`` (members that lose nothing are left out), solved on the
-        weights' device; the layer's Gram matrices travel there one at a time."""
+    def layer_fits(self, layer: LayerStructure, sel: LayerSelection, *, scoring: bool = False) -> dict[str, LayerFit]:
+        """The fits of ``layer``'s o/down under ``sel`` (members that lose nothing are left out), solved in float32
+        on the weights' device; the layer's Gram matrices travel there one at a time. ``scoring``: the prediction
+        matrices are kept in the weights' dtype (all layers' are held during a trial: 0.14-0.21 x the weights of a
+        bf16 Llama-3.1-8B at 20-40 %), else in float32 (:func:`write_fits`, one layer at a time)."""
         out = {}
         for member in MEMBERS:
             removed = removed_columns(layer, sel, member)
             if not removed:
                 continue
-            device = getattr(layer, member).weight.device
-            mean, second = self.grams.moments(layer.index, member)
-            out[member] = solve_fit(mean.to(device), second.to(device), removed, damping=self.damping,
-                                    intercept=self.intercept)
+            weight = getattr(layer, member).weight
+            grams = self.grams.layers[layer.index]
+            fit = solve_fit((grams[f"sum:{member}"] / self.grams.tokens).to(weight.device),
+                            grams[member].to(weight.device), removed, damping=self.damping, intercept=self.intercept,
+                            count=self.grams.tokens)
+            if scoring:
+                fit.matrix = fit.matrix.to(weight.dtype)
+            out[member] = fit
         return out
 
     def fit(self, layers: list[LayerStructure], selection: dict[int, LayerSelection]) -> Fits:
         """Every layer's fits under ``selection`` (what :func:`substituted` scores)."""
-        out = {i: self.layer_fits(layers[i], sel) for i, sel in selection.items()}
+        out = {i: self.layer_fits(layers[i], sel, scoring=True) for i, sel in selection.items()}
         return Fits({i: f for i, f in out.items() if f})
 
     def describe(self) -> dict[str, object]:
@@ -301,11 +308,11 @@ def substituted(layers: list[LayerStructure], fits: dict[int, dict[str, LayerFit
 
 
 def _substitute_hook(fit: LayerFit, dtype: torch.dtype):
-    matrix, offset = fit.matrix.to(dtype).T.contiguous(), fit.offset.to(dtype)
+    matrix, offset = fit.matrix.to(dtype), fit.offset.to(dtype)  # no copy when the fit is in the weights' dtype
 
     def hook(module, args):
         x = args[0]
-        predicted = torch.addmm(offset, x.index_select(-1, fit.kept).reshape(-1, fit.kept.numel()), matrix)
+        predicted = torch.addmm(offset, x.index_select(-1, fit.kept).reshape(-1, fit.kept.numel()), matrix.T)
         return (x.index_copy(-1, fit.removed, predicted.reshape(*x.shape[:-1], -1)), *args[1:])
     return hook
 

@@ -197,7 +197,7 @@ class SearchSpaceConfig:
             dims["attn_share"] = (0.0, 0.6)
         if self.scope:
             dims["scope"] = list(SCOPES)
-        if self.reconstruction:
+        if self.reconstruction and len(self.reconstructions) > 1:  # one choice: SearchSpace.candidate applies it
             dims["reconstruction"] = list(self.reconstructions)
         return dims
 

@@ -98,7 +98,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         config = replace(config, space=replace(config.space, keep_layers=False, layer_ramp=False, scope=False))
     t0 = time.perf_counter()
     features = session.stats.features()
-    if "lstsq" in config.space.dimensions().get("reconstruction", [session.config.reconstruction]):
+    if "lstsq" in (config.space.reconstructions if config.space.reconstruction else [session.config.reconstruction]):
         session.grams  # every rank together, before any rank scores a trial alone
     stats_seconds = time.perf_counter() - t0
     space = SearchSpace.build(config, session.config, features)

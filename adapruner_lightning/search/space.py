@@ -102,5 +102,6 @@ class SearchSpace:
             subset=self.subset(point), keep_first=int(point.get("keep_first", p.keep_first)),
             keep_last=int(point.get("keep_last", p.keep_last)), layer_ramp=float(point.get("layer_ramp", p.layer_ramp)),
             attn_share=point.get("attn_share", p.attn_share), scope=point.get("scope", p.scope),
-            reconstruction=point.get("reconstruction", p.reconstruction),
+            reconstruction=point.get("reconstruction", c.space.reconstructions[0] if c.space.reconstruction
+                                     else p.reconstruction),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,3 +42,20 @@ def test_the_subset_size_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_di
     assert first == list(range(8))  # FLAP's warm point: its 2,048 samples, clipped to the pool of 8
     assert cli.main([*common, "--fixed-subset-size", "--out", str(tmp_path / "fixed")]) == 0
     assert {len(s) for s in _trace_subsets(tmp_path / "fixed.search_trace.jsonl")} == {4}
+
+
+def test_reconstruction_lstsq_prunes_and_exports_the_refitted_weights(tmp_path, tiny_lm_dir, text_dir):
+    """``--reconstruction lstsq`` re-fits the kept columns before the physical prune; the export reloads them."""
+    from adapruner_lightning.outputs.export import load_pruned
+
+    out = tmp_path / "lstsq"
+    args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "0", "--metric", "wanda_sp",
+            "--reconstruction", "lstsq", "--sample-len", "32", "--pool-size", "8", "--subset-size", "4",
+            "--objective-windows", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    model, _, plan = load_pruned(out)
+    assert plan.reconstruction == "lstsq" and plan.provenance["reconstruction_fit"]["pool"]
+    assert model.model.layers[0].mlp.down_proj.bias is not None  # the intercept
+    with pytest.raises(SystemExit) as exit_:  # argparse's one-line usage error
+        cli.main(["prune", "--reconstruction", "ols", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2
