@@ -23,6 +23,7 @@ from adapruner_lightning.config import check_choice, check_non_negative, check_p
 from adapruner_lightning.core.importance import REDUCERS, metric_names
 from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.search.allocation import AllocationConfig
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
@@ -262,6 +263,8 @@ class SearchConfig:
         data: the calibration pool and objective windows (:class:`SearchData`).
         engine: how points are proposed (:class:`SearchEngine`).
         space: which dimensions are searched (:class:`SearchSpaceConfig`).
+        allocation: the per-layer allocation stage after the search
+            (:class:`~adapruner_lightning.search.allocation.AllocationConfig`; off while ``generations`` is 0).
 
     Example::
 
@@ -275,12 +278,14 @@ class SearchConfig:
     data: SearchData = field(default_factory=SearchData)
     engine: SearchEngine = field(default_factory=SearchEngine)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
 
     def __post_init__(self) -> None:
         check_non_negative("search.trials", self.trials)
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("search.time_budget_s", self.time_budget_s, "a positive number of seconds or None")
-        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig)):
+        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig),
+                           ("allocation", AllocationConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"search.{name}", getattr(self, name), f"a {kind.__name__}",
                                   hint=f"pass {kind.__name__}(...) or use SearchConfig.of(...) with flat names")
@@ -291,7 +296,7 @@ class SearchConfig:
         ``init_points``, ``metrics`` ...), ``engine`` for ``engine.name``, and 0.1's ``search_<dim>`` names for
         the space's switches (``search_layer_ramp`` = ``space.layer_ramp``, ``search_subset_size`` =
         ``space.vary_subset_size``)."""
-        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}}
+        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}, "allocation": {}}
         top: dict[str, Any] = {}
         for name, value in options.items():
             section, key = _FLAT.get(name, (None, name))
@@ -299,7 +304,7 @@ class SearchConfig:
                 raise ConfigError("SearchConfig option", name, f"one of {sorted([*_TOP, *_FLAT])}")
             (sections[section] if section else top)[key] = value
         return cls(**top, data=SearchData(**sections["data"]), engine=SearchEngine(**sections["engine"]),
-                   space=SearchSpaceConfig(**sections["space"]))
+                   space=SearchSpaceConfig(**sections["space"]), allocation=AllocationConfig(**sections["allocation"]))
 
 
 _TOP = ("trials", "time_budget_s", "trace_path")
@@ -308,6 +313,7 @@ _FLAT: dict[str, tuple[str, str]] = {
     **{f.name: ("engine", f.name) for f in fields(SearchEngine) if f.name != "name"},
     "engine": ("engine", "name"),
     **{f.name: ("space", f.name) for f in fields(SearchSpaceConfig)},
+    **{f.name: ("allocation", f.name) for f in fields(AllocationConfig)},
     **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "reconstruction",
                                              "bias_compensation")},
     "search_subset_size": ("space", "vary_subset_size"),

@@ -21,6 +21,7 @@ from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
+from adapruner_lightning.search.allocation import refine_allocation
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.engines import suggest_batch
 from adapruner_lightning.search.space import SearchSpace
@@ -117,10 +118,15 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     provenance = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
                   "signature": signature, "world_size": collective.world_size, "objective": objective}
     owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
-    plan = collective.run_on(owner, lambda: session.plan(space.candidate(best.params), best.selection,
-                                                         search=provenance))
+    candidate, chosen, extra = space.candidate(best.params), best.selection, {}
+    if config.allocation.generations and not session.uniform:  # then where to cut, with the best's scoring
+        seed_selection = collective.run_on(owner, lambda: chosen if chosen is not None else session.select(candidate))
+        refined = refine_allocation(session, candidate, seed_selection, config.allocation, seed=seed,
+                                    collective=collective)
+        chosen, owner, extra["allocation"] = refined.selection, 0, refined.info
+    plan = collective.run_on(owner, lambda: session.plan(candidate, chosen, search=provenance, **extra))
     return SearchResult(trials=done, best=best, plan=plan, signature=signature,
-                        seconds=time.perf_counter() - t0, stats_seconds=stats_seconds)
+                        seconds=time.perf_counter() - t0, stats_seconds=stats_seconds, extra=extra)
 
 
 def _open_trace(path: Path | None, problem: dict[str, Any]) -> list[TrialRecord]:
