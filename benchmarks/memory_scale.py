@@ -130,6 +130,21 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
                            "layers": config["num_hidden_layers"],
                            "pool": [POOL, SEQ], "batch": BATCH, "objective": [OBJECTIVE, SEQ]}
 
+    step = stepper(out, peak_memory, free, log, device)
+    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
+        out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
+                                 for name, trainable in (("frozen", False), ("trainable", True))}
+        log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
+        _search_steps(session, step)
+        out["dtype_after_search"] = str(next(model.parameters()).dtype)
+        out.update(_reload_steps(session, step))
+    return out
+
+
+def stepper(out: dict[str, Any], peak_memory: Any, free: Any, log: Any, device: str) -> Any:
+    """``step(name, fn, basis, where=device)``: run ``fn`` and record into ``out[name]`` its peak memory above the
+    start (MiB), as a ratio to ``basis`` bytes, and its seconds."""
+
     def step(name: str, fn: Any, basis: int, where: str = device) -> Any:
         free()
         start = time.perf_counter()
@@ -141,14 +156,7 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
             f"{out[name]['seconds']:.0f} s")
         return value
 
-    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
-        out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
-                                 for name, trainable in (("frozen", False), ("trainable", True))}
-        log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
-        _search_steps(session, step)
-        out["dtype_after_search"] = str(next(model.parameters()).dtype)
-        out.update(_reload_steps(session, step))
-    return out
+    return step
 
 
 def saved_activation_bytes(model: torch.nn.Module, pool: torch.Tensor, trainable: bool) -> int:
@@ -323,19 +331,10 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
                            "device": device, "layers": config["num_hidden_layers"], "pool": [POOL, SEQ],
                            "objective": [OBJECTIVE, SEQ]}
 
-    def step(name: str, fn: Any) -> Any:
-        free()
-        start = time.perf_counter()
-        with peak_memory(torch.device(device)) as pm:
-            value = fn()
-        out[name] = {"peak_mib": pm.peak_mib, "ratio": pm.peak_mib * 2**20 / weights,
-                     "seconds": time.perf_counter() - start}
-        log(f"[bf16 scale] {name}: {pm.peak_mib:,.0f} MiB above ({out[name]['ratio']:.2f} x), {out[name]['seconds']:.0f} s")
-        return value
-
+    step = stepper(out, peak_memory, free, log, device)
     candidate = Candidate("magnitude_l2", "sum", list(range(POOL)), reconstruction="lstsq")
     with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
-        grams = step("lstsq_grams", lambda: session.grams)
+        grams = step("lstsq_grams", lambda: session.grams, weights)
         store = sum(t.numel() * t.element_size() for layer in grams.layers for t in layer.values())
         out["gram_store_bytes"] = store
         if device == "cpu":  # the store is host memory, counted in the CPU's peak: the working memory is the rest
@@ -346,10 +345,10 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
             session.objective(selection, session.compensation(candidate, selection))
             return selection
 
-        selection = step("lstsq_trial", trial)
+        selection = step("lstsq_trial", trial, weights)
         plan = session.plan(candidate, selection)
         refit = session.least_squares
-        step("lstsq_apply", lambda: apply_plan(model, plan, refit=refit))
+        step("lstsq_apply", lambda: apply_plan(model, plan, refit=refit), weights)
     out["dtype_after"] = str(next(model.parameters()).dtype)
     return out
 
@@ -401,18 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import speed
+    from search_cost import _free
 
-    def free() -> None:
-        import gc
-
-        gc.collect()
-        libc = speed._libc()
-        if libc is not None:
-            libc.malloc_trim(0)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    result = measure_reconstruction(speed.PeakMemory, free, print, device=args.device, layers=args.layers)
+    result = measure_reconstruction(speed.PeakMemory, _free, lambda line: print(line, flush=True),
+                                    device=args.device, layers=args.layers)
     result["machine"] = speed.machine_info(torch.device(args.device))
     suffix = "" if args.device == "cpu" and not args.layers else f"_{args.device}_L{args.layers or 4}"
     args.out_dir.mkdir(parents=True, exist_ok=True)

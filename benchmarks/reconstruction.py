@@ -17,7 +17,8 @@ the evaluation novels or a standard task. Three parts (``--parts``):
   against the whole pool's (per-sample Grams cannot be cached at 8B, so a per-candidate Gram costs a pass per trial).
 * ``search``: the library's default search (``SearchConfig()``: 16 trials, reconstruction none|bias|lstsq searched)
   against FLAP + its bias and FLAP + least squares, at each ratio and ``--seeds`` search seeds; optionally
-  (``--methods ... search_bias``) the search without ``lstsq`` (the space before it). Each plan is applied
+  (``--methods ... search_bias``) the search without ``lstsq`` (the space before it) and ``search_alloc``, the
+  default search followed by the per-layer allocation stage (``--generations`` x ``--offspring``). Each plan is applied
   physically to a fresh copy of the dense model (what is exported) and scored on the development windows; wall
   times of the search and of FLAP's prune (statistics + selection + compensation + physical prune) are measured
   in the same run.
@@ -82,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="search seeds")
     p.add_argument("--trials", type=int, default=None, help="search trials (default: SearchConfig's)")
     p.add_argument("--methods", nargs="+", default=["flap_bias", "flap_lstsq", "search"],
-                   choices=["flap_bias", "flap_lstsq", "search", "search_bias"])
+                   choices=["flap_bias", "flap_lstsq", "search", "search_bias", "search_alloc"])
+    p.add_argument("--generations", type=int, default=4, help="search_alloc: generations of the allocation stage")
+    p.add_argument("--offspring", type=int, default=8, help="search_alloc: offspring per generation")
     p.add_argument("--dev-windows", type=int, default=24)
     p.add_argument("--quick", action="store_true", help="20 %% only; direct: none, bias, lstsq at the default damping")
     p.add_argument("--out", default=str(RESULTS))
@@ -137,7 +140,11 @@ def direct(bench: Bench, ratio: float, variant: str) -> dict[str, Any]:
     session = bench.session(ratio)
     candidate = Candidate(subset=list(range(POOL)), **FLAP)
     selection = session.select(candidate)
+    gram_start = time.perf_counter()
+    if variant.startswith("lstsq") and "sequential" not in variant:
+        bench.grams  # the pool's Gram pass, once, timed apart from the fits
     start = time.perf_counter()
+    row = {"gram_seconds": start - gram_start} if start - gram_start > 1 else {}
     if variant == "none":
         compensation = None
     elif variant == "bias":
@@ -150,7 +157,7 @@ def direct(bench: Bench, ratio: float, variant: str) -> dict[str, Any]:
             refit = LeastSquares(bench.grams, damping=damping, intercept="no intercept" not in variant)
             compensation = refit.fit(session.layers, selection)
     fit_seconds = time.perf_counter() - start
-    return {"dev_ppl": bench.dev_ppl(selection, compensation), "fit_seconds": fit_seconds}
+    return {**row, "dev_ppl": bench.dev_ppl(selection, compensation), "fit_seconds": fit_seconds}
 
 
 def sequential_fits(bench: Bench, selection, damping: float) -> Fits:
@@ -244,9 +251,12 @@ def subset_cell(bench: Bench, draw: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------- search
 
-def search_cell(bench: Bench, method: str, ratio: float, seed: int, trials: int | None) -> dict[str, Any]:
+def search_cell(bench: Bench, method: str, ratio: float, seed: int, trials: int | None, generations: int = 4,
+                offspring: int = 8, traces: Path | None = None) -> dict[str, Any]:
     """``method``'s plan from a fresh session on the dense weights (no shared statistics: its wall time is its
-    own), applied to a fresh copy of the model and scored on the dev windows."""
+    own), applied to a fresh copy of the model and scored on the dev windows. ``search`` and ``search_alloc`` of a
+    (ratio, seed) share one trace under ``traces``: the latter resumes the former's trials (same problem) and adds
+    only the allocation stage, whose own time is ``allocation.seconds``."""
     model = copy.deepcopy(bench.model)
     start = time.perf_counter()
     row: dict[str, Any] = {}
@@ -255,11 +265,15 @@ def search_cell(bench: Bench, method: str, ratio: float, seed: int, trials: int 
                                 reconstruction=method.split("_")[1], **FLAP)
         plan = session.plan(session.default_candidate())
     else:
-        space = {} if method == "search" else {"reconstructions": ["none", "bias"]}
+        space = {"search_bias": {"reconstructions": ["none", "bias"]},
+                 "search_alloc": {"generations": generations, "offspring": offspring}}.get(method, {})
         config = SearchConfig.of(**({"trials": trials} if trials else {}), **space)
         session = bench.session(ratio, model=model, seed=seed)
-        result = run_search(session, config, seed=seed, progress=False)
+        trace = traces / f"{ratio}_{seed}.jsonl" if traces and method in ("search", "search_alloc") else None
+        result = run_search(session, config, seed=seed, progress=False, trace_path=trace)
         plan = result.plan
+        if "allocation" in result.extra:
+            row["allocation"] = {k: v for k, v in result.extra["allocation"].items() if k != "counts"}
         row.update(search_seconds=result.seconds, stats_seconds=result.stats_seconds, trials=len(result.trials),
                    best_trial=result.best.trial, objective_ppl=math.exp(-result.best.score),
                    lstsq_trials=sum(t.candidate.get("reconstruction") == "lstsq" for t in result.trials))
@@ -297,7 +311,9 @@ def run_cell(bench: Bench, cell: tuple, args) -> dict[str, Any]:
         return direct(bench, cell[1], cell[2])
     if cell[0] == "subset":
         return subset_cell(bench, cell[1])
-    return search_cell(bench, cell[1], cell[2], cell[3], args.trials)
+    traces = Path(args.out).parent / f"{Path(args.out).name}_traces"
+    traces.mkdir(parents=True, exist_ok=True)
+    return search_cell(bench, cell[1], cell[2], cell[3], args.trials, args.generations, args.offspring, traces)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,16 +375,20 @@ def _render_direct(data: dict, dense: float) -> list[str]:
     variants = list(dict.fromkeys(r["cell"][2] for r in rows))
     get = {(r["cell"][1], r["cell"][2]): r for r in rows}
     out = ["## FLAP's reference selection, each compensation (dev ppl; x bias = ratio to FLAP's own bias)", "",
-           "| compensation | " + " | ".join(f"{r:.0%}: ppl | x bias" for r in ratios) + " | fit (s) |",
+           "| compensation | " + " | ".join(f"{r:.0%}: ppl | x bias" for r in ratios) + " | fit (s, median) |",
            "|---" + "|---:|---:" * len(ratios) + "|---:|"]
     for v in variants:
         cells = []
         for r in ratios:
             row, bias = get.get((r, v)), get.get((r, "bias"))
             cells.append(f"{row['dev_ppl']:.2f} | {row['dev_ppl'] / bias['dev_ppl']:.3f}" if row and bias else "- | -")
-        fits = [get[(r, v)]["fit_seconds"] for r in ratios if (r, v) in get]
-        out.append(f"| {v} | " + " | ".join(cells) + f" | {statistics.mean(fits):.1f} |")
-    return out + [""]
+        fits = [get[(r, v)]["fit_seconds"] - get[(r, v)].get("gram_seconds", 0.0) for r in ratios if (r, v) in get]
+        out.append(f"| {v} | " + " | ".join(cells) + f" | {statistics.median(fits):.1f} |")
+    grams = [r.get("gram_seconds", 0.0) for r in rows if r.get("gram_seconds", 0.0) > 1]
+    return out + ["", "fit (s, median over the ratios): the fits of every layer (sequential: its passes over the pool "
+                  "too), on the shared CPU; the pool's Gram pass, once: "
+                  f"{max(grams, default=float('nan')):.0f} s (counted in the first least-squares cell of runs before "
+                  "the pass was timed apart).", ""]
 
 
 def _render_subset(data: dict) -> list[str]:

@@ -38,6 +38,7 @@ from torch import nn
 
 from adapruner_lightning.core.groups import LayerStructure
 from adapruner_lightning.core.selection import LayerSelection
+from adapruner_lightning.core.stats import budget_groups, default_buffer_bytes
 from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.progress import progress_bar
@@ -80,25 +81,6 @@ class _StopForward(Exception):
     """Raised by the last hook of a layer group: the rest of the forward is not needed."""
 
 
-def _group_layers(widths: list[int], budget: int) -> list[list[int]]:
-    """Consecutive layer indices whose float32 Gram matrices (``sum of d^2`` per layer) fit ``budget`` bytes."""
-    groups: list[list[int]] = [[]]
-    used = 0
-    for index, size in enumerate(widths):
-        if groups[-1] and used + size > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(index)
-        used += size
-    return groups
-
-
-def default_gram_bytes(model: nn.Module) -> int:
-    """Gram matrices held on the device at once: a quarter of the weights' bytes, at least 512 MiB."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return max(weights // 4, 512 * 2**20)
-
-
 @torch.no_grad()
 def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Tensor, *, batch_size: int = 8,
                   buffer_bytes: int | None = None, progress: bool = False, collective: Collective = LOCAL) -> GramCache:
@@ -106,10 +88,12 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
 
     With a ``collective`` of several ranks, rank ``r`` runs the batches ``r, r + world_size, ...`` and the sums are
     added over the ranks (every rank ends with the complete statistics). The model is not changed; its dtype is
-    kept (inputs are converted to float32 one batch at a time)."""
+    kept (inputs are converted to float32 one batch at a time). ``buffer_bytes``: Gram matrices held on the device at
+    once (default :func:`~adapruner_lightning.core.stats.default_buffer_bytes` of the weights: a quarter of their
+    bytes, at least 512 MiB)."""
     device = next(model.parameters()).device
     widths = [4 * (layer.o.in_features ** 2 + layer.down.in_features ** 2) for layer in layers]
-    groups = _group_layers(widths, buffer_bytes or default_gram_bytes(model))
+    groups = budget_groups(list(range(len(layers))), widths, buffer_bytes or default_buffer_bytes(list(model.parameters())))
     starts = list(range(0, pool.shape[0], batch_size))[collective.rank::collective.world_size]
     store: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     was_training = model.training
