@@ -28,12 +28,15 @@ from adapruner_lightning.search.allocation import AllocationConfig
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
 #: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
-#: layerwise, layers [4, N-2) kept whole, 10 samples); ``k`` (the sample count) is clipped to the pool
+#: layerwise, layers [4, N-2) kept whole, 10 samples), then FLAP's selection with the least-squares reconstruction
+#: (the floor the reconstruction sets); ``k`` (the sample count) is clipped to the pool
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
      "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
     {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "reconstruction": "none",
      "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
+    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "lstsq",
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES = ("layerwise", "global", "standardized")
@@ -233,8 +236,9 @@ class SearchSpaceConfig:
         dims = self.dimensions()
         points = self.warm_start if self.warm_start is not None else [
             p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k], v) for k, v in p.items())]
-        return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
-                for p in points]
+        restricted = [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k]) > 1)}
+                      for p in points]
+        return [p for i, p in enumerate(restricted) if p not in restricted[:i]]  # a dimension left out may merge two
 
 
 def _legacy_point(point: dict[str, Any]) -> dict[str, Any]:

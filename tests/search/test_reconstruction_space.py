@@ -17,12 +17,15 @@ def _space(config: SearchConfig, session) -> SearchSpace:
     return SearchSpace.build(config, session.config, session.stats.features())
 
 
-def test_the_default_space_searches_every_reconstruction_and_flap_starts_with_its_bias():
+def test_the_default_space_searches_every_reconstruction_and_flap_starts_with_its_bias_then_lstsq():
     space = SearchSpaceConfig()
     assert space.dimensions()["reconstruction"] == ["none", "bias", "lstsq"]
-    flap, llm_pruner = space.warm_points()
+    flap, llm_pruner, flap_lstsq = space.warm_points()
     assert (flap["metric"], flap["reconstruction"]) == ("flap_reference", "bias")
     assert (llm_pruner["metric"], llm_pruner["reconstruction"]) == ("taylor", "none")
+    assert {**flap, "reconstruction": "lstsq"} == flap_lstsq  # FLAP's selection with the least-squares floor
+    assert len(SearchSpaceConfig(reconstructions=["none", "bias"]).warm_points()) == 2
+    assert len(SearchSpaceConfig(reconstruction=False).warm_points()) == 2  # the two FLAP points merge
     session = small_session()
     decoded = _space(SearchConfig(space=space), session).candidate({"u0": 0.5, "u1": 0.5, "reconstruction": "lstsq"})
     assert decoded.reconstruction == "lstsq" and decoded.describe()["reconstruction"] == "lstsq"
