@@ -346,11 +346,44 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
             return selection
 
         selection = step("lstsq_trial", trial, weights)
+        out["fit_bytes"] = _fit_bytes(session.layers, selection, next(model.parameters()).element_size())
         plan = session.plan(candidate, selection)
         refit = session.least_squares
         step("lstsq_apply", lambda: apply_plan(model, plan, refit=refit), weights)
     out["dtype_after"] = str(next(model.parameters()).dtype)
     return out
+
+
+def _fit_bytes(layers: list, selection: dict, element_size: int) -> int:
+    """Bytes of the prediction matrices a trial holds for every layer (``|R| x |S|`` per o/down, weights' dtype)."""
+    from adapruner_lightning.core.reconstruction import MEMBERS, removed_columns
+
+    total = 0
+    for i, sel in selection.items():
+        for member in MEMBERS:
+            removed = len(removed_columns(layers[i], sel, member))
+            total += removed * (getattr(layers[i], member).in_features - removed) * element_size
+    return total
+
+
+def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
+    """Bytes above the weights of each step for Llama-3.1-8B (32 layers of this geometry, bf16), from the measured
+    peaks, each part scaled by how it grows with the layer count: the Gram pass holds one group of layers' Gram
+    matrices on the device (groups of at most a quarter of the weights' bytes, so 4 layers of 0.89 GB at 8B) plus its
+    working memory (one layer's activations: as measured); a trial holds every layer's prediction matrices
+    (``fit_bytes`` x 32 / layers) plus one layer's solve and the objective's activations (as measured, the rest of
+    its peak); ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
+    layers = result["layers"]
+    gram_layer = (4096**2 + 14336**2) * 4
+    weights_8b = LLAMA_8B["params"] * 2
+    group = max(1, int(weights_8b / 4 // gram_layer))
+    grams = result["lstsq_grams"]
+    working = grams["peak_mib"] * 2**20 - (result["gram_store_bytes"] if result["device"] == "cpu" else
+                                            min(layers, group) * gram_layer)
+    trial = result["lstsq_trial"]["peak_mib"] * 2**20
+    return {"lstsq_grams": group * gram_layer + max(working, 0.0),
+            "lstsq_trial": trial + result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1),
+            "lstsq_apply": result["lstsq_apply"]["peak_mib"] * 2**20}
 
 
 def total_params_of(model: torch.nn.Module) -> int:
@@ -361,25 +394,27 @@ def total_params_of(model: torch.nn.Module) -> int:
 def render_reconstruction(result: dict[str, Any]) -> str:
     """Markdown: each reconstruction step's peak above its start as a ratio to the weights, and the Gram store."""
     per_layer = LLAMA_8B["layers"] / result["layers"]
+    estimate = estimate_8b_reconstruction(result) if "fit_bytes" in result else {}
+    weights_8b = LLAMA_8B["params"] * 2
     lines = [f"Random bf16 Llama ({result['params'] / 1e9:.2f} B parameters, {result['weight_bytes'] / 2**30:.2f} GiB of "
              f"weights; Llama-3.1-8B's layer geometry, {result['layers']} layers) on {result['device']}, pool {POOL} x "
              f"{SEQ}, objective {OBJECTIVE} x {SEQ}, 20 % removed (magnitude_l2 selection), commit {result['commit']}; "
              "peak memory above the start of each step.", "",
-             "| step | peak (MiB) | ratio to the weights | (s) | Llama-3.1-8B estimate (GB above its 16.1 GB) |",
-             "|---|---:|---:|---:|---:|"]
+             "| step | peak (MiB) | ratio to the weights | (s) | Llama-3.1-8B estimate: GB above its 16.1 GB | ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
     for key, label in RECONSTRUCTION_ROWS:
         row = result[key]
         ratio = row.get("working_ratio", row["ratio"])
         note = " (without the Gram store)" if "working_ratio" in row else ""
-        est = ratio * result["weight_bytes"] * per_layer / 1e9
-        lines.append(f"| {label}{note} | {row['peak_mib']:,.0f} | **{ratio:.2f}** | {row['seconds']:.0f} | {est:.1f} |")
+        est = estimate.get(key, float("nan"))
+        lines.append(f"| {label}{note} | {row['peak_mib']:,.0f} | **{ratio:.2f}** | {row['seconds']:.0f} | "
+                     f"{est / 1e9:.1f} | **{est / weights_8b:.2f}** |")
     store = result["gram_store_bytes"]
     lines += ["", f"Gram store (float32, host memory on a GPU machine): {store / 2**30:.2f} GiB = "
               f"{store / result['weight_bytes']:.2f} x the weights ({store * per_layer / 1e9:.1f} GB of host memory at "
               f"Llama-3.1-8B: (4096^2 + 14336^2) x 4 bytes per layer). Model dtype after the prune: "
-              f"{result['dtype_after']}. The 8B estimate scales each ratio by 32 / {result['layers']} layers: the "
-              "trial's prediction matrices and the apply's writes are per layer; the Gram pass holds at most "
-              "a quarter of the weights' bytes of Gram matrices on the device (at least one layer's), so it errs high."]
+              f"{result['dtype_after']}. Prediction matrices of the trial: {result.get('fit_bytes', 0) / 2**20:,.0f} MiB. "
+              + " ".join(estimate_8b_reconstruction.__doc__.split("\n\n")[0].split())]
     return "\n".join(lines)
 
 

@@ -131,12 +131,13 @@ class PruningSession:
             neither the metric, the seed nor the target), so several configurations pay for one pass.
         collective: the ranks of a distributed job, each holding this model and pool: the statistics pass is
             split between them (every rank ends with the complete statistics).
+        grams: the pool's least-squares statistics from another session on the same weights and pool, as ``stats``.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
                  objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
                  batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None,
-                 collective: Collective = LOCAL) -> None:
+                 collective: Collective = LOCAL, grams: GramCache | None = None) -> None:
         self.model, self.config, self.collective = model, config, collective
         self.pool = pool
         self.objective_windows = objective
@@ -152,7 +153,11 @@ class PruningSession:
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
         self.budget = int(round(config.target_ratio * basis))
         self._stats = self._check_stats(stats)
-        self._grams: GramCache | None = None
+        if grams is not None and (len(grams.layers) != len(self.layers) or grams.tokens != pool.numel()):
+            raise ConfigError("grams", f"{grams.tokens} tokens x {len(grams.layers)} layers",
+                              f"the Gram matrices of this pool ({pool.numel()} tokens) and these {len(self.layers)} "
+                              "layers", hint="share grams only between sessions on the same dense weights and pool")
+        self._grams: GramCache | None = grams
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
         self.objective_kind, self.kl_top_k = "perplexity", 64
         self._reference: DenseReference | None = None
