@@ -93,7 +93,8 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
     bytes, at least 512 MiB)."""
     device = next(model.parameters()).device
     widths = [4 * (layer.o.in_features ** 2 + layer.down.in_features ** 2) for layer in layers]
-    groups = budget_groups(list(range(len(layers))), widths, buffer_bytes or default_buffer_bytes(list(model.parameters())))
+    budget = buffer_bytes or default_buffer_bytes(list(model.parameters()))
+    groups = budget_groups(list(range(len(layers))), widths, budget)
     starts = list(range(0, pool.shape[0], batch_size))[collective.rank::collective.world_size]
     store: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     was_training = model.training
@@ -101,7 +102,8 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
     try:
         for group in progress_bar(groups, "least-squares statistics", enabled=progress and collective.is_zero):
             sums = {i: _zero_sums(layers[i], device) for i in group}
-            handles = [getattr(layers[i], m).register_forward_pre_hook(_gram_hook(sums[i], m, i == group[-1] and m == "down"))
+            last = (group[-1], "down")  # its hook stops the forward
+            handles = [getattr(layers[i], m).register_forward_pre_hook(_gram_hook(sums[i], m, (i, m) == last))
                        for i in group for m in MEMBERS]
             try:
                 for start in starts:

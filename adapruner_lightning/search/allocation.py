@@ -170,8 +170,9 @@ class Budget:
                 i = self._pick(rng, lambda i: out[i].channels >= self.round_to)
                 if i is None:
                     return None
-                need = -(-(-slack) // self.block[i]) * self.round_to
-                out[i] = replace(out[i], channels=out[i].channels - min(need, out[i].channels // self.round_to * self.round_to))
+                need = -(slack // self.block[i]) * self.round_to  # ceil(-slack / block) blocks
+                have = out[i].channels // self.round_to * self.round_to
+                out[i] = replace(out[i], channels=out[i].channels - min(need, have))
             elif slack >= max(self.block.values()):
                 i = self._pick(rng, lambda i: out[i].channels + self.round_to <= self.maxima[i].channels
                                and self.block[i] <= slack)

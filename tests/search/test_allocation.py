@@ -27,7 +27,8 @@ def _budget(session, round_to: int = 1) -> Budget:
 
 
 def _counts(session, selection):
-    return {i: layer_counts(session.layers[i], selection[i], session.attention_unit) for i in range(len(session.layers))}
+    unit = session.attention_unit
+    return {i: layer_counts(session.layers[i], selection[i], unit) for i in range(len(session.layers))}
 
 
 def test_level_switches_keep_the_budget_and_the_bounds():
