@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-windows", type=int, default=24)
     p.add_argument("--quick", action="store_true", help="20 %% only; direct: none, bias, lstsq at the default damping")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--traces", default=None, help="search traces (default: <out>_traces/)")
     return p
 
 
@@ -318,7 +319,7 @@ def run_cell(bench: Bench, cell: tuple, args) -> dict[str, Any]:
         return direct(bench, cell[1], cell[2])
     if cell[0] == "subset":
         return subset_cell(bench, cell[1])
-    traces = Path(args.out).parent / f"{Path(args.out).name}_traces"
+    traces = Path(args.traces) if args.traces else Path(args.out).parent / f"{Path(args.out).name}_traces"
     traces.mkdir(parents=True, exist_ok=True)
     return search_cell(bench, cell[1], cell[2], cell[3], args.trials, args.generations, args.offspring, traces)
 
