@@ -51,7 +51,7 @@ class NativeArch:
 
     arch: str
     permute_qk: bool  # llama.cpp's NORM rope pairs adjacent dims (HF rotates halves)
-    out_bias: bool  # reads o_proj/down_proj biases (FLAP bias compensation)
+    out_bias: bool  # reads o_proj/down_proj biases (FLAP's bias, lstsq's intercept)
     full_width_q: bool = False  # expects heads x head_dim == hidden (llama.cpp's qwen2 sizes q and o by n_embd)
 
 
@@ -163,12 +163,12 @@ def gguf_layout(model: nn.Module) -> GGUFLayout:
     if uniform and (native.out_bias or not biased) and not narrow_q:
         return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture",
                           widths)
-    why = ("a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation" if biased else
+    why = ("a non-uniform plan" if not uniform else "o_proj/down_proj biases (reconstruction)" if biased else
            f"query heads removed (llama.cpp's {native.arch} needs heads x head_dim = hidden size)")
     if family in NOT_DECI:
         raise ConfigError("GGUF export", f"{why} of the {family} family", "a uniform plan without bias compensation",
                           hint=f"llama.cpp's per-layer architecture deci cannot express {NOT_DECI[family]}; "
-                               "prune with per_layer='uniform' (and bias_compensation off), or use load_pruned")
+                               "prune with per_layer='uniform' and reconstruction='none', or use load_pruned")
     _check_layers(structures)
     return GGUFLayout("deci", True, f"{why}: llama.cpp's deci architecture (per-layer head and MLP counts)", widths)
 
