@@ -405,10 +405,10 @@ def render_reconstruction(result: dict[str, Any]) -> str:
     for key, label in RECONSTRUCTION_ROWS:
         row = result[key]
         ratio = row.get("working_ratio", row["ratio"])
-        note = " (without the Gram store)" if "working_ratio" in row else ""
+        note = " (without the Gram store, which is host memory on a GPU machine)" if "working_ratio" in row else ""
         est = estimate.get(key, float("nan"))
-        lines.append(f"| {label}{note} | {row['peak_mib']:,.0f} | **{ratio:.2f}** | {row['seconds']:.0f} | "
-                     f"{est / 1e9:.1f} | **{est / weights_8b:.2f}** |")
+        lines.append(f"| {label}{note} | {ratio * result['weight_bytes'] / 2**20:,.0f} | **{ratio:.2f}** | "
+                     f"{row['seconds']:.0f} | {est / 1e9:.1f} | **{est / weights_8b:.2f}** |")
     store = result["gram_store_bytes"]
     lines += ["", f"Gram store (float32, host memory on a GPU machine): {store / 2**30:.2f} GiB = "
               f"{store / result['weight_bytes']:.2f} x the weights ({store * per_layer / 1e9:.1f} GB of host memory at "
