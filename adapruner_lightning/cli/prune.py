@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     space.add_argument("--metrics", nargs="+", choices=metric_names(), default=None, help="metrics the search may pick")
     space.add_argument("--fixed-subset-size", action="store_true",
                        help="every candidate reads --subset-size samples (default: the search picks 2 to --pool-size)")
+    allocation = p.add_argument_group("per-layer allocation stage after the search (SearchConfig.allocation)")
+    allocation.add_argument("--generations", type=int, default=0,
+                            help="generations of the evolutionary per-layer allocation (0: no stage)")
+    allocation.add_argument("--offspring", type=int, default=8, help="offspring per generation")
     return p
 
 
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     search = SearchConfig.of(trials=args.trials, engine=args.engine, pool_size=args.pool_size,
                              subset_size=args.subset_size, objective_windows=args.objective_windows,
                              objective_seq_len=args.objective_seq_len, vary_subset_size=not args.fixed_subset_size,
+                             generations=args.generations, offspring=args.offspring,
                              **({"metrics": args.metrics} if args.metrics else {}),
                              **({"reconstructions": [config.reconstruction]} if args.reconstruction or
                                 args.bias_compensation else {}))
