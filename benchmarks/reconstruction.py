@@ -371,7 +371,7 @@ def render(data: dict) -> str:
              "(float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = the last 24 x 256 fine-tune "
              f"windows of the calibration novels (as benchmarks/subsets.py; no search, objective or recovery reads "
              f"them). Dense dev ppl **{dense:.2f}**. Evaluation novels and task splits: not read.", ""]
-    lines += _render_direct(data, dense) + _render_subset(data) + _render_search(data, dense)
+    lines += _render_direct(data, dense) + _render_subset(data) + _render_search(data, dense) + _render_allocation(data)
     return "\n".join(lines) + "\n"
 
 
@@ -443,6 +443,26 @@ def _render_search(data: dict, dense: float) -> list[str]:
                        f"{statistics.mean(ppl) / base.get('flap_bias', float('nan')):.3f} | "
                        f"{statistics.mean(ppl) / base.get('flap_lstsq', float('nan')):.3f} | {secs:.0f} | "
                        f"{secs / flap_time:.1f} | {plans} |")
+    return out + [""]
+
+
+def _render_allocation(data: dict) -> list[str]:
+    """Per (ratio, seed): the allocation stage's KL (its seeds, its result) and dev ppl against the search alone."""
+    rows = [r for r in _rows(data, "search") if r["cell"][1] == "search_alloc"]
+    if not rows:
+        return []
+    plain = {(r["cell"][2], r["cell"][3]): r for r in _rows(data, "search") if r["cell"][1] == "search"}
+    out = ["## The allocation stage after the search (paired by seed)", "",
+           "| ratio | seed | KL: search's best | KL: FLAP's counts | KL after | improvements | evaluations (low / full) | "
+           "stage (s) | dev ppl: search | dev ppl: + stage | ratio |", "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        a, base = r["allocation"], plain.get((r["cell"][2], r["cell"][3]))
+        seeds = a["kl_seeds"]
+        before = base["dev_ppl"] if base else float("nan")
+        out.append(f"| {r['cell'][2]:.0%} | {r['cell'][3]} | {seeds.get('search', float('nan')):.4f} | "
+                   f"{seeds.get('flap', float('nan')):.4f} | {a['kl']:.4f} | {a['improvements']} | "
+                   f"{a['evaluations']['low']} / {a['evaluations']['full']} | {a['seconds']:.0f} | {before:.2f} | "
+                   f"{r['dev_ppl']:.2f} | {r['dev_ppl'] / before:.3f} |")
     return out + [""]
 
 
