@@ -64,8 +64,8 @@ def test_reconstruction_lstsq_prunes_and_exports_the_refitted_weights(tmp_path, 
 def test_the_allocation_stage_runs_after_the_search_when_asked(tmp_path, tiny_lm_dir, text_dir):
     out = tmp_path / "allocated"
     args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
-            "--pool-size", "8", "--objective-windows", "2", "--objective-seq-len", "32", "--generations", "1",
-            "--offspring", "2", "--out", str(out), "--no-progress"]
+            "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+            "--generations", "1", "--offspring", "2", "--out", str(out), "--no-progress"]
     assert cli.main(args) == 0
     allocation = json.loads((out / "pruning_plan.json").read_text())["provenance"]["allocation"]
     assert allocation["generations"] == 1 and allocation["offspring"] == 2 and allocation["counts"]
