@@ -33,6 +33,7 @@ from adapruner_lightning.core.groups import LayerStructure
 from adapruner_lightning.core.importance import UnitScores
 from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.objective import DenseReference, dense_reference, kl_from_reference
+from adapruner_lightning.core.reconstruction import Fits, LayerFit
 from adapruner_lightning.core.selection import (
     LayerCounts,
     LayerSelection,
@@ -114,14 +115,18 @@ class Budget:
                      for i, c in counts.items())
         return inside and 0 <= self.slack(counts) < max(self.block.values())
 
-    def mutate(self, counts: Counts, rng: np.random.RandomState, switches: int) -> Counts | None:
-        """``counts`` after ``switches`` random level switches and the MLP fill (None: no feasible result)."""
-        out = dict(counts)
+    def mutate(self, counts: Counts, rng: np.random.RandomState, switches: int, tries: int = 8) -> Counts | None:
+        """``counts`` after ``switches`` random level switches and the MLP fill; a draw that changes nothing or
+        cannot be filled is drawn again, ``tries`` times at most (None: no feasible change found)."""
         kinds = ["mlp", "attention", "trade"] if any(m.attention for m in self.maxima.values()) else ["mlp"]
-        for _ in range(switches):
-            getattr(self, f"_switch_{kinds[rng.randint(len(kinds))]}")(out, rng)
-        out = self.fill(out, rng)
-        return out if out is not None and out != counts else None
+        for _ in range(tries):
+            out = dict(counts)
+            for _ in range(switches):
+                getattr(self, f"_switch_{kinds[rng.randint(len(kinds))]}")(out, rng)
+            out = self.fill(out, rng)
+            if out is not None and out != counts:
+                return out
+        return None
 
     def _pick(self, rng: np.random.RandomState, ok: Callable[[int], bool], avoid: int = -1) -> int | None:
         choices = [i for i in range(len(self.layers)) if i != avoid and ok(i)]
@@ -200,6 +205,7 @@ class Fitness:
         self.reference = dense_reference(session.model, self.windows, top_k=session.kl_top_k,
                                          batch_size=session.batch_size)
         self.memo: dict[tuple, float] = {}
+        self.fits: dict[tuple[int, LayerCounts], dict[str, LayerFit]] = {}  # lstsq: a layer's fit, by its counts
         self.evaluations = {"low": 0, "full": 0}
 
     def selection(self, counts: Counts) -> dict[int, LayerSelection]:
@@ -213,13 +219,29 @@ class Fitness:
             reference = DenseReference(self.reference.indices[rows], self.reference.logprobs[rows],
                                        self.reference.rest[rows])
             selection = self.selection(counts)
-            compensation = self.session.compensation(self.candidate, selection)
+            compensation = self.compensation(counts, selection)
             with masked(self.session.layers, selection, compensation):
                 kl = kl_from_reference(self.session.model, self.windows[rows], reference,
                                        batch_size=self.session.batch_size)
             self.memo[key] = -kl if math.isfinite(kl) else -math.inf
             self.evaluations[fidelity] += 1
         return self.memo[key]
+
+
+    def compensation(self, counts: Counts, selection: dict[int, LayerSelection]) -> dict | Fits | None:
+        """The candidate's reconstruction of ``selection``; least-squares fits are solved only for the layers whose
+        counts this fitness has not seen (an offspring differs from its parent in a few layers)."""
+        if self.candidate.reconstruction != "lstsq":
+            return self.session.compensation(self.candidate, selection)
+        refit = self.session.least_squares
+        for i, c in counts.items():
+            if (i, c) not in self.fits:
+                self.fits[(i, c)] = refit.layer_fits(self.session.layers[i], selection[i], scoring=True)
+        return Fits({i: self.fits[(i, c)] for i, c in counts.items() if self.fits[(i, c)]})
+
+    def keep_fits(self, counts: Counts) -> None:
+        """Drop the cached fits that ``counts`` (the parent) does not use (bounds the cache to one model's fits)."""
+        self.fits = {key: fit for key, fit in self.fits.items() if counts.get(key[0]) == key[1]}
 
 
 def _spread(items: list[Counts], score: Callable[[Counts], float], collective: Collective) -> list[float]:
@@ -268,6 +290,7 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
         best = int(np.argmax(full))
         if full[best] > parent_score:
             parent, parent_score, improved = top[best], full[best], improved + 1
+        fitness.keep_fits(parent)
     evaluations = collective.all_gather(fitness.evaluations)  # every rank's share
     info = {**asdict(config), "fitness": "kl", "start": name, "kl_seeds": {k: -v for k, v in seed_scores.items()},
             "kl": -parent_score, "improvements": improved,

@@ -106,4 +106,28 @@ def test_two_ranks_split_the_evaluations_and_end_with_one_process_counts(tmp_pat
             assert run.returncode == 0 and f"[rank {rank}] ALLOCATION_OK" in run.stdout, run.stdout[-3000:]
         results[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
     (one,), (r0, r1) = results[1], results[2]
-    assert r0 == r1 == one
+    assert r0 == r1  # every rank holds the same result
+    for result in (r0, one):  # the work done differs (each rank memoises what it scored), the outcome does not
+        result["info"].pop("evaluations")
+    assert r0 == one
+
+
+def test_least_squares_fits_are_reused_per_layer_and_score_as_fresh_ones():
+    """An offspring re-fits only the layers whose counts are new; the cached fits score exactly as the session's."""
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="lstsq")
+    counts = _counts(session, session.select(candidate))
+    scores = session.unit_scores(candidate)
+    fitness = Fitness(session, candidate, scores, 2)
+    budget, rng = _budget(session), np.random.RandomState(4)
+    child = next(c for c in (budget.mutate(counts, rng, 1) for _ in range(50)) if c is not None)
+    fitness(counts, "full")
+    solved = len(fitness.fits)
+    fitness(child, "full")
+    changed = sum(child[i] != counts[i] for i in counts)
+    assert len(fitness.fits) == solved + changed
+    fresh = Fitness(session, candidate, scores, 2)
+    fresh.compensation = lambda c, selection: session.compensation(candidate, selection)  # every layer solved anew
+    assert fitness(child, "full") == pytest.approx(fresh(child, "full"), rel=1e-6)
+    fitness.keep_fits(child)
+    assert set(fitness.fits) == set(child.items())
