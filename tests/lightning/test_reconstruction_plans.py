@@ -67,3 +67,28 @@ def test_a_least_squares_plan_file_from_another_pool_is_refused(tmp_path, tiny_l
         _fit(tmp_path, "b", tiny_lm_dir, text_dir, target_ratio=None, plan=str(plan_file), pruning=other)
     bias = PruningPlan.from_dict({**first.plan.to_dict(), "provenance": {"reconstruction": "bias"}})
     assert not bias.refits_weights  # a bias plan replays from the file alone
+
+
+def test_a_checkpoint_of_a_least_squares_plan_resumes_with_its_own_weights(tmp_path, tiny_lm_dir, text_dir):
+    """Resuming needs no calibration data: the plan's shapes are replayed and the checkpoint's weights load."""
+    pruning = PruningConfig(metric="wanda_sp", reconstruction="lstsq", sample_len=32, num_samples=4)
+    data = dict(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=32, batch_size=2, val_windows=2)
+    module = CausalLMModule(model=str(tiny_lm_dir))
+    cb = AdaPrunerCallback(target_ratio=0.25, pruning=pruning, search=SearchConfig.of(trials=0), progress=False,
+                           recovery=RecoveryConfig(mode="full"), output_dir=str(tmp_path / "a"), export=False)
+    trainer = Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=0,
+                      num_sanity_val_steps=0, callbacks=[cb])
+    trainer.fit(module, datamodule=TextDataModule(**data))
+    ckpt = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    fresh = CausalLMModule(model=str(tiny_lm_dir))
+    cb2 = AdaPrunerCallback(target_ratio=0.25, pruning=pruning, search=SearchConfig.of(trials=0), progress=False,
+                            recovery=RecoveryConfig(mode="full"), output_dir=str(tmp_path / "b"), export=False)
+    seen = _Pruned()
+    trainer2 = Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=0,
+                       num_sanity_val_steps=0, callbacks=[cb2, seen], enable_checkpointing=False)
+    trainer2.fit(fresh, datamodule=TextDataModule(**data), ckpt_path=ckpt)
+    assert trainer2.global_step == 3 and cb2.plan.refits_weights
+    assert all(torch.equal(seen.state[k], saved[f"model.{k}"]) for k in seen.state)  # the checkpoint's weights
