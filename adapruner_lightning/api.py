@@ -60,7 +60,6 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: Optional[flo
         if searching else None
     session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective=windows,
                              progress=progress)
-    plan = find_plan(session, search, progress=progress,
-                     bos=uses_bos(tokenizer) if tokenizer is not None else None).plan
-    apply_plan(model, plan)
-    return plan
+    found = find_plan(session, search, progress=progress, bos=uses_bos(tokenizer) if tokenizer is not None else None)
+    apply_plan(model, found.plan, refit=found.refit)
+    return found.plan

@@ -130,6 +130,21 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
                            "layers": config["num_hidden_layers"],
                            "pool": [POOL, SEQ], "batch": BATCH, "objective": [OBJECTIVE, SEQ]}
 
+    step = stepper(out, peak_memory, free, log, device)
+    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
+        out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
+                                 for name, trainable in (("frozen", False), ("trainable", True))}
+        log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
+        _search_steps(session, step)
+        out["dtype_after_search"] = str(next(model.parameters()).dtype)
+        out.update(_reload_steps(session, step))
+    return out
+
+
+def stepper(out: dict[str, Any], peak_memory: Any, free: Any, log: Any, device: str) -> Any:
+    """``step(name, fn, basis, where=device)``: run ``fn`` and record into ``out[name]`` its peak memory above the
+    start (MiB), as a ratio to ``basis`` bytes, and its seconds."""
+
     def step(name: str, fn: Any, basis: int, where: str = device) -> Any:
         free()
         start = time.perf_counter()
@@ -141,14 +156,7 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
             f"{out[name]['seconds']:.0f} s")
         return value
 
-    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
-        out["autograd_floor"] = {name: saved_activation_bytes(model, pool, trainable) / weights
-                                 for name, trainable in (("frozen", False), ("trainable", True))}
-        log(f"[bf16 scale] activations autograd itself saves (ratio to weights): {out['autograd_floor']}")
-        _search_steps(session, step)
-        out["dtype_after_search"] = str(next(model.parameters()).dtype)
-        out.update(_reload_steps(session, step))
-    return out
+    return step
 
 
 def saved_activation_bytes(model: torch.nn.Module, pool: torch.Tensor, trainable: bool) -> int:
@@ -289,3 +297,158 @@ def estimate_8b(result: dict[str, Any], before: dict[str, Any] | None) -> str:
 def load_before(path: Path) -> dict[str, Any] | None:
     """The recorded figures of the earlier code, if any."""
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------ the least-squares reconstruction (issue 34)
+
+RECONSTRUCTION_ROWS = [
+    ("lstsq_grams", "least-squares statistics pass (Gram matrices of every o/down input, 8 x 128 tokens)"),
+    ("lstsq_trial", "`lstsq` trial (selection + fits of every layer + masked objective)"),
+    ("lstsq_apply", "`apply_plan` with the re-fit (kept columns written layer by layer, then removed)"),
+]
+
+
+def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = "cpu",
+                           layers: int | None = None) -> dict[str, Any]:
+    """The reconstruction's three steps on the random bf16 model (see :data:`RECONSTRUCTION_ROWS`), each as peak
+    memory above the step's start divided by the weights' bytes; the Gram store (float32, kept on the host) is
+    reported apart, and on the CPU (where host and device memory are one) subtracted from the pass's peak. The
+    trial scores a ``magnitude_l2`` selection (no statistics pass needed) with ``reconstruction="lstsq"``."""
+    from adapruner_lightning.core.config import PruningConfig
+    from adapruner_lightning.core.physical import apply_plan
+    from adapruner_lightning.core.session import Candidate, PruningSession
+
+    config = {**SCALE_CONFIG, **({"num_hidden_layers": layers} if layers else {})}
+    model = random_bf16_llama(config, seed, device)
+    weights = _bytes(model)
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.randint(0, config["vocab_size"], (POOL, SEQ), generator=gen)
+    objective = torch.randint(0, config["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
+    session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, metric="magnitude_l2",
+                                                  reconstruction="lstsq"), pool, objective=objective,
+                             batch_size=BATCH, progress=False)
+    out: dict[str, Any] = {"params": total_params_of(model), "weight_bytes": weights, "commit": _git_commit(),
+                           "device": device, "layers": config["num_hidden_layers"], "pool": [POOL, SEQ],
+                           "objective": [OBJECTIVE, SEQ]}
+
+    step = stepper(out, peak_memory, free, log, device)
+    candidate = Candidate("magnitude_l2", "sum", list(range(POOL)), reconstruction="lstsq")
+    with Fp32AccumulatingGemm() if device == "cpu" else contextlib.nullcontext():
+        grams = step("lstsq_grams", lambda: session.grams, weights)
+        store = sum(t.numel() * t.element_size() for layer in grams.layers for t in layer.values())
+        out["gram_store_bytes"] = store
+        if device == "cpu":  # the store is host memory, counted in the CPU's peak: the working memory is the rest
+            out["lstsq_grams"]["working_ratio"] = (out["lstsq_grams"]["peak_mib"] * 2**20 - store) / weights
+
+        def trial() -> Any:
+            selection = session.select(candidate)
+            session.objective(selection, session.compensation(candidate, selection))
+            return selection
+
+        selection = step("lstsq_trial", trial, weights)
+        out["fit_bytes"] = _fit_bytes(session.layers, selection, next(model.parameters()).element_size())
+        plan = session.plan(candidate, selection)
+        refit = session.least_squares
+        step("lstsq_apply", lambda: apply_plan(model, plan, refit=refit), weights)
+    out["dtype_after"] = str(next(model.parameters()).dtype)
+    return out
+
+
+def _fit_bytes(layers: list, selection: dict, element_size: int) -> int:
+    """Bytes of the prediction matrices a trial holds for every layer (``|R| x |S|`` per o/down, weights' dtype)."""
+    from adapruner_lightning.core.reconstruction import MEMBERS, removed_columns
+
+    total = 0
+    for i, sel in selection.items():
+        for member in MEMBERS:
+            removed = len(removed_columns(layers[i], sel, member))
+            total += removed * (getattr(layers[i], member).in_features - removed) * element_size
+    return total
+
+
+def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
+    """Bytes above the weights of each step for Llama-3.1-8B (32 layers of this geometry, bf16), from the measured
+    peaks, each part scaled by how it grows with the layer count: the Gram pass holds one group of layers' Gram
+    matrices on the device (groups of at most a quarter of the weights' bytes, so 4 layers of 0.89 GB at 8B) plus its
+    working memory (one layer's activations: as measured); a trial holds every layer's prediction matrices
+    (``fit_bytes`` x 32 / layers) plus one layer's solve and the objective's activations (as measured, the rest of
+    its peak); ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
+    layers = result["layers"]
+    gram_layer = (4096**2 + 14336**2) * 4
+    weights_8b = LLAMA_8B["params"] * 2
+    group = max(1, int(weights_8b / 4 // gram_layer))
+    grams = result["lstsq_grams"]
+    working = grams["peak_mib"] * 2**20 - (result["gram_store_bytes"] if result["device"] == "cpu" else
+                                            min(layers, group) * gram_layer)
+    trial = result["lstsq_trial"]["peak_mib"] * 2**20
+    return {"lstsq_grams": group * gram_layer + max(working, 0.0),
+            "lstsq_trial": trial + result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1),
+            "lstsq_apply": result["lstsq_apply"]["peak_mib"] * 2**20}
+
+
+def total_params_of(model: torch.nn.Module) -> int:
+    """Parameters, tied weights once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def render_reconstruction(result: dict[str, Any]) -> str:
+    """Markdown: each reconstruction step's peak above its start as a ratio to the weights, and the Gram store."""
+    per_layer = LLAMA_8B["layers"] / result["layers"]
+    estimate = estimate_8b_reconstruction(result) if "fit_bytes" in result else {}
+    weights_8b = LLAMA_8B["params"] * 2
+    lines = [f"Random bf16 Llama ({result['params'] / 1e9:.2f} B parameters, {result['weight_bytes'] / 2**30:.2f} GiB of "
+             f"weights; Llama-3.1-8B's layer geometry, {result['layers']} layers) on {result['device']}, pool {POOL} x "
+             f"{SEQ}, objective {OBJECTIVE} x {SEQ}, 20 % removed (magnitude_l2 selection), commit {result['commit']}; "
+             "peak memory above the start of each step.", "",
+             "| step | peak (MiB) | ratio to the weights | (s) | Llama-3.1-8B estimate: GB above its 16.1 GB | ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for key, label in RECONSTRUCTION_ROWS:
+        row = result[key]
+        ratio = row.get("working_ratio", row["ratio"])
+        note = " (without the Gram store, which is host memory on a GPU machine)" if "working_ratio" in row else ""
+        est = estimate.get(key, float("nan"))
+        lines.append(f"| {label}{note} | {ratio * result['weight_bytes'] / 2**20:,.0f} | **{ratio:.2f}** | "
+                     f"{row['seconds']:.0f} | {est / 1e9:.1f} | **{est / weights_8b:.2f}** |")
+    store = result["gram_store_bytes"]
+    lines += ["", f"Gram store (float32, host memory on a GPU machine): {store / 2**30:.2f} GiB = "
+              f"{store / result['weight_bytes']:.2f} x the weights ({store * per_layer / 1e9:.1f} GB of host memory at "
+              f"Llama-3.1-8B: (4096^2 + 14336^2) x 4 bytes per layer). Model dtype after the prune: "
+              f"{result['dtype_after']}. Prediction matrices of the trial: {result.get('fit_bytes', 0) / 2**20:,.0f} MiB. "
+              + " ".join(estimate_8b_reconstruction.__doc__.split("\n\n")[0].split())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/memory_scale.py --reconstruction``: the reconstruction rows alone (the other rows run
+    through ``benchmarks/search_cost.py --bf16-scale``), written to ``<out-dir>/reconstruction_memory.{md,json}``."""
+    import argparse
+    import os
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--reconstruction", action="store_true", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 4; 32 = Llama-3.1-8B, on a GPU)")
+    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args(argv)
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":  # peak RSS follows live tensor bytes (search_cost.py)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import speed
+    from search_cost import _free
+
+    result = measure_reconstruction(speed.PeakMemory, _free, lambda line: print(line, flush=True),
+                                    device=args.device, layers=args.layers)
+    result["machine"] = speed.machine_info(torch.device(args.device))
+    suffix = "" if args.device == "cpu" and not args.layers else f"_{args.device}_L{args.layers or 4}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"reconstruction_memory{suffix}.json").write_text(json.dumps(result, indent=1))
+    text = (f"# Least-squares reconstruction: memory at scale ({result['machine']['date']})\n\n"
+            + render_reconstruction(result) + "\n")
+    (args.out_dir / f"reconstruction_memory{suffix}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

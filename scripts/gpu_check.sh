@@ -13,7 +13,9 @@
 # Then (#15) it measures, with the GPU's own bf16 GEMMs and max_memory_allocated, the search's peak memory on a random bf16
 # Llama of Llama-3.1-8B's full shape (32 layers, 7.0 B decoder parameters): statistics pass, a taylor trial on a new
 # subset, a cached-metric trial (ratios to the weights), and load_pruned of the 20 % plan (host memory), then the same
-# on the 4-layer model the CPU benchmark uses (the transfer check of its ratios). Results come back under $OUT.
+# on the 4-layer model the CPU benchmark uses (the transfer check of its ratios). Then (#34) the least-squares
+# reconstruction's peaks at the 8B shape (benchmarks/memory_scale.py --reconstruction: Gram pass, an lstsq trial,
+# apply_plan with the re-fit; the Gram store stays in host memory). Results come back under $OUT.
 set -euo pipefail
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -32,3 +34,5 @@ for layers_and_limit in "32 200" "4 100"; do
   timeout "$2" python3 benchmarks/search_cost.py --bf16-scale --device cuda --scale-layers "$1" --out-dir "$out" \
     2>&1 | tee -a "$out/gpu_check.log" || true
 done
+timeout 150 python3 benchmarks/memory_scale.py --reconstruction --device cuda --layers 32 --out-dir "$out" \
+  2>&1 | tee -a "$out/gpu_check.log" || true

@@ -33,7 +33,8 @@ ALIASES: dict[str, list[str]] = {
     "--sample-len": ["--pruning.sample_len", "{}"],
     "--seed": ["--pruning.seed", "{}"],
     "--uniform": ["--pruning.per_layer", "uniform"],
-    "--bias-compensation": ["--pruning.bias_compensation", "true"],
+    "--reconstruction": ["--pruning.reconstruction", "{}", "--search.space.reconstructions", "[{}]"],
+    "--bias-compensation": ["--pruning.bias_compensation", "true", "--search.space.reconstructions", "[bias]"],
     "--trials": ["--search.trials", "{}"],
     "--engine": ["--search.engine.name", "{}"],
     "--pool-size": ["--search.data.pool_size", "{}"],
@@ -42,6 +43,8 @@ ALIASES: dict[str, list[str]] = {
     "--objective-seq-len": ["--search.data.objective_seq_len", "{}"],
     "--metrics": ["--search.space.metrics", "[{}]"],
     "--fixed-subset-size": ["--search.space.vary_subset_size", "false"],
+    "--generations": ["--search.allocation.generations", "{}"],
+    "--offspring": ["--search.allocation.offspring", "{}"],
     "--no-progress": ["--progress", "false"],
 }
 
@@ -176,7 +179,7 @@ def _prune(args: Any, out: Path) -> int:
     result = find_plan(session, search, trace_path=trace_path, progress=args.progress, bos=splits.bos)
     seconds["search"] = result.seconds
     t = time.perf_counter()
-    apply_plan(model, result.plan)
+    apply_plan(model, result.plan, refit=result.refit)
     seconds["prune"] = time.perf_counter() - t
     plan = result.plan
     save_pruned(model, tokenizer, out, plan, overwrite=args.overwrite)

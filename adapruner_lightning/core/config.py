@@ -9,6 +9,12 @@ from typing import Literal, Optional
 from adapruner_lightning.config import check_choice, check_fraction, check_literal, check_non_negative, check_positive
 from adapruner_lightning.core.groups import AttentionUnit
 from adapruner_lightning.core.importance import REDUCERS, metric_names
+from adapruner_lightning.core.reconstruction import (
+    DEFAULT_DAMPING,
+    Reconstruction,
+    check_reconstruction,
+    legacy_reconstruction,
+)
 from adapruner_lightning.errors import ConfigError
 
 #: how the removed groups are chosen across layers
@@ -38,10 +44,15 @@ class PruningConfig:
         layer_ramp: per-layer ratio slope in [-2, 2]; > 0 prunes later layers more.
         round_to: MLP widths stay multiples of this (8/64 for efficient kernels).
         prune_attention: whether attention may lose units at all.
-        bias_compensation: FLAP's bias compensation: the mean contribution of the removed ``o_proj`` /
-            ``down_proj`` input channels over the candidate's calibration samples is added to those layers as a
-            bias (stored in the plan; exports then reload with ``load_pruned``). Search trials score it under
-            masks too; ``SearchConfig.search_bias_compensation`` lets the search choose.
+        reconstruction: what makes up for the removed ``o_proj`` / ``down_proj`` input channels
+            (:mod:`~adapruner_lightning.core.reconstruction`): ``"none"``; ``"bias"``, FLAP's bias compensation (their
+            mean contribution over the candidate's calibration samples becomes a bias); ``"lstsq"``, the kept
+            columns re-fitted in least squares (with a bias) to the dense layer's output on the whole calibration
+            pool. Biases and re-fitted weights are scored under masks as exported; exports with biases reload with
+            ``load_pruned``. ``SearchConfig.space.reconstruction`` lets the search choose.
+        reconstruction_damping: ``lstsq``'s ridge term, a fraction of the mean diagonal of the kept inputs'
+            covariance (in (0, 10]).
+        bias_compensation: deprecated: ``True`` is ``reconstruction="bias"``.
         num_samples: calibration samples used for the importance (k).
         sample_len: tokens per calibration sample.
         backward_batch_tokens: tokens per batch of the search's backward passes (the statistics pass and the
@@ -65,7 +76,9 @@ class PruningConfig:
     layer_ramp: float = 0.0
     round_to: int = 1
     prune_attention: bool = True
-    bias_compensation: bool = False
+    reconstruction: Reconstruction = "none"
+    reconstruction_damping: float = DEFAULT_DAMPING
+    bias_compensation: Optional[bool] = None
     num_samples: int = 10
     sample_len: int = 128
     backward_batch_tokens: int = 1024
@@ -88,6 +101,9 @@ class PruningConfig:
             check_fraction("attn_share", self.attn_share, closed_low=True)
         if not -2 <= self.layer_ramp <= 2:
             raise ConfigError("layer_ramp", self.layer_ramp, "a slope in [-2, 2]")
+        self.reconstruction = legacy_reconstruction(self.bias_compensation, self.reconstruction, "PruningConfig")
+        self.bias_compensation = None
+        check_reconstruction(self.reconstruction, self.reconstruction_damping)
         check_positive("round_to", self.round_to)
         check_positive("num_samples", self.num_samples)
         if self.sample_len < 8:

@@ -3,6 +3,9 @@
 Heads are independent in attention and MLP channels in the MLP, so zeroing the *input columns* of
 ``o_proj`` (for removed heads) and ``down_proj`` (for removed channels) gives exactly the logits of the
 physically pruned model. Only those columns are saved, so a mask costs a few MB and restores bit-exactly.
+A candidate's compensation is scored with it: FLAP's biases are added to the layers (and restored), and a
+least-squares reconstruction (:class:`~adapruner_lightning.core.reconstruction.Fits`) replaces the removed inputs
+of its projections by their prediction in forward pre-hooks instead of zeroing their columns.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from collections.abc import Iterator
 import torch
 
 from adapruner_lightning.core.groups import LayerStructure
+from adapruner_lightning.core.reconstruction import Fits, substituted
 from adapruner_lightning.core.selection import LayerSelection
-
 
 def _column_index(heads: list[int], head_dim: int) -> torch.Tensor:
     return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]) if heads else torch.empty(0, dtype=torch.long)
@@ -22,16 +25,20 @@ def _column_index(heads: list[int], head_dim: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def masked(layers: list[LayerStructure], selection: dict[int, LayerSelection],
-           biases: dict[int, dict[str, list[float]]] | None = None) -> Iterator[None]:
-    """Within the block, the model computes as if ``selection`` were physically removed (with the bias
-    compensation ``biases`` of :func:`~adapruner_lightning.core.physical.compensation_biases` added, if given)."""
+           compensation: dict[int, dict[str, list[float]]] | Fits | None = None) -> Iterator[None]:
+    """Within the block, the model computes as if ``selection`` were physically removed, with its
+    ``compensation``: the biases of :func:`~adapruner_lightning.core.physical.compensation_biases` added, or the
+    least-squares :class:`~adapruner_lightning.core.reconstruction.Fits` of the kept columns applied."""
+    fits = compensation.fits if isinstance(compensation, Fits) else {}
+    biases = compensation if isinstance(compensation, dict) else {}
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     old_biases: list[tuple[torch.nn.Linear, torch.Tensor | None]] = []
     try:
         with torch.no_grad():
-            _zero_columns(layers, selection, saved)
-            _add_biases(layers, biases or {}, old_biases)
-        yield
+            _zero_columns(layers, selection, saved, fits)
+            _add_biases(layers, biases, old_biases)
+        with substituted(layers, fits):
+            yield
     finally:
         with torch.no_grad():
             for weight, cols, values in reversed(saved):
@@ -60,12 +67,14 @@ def _add_biases(layers, biases, old_biases) -> None:
                 add_bias(module, values, trainable=False)
 
 
-def _zero_columns(layers, selection, saved) -> None:
+def _zero_columns(layers, selection, saved, fits) -> None:
+    """Zero the removed input columns of o/down, except those of projections whose inputs a fit substitutes."""
     for i, sel in selection.items():
         layer = layers[i]
-        for weight, cols in ((layer.o.weight, _column_index(sel.heads, layer.head_dim)),
-                             (layer.down.weight, torch.as_tensor(sel.channels, dtype=torch.long))):
-            if cols.numel():
+        for member, cols in (("o", _column_index(sel.heads, layer.head_dim)),
+                             ("down", torch.as_tensor(sel.channels, dtype=torch.long))):
+            weight = getattr(layer, member).weight
+            if cols.numel() and member not in fits.get(i, {}):
                 cols = cols.to(weight.device)
                 saved.append((weight, cols, weight[:, cols].clone()))
                 weight[:, cols] = 0

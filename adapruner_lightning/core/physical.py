@@ -25,6 +25,7 @@ from adapruner_lightning.core.groups import (
 )
 from adapruner_lightning.core.masking import add_bias
 from adapruner_lightning.core.plan import LayerPlan, PruningPlan, library_versions
+from adapruner_lightning.core.reconstruction import LeastSquares, write_fits
 from adapruner_lightning.core.selection import LayerSelection
 from adapruner_lightning.errors import ConfigError
 
@@ -184,7 +185,8 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
 
 
 @torch.no_grad()
-def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True) -> nn.Module:
+def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True, refit: LeastSquares | None = None,
+               weights_follow: bool = False) -> nn.Module:
     """Physically remove the plan's groups from ``model`` in place and rewrite its config; returns ``model``.
 
     With ``trace`` (default) torch-pruning traces the model first and the MLP channels are removed as its
@@ -192,15 +194,25 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True) -> nn
     modified model is caught). ``trace=False`` removes the same rows/columns with torch-pruning's low-level
     functions without running the model: for a model freshly built from a registered family's config, also
     with its parameters on the meta device (how :func:`~adapruner_lightning.outputs.export.load_pruned` replays).
+
+    A plan with the least-squares reconstruction (:attr:`PruningPlan.refits_weights`) also changes the kept
+    columns of o_proj/down_proj, which the plan does not hold: ``refit`` (the
+    :class:`~adapruner_lightning.core.reconstruction.LeastSquares` of the calibration pool the plan was made on)
+    re-fits them layer by layer right before that layer's columns go, or ``weights_follow=True`` says that the
+    caller loads the pruned weights next (an export, a checkpoint). Without either such a plan is refused.
     """
     spec = get_architecture(model)
     layers = check_plan_fits(model, plan)
     if not spec.per_layer_heads and not plan.same_shapes:
         raise ConfigError("pruning plan", "layers of different shapes", f"identical layer shapes for {spec.name} (its "
                           "attention reads the shared config)", hint="prune with per_layer='uniform'")
+    refit = _check_refit(plan, refit, weights_follow)
     traced = trace and any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
     graph = build_dependency_graph(model) if traced else None
     for layer, lp in zip(layers, plan.layers):
+        if refit is not None:
+            write_fits(layer, refit.layer_fits(layer, LayerSelection(list(lp.heads_removed), list(lp.kv_heads_removed),
+                                                                     list(lp.channels_removed))))
         if lp.channels_removed and not traced:
             _prune_mlp_rows(layer, list(lp.channels_removed))
         elif lp.channels_removed:
@@ -212,6 +224,20 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True) -> nn
                 add_bias(module, values, trainable=module.weight.requires_grad)
     _rewrite_config(model, plan)
     return model
+
+
+def _check_refit(plan: PruningPlan, refit: LeastSquares | None, weights_follow: bool) -> LeastSquares | None:
+    """The re-fit to write while applying ``plan`` (None: none needed, or the weights follow); a plan that needs
+    one and gets neither is refused before anything is changed."""
+    if not plan.refits_weights or weights_follow:
+        return None
+    if refit is None:
+        raise ConfigError("pruning plan", "reconstruction='lstsq' (re-fitted o_proj/down_proj columns)",
+                          "the calibration pool's least-squares statistics to fit them again, or the pruned weights",
+                          hint="load the pruned export with load_pruned, resume from the checkpoint, or replay the "
+                               "plan with the calibration data it was made on (the callback re-fits from its "
+                               "datamodule's pruning_data); a plan made with reconstruction='bias' needs no data")
+    return refit
 
 
 def is_applied(model: nn.Module, plan: PruningPlan) -> bool:

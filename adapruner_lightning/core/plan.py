@@ -31,12 +31,12 @@ class LayerPlan:
     num_heads: int = 0
     num_kv_heads: int = 0
     intermediate_size: int = 0
-    o_bias: list[float] | None = None  # FLAP bias compensation added to o_proj (hidden_size floats)
+    o_bias: list[float] | None = None  # bias added to o_proj (FLAP's compensation or lstsq's intercept; hidden_size floats)
     down_bias: list[float] | None = None  # ... and to down_proj
 
     @property
     def compensated(self) -> bool:
-        """Whether this layer carries bias compensation (then the export needs ``load_pruned``)."""
+        """Whether this layer carries an added bias (then the export needs ``load_pruned``)."""
         return self.o_bias is not None or self.down_bias is not None
 
 
@@ -71,8 +71,20 @@ class PruningPlan:
 
     @property
     def compensated(self) -> bool:
-        """Whether any layer carries FLAP bias compensation (o_proj/down_proj biases the config cannot express)."""
+        """Whether any layer carries an added bias (o_proj/down_proj biases the config cannot express)."""
         return any(lp.compensated for lp in self.layers)
+
+    @property
+    def reconstruction(self) -> str:
+        """How the plan makes up for what it removes: ``"none"``, ``"bias"`` (FLAP's) or ``"lstsq"`` (re-fitted kept
+        columns: weights the plan does not hold, see :func:`~adapruner_lightning.core.physical.apply_plan`); plans
+        written before the field count their biases as ``"bias"``."""
+        return self.provenance.get("reconstruction") or ("bias" if self.compensated else "none")
+
+    @property
+    def refits_weights(self) -> bool:
+        """Whether applying the plan needs the least-squares re-fit of the kept columns (or the saved weights)."""
+        return self.reconstruction == "lstsq"
 
     @property
     def achieved_ratio(self) -> float:

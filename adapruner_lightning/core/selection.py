@@ -312,3 +312,47 @@ def _select_standardized(attn: dict[int, list[_Unit]], mlp: dict[int, list[_Unit
         return _lowest_first(attn_units + mlp_units, opts.budget)
     taken = _lowest_first(attn_units, opts.attn_share * opts.budget)
     return taken + _lowest_first(mlp_units, opts.budget - sum(u.cost for u in taken))
+
+
+# ------------------------------------------------------------------------------ per-layer counts (allocation)
+
+@dataclass(frozen=True)
+class LayerCounts:
+    """How much one layer loses: attention units (of the session's unit) and MLP channels."""
+
+    attention: int = 0
+    channels: int = 0
+
+
+def layer_counts(layer: LayerStructure, sel: LayerSelection, attention_unit: str) -> LayerCounts:
+    """``sel`` as counts: KV groups removed (``kv_group``) or query heads removed per KV group (``query_head``)."""
+    units = len(sel.kv_heads) if attention_unit == "kv_group" else len(sel.heads) // max(layer.num_kv_heads, 1)
+    return LayerCounts(units, len(sel.channels))
+
+
+def max_counts(layer: LayerStructure, attention_unit: str, round_to: int) -> LayerCounts:
+    """The most a layer may lose: all but one attention unit, all but ``round_to`` MLP channels."""
+    attention = layer.num_kv_heads - 1 if attention_unit == "kv_group" else layer.queries_per_kv - 1
+    return LayerCounts(max(attention, 0), max(layer.intermediate - round_to, 0))
+
+
+def counts_cost(layers: list[LayerStructure], counts: dict[int, LayerCounts], attention_unit: str) -> int:
+    """Parameters ``counts`` remove."""
+    return sum(c.attention * layers[i].unit_cost(attention_unit) + c.channels * layers[i].channel_cost()
+               for i, c in counts.items())
+
+
+def select_counts(layers: list[LayerStructure], scores: dict[int, UnitScores], counts: dict[int, LayerCounts],
+                  attention_unit: str) -> dict[int, LayerSelection]:
+    """The groups that ``counts`` remove: in each layer, its lowest-scoring attention units and MLP channels."""
+    out = {i: LayerSelection() for i in range(len(layers))}
+    for i, c in counts.items():
+        if c.attention:
+            for unit in _attention_units(layers[i], scores[i], attention_unit)[:c.attention]:
+                out[i].heads += unit.heads
+                out[i].kv_heads += unit.kv_heads
+        if c.channels:
+            out[i].channels = torch.argsort(scores[i].channels, stable=True)[:c.channels].tolist()
+        for part in (out[i].heads, out[i].kv_heads, out[i].channels):
+            part.sort()
+    return out

@@ -42,6 +42,14 @@ from adapruner_lightning.core.masking import masked
 from adapruner_lightning.core.objective import OBJECTIVES, DenseReference, dense_reference, kl_from_reference
 from adapruner_lightning.core.physical import compensation_biases, make_plan
 from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.reconstruction import (
+    RECONSTRUCTIONS,
+    Fits,
+    GramCache,
+    LeastSquares,
+    collect_grams,
+    legacy_reconstruction,
+)
 from adapruner_lightning.core.selection import (
     LayerSelection,
     SelectionOptions,
@@ -80,13 +88,23 @@ class Candidate:
     layer_ramp: float = 0.0
     attn_share: float | None = None
     scope: str = "layerwise"
-    bias_compensation: bool = False
+    reconstruction: str = "none"
+    bias_compensation: bool | None = None  # deprecated: True is reconstruction="bias"
+
+    def __post_init__(self) -> None:
+        self.reconstruction = legacy_reconstruction(self.bias_compensation, self.reconstruction, "Candidate")
+        self.bias_compensation = None
+        check_choice("reconstruction", self.reconstruction, RECONSTRUCTIONS)
 
     def describe(self) -> dict[str, Any]:
-        """Plain-data description (for traces and plan provenance)."""
+        """Plain-data description (for traces and plan provenance; ``bias_compensation`` is kept for readers of
+        plans written before ``reconstruction``: whether FLAP's bias is the reconstruction)."""
         return {"metric": self.metric, "reducer": self.reducer, "subset": list(self.subset),
                 "keep_first": self.keep_first, "keep_last": self.keep_last, "layer_ramp": self.layer_ramp,
-                "attn_share": self.attn_share, "scope": self.scope, "bias_compensation": self.bias_compensation}
+                "attn_share": self.attn_share, "scope": self.scope, "reconstruction": self.reconstruction,
+                "bias_compensation": self.reconstruction == "bias"}
+
+
 
 
 def check_model(model: nn.Module, *, needs_gradients: bool) -> None:
@@ -120,12 +138,13 @@ class PruningSession:
             neither the metric, the seed nor the target), so several configurations pay for one pass.
         collective: the ranks of a distributed job, each holding this model and pool: the statistics pass is
             split between them (every rank ends with the complete statistics).
+        grams: the pool's least-squares statistics from another session on the same weights and pool, as ``stats``.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
                  objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
                  batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None,
-                 collective: Collective = LOCAL) -> None:
+                 collective: Collective = LOCAL, grams: GramCache | None = None) -> None:
         self.model, self.config, self.collective = model, config, collective
         self.pool = pool
         self.objective_windows = objective
@@ -141,6 +160,11 @@ class PruningSession:
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
         self.budget = int(round(config.target_ratio * basis))
         self._stats = self._check_stats(stats)
+        if grams is not None and (len(grams.layers) != len(self.layers) or grams.tokens != pool.numel()):
+            raise ConfigError("grams", f"{grams.tokens} tokens x {len(grams.layers)} layers",
+                              f"the Gram matrices of this pool ({pool.numel()} tokens) and these {len(self.layers)} "
+                              "layers", hint="share grams only between sessions on the same dense weights and pool")
+        self._grams: GramCache | None = grams
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
         self.objective_kind, self.kl_top_k = "perplexity", 64
         self._reference: DenseReference | None = None
@@ -245,20 +269,38 @@ class PruningSession:
         )
         return select_groups(self.layers, self.unit_scores(candidate), opts)
 
-    def compensation(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> dict | None:
-        """FLAP bias compensation of ``selection`` from ``candidate``'s samples, or None when it is off."""
-        if not candidate.bias_compensation:
-            return None
-        return compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+    @property
+    def grams(self) -> GramCache:
+        """The pool's least-squares statistics (``sum x x^T`` of every o/down input; computed on first use)."""
+        if self._grams is None:
+            self._grams = collect_grams(self.model, self.layers, self.pool, batch_size=self.batch_size,
+                                        progress=self.progress, collective=self.collective)
+        return self._grams
+
+    @property
+    def least_squares(self) -> LeastSquares:
+        """The least-squares reconstruction of this pool, with the configured damping."""
+        return LeastSquares(self.grams, damping=self.config.reconstruction_damping)
+
+    def compensation(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> dict | Fits | None:
+        """What ``candidate``'s reconstruction adds to ``selection``: None (``none``), FLAP's biases from the
+        candidate's samples (``bias``), or the least-squares :class:`~adapruner_lightning.core.reconstruction.Fits`
+        of the kept columns on the whole pool (``lstsq``)."""
+        if candidate.reconstruction == "bias":
+            return compensation_biases(self.layers, selection, self.stats.reduce(candidate.subset))
+        if candidate.reconstruction == "lstsq":
+            return self.least_squares.fit(self.layers, selection)
+        return None
 
     def compensation_key(self, candidate: Candidate) -> tuple | None:
-        """What the compensation of ``candidate``'s plan reads besides its selection, as plain data (None: no
-        compensation). FLAP's bias adds the mean activations of the candidate's samples, so its key names them. The
-        one place a new compensation kind (e.g. a least-squares reconstruction on the samples' covariance) adds
-        what it reads, so that :meth:`digest` tells its plans apart."""
-        if not candidate.bias_compensation:
-            return None
-        return ("bias", sorted(candidate.subset))
+        """What the reconstruction of ``candidate``'s plan reads besides its selection, as plain data (None: no
+        reconstruction), so that :meth:`digest` tells its plans apart. FLAP's bias adds the mean activations of the
+        candidate's samples, so its key names them; the least-squares fit reads the whole pool (and the damping)."""
+        if candidate.reconstruction == "bias":
+            return ("bias", sorted(candidate.subset))
+        if candidate.reconstruction == "lstsq":
+            return ("lstsq", self.config.reconstruction_damping)
+        return None
 
     def digest(self, candidate: Candidate, selection: dict[int, LayerSelection]) -> str:
         """A short hash of what ``candidate``'s score depends on: the units its ``selection`` removes per layer and
@@ -270,9 +312,10 @@ class PruningSession:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @torch.no_grad()
-    def objective(self, selection: dict[int, LayerSelection], biases: dict | None = None) -> float:
-        """The masked model's (plus ``biases``) score on the objective windows, higher is better: negative log
-        perplexity, or with :meth:`set_objective` ``("kl")`` the negative mean KL divergence from the dense model."""
+    def objective(self, selection: dict[int, LayerSelection], compensation: dict | Fits | None = None) -> float:
+        """The masked model's score (with :meth:`compensation` ``compensation``) on the objective windows, higher is
+        better: negative log perplexity, or with :meth:`set_objective` ``("kl")`` the negative mean KL divergence
+        from the dense model."""
         from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 
         if self.objective_windows is None:
@@ -282,10 +325,10 @@ class PruningSession:
             if self._reference is None:  # the dense distributions, once, before any mask
                 self._reference = dense_reference(self.model, self.objective_windows, top_k=self.kl_top_k,
                                                   batch_size=self.batch_size)
-            with masked(self.layers, selection, biases):
+            with masked(self.layers, selection, compensation):
                 kl = kl_from_reference(self.model, self.objective_windows, self._reference, batch_size=self.batch_size)
             return -kl if math.isfinite(kl) else float("nan")
-        with masked(self.layers, selection, biases):
+        with masked(self.layers, selection, compensation):
             ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
         return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
 
@@ -307,7 +350,7 @@ class PruningSession:
     def _config_candidate(self, subset: list[int]) -> Candidate:
         c = self.config
         return Candidate(c.metric, c.reducer, subset, c.keep_first, c.keep_last, c.layer_ramp, c.attn_share, c.scope,
-                         c.bias_compensation)
+                         c.reconstruction)
 
     def plan(self, candidate: Candidate, selection: dict[int, LayerSelection] | None = None,
              **provenance: Any) -> PruningPlan:
@@ -315,7 +358,10 @@ class PruningSession:
         selection = selection if selection is not None else self.select(candidate)
         info = {**candidate.describe(), "sample_ids": [self.pool_ids[i] for i in candidate.subset],
                 "seed": self.config.seed, "attention_unit": self.attention_unit, **provenance}
-        biases = self.compensation(candidate, selection)
+        compensation = self.compensation(candidate, selection)
+        biases = compensation.biases(self.layers) if isinstance(compensation, Fits) else compensation
+        if isinstance(compensation, Fits):  # what a replay needs to fit the same weights again
+            info["reconstruction_fit"] = {**self.least_squares.describe(), "pool": tensor_digest(self.pool)}
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
                          ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 
@@ -344,8 +390,9 @@ class PruningSession:
             torch.cuda.empty_cache()
 
     def release(self) -> None:
-        """Drop cached statistics and the dense reference (frees memory before fine-tuning)."""
-        self._stats, self._grad_cache, self._reference = None, {}, None
+        """Drop cached statistics and the dense reference (frees memory before fine-tuning; a
+        :attr:`least_squares` taken before keeps its statistics)."""
+        self._stats, self._grad_cache, self._reference, self._grams = None, {}, None, None
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:

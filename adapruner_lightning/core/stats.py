@@ -24,6 +24,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -34,6 +35,8 @@ from adapruner_lightning.distributed import LOCAL, Collective
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation.logits import backward_summed_nll
 from adapruner_lightning.progress import progress_bar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -237,15 +240,16 @@ def _gradient_targets(layers: list[LayerStructure]) -> list[_Target]:
     return out
 
 
-def _weight_groups(weights: list[torch.Tensor], bytes_per_weight: list[int], budget: int) -> list[list[torch.Tensor]]:
-    """Consecutive groups of weights whose accumulators fit ``budget`` bytes (at least one weight per group)."""
-    groups: list[list[torch.Tensor]] = [[]]
+def budget_groups(items: list[T], sizes: list[int], budget: int) -> list[list[T]]:
+    """Consecutive groups of ``items`` whose ``sizes`` (bytes) sum to at most ``budget`` (at least one item per
+    group): weights whose gradient sums share one set of passes, layers whose Gram matrices share one pass."""
+    groups: list[list[T]] = [[]]
     used = 0
-    for weight, size in zip(weights, bytes_per_weight):
+    for item, size in zip(items, sizes):
         if groups[-1] and used + size > budget:
             groups.append([])
             used = 0
-        groups[-1].append(weight)
+        groups[-1].append(item)
         used += size
     return groups
 
@@ -319,7 +323,7 @@ def collect_gradient_scores(
     batches = [samples[s:s + step] for s in range(0, samples.shape[0], step)]
     sizes = [w.numel() * 4 * (2 if second_order else 1) for w in weights]
     budget = buffer_bytes if buffer_bytes is not None else default_buffer_bytes(weights)
-    groups = [weights] if len(batches) == 1 else _weight_groups(weights, sizes, budget)
+    groups = [weights] if len(batches) == 1 else budget_groups(weights, sizes, budget)
     out: list[dict[str, dict[str, torch.Tensor]]] = [{spec.name: {} for spec in specs} for _ in layers]
     scorer = _GradientScorer(targets, specs, samples.shape[0], len(batches), second_order, out)
     was_training = model.training

@@ -28,6 +28,7 @@ from adapruner_lightning.core.groups import total_params
 from adapruner_lightning.outputs import gguf as gguf_export
 from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.core.reconstruction import LeastSquares
 from adapruner_lightning.core.session import check_model
 from adapruner_lightning.data.calibration import DataSplits
 from adapruner_lightning.errors import AdaPrunerError, ConfigError
@@ -118,6 +119,7 @@ class AdaPrunerCallback(Callback):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
         self._applied = False
+        self._refit: LeastSquares | None = None  # a least-squares plan's statistics, from the search to the prune
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
         self._requeue: _compat.RequeueHandler | None = None
@@ -173,18 +175,20 @@ class AdaPrunerCallback(Callback):
             gguf_export.check_exportable(model, getattr(pl_module, "tokenizer", None))
         self._out_dir(trainer)  # every rank, before any rank-0-only work
         self._requeue = _compat.RequeueHandler.install(trainer)  # SLURM's requeue signal, search and fine-tune
-        plan = self._stored_plan(trainer)
+        plan, from_checkpoint = self._stored_plan(trainer)
         started = time.perf_counter()
         if plan is None:
             plan = self._search_and_broadcast(trainer, pl_module, model)
         else:
             rank_zero_info(f"adapruner: replaying a stored plan ({plan.achieved_ratio:.1%} removed); no search")
+            if plan.refits_weights and not from_checkpoint:
+                self._refit = self._refit_from_data(trainer, pl_module, model, plan)
         if not self._data_split:
             self._exclude_objective_from_training(trainer)
         if self.distillation is not None:  # the dense model as it is now, before the plan is applied (also on resume)
             self.teacher = Teacher(model, self.distillation)
         attach_teacher(pl_module, self.teacher)  # recovery_loss(pl_module, ...) distils from it (None: the LM loss)
-        self._prune(trainer, pl_module, attr, model, plan, wrapper=found)
+        self._prune(trainer, pl_module, attr, model, plan, wrapper=found, weights_follow=from_checkpoint)
         self.report["seconds"]["search_and_prune"] = time.perf_counter() - started
 
     def _checkpoint_state(self, trainer: Trainer) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -192,12 +196,21 @@ class AdaPrunerCallback(Callback):
         checkpoint = planning.stored_checkpoint(trainer)
         return checkpoint, planning.find_state(checkpoint, type(self).__name__) if checkpoint is not None else None
 
-    def _stored_plan(self, trainer: Trainer) -> PruningPlan | None:
+    def _stored_plan(self, trainer: Trainer) -> tuple[PruningPlan | None, bool]:
+        """The checkpoint's plan or the plan file's (None: search), and whether it came from the checkpoint."""
         _, state = self._checkpoint_state(trainer)
         if state is not None:
             self.trace = list(state.get("trace", []))
-            return PruningPlan.from_dict(state["plan"])
-        return planning.plan_from_file(self.plan_path)
+            return PruningPlan.from_dict(state["plan"]), True
+        return planning.plan_from_file(self.plan_path), False
+
+    def _refit_from_data(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module,
+                         plan: PruningPlan) -> LeastSquares:
+        """A plan file's least-squares re-fit, from this run's calibration pool (which must be the plan's)."""
+        collective = _compat.collective(trainer)
+        splits = collective.run_on(0, lambda: self.pruning_data(trainer, pl_module, getattr(pl_module, "tokenizer", None)))
+        model.to(trainer.strategy.root_device)
+        return planning.refit_for_plan(model, plan, splits, device=trainer.strategy.root_device, collective=collective)
 
     def _replay_for_evaluation(self, trainer: Trainer, pl_module: LightningModule) -> None:
         checkpoint, state = self._checkpoint_state(trainer)
@@ -230,6 +243,7 @@ class AdaPrunerCallback(Callback):
         self.trace = found.trace()
         self.report["search"] = found.summary()
         self.report["seconds"]["search"] = found.seconds
+        self._refit = found.refit
         return found.plan
 
     def pruning_data(self, trainer: Trainer, pl_module: LightningModule | None, tokenizer: Any) -> DataSplits:
@@ -247,9 +261,10 @@ class AdaPrunerCallback(Callback):
             self._evaluate("dense", model, tokenizer)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule, attr: str, model: nn.Module, plan: PruningPlan,
-               wrapper: nn.Module | None = None) -> None:
+               wrapper: nn.Module | None = None, weights_follow: bool = False) -> None:
         before = total_params(model)
-        apply_plan(model, plan)
+        apply_plan(model, plan, refit=self._refit, weights_follow=weights_follow)
+        self._refit = None  # the pool's statistics are not needed any more
         if self.gguf:
             gguf_export.gguf_layout(model)  # a plan the format cannot express fails now, not after the fine-tune
         self.plan, self._applied = plan, True

@@ -5,6 +5,7 @@
 * :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
   when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
 * :func:`search_plan`: the search (or the configured candidate), every rank taking part: a ``SearchResult``.
+* :func:`refit_for_plan`: a replayed least-squares plan's statistics, from the pool it was made on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from torch import nn
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.physical import apply_plan, is_applied
 from adapruner_lightning.core.plan import PruningPlan
-from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.core.groups import layer_structures
+from adapruner_lightning.core.reconstruction import LeastSquares, collect_grams
+from adapruner_lightning.core.session import PruningSession, tensor_digest
 from adapruner_lightning.data.calibration import DataSplits
 from adapruner_lightning.data.locks import acquire, release
 from adapruner_lightning.distributed import LOCAL, Collective
@@ -104,7 +107,7 @@ def restore_shape(model: nn.Module, state: dict[str, Any], *, adapters: bool,
         return model
     plan = PruningPlan.from_dict(state["plan"])
     if not is_applied(model, plan):
-        apply_plan(model, plan)
+        apply_plan(model, plan, weights_follow=True)  # the checkpoint's weights load next
     if not adapters:
         return model
     recovery = RecoveryConfig(**state["recovery"]) if state.get("recovery") else (fallback or RecoveryConfig())
@@ -156,3 +159,19 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
     with forward_context():
         return find_plan(session, search, trace_path=trace_path, collective=collective, progress=progress,
                          bos=splits.bos)
+
+
+def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, device: torch.device,
+                   collective: Collective = LOCAL) -> LeastSquares:
+    """The least-squares statistics a replayed ``reconstruction='lstsq'`` plan needs, from ``splits``' pool, which
+    must be the pool the plan was fitted on (same tokens); another pool is refused with a clear error, since its
+    weights would differ from the ones the plan was scored with."""
+    fit = plan.provenance.get("reconstruction_fit") or {}
+    if fit.get("pool") != tensor_digest(splits.pool):
+        raise ConfigError("plan", "re-fitted (reconstruction='lstsq') on another calibration pool",
+                          "the calibration pool the plan was made on (same tokens)",
+                          hint="use the same data, seed, search.data.pool_size and pruning.sample_len as the run that "
+                               "made the plan, load its export with load_pruned, or make the plan with "
+                               "reconstruction='bias'")
+    grams = collect_grams(model, layer_structures(model), splits.pool.to(device), collective=collective)
+    return LeastSquares(grams, damping=fit["damping"], intercept=fit["intercept"])

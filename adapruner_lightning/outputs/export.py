@@ -114,7 +114,7 @@ def load_pruned(directory: str | Path, *, dtype: torch.dtype | None = None,
     dtype = dtype or saved_dtype(config)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    apply_plan(model, plan, trace=False)  # the coupling of a freshly built registered family is known
+    apply_plan(model, plan, trace=False, weights_follow=True)  # the family's coupling is known; weights load next
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _load_state_dict(directory).items()}
     _check_shapes(directory, model, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -143,12 +143,12 @@ def gguf_layout(model: nn.Module) -> GGUFLayout:
     if uniform and (native.out_bias or not biased) and not narrow_q:
         return GGUFLayout(native.arch, native.permute_qk, f"uniform plan: llama.cpp's own {native.arch} architecture",
                           widths)
-    why = ("a non-uniform plan" if not uniform else "o_proj/down_proj bias compensation" if biased else
+    why = ("a non-uniform plan" if not uniform else "o_proj/down_proj biases (reconstruction)" if biased else
            f"query heads removed (llama.cpp's {native.arch} needs heads x head_dim = hidden size)")
     if native.deci_lacks:
         raise ConfigError("GGUF export", f"{why} of the {family} family", "a uniform plan without bias compensation",
                           hint=f"llama.cpp's per-layer architecture deci cannot express {native.deci_lacks}; "
-                               "prune with per_layer='uniform' (and bias_compensation off), or use load_pruned")
+                               "prune with per_layer='uniform' and reconstruction='none', or use load_pruned")
     _check_layers(structures)
     return GGUFLayout("deci", True, f"{why}: llama.cpp's deci architecture (per-layer head and MLP counts)", widths)
 

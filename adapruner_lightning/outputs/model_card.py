@@ -17,7 +17,12 @@ def _removed(plan: PruningPlan) -> list[str]:
     return [f"- query heads: {heads} of {n * plan.original_num_heads}",
             f"- key/value heads: {kv} of {n * plan.original_num_kv_heads}",
             f"- MLP channels: {channels} of {n * plan.original_intermediate_size}",
-            f"- FLAP bias compensation: {'yes' if plan.compensated else 'no'}"]
+            f"- reconstruction: {_RECONSTRUCTION[plan.reconstruction]}"]
+
+
+_RECONSTRUCTION = {"none": "none", "bias": "FLAP's bias compensation (the removed inputs' mean as o_proj/down_proj biases)",
+                   "lstsq": "least squares (the kept o_proj/down_proj columns re-fitted to the dense layer's output "
+                            "on the calibration pool, with a bias)"}
 
 
 def _quality(report: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, get_args
 
@@ -22,22 +23,27 @@ from adapruner_lightning.config import check_choice, check_literal, check_non_ne
 from adapruner_lightning.core.config import Scope
 from adapruner_lightning.core.importance import REDUCERS, get_metric, metric_names, reads_reducer
 from adapruner_lightning.core.objective import ObjectiveKind
+from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.search.allocation import AllocationConfig
 from adapruner_lightning.search.dimensions import Below, Dimension, where
 from adapruner_lightning.search.engines import SearchEngine
 
-__all__ = ["BASELINE_POINTS", "DEFAULT_METRICS", "SCOPES", "SearchConfig", "SearchData", "SearchEngine",
-           "SearchSpaceConfig"]
+__all__ = ["AllocationConfig", "BASELINE_POINTS", "DEFAULT_METRICS", "SCOPES", "SearchConfig", "SearchData",
+           "SearchEngine", "SearchSpaceConfig"]
 
 DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
 #: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
-#: layerwise, layers [4, N-2) kept whole, 10 samples); ``k`` (the sample count) is clipped to the pool
+#: layerwise, layers [4, N-2) kept whole, 10 samples), then FLAP's selection with the least-squares reconstruction
+#: (the floor the reconstruction sets); ``k`` (the sample count) is clipped to the pool
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
-    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "bias_compensation": True,
+    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
      "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
-    {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "bias_compensation": False,
+    {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "reconstruction": "none",
      "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
+    {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "lstsq",
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES: tuple[str, ...] = get_args(Scope)
@@ -102,10 +108,15 @@ class SearchSpaceConfig:
         layer_ramp: search the per-layer ratio slope in [-1, 1].
         attn_share: search the share of attention in the removed parameters in [0, 0.6].
         scope: search the selection scope: layerwise, global or standardized (FLAP's per-layer z-scores).
-        bias_compensation: search whether FLAP's bias compensation is applied (scored under masks).
+        reconstruction: search how the removed channels are made up for, among ``reconstructions`` (scored under
+            masks as exported; :mod:`~adapruner_lightning.core.reconstruction`).
+        reconstructions: the choices: ``"none"``, ``"bias"`` (FLAP's bias compensation), ``"lstsq"`` (kept
+            columns re-fitted in least squares on the pool).
+        bias_compensation: deprecated: ``True`` searches ``reconstructions=["none", "bias"]`` (the space before
+            ``lstsq``), ``False`` does not search the reconstruction.
         warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
             searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
-            bias_compensation, k; keys of dimensions not searched are left out, the calibration subset stays
+            reconstruction, k; the deprecated ``bias_compensation: true`` is ``reconstruction: bias``; keys of dimensions not searched are left out, the calibration subset stays
             random; a ``k`` above the pool's size takes the whole pool). None (default): the published
             baselines' settings (:data:`BASELINE_POINTS`: FLAP's reference configuration, LLM-Pruner's default,
             each with its own sample count) that lie in this space, so the search starts where the baselines
@@ -122,7 +133,9 @@ class SearchSpaceConfig:
     layer_ramp: bool = True
     attn_share: bool = False
     scope: bool = True
-    bias_compensation: bool = True
+    reconstruction: bool = True
+    reconstructions: list[str] = field(default_factory=lambda: list(RECONSTRUCTIONS))
+    bias_compensation: Optional[bool] = None
     warm_start: Optional[list[dict[str, Any]]] = None
 
     def __post_init__(self) -> None:
@@ -137,6 +150,12 @@ class SearchSpaceConfig:
         check_positive("search.space.subset_dims", self.subset_dims)
         check_non_negative("search.space.max_keep_first", self.max_keep_first)
         check_non_negative("search.space.max_keep_last", self.max_keep_last)
+        self._legacy_bias_compensation()
+        if not self.reconstructions:
+            raise ConfigError("search.space.reconstructions", self.reconstructions,
+                              f"a non-empty list drawn from {list(RECONSTRUCTIONS)}")
+        for name in self.reconstructions:
+            check_choice("search.space.reconstructions[]", name, RECONSTRUCTIONS)
         for point in self.warm_start or []:
             self._check_point(point)
 
@@ -149,7 +168,7 @@ class SearchSpaceConfig:
         * ``reducer``: only for the ``layerwise``/``global`` scopes (``standardized`` scores units by mean z-scores)
           and metrics whose units combine several members (not ``wanda_sp``/``flap``: o/down columns alone);
         * ``k`` and the subset coordinates ``u0..``: only where the samples are read (a metric that needs data, or
-          bias compensation: it adds the candidate's mean activations); ``u0..`` also only while ``k`` < the pool;
+          FLAP's bias reconstruction: it adds the candidate's mean activations; ``lstsq`` reads the whole pool); ``u0..`` also only while ``k`` < the pool;
         * ``layer_ramp``: only for the ``layerwise``/``global`` scopes;
         * ``attn_share``: only while attention is pruned at all (``PruningConfig.prune_attention``).
 
@@ -157,12 +176,12 @@ class SearchSpaceConfig:
         (:class:`~adapruner_lightning.search.space.SearchSpace` knows how many). A category list of one value is no
         dimension (:class:`~adapruner_lightning.search.dimensions.ConditionalSpace` fixes it)."""
         reads_samples = (where(metric=tuple(m for m in self.metrics if get_metric(m).needs != "nothing"))
-                         | where(bias_compensation=(True,)))
+                         | where(reconstruction=("bias",)))
         dims: dict[str, Dimension] = {"metric": Dimension(list(self.metrics), self.metrics[0])}
         if self.scope:
             dims["scope"] = Dimension(list(SCOPES), SCOPES[0])
-        if self.bias_compensation:
-            dims["bias_compensation"] = Dimension([False, True], False)
+        if self.reconstruction:  # a list of one choice is no dimension: ConditionalSpace fixes it
+            dims["reconstruction"] = Dimension(list(self.reconstructions), self.reconstructions[0])
         dims["reducer"] = Dimension(list(self.reducers), self.reducers[0],
                                     where(scope=REDUCED_SCOPES, metric=tuple(filter(reads_reducer, self.metrics))))
         if self.vary_subset_size:
@@ -178,11 +197,25 @@ class SearchSpaceConfig:
             dims["attn_share"] = Dimension((0.0, 0.6), 0.0, where(prune_attention=(True,)))
         return dims
 
+    def _legacy_bias_compensation(self) -> None:
+        """Map the deprecated ``bias_compensation`` switch and warm-start key onto ``reconstruction``."""
+        if self.bias_compensation is not None:
+            warnings.warn("search.space.bias_compensation is deprecated: use reconstruction / reconstructions",
+                          DeprecationWarning, stacklevel=4)
+            self.reconstruction = self.bias_compensation
+            if self.bias_compensation:
+                self.reconstructions = ["none", "bias"]
+            self.bias_compensation = None
+        if any("bias_compensation" in point for point in self.warm_start or []):
+            warnings.warn("the warm-start key bias_compensation is deprecated: use reconstruction: bias / none",
+                          DeprecationWarning, stacklevel=4)
+            self.warm_start = [_legacy_point(point) for point in self.warm_start]
+
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
         dims = self.dimensions()
         known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope",
-                 "bias_compensation", "k"}
+                 "reconstruction", "k"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
@@ -196,8 +229,19 @@ class SearchSpaceConfig:
         dims = self.dimensions()
         points = self.warm_start if self.warm_start is not None else [
             p for p in BASELINE_POINTS if all(k not in dims or _inside(dims[k].bound, v) for k, v in p.items())]
-        return [{k: v for k, v in p.items() if k in dims and (k not in ("metric", "reducer") or len(dims[k].bound) > 1)}
-                for p in points]
+        restricted = [{k: v for k, v in p.items()
+                       if k in dims and (not isinstance(dims[k].bound, list) or len(dims[k].bound) > 1)} for p in points]
+        if self.warm_start is not None:  # the user's points as given (a repeated plan costs nothing)
+            return restricted
+        return [p for i, p in enumerate(restricted) if p not in restricted[:i]]  # a dimension left out may merge two
+
+
+def _legacy_point(point: dict[str, Any]) -> dict[str, Any]:
+    """A warm-start point with the deprecated ``bias_compensation`` key as ``reconstruction``."""
+    if "bias_compensation" not in point:
+        return point
+    rest = {k: v for k, v in point.items() if k != "bias_compensation"}
+    return {"reconstruction": "bias" if point["bias_compensation"] else "none", **rest}
 
 
 def _inside(bound: Any, value: Any) -> bool:
@@ -218,6 +262,8 @@ class SearchConfig:
         data: the calibration pool and objective windows (:class:`SearchData`).
         engine: how points are proposed (:class:`SearchEngine`).
         space: which dimensions are searched (:class:`SearchSpaceConfig`).
+        allocation: the per-layer allocation stage after the search
+            (:class:`~adapruner_lightning.search.allocation.AllocationConfig`; off while ``generations`` is 0).
 
     Example::
 
@@ -231,12 +277,14 @@ class SearchConfig:
     data: SearchData = field(default_factory=SearchData)
     engine: SearchEngine = field(default_factory=SearchEngine)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
 
     def __post_init__(self) -> None:
         check_non_negative("search.trials", self.trials)
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("search.time_budget_s", self.time_budget_s, "a positive number of seconds or None")
-        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig)):
+        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig),
+                           ("allocation", AllocationConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"search.{name}", getattr(self, name), f"a {kind.__name__}",
                                   hint=f"pass {kind.__name__}(...) or use SearchConfig.of(...) with flat names")
@@ -247,7 +295,7 @@ class SearchConfig:
         ``init_points``, ``metrics`` ...), ``engine`` for ``engine.name``, and 0.1's ``search_<dim>`` names for
         the space's switches (``search_layer_ramp`` = ``space.layer_ramp``, ``search_subset_size`` =
         ``space.vary_subset_size``)."""
-        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}}
+        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}, "allocation": {}}
         top: dict[str, Any] = {}
         for name, value in options.items():
             section, key = _FLAT.get(name, (None, name))
@@ -255,7 +303,7 @@ class SearchConfig:
                 raise ConfigError("SearchConfig option", name, f"one of {sorted([*_TOP, *_FLAT])}")
             (sections[section] if section else top)[key] = value
         return cls(**top, data=SearchData(**sections["data"]), engine=SearchEngine(**sections["engine"]),
-                   space=SearchSpaceConfig(**sections["space"]))
+                   space=SearchSpaceConfig(**sections["space"]), allocation=AllocationConfig(**sections["allocation"]))
 
 
 _TOP = ("trials", "time_budget_s", "trace_path")
@@ -264,6 +312,8 @@ _FLAT: dict[str, tuple[str, str]] = {
     **{f.name: ("engine", f.name) for f in fields(SearchEngine) if f.name != "name"},
     "engine": ("engine", "name"),
     **{f.name: ("space", f.name) for f in fields(SearchSpaceConfig)},
-    **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "bias_compensation")},
+    **{f.name: ("allocation", f.name) for f in fields(AllocationConfig)},
+    **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "reconstruction",
+                                             "bias_compensation")},
     "search_subset_size": ("space", "vary_subset_size"),
 }

@@ -122,7 +122,7 @@ class ConditionalSpace:
     Args:
         dims: the table (:meth:`~adapruner_lightning.search.config.SearchSpaceConfig.dimensions`); a category list
             of one value is no dimension and joins ``fixed``.
-        fixed: the values of what is not searched that conditions read (scope, metric, bias_compensation ...).
+        fixed: the values of what is not searched that conditions read (scope, metric, reconstruction ...).
 
     Raises:
         ValueError: a condition reads a name that is neither an earlier dimension nor fixed (a table defect).

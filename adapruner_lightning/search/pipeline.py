@@ -36,14 +36,18 @@ def find_plan(session: PruningSession, search: SearchConfig, *, trace_path: str 
             the plan is made; None: unknown, e.g. token ids given directly).
 
     Returns:
-        The :class:`~adapruner_lightning.search.runner.SearchResult` (no trials without a search).
+        The :class:`~adapruner_lightning.search.runner.SearchResult` (no trials without a search), with the
+        least-squares statistics a ``reconstruction='lstsq'`` plan is applied with (``result.refit``).
     """
     start = time.perf_counter()
     try:
         if search.trials > 0:
-            return runner.run_search(session, search, trace_path=trace_path, progress=progress, collective=collective,
-                                     provenance={"bos": bos})
-        plan = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate(), bos=bos)))
-        return SearchResult(trials=[], best=None, plan=plan, signature="", seconds=time.perf_counter() - start)
+            result = runner.run_search(session, search, trace_path=trace_path, progress=progress,
+                                       collective=collective, provenance={"bos": bos})
+        else:
+            plan = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate(), bos=bos)))
+            result = SearchResult(trials=[], best=None, plan=plan, signature="", seconds=time.perf_counter() - start)
+        result.refit = session.least_squares if result.plan.refits_weights else None  # outlives the session's cache
+        return result
     finally:
         session.release()

@@ -25,6 +25,7 @@ from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
+from adapruner_lightning.search.allocation import refine_allocation
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.stop import raise_if_stopped, stop_reason
@@ -41,7 +42,8 @@ class SearchResult:
     candidate was taken without a search, ``SearchConfig(trials=0)``).
 
     ``exhausted``: the search stopped because ``engine.max_repeats`` proposals in a row repeated plans already
-    scored."""
+    scored. ``refit``: for a plan that re-fits the kept weights (``reconstruction='lstsq'``), the least-squares
+    statistics to apply it with (``apply_plan(model, result.plan, refit=result.refit)``); None otherwise."""
 
     trials: list[TrialRecord]
     best: TrialRecord | None
@@ -51,6 +53,7 @@ class SearchResult:
     stats_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     exhausted: bool = False
+    refit: Any = None
 
     @property
     def plans_scored(self) -> int:
@@ -68,11 +71,13 @@ class SearchResult:
 
     def summary(self) -> dict[str, Any]:
         """What a person reads of the search: trials (failed ones), the best trial and its score, what it chose
-        (metric, reducer, samples, schedule) and the wall time."""
+        (metric, reducer, samples, schedule, reconstruction, the allocation stage) and the wall time."""
         chosen = {k: v for k, v in self.plan.provenance.items()
                   if k in ("metric", "reducer", "scope", "keep_first", "keep_last", "layer_ramp", "attn_share",
-                           "bias_compensation")}
+                           "reconstruction")}
         chosen["samples"] = len(self.plan.provenance.get("subset", []))
+        if "allocation" in self.extra:
+            chosen["allocation"] = {k: self.extra["allocation"].get(k) for k in ("generations", "offspring")}
         return {"trials": len(self.trials), "failed": sum(t.status != "ok" for t in self.trials),
                 "plans_scored": self.plans_scored, "trials_saved": self.trials_saved, "exhausted": self.exhausted,
                 "best_trial": None if self.best is None else self.best.trial,
@@ -172,6 +177,8 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     session.check_reachable(**_fewest_kept(config, session.config), searched=True)  # before the first trial
     t0 = time.perf_counter()
     features = session.stats.features()
+    if "lstsq" in (config.space.reconstructions if config.space.reconstruction else [session.config.reconstruction]):
+        session.grams  # every rank together, before any rank scores a trial alone
     stats_seconds = time.perf_counter() - t0
     space = SearchSpace.build(config, session.config, features)
     session.set_objective(config.data.objective, config.data.kl_top_k)
@@ -195,10 +202,16 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         log.info("search: %d distinct plans scored in %d proposals, %d repeated plans registered at no cost%s",
                  distinct_plans(done), len(done), saved, " (the space is exhausted)" if exhausted else "")
     owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
-    plan = collective.run_on(owner, lambda: session.plan(space.candidate(best.params), best.selection,
-                                                         search=found, **(provenance or {})))
-    return SearchResult(trials=done, best=best, plan=plan, signature=signature,
-                        seconds=time.perf_counter() - t0, stats_seconds=stats_seconds, exhausted=exhausted)
+    candidate, chosen, extra = space.candidate(best.params), best.selection, {}
+    if config.allocation.generations and not session.uniform:  # then where to cut, with the best's scoring
+        seed_selection = collective.run_on(owner, lambda: chosen if chosen is not None else session.select(candidate))
+        refined = refine_allocation(session, candidate, seed_selection, config.allocation, seed=seed,
+                                    collective=collective)
+        chosen, owner, extra["allocation"] = refined.selection, 0, refined.info
+    plan = collective.run_on(owner, lambda: session.plan(candidate, chosen, search=found, **extra,
+                                                         **(provenance or {})))
+    return SearchResult(trials=done, best=best, plan=plan, signature=signature, seconds=time.perf_counter() - t0,
+                        stats_seconds=stats_seconds, extra=extra, exhausted=exhausted)
 
 
 def _fewest_kept(config: SearchConfig, pruning: Any) -> dict[str, int]:

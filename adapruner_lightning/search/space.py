@@ -33,7 +33,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         p = self.pruning
-        fixed = {"scope": p.scope, "bias_compensation": p.bias_compensation, "keep_first": p.keep_first,
+        fixed = {"scope": p.scope, "reconstruction": p.reconstruction, "keep_first": p.keep_first,
                  "keep_last": p.keep_last, "layer_ramp": p.layer_ramp, "attn_share": p.attn_share,
                  "k": self.config.data.subset_size, "prune_attention": p.prune_attention}
         table = self.config.space.dimensions(int(self.embedding.shape[0]), int(self.embedding.shape[1]))
@@ -102,5 +102,5 @@ class SearchSpace:
         return Candidate(
             metric=v["metric"], reducer=v["reducer"], subset=self.subset(v), keep_first=int(v["keep_first"]),
             keep_last=int(v["keep_last"]), layer_ramp=float(v["layer_ramp"]), attn_share=v["attn_share"],
-            scope=v["scope"], bias_compensation=bool(v["bias_compensation"]),
+            scope=v["scope"], reconstruction=v["reconstruction"],
         )

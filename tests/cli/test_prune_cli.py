@@ -12,11 +12,16 @@ from safetensors.torch import load_file
 from adapruner_lightning.cli import main as cli
 
 
+def _tiny(model, texts, out, *options: str) -> list[str]:
+    """``adapruner prune`` on the tiny model with a pool of 8 x 32 tokens, 4 samples a candidate, 2 objective windows."""
+    return ["prune", "--model", str(model), "--text", str(texts), "--sample-len", "32", "--pool-size", "8",
+            "--subset-size", "4", "--objective-windows", "2", "--out", str(out), "--no-progress", *options]
+
+
 def test_prune_in_bf16_exports_bf16(tmp_path, tiny_lm_dir, text_dir):
     out = tmp_path / "pruned"
-    args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "0", "--metric", "taylor",
-            "--sample-len", "32", "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2",
-            "--dtype", "bfloat16", "--device", "cpu", "--out", str(out), "--no-progress"]
+    args = _tiny(tiny_lm_dir, text_dir, out, "--trials", "0", "--metric", "taylor", "--dtype", "bfloat16",
+                 "--device", "cpu")
     assert cli.main(args) == 0
     weights = load_file(str(next(out.glob("*.safetensors"))))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
@@ -109,3 +114,24 @@ def test_prune_prints_and_reports_the_distinct_plans_scored(tmp_path, tiny_lm_di
     assert search["trials_saved"] == sum(r["repeat_of"] is not None for r in rows)
     line = f"{search['plans_scored']} distinct plans scored, {search['trials_saved']} repeated plans"
     assert line in printed and line in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_reconstruction_lstsq_prunes_and_exports_the_refitted_weights(tmp_path, tiny_lm_dir, text_dir):
+    """``--reconstruction lstsq`` re-fits the kept columns before the physical prune; the export reloads them."""
+    from adapruner_lightning.outputs.export import load_pruned
+
+    out = tmp_path / "lstsq"
+    assert cli.main(_tiny(tiny_lm_dir, text_dir, out, "--trials", "0", "--metric", "wanda_sp",
+                          "--reconstruction", "lstsq")) == 0
+    model, _, plan = load_pruned(out)
+    assert plan.reconstruction == "lstsq" and plan.provenance["reconstruction_fit"]["pool"]
+    assert model.model.layers[0].mlp.down_proj.bias is not None  # the intercept
+    assert cli.main(["prune", "--reconstruction", "ols", "--out", str(tmp_path / "x")]) == 2  # one line
+
+
+def test_the_allocation_stage_runs_after_the_search_when_asked(tmp_path, tiny_lm_dir, text_dir):
+    out = tmp_path / "allocated"
+    assert cli.main(_tiny(tiny_lm_dir, text_dir, out, "--trials", "2", "--objective-seq-len", "32",
+                          "--generations", "1", "--offspring", "2")) == 0
+    allocation = json.loads((out / "pruning_plan.json").read_text())["provenance"]["allocation"]
+    assert allocation["generations"] == 1 and allocation["offspring"] == 2 and allocation["counts"]

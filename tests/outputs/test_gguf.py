@@ -101,6 +101,22 @@ def test_bias_compensation_and_narrow_qwen2_attention_move_to_deci_where_the_nat
     assert "heads x head_dim = hidden size" in gguf_layout(model).reason  # ... and sizes q by the hidden size
 
 
+def test_least_squares_reconstruction_exports_its_refitted_weights_and_biases(tmp_path, tok):
+    """The re-fitted o_proj/down_proj columns and the intercept biases reach the GGUF exactly (deci: biases)."""
+    model, plan = pruned("llama", tok, options={"reconstruction": "lstsq"})
+    assert plan.refits_weights
+    layout = gguf_layout(model)
+    assert layout.arch == "deci"
+    _, tensors = _read(export_gguf(model, tok, tmp_path / "r.gguf", outtype="f32", progress=False).path)
+    state = model.state_dict()
+    for i in range(len(plan.layers)):
+        np.testing.assert_array_equal(_values(tensors[f"blk.{i}.ffn_down.weight"]),
+                                      state[f"model.layers.{i}.mlp.down_proj.weight"].numpy())
+        if plan.layers[i].down_bias is not None:
+            np.testing.assert_array_equal(_values(tensors[f"blk.{i}.ffn_down.bias"]),
+                                          state[f"model.layers.{i}.mlp.down_proj.bias"].numpy())
+
+
 @pytest.mark.parametrize(("family", "kwargs", "match"), [
     ("qwen3", {}, r"q_norm/k_norm.*per_layer='uniform'"),
     ("gemma3_text", {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"] * 2,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adapruner_lightning.core.importance import MEMBERS, ScoreInputs, get_metric, metric_names, reads_reducer
+from adapruner_lightning.core.reconstruction import Fits
 from adapruner_lightning.core.session import Candidate
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.dimensions import Below, ConditionalSpace, Dimension, where
@@ -23,11 +24,14 @@ POOL = 12  # small_session's pool
 def _plan(session, candidate: Candidate):
     """What a masked evaluation of ``candidate`` depends on: the removed units and the compensation biases."""
     selection = session.select(candidate)
-    return ({i: (s.heads, s.kv_heads, s.channels) for i, s in selection.items()},
-            session.compensation(candidate, selection))
+    compensation = session.compensation(candidate, selection)
+    if isinstance(compensation, Fits):  # least squares: the fitted matrices, as plain numbers
+        compensation = {i: {m: (f.kept.tolist(), f.matrix.tolist(), f.offset.tolist()) for m, f in parts.items()}
+                        for i, parts in compensation.fits.items()}
+    return {i: (s.heads, s.kv_heads, s.channels) for i, s in selection.items()}, compensation
 
 
-BASE = Candidate("taylor_vector", "sum", [0, 1, 2, 3], 0, 0, 0.5, None, "layerwise", False)
+BASE = Candidate("taylor_vector", "sum", [0, 1, 2, 3], 0, 0, 0.5, None, "layerwise", "none")
 
 #: (what the table claims, a candidate, a change of the claimed-dead dimension alone)
 DEAD = [
@@ -47,7 +51,7 @@ LIVE = [
     ("reducer of a metric scoring every member, layerwise", BASE, dict(reducer="max")),
     ("subset of an activation metric", BASE, dict(subset=[5, 6, 7, 8, 9])),
     ("subset of a data-free metric with bias compensation", replace(BASE, metric="magnitude_l2",
-                                                                    bias_compensation=True), dict(subset=[5, 6, 7, 8, 9])),
+                                                                    reconstruction="bias"), dict(subset=[5, 6, 7, 8, 9])),
 ]
 
 
@@ -131,11 +135,11 @@ def test_the_default_table_says_where_each_dimension_matters():
     assert conditions["layer_ramp"] == "scope in [layerwise, global]"
     assert conditions["reducer"] == "scope in [layerwise, global] and metric in [taylor, taylor_vector, magnitude_l2]"
     assert conditions["k"] == ("metric in [taylor, taylor_vector, wanda_sp, flap, flap_reference] or "
-                               "bias_compensation in [True]")
+                               "reconstruction in [bias]")
     assert conditions["u0"].endswith("and k < 64") and "keep_first" not in conditions and "metric" not in conditions
-    flap = space.canonical({"metric": "flap_reference", "scope": "standardized", "bias_compensation": True,
+    flap = space.canonical({"metric": "flap_reference", "scope": "standardized", "reconstruction": "bias",
                             "reducer": "max", "k": 64, "u0": 0.1, "u1": 0.9, "layer_ramp": 0.7})
-    assert space.active(flap) == ["metric", "scope", "bias_compensation", "k", "keep_first", "keep_last"]
+    assert space.active(flap) == ["metric", "scope", "reconstruction", "k", "keep_first", "keep_last"]
     assert (flap["reducer"], flap["u0"], flap["u1"], flap["layer_ramp"]) == ("sum", 0.5, 0.5, 0.0)
 
 

@@ -78,6 +78,19 @@ def test_split_statistics_pass_equals_one_process(two_ranks):
             assert reference[key].abs().sum(1).gt(0).all(), key  # every sample's row was filled
 
 
+def test_split_least_squares_statistics_equal_one_process(two_ranks):
+    """The least-squares Gram pass (run by every rank before the trials, since a least-squares trial may fall to
+    any rank) is split between the ranks and summed: the same sums as one process, up to summation order."""
+    (two, _), _ = two_ranks["a"]
+    assert any(t["candidate"]["reconstruction"] == "lstsq" and t["status"] == "ok" for t in two["trace"])
+    grams = [torch.load(two_ranks["a"][1] / f"grams{r}.pt") for r in (0, 1)]
+    single = torch.load(two_ranks["single"][1] / "grams0.pt")
+    for layer0, layer1, reference in zip(*grams, single):
+        for key in reference:
+            assert torch.equal(layer0[key], layer1[key]), key
+            assert torch.allclose(layer0[key], reference[key], rtol=1e-5, atol=1e-4), key
+
+
 def test_a_run_stopped_midway_through_a_round_resumes_as_if_uninterrupted(tmp_path, two_ranks):
     """3 trials on 2 ranks (the second round half done), then the full 6 on the same trace."""
     (full, _), _ = two_ranks["a"]

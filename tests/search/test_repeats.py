@@ -18,7 +18,7 @@ from adapruner_lightning.search.runner import FAIL, SCORE, classify, run_search
 from adapruner_lightning.search.trace import TrialRecord
 from helpers_core import SMALL, small_session
 
-FLAP = {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "bias_compensation": True,
+FLAP = {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
         "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048}
 METRICS = ["taylor_vector", "flap_reference", "magnitude_l2"]
 
@@ -28,10 +28,10 @@ PAIRS = {
     "a reducer-only move of an o/down metric": ({**FLAP, "scope": "layerwise"},
                                                 {**FLAP, "scope": "layerwise", "reducer": "max"}),
     "another subset size of a data-free metric without bias": (
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "bias_compensation": False, "layer_ramp": 0.2, "k": 3},
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "bias_compensation": False, "layer_ramp": 0.2, "k": 8}),
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 3},
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 8}),
     "other subset coordinates once k is the pool (drawn at random for each point)": (
-        {**FLAP, "bias_compensation": False}, {**FLAP, "bias_compensation": False}),
+        {**FLAP, "reconstruction": "none"}, {**FLAP, "reconstruction": "none"}),
 }
 
 
@@ -68,7 +68,7 @@ def test_the_digest_reads_the_subset_only_where_compensation_does():
     digest = lambda c: session.digest(c, session.select(c))  # noqa: E731
     assert digest(data_free) == digest(other_samples)
     assert session.compensation_key(data_free) is None
-    with_bias = replace(data_free, bias_compensation=True)
+    with_bias = replace(data_free, reconstruction="bias")
     assert digest(with_bias) != digest(replace(with_bias, subset=[5, 6, 7, 8]))  # bias reads the samples' means
     assert digest(with_bias) != digest(data_free)
     assert session.compensation_key(with_bias) == ("bias", [0, 1, 2])
@@ -80,7 +80,7 @@ def test_a_space_with_few_plans_is_exhausted_and_the_counts_reach_the_plan(caplo
     proposals repeat them, and ``max_repeats`` of those in a row end the search with the best plan."""
     config = SearchConfig.of(**{**SMALL, "trials": 8, "metrics": ["magnitude_l2"], "reducers": ["sum", "max"],
                                 "engine": "random", "search_keep_layers": False, "search_layer_ramp": False,
-                                "search_scope": False, "search_bias_compensation": False, "max_repeats": 3})
+                                "search_scope": False, "search_reconstruction": False, "max_repeats": 3})
     with caplog.at_level(logging.INFO, logger="adapruner_lightning.search.runner"):
         result = run_search(small_session(), config, progress=False)
     assert result.exhausted and result.plans_scored == 2 and result.trials_saved == 3
@@ -123,7 +123,7 @@ def test_a_round_is_classified_in_trial_order_from_digests_alone():
 #: random search over a data-free metric with few plans and an activation metric with many
 REPEATS = {**SMALL, "trials": 8, "engine": "random", "metrics": ["magnitude_l2", "flap_reference"],
            "reducers": ["sum", "max"], "search_keep_layers": False, "search_layer_ramp": False,
-           "search_bias_compensation": False, "max_repeats": 20}
+           "search_reconstruction": False, "max_repeats": 20}
 
 
 def test_a_search_killed_after_a_repeat_resumes_as_if_uninterrupted(tmp_path):

@@ -154,9 +154,9 @@ def test_copula_transform_keeps_the_ranking_and_bounds_outliers():
 def test_sessions_can_share_pool_statistics_across_metrics_and_seeds() -> None:
     first = _session(seed=0, metric="wanda_sp")
     stats = first.stats
-    shared = PruningSession(first.model, PruningConfig(target_ratio=0.2, seed=3, metric="flap", bias_compensation=True),
+    shared = PruningSession(first.model, PruningConfig(target_ratio=0.2, seed=3, metric="flap", reconstruction="bias"),
                             first.pool, objective=first.objective_windows, progress=False, stats=stats)
-    fresh = _session(seed=3, metric="flap", bias_compensation=True)
+    fresh = _session(seed=3, metric="flap", reconstruction="bias")
     assert shared.stats is stats
     a, b = shared.plan(shared.default_candidate()), fresh.plan(fresh.default_candidate())
     assert a.provenance["seed"] == 3 and a.provenance["sample_ids"] == b.provenance["sample_ids"]

@@ -19,7 +19,7 @@ def test_default_warm_start_is_the_baselines_that_fit_the_space():
     assert wide.warm_points() == [dict(p) for p in BASELINE_POINTS]
     narrow = SearchSpaceConfig(metrics=["taylor", "wanda_sp"], max_keep_first=1)  # FLAP's metric absent, keep 4 too many
     assert narrow.warm_points() == []
-    unsearched = SearchSpaceConfig(layer_ramp=False, scope=False, bias_compensation=False)
+    unsearched = SearchSpaceConfig(layer_ramp=False, scope=False, reconstruction=False)
     assert unsearched.warm_points()[0] == {"metric": "flap_reference", "reducer": "sum", "keep_first": 0, "keep_last": 0,
                                            "k": 2048}
     assert SearchSpaceConfig(warm_start=[]).warm_points() == []
@@ -30,7 +30,7 @@ def test_the_first_trials_are_the_baselines_and_the_best_is_no_worse():
                                 "max_keep_first": 4, "max_keep_last": 2})
     result = run_search(_session(), config, progress=False)
     first, second = result.trials[0].candidate, result.trials[1].candidate
-    assert (first["metric"], first["scope"], first["bias_compensation"]) == ("flap_reference", "standardized", True)
+    assert (first["metric"], first["scope"], first["reconstruction"]) == ("flap_reference", "standardized", "bias")
     assert (second["metric"], second["scope"], second["keep_first"], second["keep_last"]) == ("taylor", "layerwise", 4, 2)
     # (LLM-Pruner's point keeps 6 layers whole: on this 4-layer model it cannot reach the target and fails)
     assert result.best.score >= max(t.score for t in result.trials[:2] if t.status == "ok")

@@ -1,6 +1,6 @@
 """Standalone: ``run_search`` on the ranks of a gloo job (env ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``), on the tiny session of ``tests/helpers_core.py``. Rank ``r`` writes ``OUT/rank{r}.json`` (plan,
-trace) and ``OUT/stats{r}.pt`` (the statistics it searched with); the trace goes to ``OUT/trace.jsonl``.
+trace) and ``OUT/stats{r}.pt`` and ``OUT/grams{r}.pt`` (the statistics it searched with); the trace goes to ``OUT/trace.jsonl``.
 
 Usage: python search_ranks.py OUT TRIALS {ok,fail,repeats}
 ``fail``: rank 1's second trial raises ``RuntimeError("boom on rank 1")``; each rank then writes
@@ -28,7 +28,7 @@ from helpers_core import SMALL, small_session  # noqa: E402
 
 #: random search over magnitude_l2 (5 plans: 3 scopes, 2 reducers where they matter) and flap_reference
 REPEATS = dict(engine="random", metrics=["magnitude_l2", "flap_reference"], reducers=["sum", "max"],
-               search_keep_layers=False, search_layer_ramp=False, search_bias_compensation=False, max_repeats=20)
+               search_keep_layers=False, search_layer_ramp=False, search_reconstruction=False, max_repeats=20)
 
 
 def fail_second_trial_on_rank_one(rank: int) -> None:
@@ -63,6 +63,7 @@ def main() -> None:
         (out / f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
         raise SystemExit(1)
     torch.save(session.stats.layers, out / f"stats{rank}.pt")
+    torch.save(session.grams.layers, out / f"grams{rank}.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({"plan": result.plan.to_dict(), "trace": result.trace()}))
     print(f"[rank {rank}] SEARCH_OK", flush=True)
 

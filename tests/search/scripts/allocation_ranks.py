@@ -1,0 +1,48 @@
+"""Standalone: the allocation stage (``refine_allocation``) on the ranks of a gloo job (env ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), on the tiny session of ``tests/helpers_core.py``, from a fixed
+candidate's selection. Rank ``r`` writes ``OUT/rank{r}.json`` (counts, KL, selection).
+
+Usage: python allocation_ranks.py OUT GENERATIONS
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from adapruner_lightning.core.session import Candidate  # noqa: E402
+from adapruner_lightning.distributed import Collective  # noqa: E402
+from adapruner_lightning.search.allocation import AllocationConfig, refine_allocation  # noqa: E402
+from helpers_core import small_session  # noqa: E402
+
+
+def main() -> None:
+    out, generations = Path(sys.argv[1]), int(sys.argv[2])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    collective = Collective.current()
+    session = small_session()
+    session.collective = collective
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="lstsq")
+    session.grams  # every rank together
+    result = refine_allocation(session, candidate, session.select(candidate),
+                               AllocationConfig(generations=generations, offspring=5), seed=3, collective=collective)
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "info": {k: v for k, v in result.info.items() if k != "seconds"},
+        "selection": {i: asdict(sel) for i, sel in result.selection.items()}}))
+    print(f"[rank {rank}] ALLOCATION_OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The per-layer allocation stage (search/allocation.py): level switches keep the parameter budget, the stage
+never ends worse than its seeds on its fitness, plans carry what it did, runs are seeded, and two gloo ranks
+split its evaluations and end with the counts of one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapruner_lightning.core.selection import LayerCounts, counts_cost, layer_counts
+from adapruner_lightning.core.session import Candidate
+from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.search.allocation import AllocationConfig, Budget, Fitness, refine_allocation
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.runner import run_search
+from helpers_core import SMALL, small_session
+from helpers_dist import launch_ranks
+
+SCRIPT = Path(__file__).parent / "scripts" / "allocation_ranks.py"
+
+
+def _budget(session, round_to: int = 1) -> Budget:
+    return Budget(session.layers, session.budget, session.attention_unit, round_to, True, 1 / 32)
+
+
+def _counts(session, selection):
+    unit = session.attention_unit
+    return {i: layer_counts(session.layers[i], selection[i], unit) for i in range(len(session.layers))}
+
+
+def test_level_switches_keep_the_budget_and_the_bounds():
+    session = small_session()
+    budget = _budget(session)
+    counts = _counts(session, session.select(session.default_candidate()))
+    assert budget.feasible(counts)
+    rng = np.random.RandomState(0)
+    seen = set()
+    for _ in range(300):
+        child = budget.mutate(counts, rng, 1 + rng.randint(3))
+        if child is None:
+            continue
+        assert budget.feasible(child), child
+        assert 0 <= session.budget - counts_cost(session.layers, child, session.attention_unit) < \
+            max(budget.block.values())
+        seen.add(tuple(sorted(child.items())))
+        counts = child
+    assert len(seen) > 50  # the walk moves: attention and MLP counts both change
+    assert len({c.attention for key in seen for _, c in key}) > 1
+
+
+def test_the_fill_refuses_a_budget_the_bounds_cannot_reach():
+    session = small_session()
+    budget = _budget(session)
+    budget.budget = 10 * counts_cost(session.layers, budget.maxima, session.attention_unit)  # beyond every layer's all
+    start = {i: LayerCounts() for i in range(len(session.layers))}
+    assert budget.fill(start, np.random.RandomState(0)) is None
+    assert not budget.feasible(budget.maxima)
+
+
+def test_the_stage_never_ends_worse_than_its_seeds_and_its_selection_meets_the_budget():
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="bias")
+    selection = session.select(candidate)
+    result = refine_allocation(session, candidate, selection, AllocationConfig(generations=3, offspring=4), seed=1)
+    info = result.info
+    assert info["kl"] <= min(info["kl_seeds"].values()) and set(info["kl_seeds"]) == {"search", "flap"}
+    assert info["evaluations"]["low"] > 0 and info["evaluations"]["full"] >= 2
+    counts = {i: LayerCounts(*c) for i, c in enumerate(info["counts"])}
+    assert counts == _counts(session, result.selection)
+    removed = sum(sel.removed_params(session.layers[i]) for i, sel in result.selection.items())
+    assert 0 <= session.budget - removed < max(_budget(session).block.values())
+    fitness = Fitness(session, candidate, session.unit_scores(candidate), 2)
+    assert fitness(counts, "full") == pytest.approx(-info["kl"], rel=1e-5)
+
+
+def test_the_search_runs_the_stage_after_its_trials_and_the_plan_records_it():
+    config = SearchConfig.of(**{**SMALL, "trials": 3, "generations": 2, "offspring": 3})
+    first = run_search(small_session(), config, progress=False)
+    again = run_search(small_session(), config, progress=False)
+    assert first.plan.provenance["allocation"]["generations"] == 2
+    assert first.plan.to_dict()["layers"] == again.plan.to_dict()["layers"]  # seeded
+    off = run_search(small_session(), SearchConfig.of(**{**SMALL, "trials": 3}), progress=False)
+    assert "allocation" not in off.plan.provenance
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"survivors": 9}, r"survivors.*\[1, offspring=8\]"),
+    ({"mlp_step": 0.0}, r"mlp_step"),
+    ({"generations": -1}, r"generations"),
+])
+def test_bad_allocation_options_are_refused(options, match):
+    with pytest.raises(ConfigError, match=match):
+        AllocationConfig(**options)
+    assert SearchConfig.of(generations=2, offspring=4).allocation.offspring == 4  # flat names
+
+
+def test_two_ranks_split_the_evaluations_and_end_with_one_process_counts(tmp_path):
+    results = {}
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        runs = launch_ranks(SCRIPT, out, 2, world_size=world, timeout=240)
+        for rank, run in enumerate(runs):
+            assert run.returncode == 0 and f"[rank {rank}] ALLOCATION_OK" in run.stdout, run.stdout[-3000:]
+        results[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    (one,), (r0, r1) = results[1], results[2]
+    assert r0 == r1  # every rank holds the same result
+    for result in (r0, one):  # the work done differs (each rank memoises what it scored), the outcome does not
+        result["info"].pop("evaluations")
+    assert r0 == one
+
+
+def test_least_squares_fits_are_reused_per_layer_and_score_as_fresh_ones():
+    """An offspring re-fits only the layers whose counts are new; the cached fits score exactly as the session's."""
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="lstsq")
+    counts = _counts(session, session.select(candidate))
+    scores = session.unit_scores(candidate)
+    fitness = Fitness(session, candidate, scores, 2)
+    budget, rng = _budget(session), np.random.RandomState(4)
+    child = next(c for c in (budget.mutate(counts, rng, 1) for _ in range(50)) if c is not None)
+    fitness(counts, "full")
+    solved = len(fitness.fits)
+    fitness(child, "full")
+    changed = sum(child[i] != counts[i] for i in counts)
+    assert len(fitness.fits) == solved + changed
+    fresh = Fitness(session, candidate, scores, 2)
+    fresh.compensation = lambda c, selection: session.compensation(candidate, selection)  # every layer solved anew
+    assert fitness(child, "full") == pytest.approx(fresh(child, "full"), rel=1e-6)
+    fitness.keep_fits(child)
+    assert set(fitness.fits) == set(child.items())
