@@ -201,6 +201,33 @@ def make_splits(
     )
 
 
+def dev_texts(splits: DataSplits, tokenizer: Any) -> dict[str, str]:
+    """The text of the development windows, per calibration text: what development items are built from.
+
+    Each text's development windows are decoded in position order (BOS dropped); where windows are not
+    consecutive (a pool or objective window sat between them) a blank line separates the runs, so no item's
+    context spans a gap.
+
+    Args:
+        splits: splits made with ``n_dev`` > 0.
+        tokenizer: the tokenizer that cut them.
+
+    Returns:
+        text name -> development text (texts without development windows are left out).
+    """
+    runs: dict[str, list[list[int]]] = {}
+    last: dict[str, int] = {}
+    for row, id_ in zip(splits.dev, splits.dev_ids):
+        name, index = id_.rsplit(":", 1)
+        tokens = row.tolist()[1:] if splits.bos else row.tolist()
+        if name in last and int(index) == last[name] + 1:
+            runs[name][-1] += tokens
+        else:
+            runs.setdefault(name, []).append(tokens)
+        last[name] = int(index)
+    return {name: "\n\n".join(tokenizer.decode(run) for run in parts) for name, parts in runs.items()}
+
+
 def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample_len: int, seed: int = 0) -> torch.Tensor:
     """Turn strings, a ``datasets.Dataset`` (``text`` or ``input_ids`` column) or token tensors into ``[n, T]``."""
     if isinstance(calibration, torch.Tensor):
