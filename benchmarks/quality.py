@@ -40,6 +40,7 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import statistics
 import sys
@@ -238,7 +239,8 @@ class Bench:
         plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
         model = self.fresh()
         apply_plan(model, plan)
-        return model, dict(info)
+        digest = hashlib.sha256(json.dumps(saved["plan"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+        return model, {**info, "plan_digest": digest}
 
     def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
         """A session on the dense weights. The pool's statistics depend on neither the metric, the seed nor the
@@ -340,6 +342,26 @@ def _load_cells(path: Path) -> dict[str, dict]:
     return done
 
 
+#: keys of a row that are not its scores
+_NOT_SCORES = ("key", "method", "ratio", "seed", "recovered", "seconds", "removed", "samples", "plan_digest",
+               "search_seconds", "best_trial", "objective", "metric", "reducer", "keep_first", "keep_last", "layer_ramp",
+               "bias_compensation", "scores_from")
+
+
+def _same_plan(rows, method: str, ratio: float, recovered, info: dict, roles: list[str]) -> dict | None:
+    """A finished unrecovered cell of the same method and ratio whose plan is identical (FLAP reads the whole pool
+    whatever the seed): scoring is deterministic, so its scores are this cell's too (None: score it)."""
+    if recovered or "plan_digest" not in info:
+        return None
+    return next((r for r in rows if r["method"] == method and r["ratio"] == ratio and not r["recovered"]
+                 and r.get("plan_digest") == info["plan_digest"] and all(tables.has_role(r, x) for x in roles)), None)
+
+
+def _scores_of(row: dict) -> dict:
+    """The scores of ``row`` (its evaluation numbers, not its identity), marked as copied from it."""
+    return {**{k: v for k, v in row.items() if k not in _NOT_SCORES}, "scores_from": row["key"]}
+
+
 def _roles(args) -> list[str]:
     """The roles every cell of this run is scored in."""
     return ["dev"] if args.choose else ["dev", "test"]
@@ -366,8 +388,10 @@ def run(args) -> tuple[list[dict], int]:
             model, info = bench.prune(method, ratio, seed)
         if recovered:
             model = bench.recover(model, seed, tables.recovery(recovered))
+        same = _same_plan(done.values(), method, ratio, recovered, info, _roles(args))
+        scores = _scores_of(same) if same else bench.evaluate(model)
         row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed,
-               "recovered": tables.recovery(recovered) or False, **bench.evaluate(model), **info,
+               "recovered": tables.recovery(recovered) or False, **scores, **info,
                "seconds": time.perf_counter() - start}
         done[row["key"]], ran = row, ran + 1
         with path.open("a") as fh:

@@ -337,3 +337,15 @@ def test_the_recovery_chosen_on_development_data_is_the_lowest_mean_development_
             for v, p in (("lora-lm", 30.0), ("full-mix", 25.0))]
     table, chosen = quality_tables.choice_table(rows)
     assert chosen == "full-mix" and "| full-mix | 4 | 25.500 | -5.000 ± 0.000 |" in table
+
+
+def test_an_identical_plan_reuses_the_scores_of_the_cell_that_had_it() -> None:
+    """FLAP reads the whole pool whatever the seed: an unrecovered cell whose plan equals a finished cell's copies
+    its (deterministic) scores instead of scoring the same model again; recovered cells and other plans never do."""
+    done = [{"key": "flap|0.2|0|0", "method": "flap", "ratio": 0.2, "seed": 0, "recovered": False, "roles": ["dev", "test"],
+             "plan_digest": "abc", "acc": 0.5, "dev/acc": 0.4, "removed": 0.2, "seconds": 9.0}]
+    same = quality._same_plan(done, "flap", 0.2, False, {"plan_digest": "abc"}, ["dev", "test"])
+    assert quality._scores_of(same) == {"roles": ["dev", "test"], "acc": 0.5, "dev/acc": 0.4, "scores_from": "flap|0.2|0|0"}
+    assert quality._same_plan(done, "flap", 0.2, "full-mix", {"plan_digest": "abc"}, ["dev", "test"]) is None
+    assert quality._same_plan(done, "flap", 0.2, False, {"plan_digest": "abd"}, ["dev", "test"]) is None
+    assert quality._same_plan(done, "wanda_sp", 0.2, False, {"plan_digest": "abc"}, ["dev", "test"]) is None
