@@ -66,7 +66,7 @@ from adapruner_lightning.evaluation.protocol import role_items
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.runner import run_search
 from quality_tables import OFFLINE, SEVEN
-from speed import machine_info
+from bench_common import machine_info
 
 TASKS = (*OFFLINE, *SEVEN)
 #: development windows held back from the calibration novels (24 a novel: the tail of each)
