@@ -91,9 +91,11 @@ METHODS = {
     "adapruner_v01": ({}, True, True),
     # the library's search with the distillation-aware objective (KL from the dense model on the objective windows)
     "adapruner_kl": ({}, True, True),
+    # the library's search without the warm start (random initial points only): the warm start's development check
+    "adapruner_cold": ({}, True, True),
 }
 #: comparison variants, run only when named
-COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl")
+COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl", "adapruner_cold")
 #: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
@@ -102,6 +104,7 @@ SEARCH_OPTIONS = {
     "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False,
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
+    "adapruner_cold": {"warm_start": []},
 }
 
 

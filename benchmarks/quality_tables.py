@@ -20,7 +20,7 @@ OFFLINE = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
 SEVEN = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 #: table order of the methods
 ORDER = ("dense", "random", "magnitude_l2", "llm_pruner", "wanda_sp", "flap", "flap_k10", "adapruner", "adapruner_k10",
-         "adapruner_v01", "adapruner_kl")
+         "adapruner_v01", "adapruner_kl", "adapruner_cold")
 #: table order of the recovery variants ("" = none)
 VARIANTS = ("", "lora-lm", "lora-kl", "lora-mix", "full-lm", "full-kl", "full-mix")
 #: the roles a cell can be scored in, and the prefix of their keys
