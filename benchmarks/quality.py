@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--recovery-seeds", type=int, default=None, help="seeds that also get the recovery fine-tune")
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in COMPARISONS], choices=list(METHODS),
-                   help="methods to run (default: all but the search variants adapruner_v01 (0.1's search) and "
-                        "adapruner_kl (KL objective), which run only when named)")
+                   help=f"methods to run (default: all but the comparison variants {', '.join(COMPARISONS)}, which run "
+                        "only when named)")
     p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
     p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task (evaluation)")
