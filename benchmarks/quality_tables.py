@@ -173,31 +173,34 @@ def table(rows: list[dict], baseline: str = "flap", role: str = "test") -> str:
 
 
 def _role_columns(rs: list[dict], pairs: list[tuple[dict, dict]], dense: dict, role: str) -> list[str]:
-    """Perplexity as a multiple of dense, accuracy, 7-task accuracy and the paired item-level differences of one
-    group in ``role`` (dashes where the group was not scored in it)."""
+    """Perplexity (and as a multiple of dense), its paired difference, accuracy, 7-task accuracy and the paired
+    item-level differences of one group in ``role`` (dashes where the group was not scored in it)."""
     scored = [r for r in rs if has_role(r, role)]
     if not scored or not has_role(dense, role):
-        return ["—"] * 5
+        return ["—"] * 6
     pairs = [(r, b) for r, b in pairs if has_role(r, role) and has_role(b, role)]
     acc7 = all(ROLES[role] + "acc7" in r for r in scored)
-    cols = [f"{statistics.mean(mean_ppl(r, role) for r in scored) / mean_ppl(dense, role):.3f}x",
+    ppl = statistics.mean(mean_ppl(r, role) for r in scored)
+    d_ppl = [(mean_ppl(r, role) - mean_ppl(b, role)) / mean_ppl(dense, role) for r, b in pairs]
+    return [f"{ppl:.2f} ({ppl / mean_ppl(dense, role):.3f}x)",
+            f"{mean_spread(d_ppl, 3, sign=True)}x ({sum(d < 0 for d in d_ppl)}/{len(d_ppl)})" if d_ppl else "",
             f"{statistics.mean(get(r, 'acc', role) for r in scored):.3f}",
-            f"{statistics.mean(get(r, 'acc7', role) for r in scored):.3f}" if acc7 else "—"]
-    cols.append(item_difference([(get(r, "correct", role), get(b, "correct", role)) for r, b in pairs]) or "")
-    cols.append(item_difference([(standard_correct(r, role), standard_correct(b, role)) for r, b in pairs]) or "")
-    return cols
+            f"{statistics.mean(get(r, 'acc7', role) for r in scored):.3f}" if acc7 else "—",
+            item_difference([(get(r, "correct", role), get(b, "correct", role)) for r, b in pairs]) or "",
+            item_difference([(standard_correct(r, role), standard_correct(b, role)) for r, b in pairs]) or ""]
 
 
 def side_by_side(rows: list[dict], baseline: str = "flap") -> str:
-    """Development and evaluation (test) numbers of every group side by side: perplexity as a multiple of dense,
-    accuracy over all items and over the seven standard tasks, and the paired item-level differences against
-    ``baseline`` (mean ± SE over the items, each item averaged over the paired seeds)."""
+    """Development and evaluation (test) numbers of every group side by side: mean perplexity (and as a multiple of
+    dense) with its paired difference to ``baseline`` (in multiples of dense, mean ± std over the paired seeds,
+    "(k/n)": lower on k of n), accuracy over all items and over the seven standard tasks, and the paired item-level
+    accuracy differences against ``baseline`` (mean ± SE over the items, each item averaged over the paired seeds)."""
     dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
     name = NAMES.get(baseline, baseline)
     head = []
     for role in ("dev", "test"):
-        head += [f"{role} ppl x dense", f"{role} acc", f"{role} 7-task acc", f"{role} Δacc vs {name} ± SE",
-                 f"{role} Δ7-task vs {name} ± SE"]
+        head += [f"{role} ppl (x dense)", f"{role} Δppl vs {name}", f"{role} acc", f"{role} 7-task acc",
+                 f"{role} Δacc vs {name} ± SE", f"{role} Δ7-task vs {name} ± SE"]
     lines = ["| ratio | method | recovery | seeds | " + " | ".join(head) + " |", "|---" * (4 + len(head)) + "|"]
     grouped = groups(rows)
     for key, rs in grouped.items():

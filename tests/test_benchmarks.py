@@ -322,10 +322,10 @@ def test_side_by_side_pairs_every_method_with_flap_by_item_in_both_roles() -> No
     rows += [row("wanda_sp", s, "1110", "1100") for s in range(2)]
     table = quality_tables.side_by_side(rows)
     cells = [c.strip() for c in next(l for l in table.splitlines() if "| wanda_sp |" in l).split("|")]
-    # dev: items differ by (0, 0, 1, 0) -> +0.250 ± 0.250; test: (0, 1, 0, 0) the same
-    assert cells[4:9] == ["2", "1.050x", "0.750", "—", "+0.250 ± 0.250"]
-    assert cells[10] == "1.000x" and cells[13] == "+0.250 ± 0.250" and "dev Δacc vs FLAP ± SE" in table
-    assert [c.strip() for c in next(l for l in table.splitlines() if "| flap |" in l).split("|")][8] == ""
+    # dev: items differ by (0, 0, 1, 0) -> +0.250 ± 0.250; test: (0, 1, 0, 0) the same; perplexity equal to FLAP's
+    assert cells[4:10] == ["2", "10.50 (1.050x)", "+0.000 ± 0.000x (0/2)", "0.750", "—", "+0.250 ± 0.250"]
+    assert cells[11] == "21.00 (1.000x)" and cells[15] == "+0.250 ± 0.250" and "dev Δacc vs FLAP ± SE" in table
+    assert [c.strip() for c in next(l for l in table.splitlines() if "| flap |" in l).split("|")][9] == ""
 
 
 def test_the_recovery_chosen_on_development_data_is_the_lowest_mean_development_perplexity() -> None:
