@@ -218,8 +218,18 @@ def llamacpp_speed(root: Path) -> str:
 
 
 def standard_tasks(root: Path) -> str:
-    """Our scorer and lm-eval on the same items (``standard_tasks.md``'s table, items/s added from its JSON)."""
-    data = _json(root, "standard_tasks.json")
+    """Our scorer on 300 items a task and lm-eval on 60 of them (``standard_tasks.json``), items/s of each."""
+    return _standard_tasks(root, "standard_tasks.json")
+
+
+def standard_tasks_same_items(root: Path) -> str:
+    """Our scorer and lm-eval on the very same 40 items a task, one run (``standard_tasks_same_items.json``)."""
+    return _standard_tasks(root, "standard_tasks_same_items.json")
+
+
+def _standard_tasks(root: Path, name: str) -> str:
+    """The table of a ``standard_tasks.py`` result: scores, items/s of ours and of lm-eval, agreement."""
+    data = _json(root, name)
     out = []
     for task, r in data["results"].items():
         ours, theirs, agree = r["ours"], r["lmeval"], r["agreement"]
@@ -345,6 +355,6 @@ def standard_splits(root: Path) -> str:
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
         quality_protocol, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
-        across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, bos, subsets, search_vs_random, main_job,
+        across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits)
 }
