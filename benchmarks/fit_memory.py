@@ -5,7 +5,7 @@ other, with the embedded model, the recipe's data settings (calibration novels, 
 same seed: ``dense`` fine-tunes the unpruned model; ``pruned`` adds ``AdaPrunerCallback(target_ratio)`` with
 no search (``wanda_sp``, 10 samples) so that only the shapes differ. Both in LoRA mode (the recipe) and in full
 fine-tuning (AdamW states for every weight). Memory is measured from ``on_train_start`` to ``on_train_end``
-only (after pruning, so the statistics pass is not counted), with ``speed.PeakMemory``: on Linux CPUs the process
+only (after pruning, so the statistics pass is not counted), with ``bench_common.PeakMemory``: on Linux CPUs the process
 high-water mark (VmHWM, reset at train start after ``gc`` and ``malloc_trim``), on a GPU
 ``torch.cuda.max_memory_allocated`` (reset at train start).
 
@@ -24,14 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_common
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _speed():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-    import speed
-
-    return speed
 
 
 def _probe():
@@ -39,7 +34,6 @@ def _probe():
     import torch
     from lightning.pytorch import Callback
 
-    speed = _speed()
 
     class MemoryProbe(Callback):
         def __init__(self) -> None:
@@ -47,8 +41,8 @@ def _probe():
 
         def on_train_start(self, trainer, pl_module) -> None:
             device = pl_module.device
-            self.meter = speed.PeakMemory(device).__enter__()  # gc + malloc_trim, then reset the high-water mark
-            self.start_mib = (speed._status_kb("VmRSS") or 0) / 1024 if device.type == "cpu" else \
+            self.meter = bench_common.PeakMemory(device).__enter__()  # gc + malloc_trim, then reset the high-water mark
+            self.start_mib = (bench_common.status_kb("VmRSS") or 0) / 1024 if device.type == "cpu" else \
                 torch.cuda.memory_allocated(device) / 2**20
 
         def on_train_batch_start(self, *args) -> None:
@@ -141,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    speed = _speed()
-    info, start, rows = speed.machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")), time.perf_counter(), []
+    info, start, rows = bench_common.machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")), time.perf_counter(), []
     for mode in args.modes:
         for variant in ("dense", "pruned"):
             cmd = [sys.executable, __file__, "--child", variant, mode, "--steps", str(args.steps), "--ratio",
@@ -153,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0]))
             print(f"{variant}/{mode}: {rows[-1]}", flush=True)
     text = render(rows, info, time.perf_counter() - start)
-    speed.write_results(args.out_dir, "fit_memory", {"machine": info, "rows": rows, "settings": vars(args)}, text)
+    bench_common.write_results(args.out_dir, "fit_memory", {"machine": info, "rows": rows, "settings": vars(args)}, text)
     return 0
 
 

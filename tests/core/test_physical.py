@@ -37,6 +37,20 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
         return model(input_ids=x, use_cache=False).logits.float()
 
 
+#: masked == physical logits in float32, to this fraction of the largest |logit|. Not bit for bit: the pruned matmuls
+#: sum the same non-zero products over shorter rows, in another blocking (observed up to 2.1e-7 absolute on these
+#: tiny models with logits of order 1, exactly 0 in most cases). Flipping mantissa bit 14 of the largest kept
+#: down_proj weight (0.2 % of one weight) after pruning fails 29 of the 34 cases here; the old bound 1e-4, 5.
+MASKED_EQUALS_PHYSICAL = 2e-6
+
+
+def assert_same_logits(physical: torch.Tensor, masked_logits: torch.Tensor) -> None:
+    """The physically pruned model's logits equal the masked model's to :data:`MASKED_EQUALS_PHYSICAL`."""
+    scale = max(1.0, float(masked_logits.abs().max()))
+    difference = float((physical - masked_logits).abs().max())
+    assert difference <= MASKED_EQUALS_PHYSICAL * scale, f"max |logit difference| {difference:.3g} (scale {scale:.3g})"
+
+
 def _snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -76,7 +90,7 @@ def test_pruned_equals_masked(base_models, family, unit, scope):
     assert not torch.allclose(dense, masked_logits)
 
     apply_plan(model, plan)
-    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
+    assert_same_logits(_logits(model, x), masked_logits)
     # parameter target: the plan's bookkeeping and a real count agree, within 0.5 points of the target
     assert abs(plan.achieved_ratio - 0.25) < 0.005
     assert total_params(model) == plan.params_after
@@ -106,7 +120,7 @@ def test_single_kv_head_gemma3_loses_only_query_heads():
         masked_logits = _logits(model, x)
     plan = session.plan(candidate, selection)
     apply_plan(model, plan)
-    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
+    assert_same_logits(_logits(model, x), masked_logits)
     assert all(lp.num_kv_heads == 1 and not lp.kv_heads_removed for lp in plan.layers)
     assert any(lp.num_heads < 4 for lp in plan.layers)
     assert abs(plan.achieved_ratio - 0.25) < 0.005
@@ -286,7 +300,7 @@ def test_flap_bias_compensation_adds_the_removed_mean_contribution(tmp_path):
     assert model.model.layers[0].mlp.down_proj.bias is None  # the masks' biases are gone again
     assert all(torch.equal(before[k], v) for k, v in _snapshot(model).items())
     apply_plan(model, plan)
-    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
+    assert_same_logits(_logits(model, x), masked_logits)
     assert total_params(model) == plan.params_after and model.model.layers[0].mlp.down_proj.bias is not None
     save_pruned(model, None, tmp_path / "export", plan)
     reloaded, _, replayed = load_pruned(tmp_path / "export")
@@ -317,7 +331,7 @@ def test_phi3_fused_projections_prune_uniformly(tmp_path, metric):
     with masked(session.layers, selection):
         masked_logits = _logits(model, x)
     apply_plan(model, plan)
-    assert (_logits(model, x) - masked_logits).abs().max() < 1e-4
+    assert_same_logits(_logits(model, x), masked_logits)
     assert abs(plan.achieved_ratio - 0.25) < 0.005 and total_params(model) == plan.params_after
     lp = plan.layers[0]
     attn = model.model.layers[0].self_attn

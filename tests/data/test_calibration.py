@@ -82,6 +82,48 @@ def test_fair_interleaving_and_nesting(tokenizer, texts: dict[str, str]) -> None
     assert large.pool_ids[:6] == small.pool_ids  # a larger pool contains the smaller one
 
 
+def _books(ids: list[str]) -> Counter:
+    return Counter(i.rsplit(":", 1)[0] for i in ids)
+
+
+def test_every_prefix_of_the_finetune_windows_draws_from_every_text_in_proportion(tokenizer, texts) -> None:
+    """A short recovery takes the first steps x batch fine-tune windows: they must come from every text, in
+    proportion to its size (the order used to be sorted by text, so a prefix was the first book alone)."""
+    s = make_splits(tokenizer, texts, n_pool=4, pool_seq_len=16, n_objective=4, objective_seq_len=16, seed=5)
+    sizes = _books(s.finetune_ids)
+    total = sum(sizes.values())
+    for n in (8, 13, 20, total // 2, total):
+        counts = _books(s.finetune_ids[:n])
+        for name in texts:
+            assert abs(counts[name] - n * sizes[name] / total) <= 1, (n, name, counts)
+    again = make_splits(tokenizer, texts, n_pool=4, pool_seq_len=16, n_objective=4, objective_seq_len=16, seed=5)
+    other = make_splits(tokenizer, texts, n_pool=4, pool_seq_len=16, n_objective=4, objective_seq_len=16, seed=6)
+    assert again.finetune_ids == s.finetune_ids and other.finetune_ids != s.finetune_ids  # seeded
+    assert sorted(s.finetune_ids) != s.finetune_ids  # shuffled within each text too
+
+
+def test_development_windows_are_the_held_back_tail_of_every_text(tokenizer, texts) -> None:
+    kwargs = dict(n_pool=8, pool_seq_len=16, n_objective=4, objective_seq_len=16, seed=2)
+    s = make_splits(tokenizer, texts, n_dev=10, **kwargs)
+    plain = make_splits(tokenizer, texts, **kwargs)
+    assert s.pool_ids == plain.pool_ids and s.objective_ids == plain.objective_ids  # n_dev changes neither
+    dev, pool, objective, finetune = map(set, (s.dev_ids, s.pool_ids, s.objective_ids, s.finetune_ids))
+    assert len(dev) == 10 and not dev & (pool | objective | finetune)
+    assert dev | pool | objective | finetune == _all_ids(tokenizer, texts, 16)
+    assert set(plain.finetune_ids) == finetune | dev
+    assert _books(s.dev_ids) == {"book0": 2, "book1": 2, "book2": 3, "book3": 3}  # evenly, the remainder last
+    for name in texts:  # each text's development windows are its last windows not in the pool or objective
+        mine = sorted(int(i.rsplit(":", 1)[1]) for i in s.dev_ids if i.startswith(name + ":"))
+        later = [int(i.rsplit(":", 1)[1]) for i in s.finetune_ids if i.startswith(name + ":")]
+        assert max(later) < min(mine)
+    windows = {name: tokenize_windows(tokenizer, text, 16) for name, text in texts.items()}
+    for row, id_ in zip(s.dev, s.dev_ids):
+        name, index = id_.rsplit(":", 1)
+        assert torch.equal(row, windows[name][int(index)])
+    with pytest.raises(ConfigError, match=r"n_dev=-1 is invalid"):
+        make_splits(tokenizer, texts, n_dev=-1, **kwargs)
+
+
 def test_pool_longer_than_objective(tokenizer, texts: dict[str, str]) -> None:
     s = make_splits(tokenizer, texts, n_pool=4, pool_seq_len=40, n_objective=2, objective_seq_len=8)
     assert s.window_len == 40 and s.pool.shape == (4, 40) and s.objective.shape == (2, 8)
@@ -122,3 +164,20 @@ def test_real_austen_splits() -> None:
     books = {i.rsplit(":", 1)[0] for i in s.pool_ids + s.objective_ids + s.finetune_ids}
     assert books == set(CALIBRATION_BOOKS)
     assert 2800 <= len(s.pool_ids) + len(s.objective_ids) + len(s.finetune_ids) <= 2830  # 721,429 tokens / 256
+
+
+@pytest.mark.slow
+def test_the_benchmarks_splits_recover_on_every_book_and_keep_their_development_windows() -> None:
+    """The benchmarks' splits (pool 64 x 128, objective 8 x 256, 96 development windows): a 30-step recovery
+    (120 windows) reads all four novels in proportion; the development windows hold the 24 that
+    ``benchmarks/subsets.py`` read before they were a split (the last 24 of Sense and Sensibility)."""
+    from adapruner_lightning.data.text import texts_for
+    from adapruner_lightning.data.models import load_model
+
+    _, tokenizer = load_model(None)
+    s = make_splits(tokenizer, texts_for("austen:calibration"), n_pool=64, pool_seq_len=128, n_objective=8,
+                    objective_seq_len=256, seed=0, n_dev=96)
+    assert _books(s.finetune_ids[:120]) == {"Emma": 34, "Mansfield Park": 34, "Pride and Prejudice": 26,
+                                            "Sense and Sensibility": 26}
+    assert [i for i in s.dev_ids if i.startswith("Sense")] == [f"Sense and Sensibility:{i}" for i in range(585, 609)]
+    assert _books(s.dev_ids) == {book: 24 for book in CALIBRATION_BOOKS}

@@ -106,8 +106,10 @@ def test_openbookqa(tmp_path: Path) -> None:
 def test_json_and_limit_and_unlabelled_split(tmp_path: Path) -> None:
     records = [{"goal": f"g{i}", "sol1": "a", "sol2": "b", "label": i % 2} for i in range(5)]
     (tmp_path / "piqa.json").write_text(json.dumps({"validation": records}), encoding="utf-8")
-    items = load_task("piqa", tmp_path / "piqa.json", limit=3)
-    assert [i.gold for i in items] == [0, 1, 0]
+    items = load_task("piqa", tmp_path / "piqa.json", limit=3)  # a seeded sample of 3, in file order
+    goals = [int(i.context.split()[1][1:]) for i in items]
+    assert len(items) == 3 and goals == sorted(goals) and [i.gold for i in items] == [g % 2 for g in goals]
+    assert load_task("piqa", tmp_path / "piqa.json", limit=3) == items
     (tmp_path / "rows.json").write_text(json.dumps({"rows": [{"row_idx": 0, "row": records[0]}]}), encoding="utf-8")
     assert load_task("piqa", tmp_path / "rows.json")[0].context == "Question: g0\nAnswer:"
     with pytest.raises(ConfigError, match="validation split"):

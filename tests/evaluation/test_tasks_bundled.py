@@ -7,7 +7,7 @@ import pytest
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.evaluation import tasks_bundled
 from adapruner_lightning.evaluation.items import ContinuationItem, MCItem
-from adapruner_lightning.evaluation.tasks import get_task, load_task
+from adapruner_lightning.evaluation.tasks import get_task, load_task, sample_records
 
 #: lm-eval's default split of each task and its size (lm-evaluation-harness 0.4 task YAMLs).
 LMEVAL_SPLITS = {
@@ -49,7 +49,7 @@ def test_test_split_records_rebuilt_from_olmes_documents_equal_the_published_one
         assert mine["choices"]["label"].index(mine["answerKey"]) == gold
     # and the item our loader builds from a rebuilt record is the one it builds from the published record
     assert load_task(name, split="validation", limit=5) == [get_task(name).convert(rebuilt[r["id"]])
-                                                            for r in published[:5]]
+                                                            for r in sample_records(published, 5)]
 
 
 def test_lambada_items_are_the_passage_minus_its_last_word() -> None:

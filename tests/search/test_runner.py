@@ -130,11 +130,17 @@ def test_subset_encoding_neighbours_overlap():
 
     session = _session()
     space = SearchSpace.build(SearchConfig.of(**SMALL), session.config, session.stats.features())
-    a = set(space.subset({"u0": 0.5, "u1": 0.5}))
+    k = SMALL["subset_size"]
+    centre = {"u0": 0.5, "u1": 0.5}
+    a = set(space.subset(centre))
     b = set(space.subset({"u0": 0.52, "u1": 0.5}))
-    far = set(space.subset({"u0": 0.0, "u1": 0.0}))
-    assert len(a) == len(b) == SMALL["subset_size"]
-    assert len(a & b) >= len(a & far)
+    far = set(space.subset({"u0": 1.0, "u1": 1.0}))
+    assert len(a) == len(b) == len(far) == k
+    # the subset is the k pool samples nearest the point in the embedding (computed here without the space)
+    distance = (space.embedding - torch.tensor([0.5, 0.5])).square().sum(1)
+    assert a == set(distance.argsort()[:k].tolist())
+    assert len(a & b) >= k - 1  # a small step keeps all but at most one sample
+    assert len(a & far) < len(a & b)  # strictly: a distant point is another subset
 
 
 def test_copula_transform_keeps_the_ranking_and_bounds_outliers():

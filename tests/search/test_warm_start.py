@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from adapruner_lightning.core.session import Candidate
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.search.config import BASELINE_POINTS, SearchConfig, SearchSpaceConfig
 from adapruner_lightning.search.runner import run_search
@@ -25,15 +26,40 @@ def test_default_warm_start_is_the_baselines_that_fit_the_space():
     assert SearchSpaceConfig(warm_start=[]).warm_points() == []
 
 
+def _score_alone(session, candidate: Candidate) -> float | None:
+    """The objective of ``candidate`` scored directly on the session, without the search (None: infeasible)."""
+    try:
+        selection = session.select(candidate)
+    except ConfigError:
+        return None
+    return session.objective(selection, session.compensation(candidate, selection))
+
+
 def test_the_first_trials_are_the_baselines_and_the_best_is_no_worse():
+    """The guarantee, checked against scores computed without the search: the search's first trial is FLAP's
+    reference configuration on the whole pool, its score is FLAP's own, and the search returns its best trial, so
+    it never ends below FLAP (it fails if the warm trials are skipped or another trial than the best is returned)."""
     config = SearchConfig.of(**{**SMALL, "metrics": ["taylor", "flap_reference", "wanda_sp"], "trials": 5,
                                 "max_keep_first": 4, "max_keep_last": 2})
-    result = run_search(_session(), config, progress=False)
+    session = _session()
+    result = run_search(session, config, progress=False)
     first, second = result.trials[0].candidate, result.trials[1].candidate
     assert (first["metric"], first["scope"], first["reconstruction"]) == ("flap_reference", "standardized", "bias")
     assert (second["metric"], second["scope"], second["keep_first"], second["keep_last"]) == ("taylor", "layerwise", 4, 2)
-    # (LLM-Pruner's point keeps 6 layers whole: on this 4-layer model it cannot reach the target and fails)
-    assert result.best.score >= max(t.score for t in result.trials[:2] if t.status == "ok")
+    pool = list(range(session.pool.shape[0]))
+    flap = _score_alone(session, Candidate(metric="flap_reference", reducer="sum", subset=pool, scope="standardized",
+                                           bias_compensation=True))
+    assert flap is not None and result.trials[0].status == "ok"
+    assert result.trials[0].score == pytest.approx(flap, rel=1e-6, abs=1e-9)
+    # (LLM-Pruner's point keeps 6 layers whole: on this 4-layer model it cannot reach the target and fails, both ways)
+    llm_pruner = _score_alone(session, Candidate(metric="taylor", reducer="sum", subset=second["subset"], keep_first=4,
+                                                 keep_last=2))
+    assert llm_pruner is None and result.trials[1].status == "failed"
+    scores = [t.score for t in result.trials if t.status == "ok"]
+    assert len(set(scores)) > 1, "the trials should differ, or returning another than the best goes unnoticed"
+    assert result.best.score == max(scores) >= flap
+    assert result.plan.provenance["search"]["trial"] == result.best.trial
+    assert result.plan.provenance["metric"] == result.best.candidate["metric"]
     assert result.trials[2].candidate["metric"] in config.space.metrics  # then the usual random initial points
 
 
