@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from adapruner_lightning.search.dimensions import ConditionalSpace, Dimension
 from adapruner_lightning.search.space import SearchSpace
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -54,11 +55,14 @@ SEED_RANGE = 1000
 class SeedIntegerSpace(SearchSpace):
     """The same space with the subset encoded by one integer seeding ``randperm(N)[:k]`` (no locality)."""
 
-    def bounds(self) -> dict[str, Any]:
-        b = super().bounds()
-        for i in range(self.embedding.shape[1]):
-            b.pop(f"u{i}")
-        return {"subset_seed": (0, SEED_RANGE - 1, int), **b}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        table = self.dims.dims
+        coords = [name for name in table if name[0] == "u" and name[1:].isdigit()]
+        when = table[coords[0]].when if coords else None  # where the subset is read, as for the coordinates
+        rest = {name: dim for name, dim in table.items() if name not in coords}
+        self.dims = ConditionalSpace({**rest, "subset_seed": Dimension((0, SEED_RANGE - 1, int), 0, when)},
+                                     self.dims.fixed)
 
     def subset(self, point: dict[str, Any]) -> list[int]:
         n, k = self.embedding.shape[0], int(point.get("k", self.config.data.subset_size))
@@ -205,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adapruner_lightning.progress import make_progress
     from adapruner_lightning.core.session import Candidate, PruningSession
     from adapruner_lightning.search.runner import evaluate_point
-    from adapruner_lightning.search.engines import suggest
+    from adapruner_lightning.search.suggest import suggest
 
     from bench_common import machine_info
 
