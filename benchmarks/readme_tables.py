@@ -352,9 +352,39 @@ def standard_splits(root: Path) -> str:
                 "development items"], out, right=2)
 
 
+def reconstruction(root: Path) -> str:
+    """FLAP's reference selection with each way to make up for what it removes, development perplexity at 20, 30
+    and 40% (``reconstruction.json``, part ``direct``)."""
+    rows = [r for r in _json(root, "reconstruction.json")["rows"] if r["cell"][0] == "direct"]
+    ratios = sorted({r["cell"][1] for r in rows})
+    ppl = {(r["cell"][2], r["cell"][1]): r["dev_ppl"] for r in rows}
+    out = []
+    for name in dict.fromkeys(r["cell"][2] for r in rows):
+        out.append([name] + [_f(ppl[name, q]) + ("" if name == "bias" else f" ({ppl[name, q] / ppl['bias', q]:.3f}x)")
+                             for q in ratios])
+    return _md(["reconstruction", *[f"{q:.0%}: dev ppl (x FLAP's bias)" for q in ratios]], out)
+
+
+def reconstruction_search(root: Path) -> str:
+    """The default search (reconstruction searched) against FLAP with its bias and with least squares, development
+    perplexity after the physical prune (``reconstruction.json``, part ``search``)."""
+    rows = [r for r in _json(root, "reconstruction.json")["rows"] if r["cell"][0] == "search"]
+    out = []
+    for ratio in sorted({r["cell"][2] for r in rows}):
+        cells = {m: [r for r in rows if r["cell"][1] == m and r["cell"][2] == ratio] for m in ("flap_bias", "flap_lstsq", "search")}
+        for method, rs in cells.items():
+            if not rs:
+                continue
+            ppl = [r["dev_ppl"] for r in rs]
+            ref = {m: statistics.mean(r["dev_ppl"] for r in cells[m]) if cells[m] else float("nan") for m in cells}
+            chose = sorted({"/".join(str(r["plan"][k]) for k in ("metric", "scope", "reconstruction")) for r in rs})
+            out.append([f"{ratio:.0%}", method, str(len(rs)), _spread(ppl), f"{statistics.mean(ppl) / ref['flap_bias']:.3f}",
+                        f"{statistics.mean(ppl) / ref['flap_lstsq']:.3f}", ", ".join(chose)])
+    return _md(["ratio", "method", "seeds", "dev ppl", "x FLAP+bias", "x FLAP+lstsq", "best plans"], out, right=2)
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
         quality_protocol, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
-        metrics, memory_bf16, fit_memory, speed, standard_splits)
+        metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search)
 }

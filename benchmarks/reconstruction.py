@@ -365,7 +365,7 @@ def render(data: dict) -> str:
     """The Markdown tables of what has finished."""
     m = data.get("machine", {})
     dense = next((r["dev_ppl"] for r in _rows(data, "dense")), float("nan"))
-    lines = [f"# Least-squares reconstruction — development data only", "",
+    lines = ["# Least-squares reconstruction — development data only", "",
              f"{m.get('date', '?')} — {m.get('cpu_model', '?')}, {m.get('cpu_affinity', '?')} cores shared with other "
              f"jobs, torch {m.get('torch', '?')}, 1 thread. Command: `{m.get('command', '?')}`. Embedded SmolLM2-135M "
              "(float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = the last 24 x 256 fine-tune "

@@ -50,7 +50,7 @@ def _row(method: str, seed: int, ppl: float, acc: float, recovered: bool = False
 
 
 def _line(table: str, method: str) -> list[str]:
-    return [c.strip() for c in next(l for l in table.splitlines() if f"| {method} |" in l).split("|")]
+    return [c.strip() for c in next(line for line in table.splitlines() if f"| {method} |" in line).split("|")]
 
 
 def test_table_pairs_seeds_against_llm_pruner() -> None:
@@ -133,7 +133,7 @@ def test_task_table_cuts_items_by_task_and_pairs_them() -> None:
     rows += [{**_row("adapruner", s, 20, 0.6, correct="111010"), "task_sizes": [2, 2, 2]} for s in range(2)]
     lines = quality_tables.task_table(rows, "llm_pruner").splitlines()
     assert lines[0].count("acc |") == len(quality_tables.OFFLINE)  # rows without "tasks" hold the offline three
-    cells = [c.strip() for c in next(l for l in lines if "| adapruner |" in l).split("|")]
+    cells = [c.strip() for c in next(line for line in lines if "| adapruner |" in line).split("|")]
     assert cells[4:10] == ["1.000", "+0.500 ± 0.500", "0.500", "+0.000 ± 0.000", "0.500", "+0.000 ± 0.000"]
     # a cell whose items cannot be cut by task is left out, not mis-assigned
     assert "| random |" not in quality_tables.task_table(rows + [_row("random", 0, 99, 0.3, correct="10101")], "llm_pruner")
@@ -214,7 +214,7 @@ def test_subsets_table_summarises_draws_per_configuration_and_kind() -> None:
     rows = [{"config": "FLAP reference", "kind": "random 10", "objective": o, "dev": d} for o, d in ((60, 80), (62, 84))]
     rows.append({"config": "FLAP reference", "kind": "whole pool", "objective": 58.0, "dev": 76.0})
     table = subsets.table(rows, {"objective": 40.0, "dev": 50.0})
-    random10 = next(l for l in table.splitlines() if "| random 10 |" in l)
+    random10 = next(line for line in table.splitlines() if "| random 10 |" in line)
     assert "| 2 | 61.00 ± 1.41 (60.00-62.00) | 82.00 ± 2.83 (80.00-84.00) | 1.640 |" in random10
     assert "| whole pool | 1 | 58.00 | 76.00 | 1.520 |" in table
     assert "LLM-Pruner" not in table  # configurations without rows are left out
@@ -321,11 +321,11 @@ def test_side_by_side_pairs_every_method_with_flap_by_item_in_both_roles() -> No
     rows += [row("flap", s, "1100", "1000") for s in range(2)]
     rows += [row("wanda_sp", s, "1110", "1100") for s in range(2)]
     table = quality_tables.side_by_side(rows)
-    cells = [c.strip() for c in next(l for l in table.splitlines() if "| wanda_sp |" in l).split("|")]
+    cells = [c.strip() for c in next(line for line in table.splitlines() if "| wanda_sp |" in line).split("|")]
     # dev: items differ by (0, 0, 1, 0) -> +0.250 ± 0.250; test: (0, 1, 0, 0) the same; perplexity equal to FLAP's
     assert cells[4:10] == ["2", "10.50 (1.050x)", "+0.000 ± 0.000x (0/2)", "0.750", "—", "+0.250 ± 0.250"]
     assert cells[11] == "21.00 (1.000x)" and cells[15] == "+0.250 ± 0.250" and "dev Δacc vs FLAP ± SE" in table
-    assert [c.strip() for c in next(l for l in table.splitlines() if "| flap |" in l).split("|")][9] == ""
+    assert [c.strip() for c in next(line for line in table.splitlines() if "| flap |" in line).split("|")][9] == ""
 
 
 def test_the_recovery_chosen_on_development_data_is_the_lowest_mean_development_perplexity() -> None:

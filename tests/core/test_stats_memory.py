@@ -25,8 +25,8 @@ def _dense_reference(model, layers, samples, metric):
     """What the metric means, computed the obvious (weight-sized) way: full gradients of the summed per-sample
     mean losses (per sample for the Fisher diagonal), then |salience| summed per row/column."""
     spec = get_metric(metric)
-    weights = {id(output_site(getattr(l, m))[0].weight): output_site(getattr(l, m))[0].weight
-               for l in layers for m in MEMBERS}
+    weights = {id(output_site(getattr(layer, m))[0].weight): output_site(getattr(layer, m))[0].weight
+               for layer in layers for m in MEMBERS}
     groups = [samples[i:i + 1] for i in range(samples.shape[0])] if spec.second_order else [samples]
     g = {k: torch.zeros_like(w, dtype=torch.float32) for k, w in weights.items()}
     h = {k: torch.zeros_like(w, dtype=torch.float32) for k, w in weights.items()}

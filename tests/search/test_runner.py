@@ -63,7 +63,7 @@ def test_killed_process_resumes_without_repeating_trials(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
-            done = [l for l in trace.read_text().splitlines() if '"type": "trial"' in l] if trace.exists() else []
+            done = [line for line in trace.read_text().splitlines() if '"type": "trial"' in line] if trace.exists() else []
             if len(done) >= 2:
                 break
             proc.poll()
@@ -73,10 +73,10 @@ def test_killed_process_resumes_without_repeating_trials(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    finished = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    finished = [json.loads(line)["trial"] for line in trace.read_text().splitlines() if '"type": "trial"' in line]
     assert 2 <= len(finished) < SMALL["trials"]
     out = subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True, check=True).stdout
-    trials = [json.loads(l)["trial"] for l in trace.read_text().splitlines() if '"type": "trial"' in l]
+    trials = [json.loads(line)["trial"] for line in trace.read_text().splitlines() if '"type": "trial"' in line]
     assert trials == list(range(SMALL["trials"]))  # every trial once: none repeated, none lost
     reference = run_search(_session(), SearchConfig.of(**SMALL), progress=False)
     assert f"BEST {reference.best.trial}" in out
