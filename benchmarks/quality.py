@@ -53,7 +53,9 @@ import quality_tables as tables
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.importance import get_metric
 from adapruner_lightning.core.physical import apply_plan
+from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.reconstruction import GramCache, LeastSquares, collect_grams
 from adapruner_lightning.core.session import PruningSession, plan_options
 from adapruner_lightning.core.stats import StatsCache
 from adapruner_lightning.data.calibration import dev_texts, make_splits
@@ -64,7 +66,7 @@ from adapruner_lightning.evaluation.loglik import choice_logliks
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity, item_correctness
 from adapruner_lightning.evaluation.protocol import role_items
 from adapruner_lightning.search.config import SearchConfig
-from adapruner_lightning.search.runner import run_search
+from adapruner_lightning.search.pipeline import find_plan
 from quality_tables import OFFLINE, SEVEN
 from bench_common import machine_info
 
@@ -80,10 +82,14 @@ METHODS = {
     # FLAP as its reference code runs it (lib/prune.py, WIFV, structure AL-AM): squared attention fluctuation,
     # per-layer standardised scores, one cost-weighted global threshold, bias compensation, and its main.py's
     # 2,048 calibration samples (clipped to the pool: every one of its 64)
-    "flap": (dict(metric="flap_reference", scope="standardized", bias_compensation=True, num_samples=2048),
+    "flap": (dict(metric="flap_reference", scope="standardized", reconstruction="bias", num_samples=2048),
              False, True),
+    # FLAP's selection with the least-squares repair of the kept columns (the floor the reconstruction sets: the
+    # search must beat this, issue 34)
+    "flap_lstsq": (dict(metric="flap_reference", scope="standardized", reconstruction="lstsq", num_samples=2048),
+                   False, True),
     # the same on 10 random samples (LLM-Pruner's count; the "flap" of the tables before 2026-12-04)
-    "flap_k10": (dict(metric="flap_reference", scope="standardized", bias_compensation=True), False, True),
+    "flap_k10": (dict(metric="flap_reference", scope="standardized", reconstruction="bias"), False, True),
     "adapruner": ({}, True, True),
     # the search with the subset size fixed at 10 (the library's default before 2026-12-04)
     "adapruner_k10": ({}, True, True),
@@ -95,13 +101,13 @@ METHODS = {
     "adapruner_cold": ({}, True, True),
 }
 #: comparison variants, run only when named
-COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl", "adapruner_cold")
+COMPARISONS = ("flap_lstsq", "flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl", "adapruner_cold")
 #: SearchConfig options of the searching methods beyond trials/init_points (adapruner: the library's defaults,
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
     "adapruner": {},
-    "adapruner_k10": {"vary_subset_size": False},
-    "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False,
+    "adapruner_k10": {"vary_subset_size": False, "reconstructions": ["none", "bias"]},
+    "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False, "reconstructions": ["none", "bias"],
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
     "adapruner_cold": {"warm_start": []},
@@ -156,6 +162,14 @@ def _search_config(method: str, trials: int) -> SearchConfig:
     return SearchConfig.of(trials=trials, init_points=min(5, trials), **SEARCH_OPTIONS[method])
 
 
+def _reads_grams(method: str, config: PruningConfig, trials: int) -> bool:
+    """Whether ``method`` may apply the least-squares repair (its plans, or its search's space, include it)."""
+    if config.reconstruction == "lstsq":
+        return True
+    space = _search_config(method, trials).space if METHODS[method][1] else None
+    return space is not None and space.reconstruction and "lstsq" in space.reconstructions
+
+
 def recipe(method: str, ratio: float, seed: int, trials: int) -> dict:
     """Every option a method's plan depends on, resolved against the library's current defaults (memory knobs
     left out, as in a search trace's problem key): a kept plan is reused only while its recipe is unchanged, so
@@ -188,6 +202,7 @@ class Bench:
                                   n_objective=8, objective_seq_len=256, seed=0, n_dev=DEV_WINDOWS)
         self.roles = {"dev": self._dev()} if args.choose else {"dev": self._dev(), "test": self._test()}
         self._pool_stats: StatsCache | None = None
+        self._pool_grams: GramCache | None = None
 
     def _dev(self) -> dict:
         """Development data: the held-back calibration windows, Austen items from their text, standard dev items."""
@@ -248,37 +263,48 @@ class Bench:
             write_text_atomic(path, json.dumps(saved))
         plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
         model = self.fresh()
-        apply_plan(model, plan)
+        apply_plan(model, plan, refit=self._refit(plan))
         digest = hashlib.sha256(json.dumps(saved["plan"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
         return model, {**info, "plan_digest": digest}
+
+    def _refit(self, plan: PruningPlan) -> LeastSquares | None:
+        """The least-squares statistics a ``reconstruction='lstsq'`` plan is applied with (the pool's, shared by every
+        plan: they depend on the dense weights and the pool only), with the plan's own damping."""
+        if not plan.refits_weights:
+            return None
+        fit = plan.provenance["reconstruction_fit"]
+        return LeastSquares(self._grams(), damping=fit["damping"], intercept=fit["intercept"])
+
+    def _grams(self) -> GramCache:
+        if self._pool_grams is None:
+            self._pool_grams = collect_grams(self.model, layer_structures(self.model), self.splits.pool)
+        return self._pool_grams
 
     def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
         """A session on the dense weights. The pool's statistics depend on neither the metric, the seed nor the
         ratio, so every method that reads them shares one statistics pass (``PruningSession(stats=...)``)."""
         overrides, searches, _ = METHODS[method]
         config = PruningConfig(target_ratio=ratio, seed=seed, **overrides)
-        needs_stats = searches or config.bias_compensation or get_metric(config.metric).needs == "activations"
+        needs_stats = searches or config.reconstruction == "bias" or get_metric(config.metric).needs == "activations"
         if needs_stats and self._pool_stats is None:
             self._pool_stats = PruningSession(self.model, config, self.splits.pool, pool_ids=self.splits.pool_ids,
                                               progress=False).stats
         return PruningSession(self.fresh(), config, self.splits.pool, objective=self.splits.objective,
                               pool_ids=self.splits.pool_ids, progress=False,
-                              stats=self._pool_stats if needs_stats else None)
+                              stats=self._pool_stats if needs_stats else None,
+                              grams=self._grams() if _reads_grams(method, config, self.args.trials) else None)
 
     def _plan(self, method: str, ratio: float, seed: int) -> tuple[PruningPlan, dict]:
+        """The plan of ``method`` through the library's one plan pipeline (``find_plan``: its search, or with no
+        search the configured candidate)."""
         searches = METHODS[method][1]
-        session = self._session(method, ratio, seed)
-        info: dict = {}
+        search = _search_config(method, self.args.trials) if searches else SearchConfig(trials=0)
+        result = find_plan(self._session(method, ratio, seed), search, progress=False, bos=self.splits.bos)
+        plan, info = result.plan, {}
         if searches:
-            search = _search_config(method, self.args.trials)
-            result = run_search(session, search, seed=seed, progress=False)
-            plan = result.plan
-            info = {"search_seconds": result.seconds, "best_trial": result.best.trial,
-                    "objective": result.best.score, **{k: plan.provenance[k] for k in ("metric", "reducer", "keep_first",
-                                                                                       "keep_last", "layer_ramp",
-                                                                                       "bias_compensation")}}
-        else:
-            plan = session.plan(session.default_candidate())
+            info = {"search_seconds": result.seconds, "best_trial": result.best.trial, "objective": result.best.score,
+                    **{k: plan.provenance[k] for k in ("metric", "reducer", "keep_first", "keep_last", "layer_ramp",
+                                                       "reconstruction")}}
         info.update(removed=plan.achieved_ratio, samples=len(plan.provenance["subset"]))
         return plan, info
 
