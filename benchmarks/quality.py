@@ -261,7 +261,7 @@ class Bench:
         if needs_stats and self._pool_stats is None:
             self._pool_stats = PruningSession(self.model, config, self.splits.pool, pool_ids=self.splits.pool_ids,
                                               progress=False).stats
-        return PruningSession(self.fresh(), config, self.splits.pool, objective=self.splits.objective,
+        return PruningSession(self.fresh(), config, self.splits.pool, objective_windows=self.splits.objective,
                               pool_ids=self.splits.pool_ids, progress=False,
                               stats=self._pool_stats if needs_stats else None)
 

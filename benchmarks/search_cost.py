@@ -154,8 +154,8 @@ def measure_objective(session: Any, repeats: int, device: torch.device) -> dict[
 
     k = min(8, session.pool.shape[0])
     selection = session.select(Candidate("taylor_vector", "sum", list(range(k))))
-    session.objective(selection)  # warm-up, not timed
-    times = [timed(lambda: session.objective(selection), device) for _ in range(repeats)]
+    session.score(selection)  # warm-up, not timed
+    times = [timed(lambda: session.score(selection), device) for _ in range(repeats)]
     return {"seconds": times, "median_s": statistics.median(times)}
 
 
@@ -211,7 +211,7 @@ def _session(model: torch.nn.Module, splits: Any, ratio: float, seed: int, batch
     device = next(model.parameters()).device
     config = PruningConfig(target_ratio=ratio, seed=seed, ratio_basis=basis)
     return PruningSession(model, config, splits.pool.to(device),
-                          objective=splits.objective.to(device), pool_ids=splits.pool_ids, batch_size=batch_size,
+                          objective_windows=splits.objective.to(device), pool_ids=splits.pool_ids, batch_size=batch_size,
                           progress=False)
 
 

@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits = make_splits(tok, texts, n_pool=args.pool, pool_seq_len=128, n_objective=args.objective_windows,
                              objective_seq_len=256, seed=seed)
         session = PruningSession(model, PruningConfig(target_ratio=args.ratio, seed=seed), splits.pool.to(device),
-                                 objective=splits.objective.to(device), pool_ids=splits.pool_ids,
+                                 objective_windows=splits.objective.to(device), pool_ids=splits.pool_ids,
                                  batch_size=args.batch_size, progress=False)
         start = time.perf_counter()
         features = session.stats.features()
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dense = -math.log(evaluate_perplexity(model, session.objective_windows, batch_size=args.batch_size,
                                               progress=False))
         subset = torch.randperm(args.pool, generator=torch.Generator().manual_seed(seed))[:args.subset_size]
-        default = session.objective(session.select(Candidate("taylor_vector", "sum", sorted(subset.tolist()))))
+        default = session.score(session.select(Candidate("taylor_vector", "sum", sorted(subset.tolist()))))
         references[str(seed)] = {"dense": dense, "default": default, "stats_s": stats_s,
                                  "objective_ids": splits.objective_ids, "pool_ids": splits.pool_ids}
         memo: dict[str, Any] = {}  # candidate -> TrialRecord, shared by the engines of this seed

@@ -45,7 +45,7 @@ def small_session(seed: int = 0, pool_seed: int = 123, **cfg) -> PruningSession:
     gen = torch.Generator().manual_seed(pool_seed)
     pool = torch.randint(0, 128, (12, 16), generator=gen)
     objective = torch.randint(0, 128, (3, 32), generator=gen)
-    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective=objective,
+    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective_windows=objective,
                           progress=False)
 
 

@@ -174,7 +174,7 @@ def _prune(args: Any, out: Path) -> int:
     splits = make_splits(tokenizer, texts, n_pool=search.data.pool_size, pool_seq_len=pruning.sample_len,
                          n_objective=search.data.objective_windows, objective_seq_len=search.data.objective_seq_len,
                          seed=pruning.seed)
-    session = PruningSession(model, pruning, splits.pool, objective=splits.objective, pool_ids=splits.pool_ids,
+    session = PruningSession(model, pruning, splits.pool, objective_windows=splits.objective, pool_ids=splits.pool_ids,
                              progress=args.progress)
     result = find_plan(session, search, trace_path=trace_path, progress=args.progress, bos=splits.bos)
     seconds["search"] = result.seconds

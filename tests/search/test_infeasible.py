@@ -26,7 +26,7 @@ def _session(**config) -> PruningSession:
     gen = torch.Generator().manual_seed(0)
     return PruningSession(model, PruningConfig(**{"target_ratio": 0.2, **config}),
                           torch.randint(0, VOCAB, (12, 16), generator=gen),
-                          objective=torch.randint(0, VOCAB, (3, 32), generator=gen), progress=False)
+                          objective_windows=torch.randint(0, VOCAB, (3, 32), generator=gen), progress=False)
 
 
 def _forbid_work(monkeypatch) -> None:
@@ -38,7 +38,7 @@ def _forbid_work(monkeypatch) -> None:
 
     for name in ("collect_activation_stats", "collect_gradient_scores"):
         monkeypatch.setattr(session_module, name, boom)
-    monkeypatch.setattr(PruningSession, "objective", boom)
+    monkeypatch.setattr(PruningSession, "score", boom)
 
 
 def test_the_search_refuses_an_unreachable_total_ratio_before_any_trial(tmp_path, monkeypatch):

@@ -36,15 +36,15 @@ PAIRS = {
 
 
 def _fingerprinted(session):
-    """Wrap ``session.objective`` to record a fingerprint of every evaluated plan (units removed and biases)."""
-    seen, objective = [], session.objective
+    """Wrap ``session.score`` to record a fingerprint of every evaluated plan (units removed and biases)."""
+    seen, score = [], session.score
 
     def wrapped(selection, biases=None):
         removed = [[i, s.heads, s.kv_heads, s.channels] for i, s in sorted(selection.items()) if s.channels or s.heads]
         seen.append(hashlib.sha256(json.dumps([removed, biases], default=str).encode()).hexdigest())
-        return objective(selection, biases)
+        return score(selection, biases)
 
-    session.objective = wrapped
+    session.score = wrapped
     return seen
 
 
@@ -95,7 +95,7 @@ def test_a_space_with_few_plans_is_exhausted_and_the_counts_reach_the_plan(caplo
 def test_repeats_do_not_count_as_failures_or_reset_them(monkeypatch):
     """A repeat of a failed plan is registered as failed but is no new failure: ``max_failures`` counts evaluations."""
     session, calls = small_session(), []
-    monkeypatch.setattr(session, "objective", lambda selection, biases=None: calls.append(1) or float("nan"))
+    monkeypatch.setattr(session, "score", lambda selection, biases=None: calls.append(1) or float("nan"))
     config = SearchConfig.of(**{**SMALL, "trials": 6, "metrics": METRICS, "max_failures": 3,
                                 "warm_start": [FLAP, {**FLAP, "layer_ramp": 0.5}, FLAP]})
     with pytest.raises(SearchFailed, match="3 consecutive trials failed"):

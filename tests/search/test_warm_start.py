@@ -32,7 +32,7 @@ def _score_alone(session, candidate: Candidate) -> float | None:
         selection = session.select(candidate)
     except ConfigError:
         return None
-    return session.objective(selection, session.compensation(candidate, selection))
+    return session.score(selection, session.compensation(candidate, selection))
 
 
 def test_the_first_trials_are_the_baselines_and_the_best_is_no_worse():

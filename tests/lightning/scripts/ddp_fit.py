@@ -77,14 +77,14 @@ def slow_objective() -> None:
     """Hold every trial's objective for SLOW_TRIAL_S seconds (after computing it)."""
     from adapruner_lightning.core.session import PruningSession
 
-    real = PruningSession.objective
+    real = PruningSession.score
 
-    def objective(self, *args, **kwargs):
+    def score(self, *args, **kwargs):
         value = real(self, *args, **kwargs)
         time.sleep(SLOW_TRIAL_S)
         return value
 
-    PruningSession.objective = objective
+    PruningSession.score = score
 
 
 def count_search_runs() -> None:

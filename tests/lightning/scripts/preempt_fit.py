@@ -42,14 +42,14 @@ SEARCH = dict(trials=6, init_points=2, pool_size=8, subset_size=3, objective_win
 def slow_trials(seconds: float) -> None:
     from adapruner_lightning.core.session import PruningSession
 
-    real = PruningSession.objective
+    real = PruningSession.score
 
-    def objective(self, *args, **kwargs):
+    def score(self, *args, **kwargs):
         value = real(self, *args, **kwargs)
         time.sleep(seconds)
         return value
 
-    PruningSession.objective = objective
+    PruningSession.score = score
 
 
 class Slow(Callback):
