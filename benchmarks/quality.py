@@ -100,8 +100,8 @@ COMPARISONS = ("flap_k10", "adapruner_k10", "adapruner_v01", "adapruner_kl", "ad
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
     "adapruner": {},
-    "adapruner_k10": {"vary_subset_size": False},
-    "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False,
+    "adapruner_k10": {"vary_num_samples": False},
+    "adapruner_v01": {"warm_start": [], "scope": False, "vary_num_samples": False,
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
     "adapruner_cold": {"warm_start": []},

@@ -87,7 +87,7 @@ class Bench:
         """One draw of a subset of ``kind``."""
         k, how = KINDS[kind]
         if how == "nearest":
-            return self.space.subset({**self.space.random_point(rng), "k": k})
+            return self.space.subset({**self.space.random_point(rng), "num_samples": k})
         return sorted(rng.choice(POOL, k, replace=False).tolist()) if how == "random" else list(range(POOL))
 
     def score(self, config: str, subset: list[int]) -> dict[str, float]:

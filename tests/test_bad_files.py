@@ -20,7 +20,7 @@ from adapruner_lightning.cli import main as cli
 from adapruner_lightning.errors import ConfigError
 from helpers_safety import run_cli
 
-SMALL_PRUNE = ["--sample-len", "16", "--pool-size", "6", "--subset-size", "2", "--objective-windows", "2",
+SMALL_PRUNE = ["--sample-len", "16", "--pool-size", "6", "--num-samples", "2", "--objective-windows", "2",
                "--objective-seq-len", "16", "--no-progress"]
 
 

@@ -119,7 +119,7 @@ def test_an_out_of_memory_trial_frees_what_it_allocated(monkeypatch):
     model = tiny("llama").eval()
     session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(6, 16), objective_windows=tokens(2, 16),
                              progress=False)
-    config = SearchConfig.of(trials=2, metrics=["taylor"], pool_size=6, subset_size=3, keep_layers=False,
+    config = SearchConfig.of(trials=2, metrics=["taylor"], pool_size=6, keep_layers=False,
                              layer_ramp=False)
     space = SearchSpace.build(config, session.config, session.stats.features())
     point = space.random_point(np.random.RandomState(0))

@@ -19,7 +19,7 @@ from adapruner_lightning.search.trace import TrialRecord
 from helpers_core import SMALL, small_session
 
 FLAP = {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
-        "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048}
+        "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048}
 METRICS = ["taylor_vector", "flap_reference", "magnitude_l2"]
 
 #: two warm-start points that differ only in a dimension that cannot change the plan there
@@ -28,9 +28,9 @@ PAIRS = {
     "a reducer-only move of an o/down metric": ({**FLAP, "scope": "layerwise"},
                                                 {**FLAP, "scope": "layerwise", "reducer": "max"}),
     "another subset size of a data-free metric without bias": (
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 3},
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 8}),
-    "other subset coordinates once k is the pool (drawn at random for each point)": (
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "num_samples": 3},
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "num_samples": 8}),
+    "other subset coordinates once num_samples is the pool (drawn at random for each point)": (
         {**FLAP, "reconstruction": "none"}, {**FLAP, "reconstruction": "none"}),
 }
 
