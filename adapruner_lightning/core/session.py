@@ -370,7 +370,7 @@ class PruningSession:
 
     def problem(self) -> dict[str, Any]:
         """What this session's scores depend on, as plain data: the model (geometry, parameter count and a weight
-        fingerprint), the pool and objective tokens, and every pruning option. Two sessions with equal problems
+        fingerprint), the pool and objective windows' tokens, and every pruning option. Two sessions with equal problems
         score every candidate alike; a search trace records it, so a trace of another problem is refused."""
         layout = head_layout(self.model.config)
         return {
@@ -378,7 +378,7 @@ class PruningSession:
                       "heads": layout.num_heads, "kv_heads": layout.num_kv_heads, "mlp": layout.intermediate_size,
                       "params": self.params_total, "fingerprint": weight_fingerprint(self.layers, self.model)},
             "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
-            "objective": None if self.objective_windows is None else
+            "objective_windows": None if self.objective_windows is None else
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
             "pruning": plan_options(self.config),
             "attention_unit": self.attention_unit, "uniform": self.uniform,

@@ -139,7 +139,7 @@ def test_two_runs_give_identical_pruned_weights():
         model = make_tiny_model("qwen2", vocab_size=128, layers=4)
         gen = torch.Generator().manual_seed(7)
         plan = prune(model, target_ratio=0.2, calibration=torch.randint(0, 128, (12, 16), generator=gen),
-                     objective_windows=torch.randint(0, 128, (3, 32), generator=gen), sample_len=16, seed=3,
+                     objective_data=torch.randint(0, 128, (3, 32), generator=gen), sample_len=16, seed=3,
                      search=SearchConfig.of(**SMALL), progress=False)
         return model.state_dict(), plan
 
