@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from adapruner_lightning.config import renamed
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.importance import get_metric
 from adapruner_lightning.core.physical import apply_plan
@@ -21,26 +22,30 @@ from adapruner_lightning.search.pipeline import find_plan
 
 
 def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: Optional[float] = None,
-          metric: Optional[str] = None, calibration: Any = None, objective: Any = None,
-          search: Optional[SearchConfig] = None, progress: bool = True, **options: Any) -> PruningPlan:
+          metric: Optional[str] = None, calibration: Any = None, objective_data: Any = None,
+          search: Optional[SearchConfig] = None, progress: bool = True, objective: Any = None,
+          **options: Any) -> PruningPlan:
     """Prune ``model`` in place and return the plan: the one-call API for users without Lightning.
 
     Args:
         model: a supported HF causal LM.
-        tokenizer: its tokenizer (needed when ``calibration``/``objective`` are strings).
+        tokenizer: its tokenizer (needed when ``calibration``/``objective_data`` are strings).
         target_ratio: fraction of parameters to remove (None: ``PruningConfig``'s default).
         metric: importance metric when not searching (None: ``PruningConfig``'s default).
         calibration: list of strings, a ``datasets.Dataset`` or a LongTensor ``[n, T]``.
-        objective: held-apart text or windows scoring candidates (required with ``search``).
+        objective_data: held-apart text or windows scoring candidates (required with ``search``; the search's
+            ``data.objective`` says how they score them).
         search: a :class:`~adapruner_lightning.search.config.SearchConfig` to search the solution space first
             (None: no search, the configured metric and schedule).
         progress: show progress bars.
+        objective: deprecated name of ``objective_data`` (a :class:`DeprecationWarning`).
         **options: any other :class:`~adapruner_lightning.core.config.PruningConfig` field.
 
     Example::
 
         plan = prune(model, tokenizer, target_ratio=0.2, metric="taylor", calibration=["some text ..."])
     """
+    objective_data = renamed("prune(objective=...)", objective, "objective_data=...", objective_data)
     given = {"target_ratio": target_ratio, "metric": metric}
     config = PruningConfig(**{k: v for k, v in given.items() if v is not None}, **options)
     search = search if search is not None else SearchConfig(trials=0)
@@ -50,15 +55,15 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: Optional[flo
     if needs != "nothing" and calibration is None:
         raise ConfigError("calibration", None, f"calibration data for metric {config.metric!r} (it needs {needs})",
                           hint="pass calibration=[...texts...] or use magnitude_l2/random")
-    if searching and objective is None:
-        raise ConfigError("objective", None, "held-apart text or windows for the search to score candidates")
+    if searching and objective_data is None:
+        raise ConfigError("objective_data", None, "held-apart text or windows for the search to score candidates")
     n = search.data.pool_size if searching else config.num_samples
     pool = (as_token_batch(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed)
             if calibration is not None else torch.zeros(1, 2, dtype=torch.long))
-    windows = as_token_batch(objective, tokenizer, num_samples=search.data.objective_windows,
+    windows = as_token_batch(objective_data, tokenizer, num_samples=search.data.objective_windows,
                              sample_len=search.data.objective_seq_len)[: search.data.objective_windows] \
         if searching else None
-    session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective=windows,
+    session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective_windows=windows,
                              progress=progress)
     found = find_plan(session, search, progress=progress, bos=uses_bos(tokenizer) if tokenizer is not None else None)
     apply_plan(model, found.plan, refit=found.refit)

@@ -1,4 +1,5 @@
-"""Shared configuration vocabulary: the validators every typed config uses in ``__post_init__``.
+"""Shared configuration vocabulary: the validators every typed config uses in ``__post_init__``, and the one
+form of a deprecated name (:func:`deprecated`, :func:`renamed`).
 
 Each raises :class:`~adapruner_lightning.errors.ConfigError` naming the field, the value given and what is
 allowed. The configs themselves live with the layer they configure: ``core.config.PruningConfig`` (it checks
@@ -7,6 +8,7 @@ metric names against core's registry), ``search.config.SearchConfig``, ``lightni
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, get_args
 
 from adapruner_lightning.errors import ConfigError
@@ -47,3 +49,25 @@ def check_non_negative(what: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(what, value, "a non-negative integer")
     return value
+
+
+def deprecated(old: str, new: str, *, stacklevel: int = 2) -> None:
+    """Warn that ``old`` is a deprecated name of ``new``: a :class:`DeprecationWarning` ``"<old> is deprecated: use
+    <new>"`` (the CLI shows these on stderr), attributed ``stacklevel`` frames above the caller."""
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def renamed(old: str, old_value: Any, new: str, new_value: Any, *, stacklevel: int = 2) -> Any:
+    """The value of an option given under its ``new`` name or its deprecated ``old`` one (None: not given).
+
+    Returns ``new_value``, or ``old_value`` with a :func:`deprecated` warning when only ``old`` was given.
+
+    Raises:
+        ConfigError: both names given.
+    """
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ConfigError(old, old_value, f"left out: {new} is given", hint=f"{old} is the deprecated name of {new}")
+    deprecated(old, new, stacklevel=stacklevel + 1)
+    return old_value

@@ -162,9 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = TextDataModule(model=str(model_dir), texts=[str(work / "train")], seq_len=args.seq_len,
                           batch_size=args.batch_size, val_windows=4)
     pruner = AdaPrunerCallback(target_ratio=0.2, search=SearchConfig.of(trials=args.trials, init_points=2, pool_size=32,
-                                                                        subset_size=8, objective_windows=4,
+                                                                        objective_windows=4,
                                                                         objective_seq_len=args.seq_len),
-                               pruning=PruningConfig(sample_len=args.seq_len), recovery=RecoveryConfig(mode="lora"),
+                               pruning=PruningConfig(sample_len=args.seq_len, num_samples=8),
+                               recovery=RecoveryConfig(mode="lora"),
                                output_dir=str(work / "out"), export=True,
                                eval=EvalConfig(texts=[str(work / "eval.txt")], max_tokens=8192), progress=False)
     phases = PhaseMemory()

@@ -124,7 +124,7 @@ def measure(peak_memory: Any, free: Any, log: Any, seed: int = 0, device: str = 
     gen = torch.Generator().manual_seed(seed)
     pool = torch.randint(0, config["vocab_size"], (POOL, SEQ), generator=gen)
     objective = torch.randint(0, config["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
-    session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), pool, objective=objective,
+    session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), pool, objective_windows=objective,
                              batch_size=BATCH, progress=False)
     out: dict[str, Any] = {"params": params, "weight_bytes": weights, "commit": _git_commit(), "device": device,
                            "layers": config["num_hidden_layers"],
@@ -192,7 +192,7 @@ def _search_steps(session: Any, step: Any) -> None:
     from adapruner_lightning.core.session import Candidate
 
     def trial(candidate: Candidate) -> float:
-        return session.objective(session.select(candidate))
+        return session.score(session.select(candidate))
 
     weights = _bytes(session.model)
     step("statistics_pass", lambda: session.stats, weights)
@@ -325,7 +325,7 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
     pool = torch.randint(0, config["vocab_size"], (POOL, SEQ), generator=gen)
     objective = torch.randint(0, config["vocab_size"], (OBJECTIVE, SEQ), generator=gen)
     session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, metric="magnitude_l2",
-                                                  reconstruction="lstsq"), pool, objective=objective,
+                                                  reconstruction="lstsq"), pool, objective_windows=objective,
                              batch_size=BATCH, progress=False)
     out: dict[str, Any] = {"params": total_params_of(model), "weight_bytes": weights, "commit": _git_commit(),
                            "device": device, "layers": config["num_hidden_layers"], "pool": [POOL, SEQ],
@@ -342,7 +342,7 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
 
         def trial() -> Any:
             selection = session.select(candidate)
-            session.objective(selection, session.compensation(candidate, selection))
+            session.score(selection, session.compensation(candidate, selection))
             return selection
 
         selection = step("lstsq_trial", trial, weights)

@@ -106,8 +106,8 @@ COMPARISONS = ("flap_lstsq", "flap_k10", "adapruner_k10", "adapruner_v01", "adap
 #: which start from the baselines' settings)
 SEARCH_OPTIONS = {
     "adapruner": {},
-    "adapruner_k10": {"vary_subset_size": False, "reconstructions": ["none", "bias"]},
-    "adapruner_v01": {"warm_start": [], "scope": False, "vary_subset_size": False, "reconstructions": ["none", "bias"],
+    "adapruner_k10": {"vary_num_samples": False, "reconstructions": ["none", "bias"]},
+    "adapruner_v01": {"warm_start": [], "scope": False, "vary_num_samples": False, "reconstructions": ["none", "bias"],
                       "metrics": ["taylor", "taylor_vector", "wanda_sp", "flap", "magnitude_l2"]},
     "adapruner_kl": {"objective": "kl"},
     "adapruner_cold": {"warm_start": []},
@@ -289,7 +289,7 @@ class Bench:
         if needs_stats and self._pool_stats is None:
             self._pool_stats = PruningSession(self.model, config, self.splits.pool, pool_ids=self.splits.pool_ids,
                                               progress=False).stats
-        return PruningSession(self.fresh(), config, self.splits.pool, objective=self.splits.objective,
+        return PruningSession(self.fresh(), config, self.splits.pool, objective_windows=self.splits.objective,
                               pool_ids=self.splits.pool_ids, progress=False,
                               stats=self._pool_stats if needs_stats else None,
                               grams=self._grams() if _reads_grams(method, config, self.args.trials) else None)

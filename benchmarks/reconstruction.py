@@ -115,7 +115,7 @@ class Bench:
         sharing the first session's statistics and Gram matrices unless ``share`` is off (timed cells)."""
         base = getattr(self, "base", None) if share else None
         return PruningSession(model or self.model, PruningConfig(target_ratio=ratio, seed=seed, **config),
-                              self.splits.pool, objective=self.splits.objective, pool_ids=self.splits.pool_ids,
+                              self.splits.pool, objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
                               progress=False, stats=base.stats if base is not None else None,
                               grams=self._grams if base is not None else None)
 

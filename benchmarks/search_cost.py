@@ -154,8 +154,8 @@ def measure_objective(session: Any, repeats: int, device: torch.device) -> dict[
 
     k = min(8, session.pool.shape[0])
     selection = session.select(Candidate("taylor_vector", "sum", list(range(k))))
-    session.objective(selection)  # warm-up, not timed
-    times = [timed(lambda: session.objective(selection), device) for _ in range(repeats)]
+    session.score(selection)  # warm-up, not timed
+    times = [timed(lambda: session.score(selection), device) for _ in range(repeats)]
     return {"seconds": times, "median_s": statistics.median(times)}
 
 
@@ -165,16 +165,17 @@ def measure_select(session: Any, candidates: list[Any], device: torch.device) ->
     return {"seconds": times, "median_s": statistics.median(times)}
 
 
-def run_one_search(session: Any, *, metrics: list[str], trials: int, pool_size: int, subset_size: int,
+def run_one_search(session: Any, *, metrics: list[str], trials: int, pool_size: int,
                    objective_windows: int, seed: int, objective_s: float, device: torch.device) -> dict[str, Any]:
-    """A search over ``metrics``; trial times relative to one objective evaluation."""
+    """A search over ``metrics``, every candidate reading the session's ``num_samples``; trial times relative to
+    one objective evaluation."""
     from adapruner_lightning.search.config import SearchConfig
     from adapruner_lightning.core.session import Candidate
     from adapruner_lightning.search.runner import run_search
 
     config = SearchConfig.of(trials=trials, init_points=min(3, trials), metrics=metrics, pool_size=pool_size,
-                          subset_size=subset_size, objective_windows=objective_windows, objective_seq_len=256,
-                          vary_subset_size=False)  # trial costs at the stated k, as recorded
+                          objective_windows=objective_windows, objective_seq_len=256,
+                          vary_num_samples=False)  # trial costs at the stated k, as recorded
     start = time.perf_counter()
     result = run_search(session, config, seed=seed, progress=True)
     wall = time.perf_counter() - start
@@ -204,14 +205,14 @@ def _splits(cache: dict, tok: Any, texts: dict, n_pool: int, n_objective: int, s
 
 
 def _session(model: torch.nn.Module, splits: Any, ratio: float, seed: int, batch_size: int,
-             basis: str = "total") -> Any:
+             basis: str = "total", num_samples: int = 10) -> Any:
     from adapruner_lightning.core.config import PruningConfig
     from adapruner_lightning.core.session import PruningSession
 
     device = next(model.parameters()).device
-    config = PruningConfig(target_ratio=ratio, seed=seed, ratio_basis=basis)
+    config = PruningConfig(target_ratio=ratio, seed=seed, ratio_basis=basis, num_samples=num_samples)
     return PruningSession(model, config, splits.pool.to(device),
-                          objective=splits.objective.to(device), pool_ids=splits.pool_ids, batch_size=batch_size,
+                          objective_windows=splits.objective.to(device), pool_ids=splits.pool_ids, batch_size=batch_size,
                           progress=False)
 
 
@@ -235,12 +236,13 @@ def scaling_run(name: str, dims: dict[str, int], base_config: Any, splits: Any, 
     params = total_params(model)
     log(f"[scaling] {name}: {params / 1e6:.1f}M parameters")
     # ratio of the decoder projections: at 11M parameters the (unprunable) embedding is 85 % of the model
-    session = _session(model, splits, args.ratio, args.seed, args.batch_size, basis="prunable")
+    session = _session(model, splits, args.ratio, args.seed, args.batch_size, basis="prunable",
+                       num_samples=args.subset_size)  # clipped to the pool
     warm_up(session)
     stats, plain = measure_stats_and_plain(session, 1, device)
     objective = measure_objective(session, 2, device)
     search = SearchConfig.of(trials=args.scaling_trials, metrics=CACHED_METRICS, pool_size=session.pool.shape[0],
-                          subset_size=min(args.subset_size, session.pool.shape[0]), vary_subset_size=False)
+                          vary_num_samples=False)
     space = SearchSpace.build(search, session.config, session.stats.features())
     rng = np.random.RandomState(args.seed)
     trials = [evaluate_point(session, space, space.random_point(rng), i) for i in range(args.scaling_trials)]
@@ -383,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 1. main measurements on the embedded model
     log(f"[main] splits N={args.pool}, objective {args.objective_windows} x 256")
     splits = _splits(split_cache, tok, texts, args.pool, args.objective_windows, args.seed)
-    session = _session(model, splits, args.ratio, args.seed, args.batch_size)
+    session = _session(model, splits, args.ratio, args.seed, args.batch_size, num_samples=args.subset_size)
     log(f"[main] warm-up (both passes on 2 samples), then statistics pass and plain fwd+bwd x {args.pass_repeats} (ABBA)")
     warm_up(session)
     stats, plain = measure_stats_and_plain(session, args.pass_repeats, device)
@@ -394,13 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     searches = {}
     log(f"[main] search over cached metrics {CACHED_METRICS}, {args.cached_trials} trials")
     searches["cached"] = run_one_search(session, metrics=CACHED_METRICS, trials=args.cached_trials, pool_size=args.pool,
-                                        subset_size=args.subset_size, objective_windows=args.objective_windows,
+                                        objective_windows=args.objective_windows,
                                         seed=args.seed, objective_s=objective["median_s"], device=device)
     log(f"[main] cached: trial/objective {searches['cached']['trial_over_objective']:.2f}")
     if args.taylor_trials:
         log(f"[main] search over element-wise taylor, {args.taylor_trials} trials")
         searches["taylor"] = run_one_search(session, metrics=["taylor"], trials=args.taylor_trials, pool_size=args.pool,
-                                            subset_size=args.subset_size, objective_windows=args.objective_windows,
+                                            objective_windows=args.objective_windows,
                                             seed=args.seed, objective_s=objective["median_s"], device=device)
         log(f"[main] taylor: trial/objective {searches['taylor']['trial_over_objective']:.2f}")
     main_result = {"pool": args.pool, "stats": stats, "plain": plain, "objective": objective, "searches": searches}

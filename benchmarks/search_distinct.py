@@ -6,9 +6,9 @@ objective_seq_len=256, seed)`` (the four calibration novels only), ``PruningConf
 and the default ``SearchConfig()`` (16 trials, GP, 5 initial points, the published baselines as warm start).
 
 Every objective evaluation is fingerprinted from what it scores (the removed units per layer and the compensation
-biases: the masked model is a function of these alone), by wrapping ``PruningSession.objective``; an evaluation
-whose fingerprint was already evaluated in the same search is a *re-scored* plan. The script reads only names that
-exist before and after issue 35 (``run_search``, ``runner.evaluate_point``, ``PruningSession.objective``; a
+biases: the masked model is a function of these alone), by wrapping ``PruningSession.score`` (``objective`` before
+issue 32); an evaluation whose fingerprint was already evaluated in the same search is a *re-scored* plan. The script reads only names that
+exist before and after issue 35 (``run_search``, ``runner.evaluate_point``, the session's scoring method; a
 record's ``repeat_of`` where it exists), so the same file measures the code of any commit::
 
     python benchmarks/search_distinct.py run --label new --out /tmp/new.json                 # this checkout
@@ -67,20 +67,23 @@ def search_seed(model: Any, tok: Any, texts: list[str], seed: int, quick: bool) 
     from adapruner_lightning.data.calibration import make_splits
     from adapruner_lightning.search.config import SearchConfig
 
+    # the scoring method and the windows' keyword under this checkout's names (renamed by issue 32)
+    method, keyword = ("score", "objective_windows") if hasattr(PruningSession, "score") else ("objective", "objective")
+
     pool, windows = (16, 2) if quick else (64, 8)
     search = SearchConfig.of(trials=6, pool_size=pool, objective_windows=windows) if quick else SearchConfig()
     splits = make_splits(tok, texts, n_pool=search.data.pool_size, pool_seq_len=128,
                          n_objective=search.data.objective_windows, objective_seq_len=search.data.objective_seq_len,
                          seed=seed)
     session = PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed), splits.pool,
-                             objective=splits.objective, pool_ids=splits.pool_ids, progress=False)
+                             **{keyword: splits.objective}, pool_ids=splits.pool_ids, progress=False)
     evaluated: dict[int, dict[str, Any]] = {}
     current: dict[str, Any] = {}
-    objective, evaluate_point = session.objective, runner.evaluate_point
+    score, evaluate_point = getattr(session, method), runner.evaluate_point
 
     def fingerprinted(selection, biases=None):
         start = time.perf_counter()
-        value = objective(selection, biases)
+        value = score(selection, biases)
         current.update(fingerprint=plan_fingerprint(selection, biases), objective_s=time.perf_counter() - start)
         return value
 
@@ -90,7 +93,8 @@ def search_seed(model: Any, tok: Any, texts: list[str], seed: int, quick: bool) 
         evaluated[record.trial] = dict(current)
         return record
 
-    session.objective, runner.evaluate_point = fingerprinted, recorded
+    setattr(session, method, fingerprinted)
+    runner.evaluate_point = recorded
     start = time.perf_counter()
     try:
         result = runner.run_search(session, search, progress=False)

@@ -97,7 +97,7 @@ def worker(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                          objective_seq_len=256, seed=seed)
     collective = TimedCollective(Collective.current())
     session = PruningSession(model, PruningConfig(target_ratio=args.ratio, seed=seed), splits.pool,
-                             objective=splits.objective, pool_ids=splits.pool_ids, progress=False,
+                             objective_windows=splits.objective, pool_ids=splits.pool_ids, progress=False,
                              collective=collective)
     start = time.perf_counter()
     result = run_search(session, SearchConfig.of(trials=args.trials, init_points=args.init_points),

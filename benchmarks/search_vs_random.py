@@ -65,7 +65,7 @@ class SeedIntegerSpace(SearchSpace):
                                      self.dims.fixed)
 
     def subset(self, point: dict[str, Any]) -> list[int]:
-        n, k = self.embedding.shape[0], int(point.get("k", self.config.data.subset_size))
+        n, k = self.embedding.shape[0], int(point.get("num_samples", self.num_samples))
         gen = torch.Generator().manual_seed(int(point["subset_seed"]))
         return sorted(torch.randperm(n, generator=gen)[:k].tolist())
 
@@ -229,8 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         splits = make_splits(tok, texts, n_pool=args.pool, pool_seq_len=128, n_objective=args.objective_windows,
                              objective_seq_len=256, seed=seed)
-        session = PruningSession(model, PruningConfig(target_ratio=args.ratio, seed=seed), splits.pool.to(device),
-                                 objective=splits.objective.to(device), pool_ids=splits.pool_ids,
+        session = PruningSession(model, PruningConfig(target_ratio=args.ratio, seed=seed, num_samples=args.subset_size),
+                                 splits.pool.to(device),
+                                 objective_windows=splits.objective.to(device), pool_ids=splits.pool_ids,
                                  batch_size=args.batch_size, progress=False)
         start = time.perf_counter()
         features = session.stats.features()
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dense = -math.log(evaluate_perplexity(model, session.objective_windows, batch_size=args.batch_size,
                                               progress=False))
         subset = torch.randperm(args.pool, generator=torch.Generator().manual_seed(seed))[:args.subset_size]
-        default = session.objective(session.select(Candidate("taylor_vector", "sum", sorted(subset.tolist()))))
+        default = session.score(session.select(Candidate("taylor_vector", "sum", sorted(subset.tolist()))))
         references[str(seed)] = {"dense": dense, "default": default, "stats_s": stats_s,
                                  "objective_ids": splits.objective_ids, "pool_ids": splits.pool_ids}
         memo: dict[str, Any] = {}  # candidate -> TrialRecord, shared by the engines of this seed
@@ -247,9 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for engine, encoding in plan:
             config = SearchConfig.of(trials=budget, init_points=args.init_points, engine=engine.removesuffix("-raw"),
                                   score_transform="none" if engine == "gp-raw" else "copula", metrics=METRICS,
-                                  pool_size=args.pool, subset_size=args.subset_size,
-                                  objective_windows=args.objective_windows, objective_seq_len=256,
-                                  vary_subset_size=False)  # k fixed, as the recorded results
+                                  pool_size=args.pool, objective_windows=args.objective_windows, objective_seq_len=256,
+                                  vary_num_samples=False)  # k (pruning.num_samples) fixed, as the recorded results
             space = (SeedIntegerSpace if encoding == "seed" else SearchSpace).build(config, session.config, features)
             done, start, reused = [], time.perf_counter(), 0
             with make_progress() as bar:

@@ -75,9 +75,9 @@ class Bench:
                              n_objective=8, objective_seq_len=256, seed=0)
         self.dev = splits.finetune[-dev_windows:]
         self.session = PruningSession(self.model, PruningConfig(target_ratio=0.2, seed=0), splits.pool,
-                                      objective=splits.objective, pool_ids=splits.pool_ids, progress=False)
+                                      objective_windows=splits.objective, pool_ids=splits.pool_ids, progress=False)
         self.space = SearchSpace.build(SearchConfig(), self.session.config, self.session.stats.features())
-        self.dense = {"objective": math.exp(-self.session.objective({})), "dev": self._dev_ppl({}, None)}
+        self.dense = {"objective": math.exp(-self.session.score({})), "dev": self._dev_ppl({}, None)}
 
     def _dev_ppl(self, selection, biases) -> float:
         with masked(self.session.layers, selection, biases):
@@ -87,7 +87,7 @@ class Bench:
         """One draw of a subset of ``kind``."""
         k, how = KINDS[kind]
         if how == "nearest":
-            return self.space.subset({**self.space.random_point(rng), "k": k})
+            return self.space.subset({**self.space.random_point(rng), "num_samples": k})
         return sorted(rng.choice(POOL, k, replace=False).tolist()) if how == "random" else list(range(POOL))
 
     def score(self, config: str, subset: list[int]) -> dict[str, float]:
@@ -95,7 +95,7 @@ class Bench:
         candidate = Candidate(subset=subset, **CONFIGS[config])
         selection = self.session.select(candidate)
         biases = self.session.compensation(candidate, selection)
-        return {"objective": math.exp(-self.session.objective(selection, biases)),
+        return {"objective": math.exp(-self.session.score(selection, biases)),
                 "dev": self._dev_ppl(selection, biases)}
 
 

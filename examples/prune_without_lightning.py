@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     search = SearchConfig.of(trials=8, init_points=4, pool_size=32) if args.search else None
     # the search objective must be text held apart from calibration and from evaluation
     plan = prune(model, tokenizer, target_ratio=0.2, metric="taylor", calibration=calibration,
-                 objective=objective if search else None, search=search)
+                 objective_data=objective if search else None, search=search)
     print(f"{plan.params_before:,} -> {plan.params_after:,} parameters")
     result = evaluate_model(model, tokenizer, evaluation, max_tokens=4096, seq_len=64 if args.text else 256)
     print(result.perplexity)

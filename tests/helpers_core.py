@@ -35,7 +35,7 @@ def tokens(n: int = 4, length: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-SMALL = dict(trials=6, init_points=3, pool_size=12, subset_size=4, max_keep_first=1, max_keep_last=1,
+SMALL = dict(trials=6, init_points=3, pool_size=12, max_keep_first=1, max_keep_last=1,
              metrics=["taylor_vector", "wanda_sp", "magnitude_l2"])
 
 
@@ -45,10 +45,10 @@ def small_session(seed: int = 0, pool_seed: int = 123, **cfg) -> PruningSession:
     gen = torch.Generator().manual_seed(pool_seed)
     pool = torch.randint(0, 128, (12, 16), generator=gen)
     objective = torch.randint(0, 128, (3, 32), generator=gen)
-    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective=objective,
+    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective_windows=objective,
                           progress=False)
 
 
-SMALL_SEARCH = dict(trials=3, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
+SMALL_SEARCH = dict(trials=3, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
                     max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "wanda_sp"])
 

@@ -20,7 +20,7 @@ from adapruner_lightning.cli import main as cli
 from adapruner_lightning.errors import ConfigError
 from helpers_safety import run_cli
 
-SMALL_PRUNE = ["--sample-len", "16", "--pool-size", "6", "--subset-size", "2", "--objective-windows", "2",
+SMALL_PRUNE = ["--sample-len", "16", "--pool-size", "6", "--num-samples", "2", "--objective-windows", "2",
                "--objective-seq-len", "16", "--no-progress"]
 
 
@@ -178,7 +178,7 @@ def _trace_case(text: str | Callable[[str], str]):
             model = make_tiny_model("llama", vocab_size=128, layers=4)
             gen = torch.Generator().manual_seed(0)
             session = PruningSession(model, PruningConfig(target_ratio=0.2), torch.randint(0, 128, (12, 16), generator=gen),
-                                     objective=torch.randint(0, 128, (3, 32), generator=gen), progress=False)
+                                     objective_windows=torch.randint(0, 128, (3, 32), generator=gen), progress=False)
             return run_search(session, SearchConfig.of(**SMALL), trace_path=trace, progress=False)
 
         return Case(trace, _prune(fx["model"], root / "out", fx["text"], "--trials", "2"), api)

@@ -257,7 +257,7 @@ def test_a_kept_plan_is_reused_only_while_its_recipe_is_unchanged(tmp_path, monk
     bench.prune("adapruner", 0.2, 0)
     assert made == ["adapruner"] * 2 and "no recipe recorded" in capsys.readouterr().out
 
-    options = dict(quality.SEARCH_OPTIONS, adapruner={"vary_subset_size": False})  # as if a default changed
+    options = dict(quality.SEARCH_OPTIONS, adapruner={"vary_num_samples": False})  # as if a default changed
     monkeypatch.setattr(quality, "SEARCH_OPTIONS", options)
     _, info = bench.prune("adapruner", 0.2, 0)
     assert made == ["adapruner"] * 3 and {k: v for k, v in info.items() if k != "plan_digest"} == {"objective": -1.0}

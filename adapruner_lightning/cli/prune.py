@@ -16,6 +16,8 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,24 +40,31 @@ ALIASES: dict[str, list[str]] = {
     "--trials": ["--search.trials", "{}"],
     "--engine": ["--search.engine.name", "{}"],
     "--pool-size": ["--search.data.pool_size", "{}"],
-    "--subset-size": ["--search.data.subset_size", "{}", "--pruning.num_samples", "{}"],
+    "--num-samples": ["--pruning.num_samples", "{}"],
     "--objective-windows": ["--search.data.objective_windows", "{}"],
     "--objective-seq-len": ["--search.data.objective_seq_len", "{}"],
     "--metrics": ["--search.space.metrics", "[{}]"],
-    "--fixed-subset-size": ["--search.space.vary_subset_size", "false"],
+    "--fixed-num-samples": ["--search.space.vary_num_samples", "false"],
     "--generations": ["--search.allocation.generations", "{}"],
     "--offspring": ["--search.allocation.offspring", "{}"],
     "--no-progress": ["--progress", "false"],
 }
+#: deprecated short spelling -> the one it stands for (a warning on stderr names it)
+DEPRECATED_ALIASES: dict[str, str] = {"--subset-size": "--num-samples", "--fixed-subset-size": "--fixed-num-samples"}
 
 
 def _expand(argv: list[str]) -> list[str]:
     """``argv`` with every short spelling replaced by the arguments it stands for (``--metrics a b`` takes the
-    values up to the next flag as one list)."""
+    values up to the next flag as one list; a deprecated spelling warns and stands for its new one)."""
+    from adapruner_lightning.config import deprecated
+
     out: list[str] = []
     i = 0
     while i < len(argv):
         name, _, inline = argv[i].partition("=")
+        if name in DEPRECATED_ALIASES:
+            deprecated(name, DEPRECATED_ALIASES[name])
+            name = DEPRECATED_ALIASES[name]
         template = ALIASES.get(name)
         if template is None:
             out.append(argv[i])
@@ -87,7 +96,8 @@ def _parser():
                         for k, v in ALIASES.items())
     p = ArgumentParser(prog="adapruner prune", description=__doc__.split("\n\n")[0], exit_on_error=False,
                        epilog=f"Importance metrics: {', '.join(metric_names())}. Search engines: "
-                              f"{', '.join(engine_names())}. Short spellings: {aliases}.")
+                              f"{', '.join(engine_names())}. Short spellings: {aliases}. Deprecated spellings: "
+                              f"{'; '.join(f'{old} (use {new})' for old, new in DEPRECATED_ALIASES.items())}.")
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (pruning:, search: ...)")
     p.add_argument("--model", type=Optional[str], default=None,
                    help="HF model dir, .gguf file or hub id (default: the embedded SmolLM2-135M)")
@@ -120,13 +130,34 @@ def parse(argv: list[str]) -> Any:
     from adapruner_lightning.errors import AdaPrunerError
 
     parser = _parser()
+    with _deprecations_on_stderr():
+        try:
+            config = parser.parse_args(_expand(argv))
+        except ArgumentError as error:
+            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise AdaPrunerError(f"{message} (see adapruner prune --help)") from None
+        build = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        return build(config)
+
+
+@contextmanager
+def _deprecations_on_stderr() -> Iterator[None]:
+    """Show this library's deprecation warnings (a deprecated flag or config key, :func:`config.deprecated`) as
+    one line each on stderr: Python hides DeprecationWarnings outside ``__main__``, and a CLI user is to see them."""
+    import sys
+    import warnings
+
+    caught: list[warnings.WarningMessage] = []
     try:
-        config = parser.parse_args(_expand(argv))
-    except ArgumentError as error:
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        raise AdaPrunerError(f"{message} (see adapruner prune --help)") from None
-    build = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return build(config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            yield
+    finally:  # outside the recording: other warnings go on as they came
+        for warning in caught:
+            if issubclass(warning.category, DeprecationWarning) and " is deprecated: use " in str(warning.message):
+                print(f"adapruner prune: warning: {warning.message}", file=sys.stderr)
+            elif not issubclass(warning.category, DeprecationWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def prepare_output(out: Path) -> Path:
@@ -174,7 +205,7 @@ def _prune(args: Any, out: Path) -> int:
     splits = make_splits(tokenizer, texts, n_pool=search.data.pool_size, pool_seq_len=pruning.sample_len,
                          n_objective=search.data.objective_windows, objective_seq_len=search.data.objective_seq_len,
                          seed=pruning.seed)
-    session = PruningSession(model, pruning, splits.pool, objective=splits.objective, pool_ids=splits.pool_ids,
+    session = PruningSession(model, pruning, splits.pool, objective_windows=splits.objective, pool_ids=splits.pool_ids,
                              progress=args.progress)
     result = find_plan(session, search, trace_path=trace_path, progress=args.progress, bos=splits.bos)
     seconds["search"] = result.seconds

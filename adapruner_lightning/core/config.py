@@ -53,7 +53,9 @@ class PruningConfig:
         reconstruction_damping: ``lstsq``'s ridge term, a fraction of the mean diagonal of the kept inputs'
             covariance (in (0, 10]).
         bias_compensation: deprecated: ``True`` is ``reconstruction="bias"``.
-        num_samples: calibration samples used for the importance (k).
+        num_samples: calibration samples a candidate reads for the importance: the configured candidate's, and
+            every candidate's while the search does not vary the count (``search.space.vary_num_samples`` off);
+            at most the pool's size is used.
         sample_len: tokens per calibration sample.
         backward_batch_tokens: tokens per batch of the search's backward passes (the statistics pass and the
             element-wise gradient pass), whose saved activations grow with the batch: a batch holds

@@ -2,7 +2,7 @@
 
 :class:`PruningSession` holds the model, its structures, the calibration pool and its cached per-sample
 statistics; :meth:`PruningSession.select` turns a :class:`Candidate` (metric, reducer, samples, layer
-schedule) into a selection and :meth:`PruningSession.objective` scores it under reversible masks.
+schedule) into a selection and :meth:`PruningSession.score` scores it under reversible masks.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from adapruner_lightning.core.selection import (
 )
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from adapruner_lightning.distributed import LOCAL, Collective
-from adapruner_lightning.config import check_choice, check_positive
+from adapruner_lightning.config import check_choice, check_positive, renamed
 from adapruner_lightning.errors import ConfigError
 
 #: Subsets whose gradient-metric scores stay cached (score vectors only: about 4 x (3 H + I) floats per layer).
@@ -129,7 +129,7 @@ class PruningSession:
         model: a supported HF causal LM (pruned in place only by :meth:`apply`).
         config: the pruning configuration (target, basis, schedule defaults).
         pool: calibration pool, LongTensor ``[N, T]``.
-        objective: held-apart windows ``[M, T']`` that score candidates (may be None without a search).
+        objective_windows: held-apart windows ``[M, T']`` that score candidates (may be None without a search).
         pool_ids: stable ids of the pool's samples (recorded in plans and traces).
         batch_size: batch size of objective evaluation, and at most that of the statistics and gradient passes
             (which hold at most ``config.backward_batch_tokens`` tokens a batch).
@@ -139,15 +139,18 @@ class PruningSession:
         collective: the ranks of a distributed job, each holding this model and pool: the statistics pass is
             split between them (every rank ends with the complete statistics).
         grams: the pool's least-squares statistics from another session on the same weights and pool, as ``stats``.
+        objective: deprecated name of ``objective_windows`` (a :class:`DeprecationWarning`).
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, pool: torch.Tensor, *,
-                 objective: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
+                 objective_windows: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
                  batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None,
-                 collective: Collective = LOCAL, grams: GramCache | None = None) -> None:
+                 collective: Collective = LOCAL, grams: GramCache | None = None,
+                 objective: torch.Tensor | None = None) -> None:
         self.model, self.config, self.collective = model, config, collective
         self.pool = pool
-        self.objective_windows = objective
+        self.objective_windows = renamed("PruningSession(objective=...)", objective, "objective_windows=...",
+                                         objective_windows)
         self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
         self.batch_size, self.progress = batch_size, progress
         self.backward_batch = max(1, min(batch_size, config.backward_batch_tokens // max(1, pool.shape[1])))
@@ -312,7 +315,7 @@ class PruningSession:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @torch.no_grad()
-    def objective(self, selection: dict[int, LayerSelection], compensation: dict | Fits | None = None) -> float:
+    def score(self, selection: dict[int, LayerSelection], compensation: dict | Fits | None = None) -> float:
         """The masked model's score (with :meth:`compensation` ``compensation``) on the objective windows, higher is
         better: negative log perplexity, or with :meth:`set_objective` ``("kl")`` the negative mean KL divergence
         from the dense model."""
@@ -320,7 +323,7 @@ class PruningSession:
 
         if self.objective_windows is None:
             raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
-                              hint="pass objective=... (disjoint from calibration and evaluation text)")
+                              hint="pass objective_windows=... (disjoint from calibration and evaluation text)")
         if self.objective_kind == "kl":
             if self._reference is None:  # the dense distributions, once, before any mask
                 self._reference = dense_reference(self.model, self.objective_windows, top_k=self.kl_top_k,
@@ -367,7 +370,7 @@ class PruningSession:
 
     def problem(self) -> dict[str, Any]:
         """What this session's scores depend on, as plain data: the model (geometry, parameter count and a weight
-        fingerprint), the pool and objective tokens, and every pruning option. Two sessions with equal problems
+        fingerprint), the pool and objective windows' tokens, and every pruning option. Two sessions with equal problems
         score every candidate alike; a search trace records it, so a trace of another problem is refused."""
         layout = head_layout(self.model.config)
         return {
@@ -375,7 +378,7 @@ class PruningSession:
                       "heads": layout.num_heads, "kv_heads": layout.num_kv_heads, "mlp": layout.intermediate_size,
                       "params": self.params_total, "fingerprint": weight_fingerprint(self.layers, self.model)},
             "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
-            "objective": None if self.objective_windows is None else
+            "objective_windows": None if self.objective_windows is None else
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
             "pruning": plan_options(self.config),
             "attention_unit": self.attention_unit, "uniform": self.uniform,

@@ -154,7 +154,7 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
     """:func:`~adapruner_lightning.search.pipeline.find_plan` on the pruning data of a fit, inside the precision
     plugin's ``forward_context``: every rank of ``collective`` calls this with the same model and splits and
     returns the same plan and trace."""
-    session = PruningSession(model, pruning, splits.pool.to(device), objective=splits.objective.to(device),
+    session = PruningSession(model, pruning, splits.pool.to(device), objective_windows=splits.objective.to(device),
                              pool_ids=splits.pool_ids, progress=progress, collective=collective)
     with forward_context():
         return find_plan(session, search, trace_path=trace_path, collective=collective, progress=progress,

@@ -198,7 +198,7 @@ class Fitness:
     def __init__(self, session: PruningSession, candidate: Candidate, scores: dict[int, UnitScores], low: int) -> None:
         if session.objective_windows is None:
             raise ConfigError("objective windows", None, "held-apart windows to score the allocation stage",
-                              hint="pass objective=... (disjoint from calibration and evaluation text)")
+                              hint="pass objective_windows=... (disjoint from calibration and evaluation text)")
         self.session, self.candidate, self.scores = session, candidate, scores
         self.windows = session.objective_windows
         self.low = min(low, self.windows.shape[0])

@@ -4,22 +4,25 @@ The YAML reads as the design does::
 
     search:
       trials: 8                 # candidates scored (0: no search)
-      data:   {pool_size: 64, subset_size: 10, objective_windows: 8, objective_seq_len: 256}
+      data:   {pool_size: 64, objective_windows: 8, objective_seq_len: 256}
       engine: {name: gp, init_points: 4}
       space:  {metrics: [taylor, flap], keep_layers: true, layer_ramp: true}
 
 ``data`` is what a search reads (the calibration pool and the held-apart objective windows), ``engine`` how
 points are proposed, ``space`` which dimensions are searched. In Python, :meth:`SearchConfig.of` also takes
 the 0.1 flat names (``SearchConfig.of(trials=8, pool_size=32, engine="tpe")``).
+
+The number of calibration samples a candidate reads is ``num_samples`` everywhere: the searched dimension (in
+``[2, pool_size]``, ``space.vary_num_samples``), and otherwise ``pruning.num_samples``
+(:class:`~adapruner_lightning.core.config.PruningConfig`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, get_args
+from typing import Any, Callable, Optional, get_args
 
-from adapruner_lightning.config import check_choice, check_literal, check_non_negative, check_positive
+from adapruner_lightning.config import check_choice, check_literal, check_non_negative, check_positive, deprecated
 from adapruner_lightning.core.config import Scope
 from adapruner_lightning.core.importance import REDUCERS, get_metric, metric_names, reads_reducer
 from adapruner_lightning.core.objective import ObjectiveKind
@@ -36,14 +39,14 @@ DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_referenc
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
 #: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
 #: layerwise, layers [4, N-2) kept whole, 10 samples), then FLAP's selection with the least-squares reconstruction
-#: (the floor the reconstruction sets); ``k`` (the sample count) is clipped to the pool
+#: (the floor the reconstruction sets); ``num_samples`` is clipped to the pool
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
-     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048},
     {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "reconstruction": "none",
-     "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "k": 10},
+     "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "num_samples": 10},
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "lstsq",
-     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048},
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048},
 )
 #: the choices of the searched ``scope`` dimension
 SCOPES: tuple[str, ...] = get_args(Scope)
@@ -59,29 +62,31 @@ class SearchData:
 
     Args:
         pool_size: calibration pool size N (candidate samples).
-        subset_size: samples per candidate k when ``space.vary_subset_size`` is off (on, the default, the search
-            picks k in [2, pool]).
         objective_windows: held-apart windows scoring each candidate.
         objective_seq_len: tokens per objective window.
         objective: what scores a candidate on those windows: ``"perplexity"`` (negative log perplexity) or
             ``"kl"`` (negative mean KL divergence from the dense model's next-token distributions, computed once
             and kept as its ``kl_top_k`` most likely tokens per position plus the rest's mass).
         kl_top_k: tokens per position the ``"kl"`` objective keeps of the dense distribution.
+        subset_size: deprecated: the samples a candidate reads while ``space.vary_num_samples`` is off are
+            ``pruning.num_samples``; given (a :class:`DeprecationWarning`), it still takes their place.
     """
 
     pool_size: int = 64
-    subset_size: int = 10
     objective_windows: int = 8
     objective_seq_len: int = 256
     objective: ObjectiveKind = "perplexity"
     kl_top_k: int = 64
+    subset_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_positive("search.data.pool_size", self.pool_size)
-        check_positive("search.data.subset_size", self.subset_size)
-        if self.subset_size > self.pool_size:
-            raise ConfigError("search.data.subset_size", self.subset_size, f"at most pool_size={self.pool_size}",
-                              hint="lower subset_size or enlarge the calibration pool")
+        if self.subset_size is not None:
+            deprecated("search.data.subset_size", "pruning.num_samples", stacklevel=3)
+            check_positive("search.data.subset_size", self.subset_size)
+            if self.subset_size > self.pool_size:
+                raise ConfigError("search.data.subset_size", self.subset_size, f"at most pool_size={self.pool_size}",
+                                  hint="lower pruning.num_samples or enlarge the calibration pool")
         check_positive("search.data.objective_windows", self.objective_windows)
         if self.objective_seq_len < 8:
             raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
@@ -97,11 +102,12 @@ class SearchSpaceConfig:
         metrics: importance metrics the search may pick.
         reducers: group reducers the search may pick.
         subset_dims: coordinates encoding the calibration subset: samples are embedded by PCA of their cached
-            statistics and a candidate takes the k samples nearest to a searched point (similar points give
-            overlapping subsets, which a GP can model, unlike N independent bits or one seed integer).
-        vary_subset_size: search the number of samples k in [2, pool size] (off: k = ``data.subset_size``). On
-            by default: activation metrics read the cached per-sample statistics at any k for free, and FLAP's
-            statistics keep improving with more samples (README, "The calibration subset").
+            statistics and a candidate takes the ``num_samples`` samples nearest to a searched point (similar
+            points give overlapping subsets, which a GP can model, unlike N independent bits or one seed integer).
+        vary_num_samples: search the number of samples ``num_samples`` in [2, pool size] (off: every candidate
+            reads ``pruning.num_samples``, clipped to the pool). On by default: activation metrics read the cached
+            per-sample statistics at any count for free, and FLAP's statistics keep improving with more samples
+            (docs/results.md, "The calibration subset").
         keep_layers: search how many first/last layers stay whole (up to max_keep_first/last).
         max_keep_first: most leading layers kept whole.
         max_keep_last: most trailing layers kept whole.
@@ -116,17 +122,19 @@ class SearchSpaceConfig:
             ``lstsq``), ``False`` does not search the reconstruction.
         warm_start: points evaluated first (in place of the first random ``init_points``), each a dict of
             searched dimensions (metric, reducer, keep_first, keep_last, layer_ramp, attn_share, scope,
-            reconstruction, k; the deprecated ``bias_compensation: true`` is ``reconstruction: bias``; keys of dimensions not searched are left out, the calibration subset stays
-            random; a ``k`` above the pool's size takes the whole pool). None (default): the published
+            reconstruction, num_samples; the deprecated keys ``bias_compensation: true`` and ``k`` are
+            ``reconstruction: bias`` and ``num_samples``); keys of dimensions not searched are left out, the
+            calibration subset stays random; a ``num_samples`` above the pool's size takes the whole pool). None (default): the published
             baselines' settings (:data:`BASELINE_POINTS`: FLAP's reference configuration, LLM-Pruner's default,
             each with its own sample count) that lie in this space, so the search starts where the baselines
             end; ``[]``: none (the paper's AdaPruner, random initial points only).
+        vary_subset_size: deprecated name of ``vary_num_samples`` (a :class:`DeprecationWarning`).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     reducers: list[str] = field(default_factory=lambda: list(DEFAULT_REDUCERS))
     subset_dims: int = 2
-    vary_subset_size: bool = True
+    vary_num_samples: bool = True
     keep_layers: bool = True
     max_keep_first: int = 4
     max_keep_last: int = 2
@@ -137,6 +145,7 @@ class SearchSpaceConfig:
     reconstructions: list[str] = field(default_factory=lambda: list(RECONSTRUCTIONS))
     bias_compensation: Optional[bool] = None
     warm_start: Optional[list[dict[str, Any]]] = None
+    vary_subset_size: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -150,7 +159,7 @@ class SearchSpaceConfig:
         check_positive("search.space.subset_dims", self.subset_dims)
         check_non_negative("search.space.max_keep_first", self.max_keep_first)
         check_non_negative("search.space.max_keep_last", self.max_keep_last)
-        self._legacy_bias_compensation()
+        self._legacy_names()
         if not self.reconstructions:
             raise ConfigError("search.space.reconstructions", self.reconstructions,
                               f"a non-empty list drawn from {list(RECONSTRUCTIONS)}")
@@ -167,12 +176,13 @@ class SearchSpaceConfig:
 
         * ``reducer``: only for the ``layerwise``/``global`` scopes (``standardized`` scores units by mean z-scores)
           and metrics whose units combine several members (not ``wanda_sp``/``flap``: o/down columns alone);
-        * ``k`` and the subset coordinates ``u0..``: only where the samples are read (a metric that needs data, or
-          FLAP's bias reconstruction: it adds the candidate's mean activations; ``lstsq`` reads the whole pool); ``u0..`` also only while ``k`` < the pool;
+        * ``num_samples`` and the subset coordinates ``u0..``: only where the samples are read (a metric that needs
+          data, or FLAP's bias reconstruction: it adds the candidate's mean activations; ``lstsq`` reads the whole
+          pool); ``u0..`` also only while ``num_samples`` < the pool;
         * ``layer_ramp``: only for the ``layerwise``/``global`` scopes;
         * ``attn_share``: only while attention is pruned at all (``PruningConfig.prune_attention``).
 
-        ``pool`` (the pool's size, None before it is known) bounds ``k``; ``coords`` subset coordinates are added
+        ``pool`` (the pool's size, None before it is known) bounds ``num_samples``; ``coords`` subset coordinates are added
         (:class:`~adapruner_lightning.search.space.SearchSpace` knows how many). A category list of one value is no
         dimension (:class:`~adapruner_lightning.search.dimensions.ConditionalSpace` fixes it)."""
         reads_samples = (where(metric=tuple(m for m in self.metrics if get_metric(m).needs != "nothing"))
@@ -184,10 +194,10 @@ class SearchSpaceConfig:
             dims["reconstruction"] = Dimension(list(self.reconstructions), self.reconstructions[0])
         dims["reducer"] = Dimension(list(self.reducers), self.reducers[0],
                                     where(scope=REDUCED_SCOPES, metric=tuple(filter(reads_reducer, self.metrics))))
-        if self.vary_subset_size:
-            dims["k"] = Dimension((min(2, pool or 2), pool, int), pool, reads_samples)
+        if self.vary_num_samples:
+            dims["num_samples"] = Dimension((min(2, pool or 2), pool, int), pool, reads_samples)
         for i in range(coords):
-            dims[f"u{i}"] = Dimension((0.0, 1.0), 0.5, reads_samples & where(k=Below(pool)))
+            dims[f"u{i}"] = Dimension((0.0, 1.0), 0.5, reads_samples & where(num_samples=Below(pool)))
         if self.keep_layers:
             dims.update(keep_first=Dimension((0, self.max_keep_first, int), 0),
                         keep_last=Dimension((0, self.max_keep_last, int), 0))
@@ -197,25 +207,28 @@ class SearchSpaceConfig:
             dims["attn_share"] = Dimension((0.0, 0.6), 0.0, where(prune_attention=(True,)))
         return dims
 
-    def _legacy_bias_compensation(self) -> None:
-        """Map the deprecated ``bias_compensation`` switch and warm-start key onto ``reconstruction``."""
+    def _legacy_names(self) -> None:
+        """Map the deprecated switches (``bias_compensation``, ``vary_subset_size``) and warm-start keys
+        (:data:`LEGACY_POINT_KEYS`) onto their names."""
         if self.bias_compensation is not None:
-            warnings.warn("search.space.bias_compensation is deprecated: use reconstruction / reconstructions",
-                          DeprecationWarning, stacklevel=4)
+            deprecated("search.space.bias_compensation", "reconstruction / reconstructions", stacklevel=4)
             self.reconstruction = self.bias_compensation
             if self.bias_compensation:
                 self.reconstructions = ["none", "bias"]
             self.bias_compensation = None
-        if any("bias_compensation" in point for point in self.warm_start or []):
-            warnings.warn("the warm-start key bias_compensation is deprecated: use reconstruction: bias / none",
-                          DeprecationWarning, stacklevel=4)
+        if self.vary_subset_size is not None:
+            deprecated("search.space.vary_subset_size", "vary_num_samples", stacklevel=4)
+            self.vary_num_samples, self.vary_subset_size = self.vary_subset_size, None
+        for key in sorted({key for point in self.warm_start or [] for key in point if key in LEGACY_POINT_KEYS}):
+            deprecated(f"the warm-start key {key}", LEGACY_POINT_KEYS[key][0], stacklevel=4)
+        if self.warm_start:
             self.warm_start = [_legacy_point(point) for point in self.warm_start]
 
     def _check_point(self, point: dict[str, Any]) -> None:
         """A warm-start point: known dimensions, values inside the space."""
         dims = self.dimensions()
         known = {"metric", "reducer", "keep_first", "keep_last", "layer_ramp", "attn_share", "scope",
-                 "reconstruction", "k"}
+                 "reconstruction", "num_samples"}
         for key, value in point.items():
             if key not in known:
                 raise ConfigError("search.space.warm_start key", key, f"one of {sorted(known)}")
@@ -236,12 +249,17 @@ class SearchSpaceConfig:
         return [p for i, p in enumerate(restricted) if p not in restricted[:i]]  # a dimension left out may merge two
 
 
+#: deprecated warm-start keys: what the warning names instead, and the ``(key, value)`` each value maps onto
+LEGACY_POINT_KEYS: dict[str, tuple[str, Callable[[Any], tuple[str, Any]]]] = {
+    "bias_compensation": ("reconstruction: bias / none", lambda on: ("reconstruction", "bias" if on else "none")),
+    "k": ("num_samples", lambda count: ("num_samples", count)),
+}
+
+
 def _legacy_point(point: dict[str, Any]) -> dict[str, Any]:
-    """A warm-start point with the deprecated ``bias_compensation`` key as ``reconstruction``."""
-    if "bias_compensation" not in point:
-        return point
-    rest = {k: v for k, v in point.items() if k != "bias_compensation"}
-    return {"reconstruction": "bias" if point["bias_compensation"] else "none", **rest}
+    """A warm-start point with its deprecated keys (:data:`LEGACY_POINT_KEYS`) under their names."""
+    mapped = dict(LEGACY_POINT_KEYS[k][1](v) for k, v in point.items() if k in LEGACY_POINT_KEYS)
+    return {**mapped, **{k: v for k, v in point.items() if k not in LEGACY_POINT_KEYS}}
 
 
 def _inside(bound: Any, value: Any) -> bool:
@@ -294,7 +312,7 @@ class SearchConfig:
         """Build a config from flat names: the top-level fields, any section field (``pool_size``,
         ``init_points``, ``metrics`` ...), ``engine`` for ``engine.name``, and 0.1's ``search_<dim>`` names for
         the space's switches (``search_layer_ramp`` = ``space.layer_ramp``, ``search_subset_size`` =
-        ``space.vary_subset_size``)."""
+        ``space.vary_num_samples``)."""
         sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}, "allocation": {}}
         top: dict[str, Any] = {}
         for name, value in options.items():
@@ -315,5 +333,5 @@ _FLAT: dict[str, tuple[str, str]] = {
     **{f.name: ("allocation", f.name) for f in fields(AllocationConfig)},
     **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "reconstruction",
                                              "bias_compensation")},
-    "search_subset_size": ("space", "vary_subset_size"),
+    "search_subset_size": ("space", "vary_num_samples"),
 }

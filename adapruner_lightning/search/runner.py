@@ -145,7 +145,7 @@ def evaluate_point(session: PruningSession, space: SearchSpace, point: dict[str,
     candidate = space.candidate(record.params)
 
     def score() -> None:
-        value = session.objective(record.selection, session.compensation(candidate, record.selection))
+        value = session.score(record.selection, session.compensation(candidate, record.selection))
         record.status, record.score, record.error = ("ok", value, "") if math.isfinite(value) else \
             ("failed", None, f"objective is {value}")
 

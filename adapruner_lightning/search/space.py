@@ -3,7 +3,7 @@ calibration subset's encoding, and decoding a point into a Candidate.
 
 The calibration subset is encoded by ``subset_dims`` coordinates in [0, 1]: every pool sample is embedded
 by PCA of its cached per-sample statistics (normalised vector-Taylor sums over o/down inputs), and a point
-takes the ``k`` samples nearest to it. Nearby points give overlapping subsets, so the objective is smooth
+takes the ``num_samples`` samples nearest to it. Nearby points give overlapping subsets, so the objective is smooth
 enough in these coordinates for a GP or TPE to model, unlike N independent bits or a single seed integer
 (which is random search in disguise).
 """
@@ -30,12 +30,15 @@ class SearchSpace:
     pruning: PruningConfig
     embedding: torch.Tensor  # [N, subset_dims] in [0, 1]
     dims: ConditionalSpace = field(init=False, repr=False)
+    num_samples: int = field(init=False)  # the samples a candidate reads while the search does not vary them
 
     def __post_init__(self) -> None:
         p = self.pruning
+        given = self.config.data.subset_size  # deprecated; given, it still takes the place of pruning.num_samples
+        self.num_samples = min(p.num_samples if given is None else given, int(self.embedding.shape[0]))
         fixed = {"scope": p.scope, "reconstruction": p.reconstruction, "keep_first": p.keep_first,
                  "keep_last": p.keep_last, "layer_ramp": p.layer_ramp, "attn_share": p.attn_share,
-                 "k": self.config.data.subset_size, "prune_attention": p.prune_attention}
+                 "num_samples": self.num_samples, "prune_attention": p.prune_attention}
         table = self.config.space.dimensions(int(self.embedding.shape[0]), int(self.embedding.shape[1]))
         self.dims = ConditionalSpace(table, fixed)
 
@@ -62,16 +65,16 @@ class SearchSpace:
         """Everything that defines the space, as plain data (part of a search's problem description)."""
         return {"bounds": {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in self.bounds().items()},
                 "conditions": self.dims.describe(), "warm_start": self.config.space.warm_points(),
-                "pool": int(self.embedding.shape[0]), "k": self.config.data.subset_size,
+                "pool": int(self.embedding.shape[0]), "num_samples": self.num_samples,
                 "target": self.pruning.target_ratio, "basis": self.pruning.ratio_basis}
 
     def warm_point(self, index: int, rng: np.random.RandomState) -> dict[str, Any]:
-        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`), its ``k`` clipped to the pool; the
+        """Warm-start point ``index`` (:meth:`SearchSpaceConfig.warm_points`), its ``num_samples`` clipped to the pool; the
         dimensions it leaves out (the calibration subset) drawn at random where they are active."""
         point = dict(self.config.space.warm_points()[index])
-        if "k" in point and "k" in self.bounds():
-            low, high, _ = self.bounds()["k"]
-            point["k"] = max(low, min(int(point["k"]), high))
+        if "num_samples" in point and "num_samples" in self.bounds():
+            low, high, _ = self.bounds()["num_samples"]
+            point["num_samples"] = max(low, min(int(point["num_samples"]), high))
         return self.dims.random_point(rng, given=point)
 
     def random_point(self, rng: np.random.RandomState) -> dict[str, Any]:
@@ -87,10 +90,10 @@ class SearchSpace:
         return self.dims.active(point)
 
     def subset(self, point: dict[str, Any]) -> list[int]:
-        """The ``k`` pool samples nearest to the point's coordinates (ties broken by index)."""
+        """The ``num_samples`` pool samples nearest to the point's coordinates (ties broken by index)."""
         dims = self.embedding.shape[1]
         centre = torch.tensor([float(point[f"u{i}"]) for i in range(dims)])
-        k = int(point.get("k", self.config.data.subset_size))
+        k = int(point.get("num_samples", self.num_samples))
         dist = (self.embedding - centre).square().sum(1)
         order = sorted(range(len(dist)), key=lambda i: (round(float(dist[i]), 9), i))
         return sorted(order[:k])

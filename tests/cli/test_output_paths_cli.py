@@ -12,7 +12,7 @@ import pytest
 from helpers_safety import assert_one_line_error, run_cli, tree_digest
 
 PRUNE = ["prune", "--text", "{text}", "--trials", "0", "--metric", "magnitude_l2", "--sample-len", "32",
-         "--pool-size", "4", "--subset-size", "2", "--objective-windows", "2", "--no-progress"]
+         "--pool-size", "4", "--num-samples", "2", "--objective-windows", "2", "--no-progress"]
 
 
 @pytest.fixture

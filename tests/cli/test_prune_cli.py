@@ -15,7 +15,7 @@ from adapruner_lightning.cli import main as cli
 def _tiny(model, texts, out, *options: str) -> list[str]:
     """``adapruner prune`` on the tiny model with a pool of 8 x 32 tokens, 4 samples a candidate, 2 objective windows."""
     return ["prune", "--model", str(model), "--text", str(texts), "--sample-len", "32", "--pool-size", "8",
-            "--subset-size", "4", "--objective-windows", "2", "--out", str(out), "--no-progress", *options]
+            "--num-samples", "4", "--objective-windows", "2", "--out", str(out), "--no-progress", *options]
 
 
 def test_prune_in_bf16_exports_bf16(tmp_path, tiny_lm_dir, text_dir):
@@ -39,14 +39,14 @@ def _trace_subsets(path) -> list[list[int]]:
     return [row["candidate"]["subset"] for row in rows if "candidate" in row]
 
 
-def test_the_subset_size_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_dir):
+def test_num_samples_is_searched_unless_fixed(tmp_path, tiny_lm_dir, text_dir):
     common = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
-              "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+              "--pool-size", "8", "--num-samples", "4", "--objective-windows", "2", "--objective-seq-len", "32",
               "--no-progress"]
     assert cli.main([*common, "--out", str(tmp_path / "searched")]) == 0
     first = _trace_subsets(tmp_path / "searched.search_trace.jsonl")[0]
     assert first == list(range(8))  # FLAP's warm point: its 2,048 samples, clipped to the pool of 8
-    assert cli.main([*common, "--fixed-subset-size", "--out", str(tmp_path / "fixed")]) == 0
+    assert cli.main([*common, "--fixed-num-samples", "--out", str(tmp_path / "fixed")]) == 0
     assert {len(s) for s in _trace_subsets(tmp_path / "fixed.search_trace.jsonl")} == {4}
 
 
@@ -77,11 +77,11 @@ def test_the_short_spellings_set_the_config_fields(tmp_path):
     from adapruner_lightning.cli.prune import parse
 
     args = parse(["--out", "x", "--target-ratio", "0.3", "--trials", "2", "--metrics", "taylor", "flap", "--engine",
-                  "random", "--fixed-subset-size", "--subset-size=4", "--uniform", "--no-progress", "--text", "a", "b",
+                  "random", "--fixed-num-samples", "--num-samples=4", "--uniform", "--no-progress", "--text", "a", "b",
                   "--search.data.objective", "kl"])
     assert (args.pruning.target_ratio, args.pruning.per_layer, args.pruning.num_samples) == (0.3, "uniform", 4)
-    assert (args.search.trials, args.search.engine.name, args.search.data.subset_size) == (2, "random", 4)
-    assert args.search.space.metrics == ["taylor", "flap"] and not args.search.space.vary_subset_size
+    assert (args.search.trials, args.search.engine.name, args.search.data.subset_size) == (2, "random", None)
+    assert args.search.space.metrics == ["taylor", "flap"] and not args.search.space.vary_num_samples
     assert args.search.data.objective == "kl" and args.progress is False and args.text == ["a", "b"]
     config = tmp_path / "prune.yaml"
     config.write_text("pruning:\n  metric: flap\n  keep_first: 2\nsearch:\n  trials: 0\n  data:\n    pool_size: 32\n")
@@ -104,7 +104,7 @@ def test_a_value_the_parser_refuses_is_one_line(capsys, argv, message):
 
 def test_prune_prints_and_reports_the_distinct_plans_scored(tmp_path, tiny_lm_dir, text_dir, capsys):
     args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "2", "--sample-len", "32",
-            "--pool-size", "8", "--subset-size", "4", "--objective-windows", "2", "--objective-seq-len", "32",
+            "--pool-size", "8", "--num-samples", "4", "--objective-windows", "2", "--objective-seq-len", "32",
             "--no-progress", "--out", str(tmp_path / "out")]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out

@@ -38,12 +38,12 @@ def test_kl_is_exact_over_the_vocabulary_a_lower_bound_with_top_k_and_zero_for_t
 def test_session_objective_kl_scores_minus_the_kl_and_keeps_the_dense_reference() -> None:
     session = small_session()
     selection = session.select(session.default_candidate())
-    ppl_score = session.objective(selection)
+    ppl_score = session.score(selection)
     session.set_objective("kl", top_k=16)
-    kl_score = session.objective(selection)
+    kl_score = session.score(selection)
     reference = session._reference
     assert kl_score < 0 and kl_score != ppl_score
-    assert session.objective({i: type(s)() for i, s in selection.items()}) == pytest.approx(0.0, abs=1e-5)
+    assert session.score({i: type(s)() for i, s in selection.items()}) == pytest.approx(0.0, abs=1e-5)
     assert session._reference is reference  # computed once, on the dense model
     with pytest.raises(ConfigError, match="objective"):
         session.set_objective("bleu")

@@ -77,9 +77,9 @@ def test_bf16_model_stays_bf16_through_search_export_and_reload(tmp_path):
     from adapruner_lightning.search.runner import run_search
 
     model = tiny("llama", layers=3).to(torch.bfloat16).eval()
-    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(8, 16), objective=tokens(2, 16),
+    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(8, 16), objective_windows=tokens(2, 16),
                              progress=False)
-    result = run_search(session, SearchConfig.of(trials=3, init_points=2, pool_size=8, subset_size=3,
+    result = run_search(session, SearchConfig.of(trials=3, init_points=2, pool_size=8,
                                                  metrics=["taylor", "wanda_sp"]), progress=False)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     apply_plan(model, result.plan)

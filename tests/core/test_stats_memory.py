@@ -92,7 +92,7 @@ def test_each_gradient_is_freed_as_it_arrives(second_order):
 
 def test_session_caches_score_vectors_only_and_scores_every_metric_of_an_order_at_once(monkeypatch):
     model = tiny("llama").eval()
-    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(6, 16), objective=tokens(2, 16),
+    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(6, 16), objective_windows=tokens(2, 16),
                              progress=False)
     calls = []
     real = stats.collect_gradient_scores
@@ -117,9 +117,9 @@ def test_an_out_of_memory_trial_frees_what_it_allocated(monkeypatch):
     from adapruner_lightning.search.config import SearchConfig
 
     model = tiny("llama").eval()
-    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(6, 16), objective=tokens(2, 16),
+    session = PruningSession(model, PruningConfig(target_ratio=0.2), tokens(6, 16), objective_windows=tokens(2, 16),
                              progress=False)
-    config = SearchConfig.of(trials=2, metrics=["taylor"], pool_size=6, subset_size=3, keep_layers=False,
+    config = SearchConfig.of(trials=2, metrics=["taylor"], pool_size=6, keep_layers=False,
                              layer_ramp=False)
     space = SearchSpace.build(config, session.config, session.stats.features())
     point = space.random_point(np.random.RandomState(0))
@@ -178,15 +178,15 @@ def test_the_backward_passes_hold_at_most_backward_batch_tokens_while_the_object
     model.get_input_embeddings().register_forward_hook(
         lambda module, args, out: seen.append((torch.is_grad_enabled(), args[0].numel())))
     config = PruningConfig(target_ratio=0.2, sample_len=32, backward_batch_tokens=64)
-    session = PruningSession(model, config, tokens(6, 32), objective=tokens(4, 32, seed=1), progress=False)
-    session.objective(session.select(Candidate("taylor", "sum", list(range(6)))))
+    session = PruningSession(model, config, tokens(6, 32), objective_windows=tokens(4, 32, seed=1), progress=False)
+    session.score(session.select(Candidate("taylor", "sum", list(range(6)))))
     session.select(Candidate("flap", "sum", list(range(6))))
     backward = [n for grad, n in seen if grad]
     assert backward and max(backward) == 64  # 2 samples of 32 tokens a batch, stats pass and gradient pass
     assert [n for grad, n in seen if not grad] == [4 * 32]  # the objective: all 4 windows in one batch
     assert PruningConfig().backward_batch_tokens // PruningConfig().sample_len == 8  # the defaults: unchanged
     other = PruningSession(model, PruningConfig(target_ratio=0.2, sample_len=32), tokens(6, 32),
-                           objective=tokens(4, 32, seed=1), progress=False)
+                           objective_windows=tokens(4, 32, seed=1), progress=False)
     assert other.backward_batch == 8 and other.problem() == session.problem()  # a memory knob: traces still resume
     with pytest.raises(ConfigError, match="backward_batch_tokens"):
         PruningConfig(backward_batch_tokens=0)

@@ -18,7 +18,7 @@ from adapruner_lightning.data import locks
 from adapruner_lightning.errors import ConfigError
 from helpers_safety import assert_one_line_error, run_cli
 
-PRUNE = ["--trials", "0", "--metric", "magnitude_l2", "--sample-len", "32", "--pool-size", "4", "--subset-size", "2",
+PRUNE = ["--trials", "0", "--metric", "magnitude_l2", "--sample-len", "32", "--pool-size", "4", "--num-samples", "2",
          "--objective-windows", "2", "--no-progress"]
 
 

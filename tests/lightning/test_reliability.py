@@ -95,7 +95,7 @@ def test_sigkill_during_finetune_then_resume(tmp_path, tiny_lm_dir, text_dir):
 def test_out_of_memory_trial_is_recorded_and_the_search_goes_on(monkeypatch):
     """An allocator failure inside a trial (injected in the objective) fails that trial only."""
     session = _session()
-    real, calls = session.objective, {"n": 0}
+    real, calls = session.score, {"n": 0}
 
     def sometimes_oom(selection, biases=None):
         calls["n"] += 1
@@ -103,7 +103,7 @@ def test_out_of_memory_trial_is_recorded_and_the_search_goes_on(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(selection, biases)
 
-    monkeypatch.setattr(session, "objective", sometimes_oom)
+    monkeypatch.setattr(session, "score", sometimes_oom)
     result = run_search(session, SearchConfig.of(**SMALL), progress=False)
     failed = [t for t in result.trials if t.status == "failed"]
     assert [t.trial for t in failed] == [1, 3] and all("out of memory" in t.error for t in failed)
@@ -116,7 +116,7 @@ def test_repeated_out_of_memory_stops_with_a_summary(monkeypatch):
     def oom(selection, biases=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(session, "objective", oom)
+    monkeypatch.setattr(session, "score", oom)
     with pytest.raises(SearchFailed, match="3 consecutive trials failed.*out of memory"):
         run_search(session, SearchConfig.of(**{**SMALL, "max_failures": 3}), progress=False)
 
@@ -128,7 +128,7 @@ def test_other_runtime_errors_are_not_swallowed(monkeypatch):
     def broken(selection, biases=None):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(session, "objective", broken)
+    monkeypatch.setattr(session, "score", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_search(session, SearchConfig.of(**SMALL), progress=False)
 
@@ -139,7 +139,7 @@ def test_two_runs_give_identical_pruned_weights():
         model = make_tiny_model("qwen2", vocab_size=128, layers=4)
         gen = torch.Generator().manual_seed(7)
         plan = prune(model, target_ratio=0.2, calibration=torch.randint(0, 128, (12, 16), generator=gen),
-                     objective=torch.randint(0, 128, (3, 32), generator=gen), sample_len=16, seed=3,
+                     objective_data=torch.randint(0, 128, (3, 32), generator=gen), sample_len=16, seed=3,
                      search=SearchConfig.of(**SMALL), progress=False)
         return model.state_dict(), plan
 

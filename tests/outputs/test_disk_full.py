@@ -123,7 +123,7 @@ def test_the_cli_says_disk_full_in_one_line_and_keeps_the_previous_export(tmp_pa
     hf_logging.disable_progress_bar()
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(tiny_lm_dir), "--text", str(text_dir), "--trials", "0", "--metric", "magnitude_l2",
-            "--sample-len", "32", "--pool-size", "4", "--subset-size", "2", "--objective-windows", "2",
+            "--sample-len", "32", "--pool-size", "4", "--num-samples", "2", "--objective-windows", "2",
             "--no-progress", "--out", str(out), "--overwrite"]
     assert cli.main(args) == 0
     before = tree_digest(tmp_path)

@@ -99,9 +99,9 @@ def test_the_subset_coordinates_choose_nothing_once_k_is_the_pool(session):
     space = SearchSpace.build(SearchConfig.of(**SMALL), session.config, session.stats.features())
     rng = np.random.RandomState(0)
     for _ in range(10):
-        assert space.subset({"k": POOL, "u0": rng.rand(), "u1": rng.rand()}) == list(range(POOL))
-    assert "u0" not in space.active({"metric": "taylor_vector", "k": POOL})
-    assert "u0" in space.active({"metric": "taylor_vector", "k": POOL - 1})
+        assert space.subset({"num_samples": POOL, "u0": rng.rand(), "u1": rng.rand()}) == list(range(POOL))
+    assert "u0" not in space.active({"metric": "taylor_vector", "num_samples": POOL})
+    assert "u0" in space.active({"metric": "taylor_vector", "num_samples": POOL - 1})
 
 
 def test_random_points_with_their_inactive_dimensions_fixed_give_the_same_plan(session):
@@ -117,7 +117,7 @@ def test_random_points_with_their_inactive_dimensions_fixed_give_the_same_plan(s
         canonical = space.canonical(raw)
         inactive_seen |= set(space.bounds()) - set(space.active(raw))
         assert _plan(session, space.candidate(raw)) == _plan(session, space.candidate(canonical)), raw
-    assert {"layer_ramp", "reducer", "k", "u0", "u1"} <= inactive_seen  # every condition was exercised
+    assert {"layer_ramp", "reducer", "num_samples", "u0", "u1"} <= inactive_seen  # every condition was exercised
 
 
 def _draw(bound, rng):
@@ -134,12 +134,12 @@ def test_the_default_table_says_where_each_dimension_matters():
     conditions = space.describe()["conditions"]
     assert conditions["layer_ramp"] == "scope in [layerwise, global]"
     assert conditions["reducer"] == "scope in [layerwise, global] and metric in [taylor, taylor_vector, magnitude_l2]"
-    assert conditions["k"] == ("metric in [taylor, taylor_vector, wanda_sp, flap, flap_reference] or "
+    assert conditions["num_samples"] == ("metric in [taylor, taylor_vector, wanda_sp, flap, flap_reference] or "
                                "reconstruction in [bias]")
-    assert conditions["u0"].endswith("and k < 64") and "keep_first" not in conditions and "metric" not in conditions
+    assert conditions["u0"].endswith("and num_samples < 64") and "keep_first" not in conditions and "metric" not in conditions
     flap = space.canonical({"metric": "flap_reference", "scope": "standardized", "reconstruction": "bias",
-                            "reducer": "max", "k": 64, "u0": 0.1, "u1": 0.9, "layer_ramp": 0.7})
-    assert space.active(flap) == ["metric", "scope", "reconstruction", "k", "keep_first", "keep_last"]
+                            "reducer": "max", "num_samples": 64, "u0": 0.1, "u1": 0.9, "layer_ramp": 0.7})
+    assert space.active(flap) == ["metric", "scope", "reconstruction", "num_samples", "keep_first", "keep_last"]
     assert (flap["reducer"], flap["u0"], flap["u1"], flap["layer_ramp"]) == ("sum", 0.5, 0.5, 0.0)
 
 

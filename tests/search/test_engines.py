@@ -75,7 +75,7 @@ def test_the_gp_kernel_compares_canonical_points():
     target = BayesianOptimization(f=None, pbounds=bounds, verbose=0).space
     transform = canonical_rows(space, target)
     flap = {"metric": "flap_reference", "scope": "standardized", "reconstruction": "none", "reducer": "sum",
-            "k": 5, "u0": 0.2, "u1": 0.7, "keep_first": 1, "keep_last": 0, "layer_ramp": 0.0}
+            "num_samples": 5, "u0": 0.2, "u1": 0.7, "keep_first": 1, "keep_last": 0, "layer_ramp": 0.0}
     rows = [target.params_to_array(p) for p in (flap, {**flap, "layer_ramp": 0.9, "reducer": "max"},
                                                  {**flap, "scope": "global", "layer_ramp": 0.9})]
     out = transform(np.stack(rows))

@@ -26,7 +26,7 @@ def _session(**config) -> PruningSession:
     gen = torch.Generator().manual_seed(0)
     return PruningSession(model, PruningConfig(**{"target_ratio": 0.2, **config}),
                           torch.randint(0, VOCAB, (12, 16), generator=gen),
-                          objective=torch.randint(0, VOCAB, (3, 32), generator=gen), progress=False)
+                          objective_windows=torch.randint(0, VOCAB, (3, 32), generator=gen), progress=False)
 
 
 def _forbid_work(monkeypatch) -> None:
@@ -38,7 +38,7 @@ def _forbid_work(monkeypatch) -> None:
 
     for name in ("collect_activation_stats", "collect_gradient_scores"):
         monkeypatch.setattr(session_module, name, boom)
-    monkeypatch.setattr(PruningSession, "objective", boom)
+    monkeypatch.setattr(PruningSession, "score", boom)
 
 
 def test_the_search_refuses_an_unreachable_total_ratio_before_any_trial(tmp_path, monkeypatch):
@@ -82,7 +82,7 @@ def test_the_cli_refuses_it_in_one_line_and_runs_no_trial(tmp_path):
     (tmp_path / "text.txt").write_text(" ".join(["a truth universally acknowledged"] * 400))
     out = tmp_path / "pruned"
     result = run_cli("prune", "--model", tmp_path / "model", "--text", tmp_path / "text.txt", "--trials", "4",
-                     "--sample-len", "16", "--pool-size", "6", "--subset-size", "2", "--objective-windows", "2",
+                     "--sample-len", "16", "--pool-size", "6", "--num-samples", "2", "--objective-windows", "2",
                      "--objective-seq-len", "16", "--target-ratio", "0.2", "--out", out, "--no-progress")
     assert_one_line_error(result, "prune", "target_ratio=0.2", "--ratio-basis prunable")
     assert not (tmp_path / "pruned.search_trace.jsonl").exists() and not out.exists()

@@ -40,7 +40,7 @@ def test_a_search_records_bos_in_the_plan_it_makes_and_summarises_itself(tmp_pat
 def test_the_session_is_released_when_the_search_fails(monkeypatch):
     session = small_session()
     session.stats  # computed: the memory a failed search must not keep
-    monkeypatch.setattr(session, "objective", lambda selection, biases=None: float("nan"))
+    monkeypatch.setattr(session, "score", lambda selection, biases=None: float("nan"))
     with pytest.raises(SearchFailed):
         find_plan(session, SearchConfig.of(**{**SMALL, "max_failures": 2}), progress=False)
     assert session._stats is None

@@ -19,7 +19,7 @@ from adapruner_lightning.search.trace import TrialRecord
 from helpers_core import SMALL, small_session
 
 FLAP = {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
-        "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "k": 2048}
+        "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048}
 METRICS = ["taylor_vector", "flap_reference", "magnitude_l2"]
 
 #: two warm-start points that differ only in a dimension that cannot change the plan there
@@ -28,23 +28,23 @@ PAIRS = {
     "a reducer-only move of an o/down metric": ({**FLAP, "scope": "layerwise"},
                                                 {**FLAP, "scope": "layerwise", "reducer": "max"}),
     "another subset size of a data-free metric without bias": (
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 3},
-        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "k": 8}),
-    "other subset coordinates once k is the pool (drawn at random for each point)": (
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "num_samples": 3},
+        {**FLAP, "metric": "magnitude_l2", "scope": "global", "reconstruction": "none", "layer_ramp": 0.2, "num_samples": 8}),
+    "other subset coordinates once num_samples is the pool (drawn at random for each point)": (
         {**FLAP, "reconstruction": "none"}, {**FLAP, "reconstruction": "none"}),
 }
 
 
 def _fingerprinted(session):
-    """Wrap ``session.objective`` to record a fingerprint of every evaluated plan (units removed and biases)."""
-    seen, objective = [], session.objective
+    """Wrap ``session.score`` to record a fingerprint of every evaluated plan (units removed and biases)."""
+    seen, score = [], session.score
 
     def wrapped(selection, biases=None):
         removed = [[i, s.heads, s.kv_heads, s.channels] for i, s in sorted(selection.items()) if s.channels or s.heads]
         seen.append(hashlib.sha256(json.dumps([removed, biases], default=str).encode()).hexdigest())
-        return objective(selection, biases)
+        return score(selection, biases)
 
-    session.objective = wrapped
+    session.score = wrapped
     return seen
 
 
@@ -95,7 +95,7 @@ def test_a_space_with_few_plans_is_exhausted_and_the_counts_reach_the_plan(caplo
 def test_repeats_do_not_count_as_failures_or_reset_them(monkeypatch):
     """A repeat of a failed plan is registered as failed but is no new failure: ``max_failures`` counts evaluations."""
     session, calls = small_session(), []
-    monkeypatch.setattr(session, "objective", lambda selection, biases=None: calls.append(1) or float("nan"))
+    monkeypatch.setattr(session, "score", lambda selection, biases=None: calls.append(1) or float("nan"))
     config = SearchConfig.of(**{**SMALL, "trials": 6, "metrics": METRICS, "max_failures": 3,
                                 "warm_start": [FLAP, {**FLAP, "layer_ramp": 0.5}, FLAP]})
     with pytest.raises(SearchFailed, match="3 consecutive trials failed"):

@@ -22,7 +22,7 @@ def test_default_warm_start_is_the_baselines_that_fit_the_space():
     assert narrow.warm_points() == []
     unsearched = SearchSpaceConfig(layer_ramp=False, scope=False, reconstruction=False)
     assert unsearched.warm_points()[0] == {"metric": "flap_reference", "reducer": "sum", "keep_first": 0, "keep_last": 0,
-                                           "k": 2048}
+                                           "num_samples": 2048}
     assert SearchSpaceConfig(warm_start=[]).warm_points() == []
 
 
@@ -32,7 +32,7 @@ def _score_alone(session, candidate: Candidate) -> float | None:
         selection = session.select(candidate)
     except ConfigError:
         return None
-    return session.objective(selection, session.compensation(candidate, selection))
+    return session.score(selection, session.compensation(candidate, selection))
 
 
 def test_the_first_trials_are_the_baselines_and_the_best_is_no_worse():
@@ -63,29 +63,29 @@ def test_the_first_trials_are_the_baselines_and_the_best_is_no_worse():
     assert result.trials[2].candidate["metric"] in config.space.metrics  # then the usual random initial points
 
 
-def test_the_baselines_start_with_their_own_sample_counts_and_the_subset_size_is_searched_up_to_the_pool():
+def test_the_baselines_start_with_their_own_sample_counts_and_num_samples_is_searched_up_to_the_pool():
     """FLAP's reference reads 2,048 calibration samples (``main.py --nsamples``), LLM-Pruner's 10: their warm points
-    carry those counts, clipped to the pool, and the searched subset size reaches the whole pool."""
+    carry those counts, clipped to the pool, and the searched sample count reaches the whole pool."""
     config = SearchConfig.of(**{**SMALL, "metrics": ["taylor", "flap_reference"], "trials": 4, "init_points": 4,
                                 "max_keep_first": 4, "max_keep_last": 2})
-    assert config.space.vary_subset_size  # the default
+    assert config.space.vary_num_samples  # the default
     session = _session()
     result = run_search(session, config, progress=False)
     pool = session.pool.shape[0]
     assert sorted(result.trials[0].candidate["subset"]) == list(range(pool))  # FLAP: every sample of the pool
     assert len(result.trials[1].candidate["subset"]) == min(10, pool)           # LLM-Pruner: its 10 samples
     space = SearchSpace.build(config, session.config, session.stats.features())
-    assert space.bounds()["k"] == (2, pool, int)
-    fixed = SearchConfig.of(**{**SMALL, "vary_subset_size": False})
-    assert "k" not in SearchSpace.build(fixed, session.config, session.stats.features()).bounds()
-    assert all(k != "k" for p in fixed.space.warm_points() for k in p)
+    assert space.bounds()["num_samples"] == (2, pool, int)
+    fixed = SearchConfig.of(**{**SMALL, "vary_num_samples": False})
+    assert "num_samples" not in SearchSpace.build(fixed, session.config, session.stats.features()).bounds()
+    assert all(k != "num_samples" for p in fixed.space.warm_points() for k in p)
 
 
 @pytest.mark.parametrize(("point", "match"), [
     ({"metric": "flap_reference"}, r"warm_start metric.*searched space"),
     ({"keep_first": 9}, r"warm_start keep_first"),
     ({"sparsity": 0.5}, r"warm_start key"),
-    ({"k": 1}, r"warm_start k"),
+    ({"num_samples": 1}, r"warm_start num_samples"),
 ])
 def test_a_warm_start_point_outside_the_space_is_refused(point, match):
     with pytest.raises(ConfigError, match=match):

@@ -42,7 +42,7 @@ from adapruner_lightning.lightning.recovery import RecoveryConfig
 MAX_STEPS = 2
 PG_TIMEOUT_S, SLOW_TRIAL_S, SLOW_TRIALS = 30, 7.0, 10
 VAL_TASK, VAL_ITEMS = "austen_cloze", 6
-SEARCH = dict(trials=2, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
+SEARCH = dict(trials=2, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector"])
 
 
@@ -77,14 +77,14 @@ def slow_objective() -> None:
     """Hold every trial's objective for SLOW_TRIAL_S seconds (after computing it)."""
     from adapruner_lightning.core.session import PruningSession
 
-    real = PruningSession.objective
+    real = PruningSession.score
 
-    def objective(self, *args, **kwargs):
+    def score(self, *args, **kwargs):
         value = real(self, *args, **kwargs)
         time.sleep(SLOW_TRIAL_S)
         return value
 
-    PruningSession.objective = objective
+    PruningSession.score = score
 
 
 def count_search_runs() -> None:

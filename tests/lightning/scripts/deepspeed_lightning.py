@@ -40,7 +40,7 @@ from adapruner_lightning.lightning.recovery import RecoveryConfig
 from adapruner_lightning.search.config import SearchConfig
 
 MAX_STEPS, MORE_STEPS = 3, 2
-SEARCH = dict(trials=2, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
+SEARCH = dict(trials=2, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector"])
 EVAL_TOKENS = 256
 

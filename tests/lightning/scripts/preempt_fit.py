@@ -35,21 +35,21 @@ from adapruner_lightning.search.config import SearchConfig
 sys.path.insert(0, str(Path(__file__).parent))
 from deepspeed_lightning import CpuDeepSpeedStrategy, count_search_runs  # noqa: E402
 
-SEARCH = dict(trials=6, init_points=2, pool_size=8, subset_size=3, objective_windows=2, objective_seq_len=32,
+SEARCH = dict(trials=6, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
               max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "magnitude_l2"])
 
 
 def slow_trials(seconds: float) -> None:
     from adapruner_lightning.core.session import PruningSession
 
-    real = PruningSession.objective
+    real = PruningSession.score
 
-    def objective(self, *args, **kwargs):
+    def score(self, *args, **kwargs):
         value = real(self, *args, **kwargs)
         time.sleep(seconds)
         return value
 
-    PruningSession.objective = objective
+    PruningSession.score = score
 
 
 class Slow(Callback):
