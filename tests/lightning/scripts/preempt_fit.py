@@ -115,6 +115,13 @@ def main() -> None:
               "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None}
     (out / f"{run}_rank{rank}.json").write_text(json.dumps(record))
     print(f"[rank {rank}] PREEMPT_FIT_OK", flush=True)
+    # Everything this script checks is written above. DeepSpeed's CPU shared-memory communicator sometimes aborts in
+    # its C++ teardown at interpreter exit ("terminate called without an active exception", SIGABRT) after a
+    # successful fit, under load; tear the process group down in order and leave without the static destructors.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
