@@ -27,7 +27,7 @@ from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.groups import total_params
 from adapruner_lightning.outputs import gguf as gguf_export
 from adapruner_lightning.core.physical import apply_plan
-from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
+from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.reconstruction import LeastSquares
 from adapruner_lightning.core.session import check_model
 from adapruner_lightning.data.calibration import DataSplits
@@ -119,6 +119,7 @@ class AdaPrunerCallback(Callback):
         self.trace: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {"quality": {}, "seconds": {}, "params": {}}
         self._applied = False
+        self._plan_files: dict[Path, bool] = {}  # plan files beside the checkpoints: True = this run's to rewrite
         self._refit: LeastSquares | None = None  # a least-squares plan's statistics, from the search to the prune
         self._data_split = False  # whether this rank's datamodule already split off pool/objective windows
         self._out: Path | None = None
@@ -383,12 +384,11 @@ class AdaPrunerCallback(Callback):
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Write ``pruning_plan.json`` beside the checkpoints."""
+        """Write ``pruning_plan.json`` beside the checkpoints (never over a file of another plan there)."""
         if self.plan is not None and trainer.is_global_zero and trainer.checkpoint_callback is not None:
             dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
             if dirpath:
-                Path(dirpath).mkdir(parents=True, exist_ok=True)
-                self.plan.save(Path(dirpath) / PLAN_FILE)
+                planning.save_plan_beside_checkpoints(self.plan, dirpath, self._plan_files)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from torch import nn
 
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.physical import apply_plan, is_applied
-from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.core.reconstruction import LeastSquares, collect_grams
 from adapruner_lightning.core.session import PruningSession, tensor_digest
@@ -175,3 +177,28 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
                                "reconstruction='bias'")
     grams = collect_grams(model, layer_structures(model), splits.pool.to(device), collective=collective)
     return LeastSquares(grams, damping=fit["damping"], intercept=fit["intercept"])
+
+
+def save_plan_beside_checkpoints(plan: PruningPlan, directory: str | Path, owned: dict[Path, bool]) -> None:
+    """Write ``plan`` as ``pruning_plan.json`` in the checkpoint ``directory``, replacing only a file this run wrote
+    (``owned[path]`` True) or one that already holds this plan (a resumed run's). A file there that holds another
+    plan is someone else's: it is kept byte for byte, with one warning (``owned[path]`` False)."""
+    path = Path(directory) / PLAN_FILE
+    if path not in owned and path.exists():
+        owned[path] = _holds(path, plan)
+        if not owned[path]:
+            warnings.warn(f"adapruner: {path} was not written by this run and holds another plan: kept, and this "
+                          "run's plan not written beside the checkpoints (it is in each checkpoint's state)",
+                          UserWarning, stacklevel=2)
+    if owned.get(path, True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plan.save(path)
+        owned[path] = True
+
+
+def _holds(path: Path, plan: PruningPlan) -> bool:
+    """Whether the plan file at ``path`` is ``plan`` (an unreadable file is not)."""
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(plan.to_dict()))
+    except (OSError, ValueError):
+        return False

@@ -72,3 +72,34 @@ def test_a_second_fit_into_the_same_output_dir_replaces_its_own_export(tmp_path,
     assert export.stat().st_ino != first[0]  # a new directory took the old one's place (atomic swap)
     assert (export / "pruning_plan.json").read_text() == first[1]  # the same plan (same seed), written again
     assert not list((tmp_path / "runs").glob(".*")) and not list((tmp_path / "runs" / "adapruner").glob(".*"))
+
+
+def test_a_users_pruning_plan_json_beside_the_checkpoints_is_never_replaced(tmp_path, tiny_lm_dir, text_dir):
+    """The plan written beside the checkpoints (``on_save_checkpoint``) replaces only a file this run wrote: a
+    checkpoint directory that already holds someone's ``pruning_plan.json`` keeps it byte for byte (with a warning)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "pruning_plan.json").write_text('{"a plan": "of another run"}\n')
+    before = (ckpt / "pruning_plan.json").read_bytes()
+    pruner = AdaPrunerCallback(target_ratio=0.2, output_dir=str(tmp_path / "runs"), progress=False,
+                               search=SearchConfig(trials=0), export=False)
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=0,
+                      num_sanity_val_steps=0,
+                      callbacks=[pruner, ModelCheckpoint(dirpath=ckpt, every_n_train_steps=1, save_top_k=-1)])
+    data = TextDataModule(model=str(tiny_lm_dir), texts=[str(text_dir)], seq_len=16, batch_size=2, val_windows=2)
+    with pytest.warns(UserWarning, match="not written by this run and holds another plan"):
+        trainer.fit(CausalLMModule(model=str(tiny_lm_dir)), datamodule=data)
+    assert (ckpt / "pruning_plan.json").read_bytes() == before
+    assert len(list(ckpt.glob("*.ckpt"))) == 2  # the checkpoints were written (and carry the plan in their state)
+    fresh = tmp_path / "ckpt_fresh"  # a directory without one gets this run's plan, rewritten at each checkpoint
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=0,
+                      num_sanity_val_steps=0,
+                      callbacks=[AdaPrunerCallback(target_ratio=0.2, output_dir=str(tmp_path / "runs2"), progress=False,
+                                                   search=SearchConfig(trials=0), export=False),
+                                 ModelCheckpoint(dirpath=fresh, every_n_train_steps=1, save_top_k=-1)])
+    trainer.fit(CausalLMModule(model=str(tiny_lm_dir)), datamodule=data)
+    assert '"layers"' in (fresh / "pruning_plan.json").read_text()
