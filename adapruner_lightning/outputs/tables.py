@@ -83,6 +83,9 @@ def search_lines(search: dict[str, Any]) -> list[str]:
         return []
     chose = _choice(search.get("chose", {}))
     seconds = f" in {search['seconds']:.0f} s" if search.get("seconds") is not None else ""
+    if search.get("seconds") and search.get("flap_seconds"):
+        seconds += (f" ({search['seconds'] / search['flap_seconds']:.1f}x FLAP's prune time on this machine, "
+                    f"{search['flap_seconds']:.0f} s)")
     if not search.get("trials"):
         return [f"- no search (`trials=0`): the configured candidate{seconds}", f"- chose: {chose}"]
     score, kind = search.get("best_score"), search.get("objective") or "perplexity"

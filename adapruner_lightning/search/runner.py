@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from adapruner_lightning.core.plan import PruningPlan
-from adapruner_lightning.core.session import PruningSession
+from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
@@ -42,7 +42,8 @@ class SearchResult:
     candidate was taken without a search, ``SearchConfig(trials=0)``).
 
     ``exhausted``: the search stopped because ``engine.max_repeats`` proposals in a row repeated plans already
-    scored. ``refit``: for a plan that re-fits the kept weights (``reconstruction='lstsq'``), the least-squares
+    scored. ``flap_seconds``: FLAP's own prune time on the same machine (:func:`flap_prune_seconds`), the yardstick
+    of ``seconds``. ``refit``: for a plan that re-fits the kept weights (``reconstruction='lstsq'``), the least-squares
     statistics to apply it with (``apply_plan(model, result.plan, refit=result.refit)``); None otherwise."""
 
     trials: list[TrialRecord]
@@ -54,6 +55,7 @@ class SearchResult:
     extra: dict[str, Any] = field(default_factory=dict)
     exhausted: bool = False
     refit: Any = None
+    flap_seconds: float | None = None
 
     @property
     def plans_scored(self) -> int:
@@ -83,7 +85,7 @@ class SearchResult:
                 "best_trial": None if self.best is None else self.best.trial,
                 "best_score": None if self.best is None else self.best.score,
                 "objective": self.plan.provenance.get("search", {}).get("objective", {}).get("kind"),
-                "chose": chosen, "seconds": self.seconds}
+                "chose": chosen, "seconds": self.seconds, "flap_seconds": self.flap_seconds}
 
 
 def distinct_plans(trials: list[TrialRecord]) -> int:
@@ -177,6 +179,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     session.check_reachable(**_fewest_kept(config, session.config), searched=True)  # before the first trial
     t0 = time.perf_counter()
     features = session.stats.features()
+    activation_seconds = time.perf_counter() - t0  # the statistics pass FLAP needs too
     if "lstsq" in (config.space.reconstructions if config.space.reconstruction else [session.config.reconstruction]):
         session.grams  # every rank together, before any rank scores a trial alone
     stats_seconds = time.perf_counter() - t0
@@ -210,8 +213,26 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         chosen, owner, extra["allocation"] = refined.selection, 0, refined.info
     plan = collective.run_on(owner, lambda: session.plan(candidate, chosen, search=found, **extra,
                                                          **(provenance or {})))
-    return SearchResult(trials=done, best=best, plan=plan, signature=signature, seconds=time.perf_counter() - t0,
-                        stats_seconds=stats_seconds, extra=extra, exhausted=exhausted)
+    seconds = time.perf_counter() - t0
+    return SearchResult(trials=done, best=best, plan=plan, signature=signature, seconds=seconds,
+                        stats_seconds=stats_seconds, extra=extra, exhausted=exhausted,
+                        flap_seconds=flap_prune_seconds(session, activation_seconds))
+
+
+def flap_prune_seconds(session: PruningSession, statistics_seconds: float) -> float | None:
+    """FLAP's own prune time on this machine, the yardstick of a search's cost: the activation statistics pass it
+    needs too (``statistics_seconds``) plus its selection and bias compensation (its reference configuration on
+    the whole pool), timed here after the search. None where FLAP's configuration does not apply (e.g. a family
+    pruned uniformly)."""
+    flap = Candidate("flap_reference", "sum", list(range(int(session.pool.shape[0]))), scope="standardized",
+                     reconstruction="bias")
+    start = time.perf_counter()
+    try:
+        session.compensation(flap, session.select(flap))
+    except Exception as error:  # a yardstick of the cost never fails a finished search
+        log.info("FLAP's prune time not measured: %s: %s", type(error).__name__, error)
+        return None
+    return statistics_seconds + time.perf_counter() - start
 
 
 def _fewest_kept(config: SearchConfig, pruning: Any) -> dict[str, int]:

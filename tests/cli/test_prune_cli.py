@@ -114,6 +114,10 @@ def test_prune_prints_and_reports_the_distinct_plans_scored(tmp_path, tiny_lm_di
     assert search["trials_saved"] == sum(r["repeat_of"] is not None for r in rows)
     line = f"{search['plans_scored']} distinct plans scored, {search['trials_saved']} repeated plans"
     assert line in printed and line in (tmp_path / "out" / "report.md").read_text()
+    # the search's cost against FLAP's own prune time on the same machine (statistics pass + FLAP's selection)
+    assert 0 < search["flap_seconds"] < search["seconds"]
+    cost = f"{search['seconds'] / search['flap_seconds']:.1f}x FLAP's prune time on this machine"
+    assert cost in printed and cost in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_reconstruction_lstsq_prunes_and_exports_the_refitted_weights(tmp_path, tiny_lm_dir, text_dir):
