@@ -272,8 +272,7 @@ class Bench:
         plan: they depend on the dense weights and the pool only), with the plan's own damping."""
         if not plan.refits_weights:
             return None
-        fit = plan.provenance["reconstruction_fit"]
-        return LeastSquares(self._grams(), damping=fit["damping"], intercept=fit["intercept"])
+        return LeastSquares.described(self._grams(), plan.provenance["reconstruction_fit"])
 
     def _grams(self) -> GramCache:
         if self._pool_grams is None:

@@ -371,12 +371,12 @@ def reconstruction_search(root: Path) -> str:
     rows = [r for r in _json(root, "reconstruction.json")["rows"] if r["cell"][0] == "search"]
     out = []
     for ratio in sorted({r["cell"][2] for r in rows}):
-        cells = {m: [r for r in rows if r["cell"][1] == m and r["cell"][2] == ratio] for m in ("flap_bias", "flap_lstsq", "search")}
+        cells = {m: [r for r in rows if r["cell"][1:3] == [m, ratio]] for m in ("flap_bias", "flap_lstsq", "search")}
+        ref = {m: statistics.mean(r["dev_ppl"] for r in rs) if rs else float("nan") for m, rs in cells.items()}
         for method, rs in cells.items():
             if not rs:
                 continue
             ppl = [r["dev_ppl"] for r in rs]
-            ref = {m: statistics.mean(r["dev_ppl"] for r in cells[m]) if cells[m] else float("nan") for m in cells}
             chose = sorted({"/".join(str(r["plan"][k]) for k in ("metric", "scope", "reconstruction")) for r in rs})
             out.append([f"{ratio:.0%}", method, str(len(rs)), _spread(ppl), f"{statistics.mean(ppl) / ref['flap_bias']:.3f}",
                         f"{statistics.mean(ppl) / ref['flap_lstsq']:.3f}", ", ".join(chose)])

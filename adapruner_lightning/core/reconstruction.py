@@ -256,6 +256,11 @@ class LeastSquares:
         return {"damping": self.damping, "intercept": self.intercept, "inputs": "dense", "gram": "pool",
                 "tokens": self.grams.tokens}
 
+    @classmethod
+    def described(cls, grams: GramCache, description: dict[str, object]) -> "LeastSquares":
+        """The fit :meth:`describe` recorded (a plan's ``provenance["reconstruction_fit"]``), on ``grams``."""
+        return cls(grams, damping=float(description["damping"]), intercept=bool(description["intercept"]))
+
 
 @dataclass
 class Fits:

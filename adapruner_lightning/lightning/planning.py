@@ -176,7 +176,7 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
                                "made the plan, load its export with load_pruned, or make the plan with "
                                "reconstruction='bias'")
     grams = collect_grams(model, layer_structures(model), splits.pool.to(device), collective=collective)
-    return LeastSquares(grams, damping=fit["damping"], intercept=fit["intercept"])
+    return LeastSquares.described(grams, fit)
 
 
 def save_plan_beside_checkpoints(plan: PruningPlan, directory: str | Path, owned: dict[Path, bool]) -> None:

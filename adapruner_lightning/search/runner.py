@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from adapruner_lightning.core.plan import PruningPlan
+from adapruner_lightning.core.reconstruction import LeastSquares
 from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
@@ -54,7 +55,7 @@ class SearchResult:
     stats_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     exhausted: bool = False
-    refit: Any = None
+    refit: LeastSquares | None = None
     flap_seconds: float | None = None
 
     @property
