@@ -15,6 +15,7 @@ taylor_vector         activations  yes, exactly: per sample and channel, sum_t y
 wanda_sp              activations  yes, exactly: per sample and channel, sum_t x^2
 flap                  activations  yes, exactly: per sample and channel, sum_t x and sum_t x^2
 flap_reference        activations  yes, as flap (attention channels squared, FLAP's reference code)
+obs                   grams        n/a: the pool's input covariance (the least-squares repair's), whatever the samples
 taylor                gradients    no: |w * sum_s g_s| needs the subset's summed gradient before the absolute
 taylor_second                      value; a gradient pass per new subset reduces each gradient to row/column
 taylor_mix                         scores as it arrives, and only those vectors are memoised per subset
@@ -39,7 +40,9 @@ from adapruner_lightning.errors import ConfigError
 MEMBERS = ("q", "k", "v", "o", "gate", "up", "down")
 ROW_MEMBERS = ("q", "k", "v", "gate", "up")  # scored per output row; "o" and "down" per input column
 MemberScores = dict[str, "torch.Tensor | None"]
-Needs = Literal["nothing", "activations", "gradients"]
+Needs = Literal["nothing", "activations", "gradients", "grams"]
+#: what a metric may need that is read per calibration sample (a metric needing ``grams`` reads the whole pool)
+SAMPLE_NEEDS = ("activations", "gradients")
 
 
 @dataclass
@@ -53,12 +56,20 @@ class ScoreInputs:
         gradient_stats: ``{member: scores}``: the member scores of this (element-wise gradient) metric over the
             candidate's samples, as :func:`member_scores` computed them during the gradient pass.
         generator: seeded random generator (for ``random``).
+        grams: the layer's pool-wide input sums of ``o_proj`` and ``down_proj`` (``"o"``/``"down"``: ``sum x x^T``,
+            ``"sum:o"``/``"sum:down"``: ``sum x``; :class:`~adapruner_lightning.core.reconstruction.GramCache`), for
+            metrics that need ``grams``.
+        gram_tokens: the tokens ``grams`` sum over.
+        damping: the ridge of the least-squares repair, a fraction of the covariance's mean diagonal.
     """
 
     layer: LayerStructure
     activation_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     gradient_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     generator: torch.Generator | None = None
+    grams: dict[str, torch.Tensor] = field(default_factory=dict)
+    gram_tokens: int = 0
+    damping: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ def register_metric(name: str, needs: Needs, *, second_order: bool = False, desc
     ``members`` declares which members ``fn`` scores (it returns None for the others); the search reads it to know
     where the reducer matters (:func:`reads_reducer`). Gradient metrics are registered with
     :func:`register_gradient_metric` instead."""
-    check_choice("needs", needs, ("nothing", "activations"))
+    check_choice("needs", needs, ("nothing", "activations", "grams"))
     for member in members:
         check_choice("members[]", member, MEMBERS)
     return _register(name, needs, second_order, description, None, tuple(members))
@@ -237,6 +248,46 @@ def _flap_reference(inputs: ScoreInputs) -> MemberScores:
     """
     out = _flap(inputs)
     out["o"] = out["o"].square()
+    return out
+
+
+def _inverse_covariance(inputs: ScoreInputs, member: str) -> torch.Tensor:
+    """``(C + lambda I)^-1`` of the member's inputs, ``C`` their covariance over the pool and ``lambda`` the
+    repair's damping times ``C``'s mean diagonal (float32, on the layer's device). A dead input (a zero row and
+    column of ``C``) only meets the ridge; if even the damped matrix cannot be factorised, the damping grows
+    tenfold until it can."""
+    device = inputs.layer.o.weight.device
+    tokens = max(inputs.gram_tokens, 1)
+    mean = inputs.grams[f"sum:{member}"].to(device, torch.float32) / tokens
+    cov = inputs.grams[member].to(device, torch.float32) / tokens - torch.outer(mean, mean)
+    cov = (cov + cov.T) / 2
+    ridge = cov.diagonal().mean().clamp_min(1e-12) * inputs.damping  # a tensor: no sync (and none on meta)
+    for _ in range(8):
+        factor, info = torch.linalg.cholesky_ex(cov + ridge * torch.eye(len(cov), device=device))
+        if factor.is_meta or int(info) == 0:  # meta: a shape-only run has nothing to check
+            return torch.cholesky_inverse(factor)
+        ridge *= 10
+    raise ConfigError("obs metric", "an input covariance that no damping makes positive definite",
+                      "finite activations on the calibration pool", hint="check the model's weights for NaN/inf")
+
+
+@register_metric("obs", "grams", members=("o", "down"))
+def _obs(inputs: ScoreInputs) -> MemberScores:
+    """What removing a unit costs once the least-squares repair has re-fitted the kept inputs (structured OBS, as
+    SlimGPT and ZipLM score columns): per MLP channel ``j`` of ``down_proj``, ``||W_:j||^2 / [A]_jj`` with
+    ``A = (C + lambda I)^-1`` of the inputs' covariance ``C`` on the pool; per attention head ``h`` (its ``o_proj``
+    columns ``H``), ``tr(W_:H ([A]_HH)^-1 W_:H^T)``, shared evenly by the head's columns. It is the increase of
+    the projection's mean squared output error when that unit alone goes and the rest are re-fitted with an
+    intercept (``reconstruction="lstsq"``); with a diagonal ``C`` and no damping it is FLAP's fluctuation
+    ``Var(X_j) ||W_:j||^2``. The covariance is the whole pool's (the repair's), whatever the candidate's samples."""
+    out: MemberScores = dict.fromkeys(MEMBERS)
+    w = _weight(inputs.layer, "down")
+    out["down"] = w.square().sum(0) / _inverse_covariance(inputs, "down").diagonal()
+    inverse, hd, n = _inverse_covariance(inputs, "o"), inputs.layer.head_dim, inputs.layer.num_heads
+    blocks = inverse.view(n, hd, n, hd).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [heads, hd, hd]: [A]_HH
+    w = _weight(inputs.layer, "o").T.reshape(n, hd, -1)  # [heads, hd, out]: W_:H^T
+    heads = (w * torch.linalg.solve(blocks, w)).sum((1, 2))  # tr(W_:H [A]_HH^-1 W_:H^T)
+    out["o"] = (heads / hd).repeat_interleave(hd)
     return out
 
 

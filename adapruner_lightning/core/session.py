@@ -211,11 +211,14 @@ class PruningSession:
         indices = pruned_layer_range(len(self.layers), candidate.keep_first, candidate.keep_last)
         activation = self.stats.reduce(candidate.subset) if spec.needs == "activations" else None
         gradients = self._gradient_scores(candidate.subset, spec) if spec.needs == "gradients" else None
+        grams = self.grams if spec.needs == "grams" else None
         out = {}
         for i in indices:
             inputs = ScoreInputs(layer=self.layers[i], activation_stats=activation[i] if activation else {},
                                  gradient_stats=gradients[i] if gradients else {},
-                                 generator=torch.Generator().manual_seed(self.config.seed * 1000 + i))
+                                 generator=torch.Generator().manual_seed(self.config.seed * 1000 + i),
+                                 grams=grams.layers[i] if grams else {}, gram_tokens=grams.tokens if grams else 0,
+                                 damping=self.config.reconstruction_damping)
             members = score_members(spec, inputs)
             scores = (standardized_unit_scores(self.layers[i], members) if candidate.scope == "standardized"
                       else unit_scores(self.layers[i], members, candidate.reducer))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, get_args
 
 from adapruner_lightning.config import check_choice, check_literal, check_non_negative, check_positive, deprecated
 from adapruner_lightning.core.config import Scope
-from adapruner_lightning.core.importance import REDUCERS, get_metric, metric_names, reads_reducer
+from adapruner_lightning.core.importance import REDUCERS, SAMPLE_NEEDS, get_metric, metric_names, reads_reducer
 from adapruner_lightning.core.objective import ObjectiveKind
 from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 from adapruner_lightning.errors import ConfigError
@@ -185,7 +185,7 @@ class SearchSpaceConfig:
         ``pool`` (the pool's size, None before it is known) bounds ``num_samples``; ``coords`` subset coordinates are added
         (:class:`~adapruner_lightning.search.space.SearchSpace` knows how many). A category list of one value is no
         dimension (:class:`~adapruner_lightning.search.dimensions.ConditionalSpace` fixes it)."""
-        reads_samples = (where(metric=tuple(m for m in self.metrics if get_metric(m).needs != "nothing"))
+        reads_samples = (where(metric=tuple(m for m in self.metrics if get_metric(m).needs in SAMPLE_NEEDS))
                          | where(reconstruction=("bias",)))
         dims: dict[str, Dimension] = {"metric": Dimension(list(self.metrics), self.metrics[0])}
         if self.scope:

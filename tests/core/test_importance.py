@@ -10,6 +10,7 @@ from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.core.groups import layer_structures
 from adapruner_lightning.core.importance import (ScoreInputs, get_metric, metric_names, reduce_members, register_metric,
                                                  score_members, unit_scores)
+from adapruner_lightning.core.reconstruction import collect_grams
 from adapruner_lightning.core.stats import StatsCache, collect_activation_stats, collect_gradient_scores
 from conftest import make_tiny_model
 from helpers_core import tiny, tokens
@@ -23,10 +24,12 @@ def _all_scores(model, layers, pool, metric: str, reducer: str = "sum", cache: S
     act = (cache or collect_activation_stats(model, layers, pool, progress=False)).reduce(list(range(pool.shape[0]))) \
         if spec.needs == "activations" else None
     grads = collect_gradient_scores(model, layers, pool, [spec]) if spec.needs == "gradients" else None
+    grams = collect_grams(model, layers, pool) if spec.needs == "grams" else None
     out = []
     for i, layer in enumerate(layers):
         inputs = ScoreInputs(layer, activation_stats=act[i] if act else {}, gradient_stats=grads[i][metric] if grads else {},
-                             generator=torch.Generator().manual_seed(i))
+                             generator=torch.Generator().manual_seed(i), grams=grams.layers[i] if grams else {},
+                             gram_tokens=grams.tokens if grams else 0)
         out.append(unit_scores(layer, spec.fn(inputs), reducer))
     return out
 
@@ -136,10 +139,12 @@ def test_metrics_score_where_the_weights_are_while_the_statistics_stay_on_the_ho
     act = collect_activation_stats(model, layers, pool, progress=False).reduce([0, 1]) \
         if spec.needs == "activations" else None
     grads = collect_gradient_scores(model, layers, pool, [spec]) if spec.needs == "gradients" else None
+    grams = collect_grams(model, layers, pool) if spec.needs == "grams" else None
     model.to("meta")
     layer = layers[1]
     inputs = ScoreInputs(layer, activation_stats=act[1] if act else {}, gradient_stats=grads[1][metric] if grads else {},
-                         generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0), grams=grams.layers[1] if grams else {},
+                         gram_tokens=grams.tokens if grams else 0)
     members = score_members(spec, inputs)
     assert {t.device.type for t in members.values() if t is not None} == {"meta"}
     units = unit_scores(layer, members, "sum")

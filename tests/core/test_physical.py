@@ -185,7 +185,7 @@ def test_unknown_metric_and_reducer_list_the_names():
 
 
 @pytest.mark.parametrize(("metric", "needs"), [("taylor", "gradients"), ("taylor_mix", "gradients"),
-                                               ("flap", "activations")])
+                                               ("flap", "activations"), ("obs", "grams")])
 def test_data_metric_without_calibration(metric, needs):
     model = tiny("llama")
     before = total_params(model)

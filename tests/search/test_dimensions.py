@@ -89,7 +89,8 @@ def test_metric_member_declarations_match_what_the_metrics_score(session):
         spec = get_metric(name)
         grads = session._gradient_scores([0, 1, 2], spec)[0] if spec.needs == "gradients" else {}
         inputs = ScoreInputs(layer=session.layers[0], activation_stats=stats[0], gradient_stats=grads,
-                             generator=torch.Generator().manual_seed(0))
+                             generator=torch.Generator().manual_seed(0), grams=session.grams.layers[0],
+                             gram_tokens=session.grams.tokens)
         assert {m for m, t in spec.fn(inputs).items() if t is not None} == set(spec.members), name
     assert not reads_reducer("wanda_sp") and not reads_reducer("flap") and not reads_reducer("flap_reference")
     assert reads_reducer("taylor") and reads_reducer("magnitude_l2") and get_metric("taylor").members == MEMBERS

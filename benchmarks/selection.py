@@ -1,0 +1,146 @@
+"""Which units to remove once the kept weights are repaired: FLAP's selection against the ``obs`` metric (what
+removing a unit costs after the least-squares repair), every plan repaired by least squares, on development data only.
+
+Data: the embedded SmolLM2-135M (float32); pool 64 x 128 tokens of the four calibration novels and their 96
+development windows of 256 tokens (``make_splits(..., n_pool=64, pool_seq_len=128, n_objective=8,
+objective_seq_len=256, seed=0, n_dev=96)``: the development split ``benchmarks/quality.py`` chooses on; no search,
+objective or recovery reads it). The evaluation novels and the standard tasks are not read.
+
+Variants at each ratio of total parameters, scored under masks with the plan's repair (what is exported):
+
+* ``flap + bias``: FLAP's reference procedure (``flap_reference``, standardized, its bias compensation);
+* ``flap + lstsq``: the same selection, repaired by least squares (``reconstruction="lstsq"``, damping 0.01);
+* ``obs <scope> + lstsq``: the ``obs`` metric (structured OBS: the output error a unit's removal leaves once the
+  kept inputs are re-fitted, on the pool's covariance) with the ``standardized``, ``layerwise`` or ``global`` scope;
+* ``flap counts, obs ranking + lstsq``: FLAP's per-layer counts, each layer's units ranked by ``obs``.
+
+    python benchmarks/selection.py            # 20, 30, 40 % (about 15 min on one shared core)
+    python benchmarks/selection.py --ratios 0.2
+
+Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from adapruner_lightning.core.config import PruningConfig
+from adapruner_lightning.core.masking import masked
+from adapruner_lightning.core.selection import layer_counts, select_counts
+from adapruner_lightning.core.session import Candidate, PruningSession
+from adapruner_lightning.data.calibration import make_splits
+from adapruner_lightning.data.models import load_model
+from adapruner_lightning.data.text import texts_for, write_text_atomic
+from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import machine_info  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "selection"
+POOL, DEV = 64, 96
+FLAP = dict(metric="flap_reference", reducer="sum", scope="standardized")
+#: variant -> (candidate options, reconstruction, FLAP's counts?)
+VARIANTS = {
+    "flap + bias": (FLAP, "bias", False),
+    "flap + lstsq": (FLAP, "lstsq", False),
+    "obs standardized + lstsq": (dict(metric="obs", reducer="sum", scope="standardized"), "lstsq", False),
+    "obs layerwise + lstsq": (dict(metric="obs", reducer="sum", scope="layerwise"), "lstsq", False),
+    "obs global + lstsq": (dict(metric="obs", reducer="sum", scope="global"), "lstsq", False),
+    "flap counts, obs ranking + lstsq": (dict(metric="obs", reducer="sum", scope="layerwise"), "lstsq", True),
+}
+
+
+class Bench:
+    """The dense model, the pool, the development windows and one session's statistics and Grams, shared."""
+
+    def __init__(self) -> None:
+        self.model, tokenizer = load_model(None)
+        self.splits = make_splits(tokenizer, texts_for("austen:calibration"), n_pool=POOL, pool_seq_len=128,
+                                  n_objective=8, objective_seq_len=256, seed=0, n_dev=DEV)
+        self.shared: PruningSession | None = None
+
+    def session(self, ratio: float, reconstruction: str) -> PruningSession:
+        session = PruningSession(self.model, PruningConfig(target_ratio=ratio, reconstruction=reconstruction),
+                                 self.splits.pool, objective_windows=self.splits.objective,
+                                 pool_ids=self.splits.pool_ids, progress=False,
+                                 stats=self.shared.stats if self.shared else None,
+                                 grams=self.shared.grams if self.shared else None)
+        self.shared = self.shared or session
+        return session
+
+    def cell(self, ratio: float, variant: str) -> dict:
+        options, reconstruction, flap_counts = VARIANTS[variant]
+        session = self.session(ratio, reconstruction)
+        start = time.perf_counter()
+        candidate = Candidate(subset=list(range(POOL)), reconstruction=reconstruction, **options)
+        if flap_counts:
+            flap = session.select(Candidate(subset=list(range(POOL)), **FLAP))
+            counts = {i: layer_counts(session.layers[i], s, session.attention_unit) for i, s in flap.items()}
+            selection = select_counts(session.layers, session.unit_scores(candidate), counts, session.attention_unit)
+        else:
+            selection = session.select(candidate)
+        compensation = session.compensation(candidate, selection)
+        seconds = time.perf_counter() - start
+        with masked(session.layers, selection, compensation):
+            ppl = evaluate_perplexity(self.model, self.splits.dev, batch_size=8, progress=False)
+        return {"dev_ppl": ppl, "select_seconds": seconds}
+
+
+def render(data: dict) -> str:
+    """The table: dev perplexity per variant and ratio, and its ratio to FLAP + lstsq's."""
+    m, rows = data["machine"], data["rows"]
+    get = {(r["ratio"], r["variant"]): r["dev_ppl"] for r in rows}
+    dense = get.get((0.0, "dense"), float("nan"))
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
+    lines = ["# Which units to remove once the kept weights are repaired — development data only", "",
+             f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Command: `{m['command']}`. Embedded "
+             f"SmolLM2-135M (float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = their {DEV} "
+             f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
+             "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair.",
+             "", "| variant | " + " | ".join(f"{r:.0%}: dev ppl | x lstsq" for r in ratios) + " |",
+             "|---" + "|---:|---:" * len(ratios) + "|"]
+    for variant in VARIANTS:
+        cells = []
+        for r in ratios:
+            ppl, base = get.get((r, variant)), get.get((r, "flap + lstsq"))
+            cells.append(f"{ppl:.2f} | {ppl / base:.3f}" if ppl and base else "- | -")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4])
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    path = Path(args.out).with_suffix(".json")
+    data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    done = {(r["ratio"], r["variant"]) for r in data["rows"]}
+    bench = None
+    cells = [(0.0, "dense")] + [(r, v) for r in args.ratios for v in VARIANTS]
+    for ratio, variant in cells:
+        if (ratio, variant) in done:
+            continue
+        bench = bench or Bench()
+        if variant == "dense":
+            row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
+        else:
+            row = bench.cell(ratio, variant)
+        data["rows"].append({"ratio": ratio, "variant": variant, **row})
+        data["machine"] = machine_info(torch.device("cpu"))
+        print(json.dumps(data["rows"][-1]), flush=True)
+        write_text_atomic(path, json.dumps(data, indent=1))
+        write_text_atomic(path.with_suffix(".md"), render(data))
+    print(render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
