@@ -52,3 +52,45 @@ def small_session(seed: int = 0, pool_seed: int = 123, **cfg) -> PruningSession:
 SMALL_SEARCH = dict(trials=3, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
                     max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "wanda_sp"])
 
+
+
+def logits(model, x: torch.Tensor) -> torch.Tensor:
+    """float32 logits of ``model`` on ``x`` without a KV cache."""
+    with torch.no_grad():
+        return model(input_ids=x, use_cache=False).logits.float()
+
+
+def check_generation(model, x: torch.Tensor) -> None:
+    """Greedy generation with a KV cache works, and its per-step logits match a full cache-free forward."""
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False, use_cache=True,
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    assert out.sequences.shape == (x.shape[0], x.shape[1] + 5)
+    full = logits(model, out.sequences[:, :-1])[:, x.shape[1] - 1:]
+    stepped = torch.stack([s.float() for s in out.logits], dim=1)
+    assert (full - stepped).abs().max() < 1e-4
+
+
+def block_counts(layers, unit: str = "kv_group") -> dict:
+    """Per-layer counts removing whole blocks: layer 0 loses its attention and a quarter of its MLP, layer 1 both
+    blocks, layer 2 one attention unit and half its MLP, the other layers nothing."""
+    from adapruner_lightning.core.selection import LayerCounts, max_counts
+
+    whole = [max_counts(layer, unit, 1, whole_blocks=True) for layer in layers]
+    counts = {i: LayerCounts() for i in range(len(layers))}
+    counts.update({0: LayerCounts(whole[0].attention, layers[0].intermediate // 4), 1: whole[1],
+                   2: LayerCounts(1, layers[2].intermediate // 2)})
+    return counts
+
+
+def block_selection(model, unit: str = "kv_group", seed: int = 0) -> dict:
+    """:func:`block_counts` on ``model`` as a selection, each layer losing random-scored units."""
+    from adapruner_lightning.core.groups import layer_structures
+    from adapruner_lightning.core.importance import UnitScores
+    from adapruner_lightning.core.selection import select_counts
+
+    layers = layer_structures(model)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {i: UnitScores(heads=torch.rand(layer.num_heads, generator=gen),
+                            kv_groups=torch.rand(layer.num_kv_heads, generator=gen),
+                            channels=torch.rand(layer.intermediate, generator=gen)) for i, layer in enumerate(layers)}
+    return select_counts(layers, scores, block_counts(layers, unit), unit)

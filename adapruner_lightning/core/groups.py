@@ -103,8 +103,8 @@ class LayerStructure:
 
     @property
     def queries_per_kv(self) -> int:
-        """Query heads per key/value head."""
-        return self.num_heads // self.num_kv_heads
+        """Query heads per key/value head (0 in a layer whose attention was removed)."""
+        return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0
 
     @property
     def intermediate(self) -> int:

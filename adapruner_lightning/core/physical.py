@@ -36,6 +36,8 @@ def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_
     """Describe ``selection`` on ``model`` (unpruned) as a :class:`PruningPlan`, with resulting shapes and counts.
 
     ``biases`` (from :func:`compensation_biases`) adds FLAP bias compensation: ``{layer: {"o": [...], "down": [...]}}``.
+    A selection that removes whole blocks (every head or every MLP channel of a layer) is recorded in the provenance
+    (``removed_blocks``) and written as plan version 2, which older readers refuse instead of misapplying.
     """
     layers = layer_structures(model)
     layout = head_layout(model.config)
@@ -51,13 +53,18 @@ def make_plan(model: nn.Module, selection: dict[int, LayerSelection], *, target_
             channels_removed=list(sel.channels), num_heads=layer.num_heads - len(sel.heads),
             num_kv_heads=layer.num_kv_heads - len(sel.kv_heads), intermediate_size=layer.intermediate - len(sel.channels),
         ))
-    return PruningPlan(
+    plan = PruningPlan(
         model_type=model.config.model_type, num_layers=len(layers), hidden_size=layout.hidden_size,
         head_dim=layout.head_dim, original_num_heads=layout.num_heads, original_num_kv_heads=layout.num_kv_heads,
         original_intermediate_size=layout.intermediate_size, layers=plans, params_before=before,
         params_after=before - removed, target_ratio=target_ratio, ratio_basis=ratio_basis,
         provenance={**(provenance or {}), "versions": library_versions()},
     )
+    if plan.removes_blocks:
+        plan.provenance["removed_blocks"] = plan.removed_blocks
+    else:
+        plan.version = 1  # nothing version 2 added: older readers load it
+    return plan
 
 
 @torch.no_grad()
@@ -66,7 +73,8 @@ def compensation_biases(layers: list[LayerStructure], selection: dict[int, Layer
     """FLAP's bias compensation: ``W[:, removed] @ mean(x[removed])`` for ``o_proj`` and ``down_proj`` per layer.
 
     ``activation_stats`` are the calibration sums of :meth:`StatsCache.reduce` (``sum:o``, ``sum:down``,
-    ``tokens``), so the added bias is the removed channels' mean contribution on the calibration samples.
+    ``tokens``), so the added bias is the removed channels' mean contribution on the calibration samples. A block
+    removed whole gets none (:meth:`~adapruner_lightning.core.selection.LayerSelection.removes_block_of`).
     """
     out: dict[int, dict[str, list[float]]] = {}
     for i, sel in selection.items():
@@ -74,7 +82,7 @@ def compensation_biases(layers: list[LayerStructure], selection: dict[int, Layer
         tokens = float(stats["tokens"])
         parts = {}
         for name, module, cols in (("o", layer.o, _rows(sel.heads, layer.head_dim)), ("down", layer.down, sel.channels)):
-            if cols:
+            if cols and not sel.removes_block_of(layer, name):
                 idx = torch.as_tensor(cols, dtype=torch.long)
                 mean = (stats[f"sum:{name}"][idx] / tokens).to(module.weight.device, torch.float32)
                 parts[name] = (module.weight[:, idx.to(module.weight.device)].float() @ mean).cpu().tolist()
@@ -153,7 +161,7 @@ def _prune_attention(layer: LayerStructure, lp: LayerPlan) -> None:
     if q_rows:
         tp.prune_linear_in_channels(layer.o, q_rows)
     attn = layer.attention
-    attn.num_key_value_groups = lp.num_heads // lp.num_kv_heads
+    attn.num_key_value_groups = lp.num_heads // lp.num_kv_heads if lp.num_kv_heads else 1  # 1: no KV head to repeat
     for name, value in (("num_heads", lp.num_heads), ("num_key_value_heads", lp.num_kv_heads)):
         if hasattr(attn, name):
             setattr(attn, name, value)
@@ -177,6 +185,7 @@ def _rewrite_config(model: nn.Module, plan: PruningPlan) -> None:
     # through load_pruned, which replays the plan (also when biases were added: the families' configs cannot
     # ask for o_proj/down_proj biases alone, and plain from_pretrained must then fail on shapes, not drop them)
     # families whose attention reads the shared config (apply_plan allows them same-shaped plans only) always need it
+    # (a plan with a block removed whole is never uniform: its zero widths are replayed by load_pruned)
     shared = not get_architecture(model).per_layer_heads
     if shared or (plan.is_uniform and plan.hidden_size % max(first.num_heads, 1) == 0):
         config.num_attention_heads = first.num_heads
@@ -206,6 +215,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, trace: bool = True, refit
     if not spec.per_layer_heads and not plan.same_shapes:
         raise ConfigError("pruning plan", "layers of different shapes", f"identical layer shapes for {spec.name} (its "
                           "attention reads the shared config)", hint="prune with per_layer='uniform'")
+    if not spec.per_layer_heads and plan.removes_blocks:
+        raise ConfigError("pruning plan", f"whole attention or MLP blocks removed from {spec.name}", "a plan that "
+                          "keeps every block", hint="its attention reads the shared config, so it needs per-layer "
+                          "head counts it does not have; allocate without block_removal")
     refit = _check_refit(plan, refit, weights_follow)
     traced = trace and any(lp.channels_removed for lp in plan.layers) and not layers[0].fused
     graph = build_dependency_graph(model) if traced else None

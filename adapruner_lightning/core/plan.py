@@ -16,7 +16,9 @@ from adapruner_lightning.data.files import read_json
 from adapruner_lightning.data.text import write_text_atomic
 from adapruner_lightning.errors import ConfigError
 
-PLAN_VERSION = 1
+#: the newest plan format: 2 added whole removed blocks (layers left with 0 heads or 0 MLP channels, which older
+#: readers cannot apply); a plan without them is still written as version 1, so older readers load it
+PLAN_VERSION = 2
 PLAN_FILE = "pruning_plan.json"
 
 
@@ -66,8 +68,20 @@ class PruningPlan:
 
     @property
     def is_uniform(self) -> bool:
-        """Whether every layer ends with the same shape and no added biases (then plain ``from_pretrained`` loads it)."""
-        return self.same_shapes and not self.compensated
+        """Whether every layer ends with the same shape, no block removed whole and no added biases (then plain
+        ``from_pretrained`` loads it)."""
+        return self.same_shapes and not self.compensated and not self.removes_blocks
+
+    @property
+    def removed_blocks(self) -> dict[str, list[int]]:
+        """The layers that lose their whole attention (0 heads, 0 KV heads) and their whole MLP (0 channels)."""
+        return {"attention": [lp.index for lp in self.layers if lp.num_heads == 0],
+                "mlp": [lp.index for lp in self.layers if lp.intermediate_size == 0]}
+
+    @property
+    def removes_blocks(self) -> bool:
+        """Whether any layer loses its whole attention or its whole MLP."""
+        return any(lp.num_heads == 0 or lp.intermediate_size == 0 for lp in self.layers)
 
     @property
     def compensated(self) -> bool:

@@ -227,14 +227,15 @@ class LeastSquares:
     intercept: bool = True
 
     def layer_fits(self, layer: LayerStructure, sel: LayerSelection, *, scoring: bool = False) -> dict[str, LayerFit]:
-        """The fits of ``layer``'s o/down under ``sel`` (members that lose nothing are left out), solved in float32
+        """The fits of ``layer``'s o/down under ``sel`` (members that lose nothing or lose every input, a block removed
+        whole, are left out), solved in float32
         on the weights' device; the layer's Gram matrices travel there one at a time. ``scoring``: the prediction
         matrices are kept in the weights' dtype (all layers' are held during a trial: 0.14-0.21 x the weights of a
         bf16 Llama-3.1-8B at 20-40 %), else in float32 (:func:`write_fits`, one layer at a time)."""
         out = {}
         for member in MEMBERS:
             removed = removed_columns(layer, sel, member)
-            if not removed:
+            if not removed or sel.removes_block_of(layer, member):  # a block removed whole is not repaired
                 continue
             weight = getattr(layer, member).weight
             grams = self.grams.layers[layer.index]

@@ -14,6 +14,10 @@ Two scopes:
 In both, attention is rounded to feasible units and the remainder comes from MLP channels (fine-grained),
 so the budget is met within one MLP block. Every layer keeps at least one KV group / one query head per
 group and ``round_to`` MLP channels.
+
+Whole blocks: per-layer counts (:class:`LayerCounts`, the allocation stage's) may take a layer's attention to zero
+(every query head and KV head) or its MLP to zero channels (:func:`max_counts` with ``whole_blocks``);
+:func:`select_counts` then removes every unit of the block, and :func:`counts_cost` counts what that removes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,19 @@ class LayerSelection:
         """Parameters this selection removes from ``layer``."""
         return (len(self.heads) * layer.head_cost() + len(self.kv_heads) * layer.kv_cost()
                 + len(self.channels) * layer.channel_cost())
+
+    def removes_attention(self, layer: LayerStructure) -> bool:
+        """Whether ``layer`` loses its whole attention (every query head; its KV heads go with them)."""
+        return layer.num_heads > 0 and len(self.heads) == layer.num_heads
+
+    def removes_mlp(self, layer: LayerStructure) -> bool:
+        """Whether ``layer`` loses its whole MLP (every channel)."""
+        return layer.intermediate > 0 and len(self.channels) == layer.intermediate
+
+    def removes_block_of(self, layer: LayerStructure, member: str) -> bool:
+        """Whether the block whose output projection is ``member`` (``"o"``: attention, ``"down"``: MLP) goes whole:
+        then no reconstruction adds anything back (llama.cpp's ``deci`` skips a removed block, biases included)."""
+        return self.removes_attention(layer) if member == "o" else self.removes_mlp(layer)
 
 
 @dataclass
@@ -330,24 +347,45 @@ def layer_counts(layer: LayerStructure, sel: LayerSelection, attention_unit: str
     return LayerCounts(units, len(sel.channels))
 
 
-def max_counts(layer: LayerStructure, attention_unit: str, round_to: int) -> LayerCounts:
-    """The most a layer may lose: all but one attention unit, all but ``round_to`` MLP channels."""
-    attention = layer.num_kv_heads - 1 if attention_unit == "kv_group" else layer.queries_per_kv - 1
+def attention_units(layer: LayerStructure, attention_unit: str) -> int:
+    """How many attention units of kind ``attention_unit`` ``layer`` holds: KV groups (``kv_group``) or query heads
+    per KV group (``query_head``); removing them all removes the layer's attention."""
+    return layer.num_kv_heads if attention_unit == "kv_group" else layer.queries_per_kv
+
+
+def max_counts(layer: LayerStructure, attention_unit: str, round_to: int, *, whole_blocks: bool = False) -> LayerCounts:
+    """The most a layer may lose: all but one attention unit and all but ``round_to`` MLP channels, or with
+    ``whole_blocks`` its whole attention and its whole MLP."""
+    if whole_blocks:
+        return LayerCounts(attention_units(layer, attention_unit), layer.intermediate)
+    attention = attention_units(layer, attention_unit) - 1
     return LayerCounts(max(attention, 0), max(layer.intermediate - round_to, 0))
+
+
+def attention_cost(layer: LayerStructure, units: int, attention_unit: str) -> int:
+    """Parameters ``units`` attention units remove from ``layer``; all of them remove its KV heads too."""
+    cost = units * layer.unit_cost(attention_unit)
+    if attention_unit == "query_head" and units and units == attention_units(layer, attention_unit):
+        cost += layer.num_kv_heads * layer.kv_cost()  # no query head is left to read them
+    return cost
 
 
 def counts_cost(layers: list[LayerStructure], counts: dict[int, LayerCounts], attention_unit: str) -> int:
     """Parameters ``counts`` remove."""
-    return sum(c.attention * layers[i].unit_cost(attention_unit) + c.channels * layers[i].channel_cost()
+    return sum(attention_cost(layers[i], c.attention, attention_unit) + c.channels * layers[i].channel_cost()
                for i, c in counts.items())
 
 
 def select_counts(layers: list[LayerStructure], scores: dict[int, UnitScores], counts: dict[int, LayerCounts],
                   attention_unit: str) -> dict[int, LayerSelection]:
-    """The groups that ``counts`` remove: in each layer, its lowest-scoring attention units and MLP channels."""
+    """The groups that ``counts`` remove: in each layer, its lowest-scoring attention units and MLP channels (a
+    whole attention block: every query head and KV head)."""
     out = {i: LayerSelection() for i in range(len(layers))}
     for i, c in counts.items():
-        if c.attention:
+        if c.attention and c.attention == attention_units(layers[i], attention_unit):
+            out[i].heads = list(range(layers[i].num_heads))
+            out[i].kv_heads = list(range(layers[i].num_kv_heads))
+        elif c.attention:
             for unit in _attention_units(layers[i], scores[i], attention_unit)[:c.attention]:
                 out[i].heads += unit.heads
                 out[i].kv_heads += unit.kv_heads

@@ -10,7 +10,11 @@
   ``deci`` lacks (Qwen3's q/k norms, Gemma's extra norms and scaled embeddings, Phi-3's fused projections)
   unless the plan is uniform and their own architecture is written here, rope scalings other than none,
   ``linear`` and ``llama3``, tokenizers other than byte-level BPE, and layers ``deci`` computes differently
-  (attention kept but every MLP channel removed: ``deci`` then skips the whole layer).
+  (attention kept but every MLP channel removed: ``deci`` then skips the whole layer; a last layer without MLP;
+  the bias of a removed block).
+* Whole removed blocks (the allocation stage's ``block_removal``) are ``deci``'s own: a layer with 0 heads (and
+  0 KV heads) skips attention and its norm, a layer with ``n_ff`` 0 and no heads is skipped whole; no tensor of
+  a removed block is written.
 
 The file is streamed: every tensor's name, shape and type go into the header first, then each tensor is
 converted and written on its own, so peak memory is the model plus one tensor. The write is atomic (a
@@ -85,17 +89,30 @@ class GGUFResult:
 
 
 def _check_layers(structures: list[Any]) -> None:
-    """Refuse layers that ``deci`` would compute differently from the model."""
+    """Refuse layers that ``deci`` would compute differently from the model: it skips the whole rest of a layer
+    with ``n_ff`` 0 (attention output, down_proj bias and, in the last layer, the selection of the output rows) and
+    a head-less layer's attention (o_proj bias included)."""
     for s in structures:
-        if s.intermediate == 0 and s.num_heads > 0:
-            raise ConfigError("GGUF export", f"layer {s.index} keeps {s.num_heads} heads and no MLP channel",
-                              "a plan that keeps an MLP channel wherever attention is kept",
-                              hint="llama.cpp's deci treats a layer without MLP as a no-op and would drop its "
-                                   "attention; prune with a lower max per-layer ratio, or use load_pruned")
-        if s.num_heads == 0 and getattr(s.o, "bias", None) is not None:
-            raise ConfigError("GGUF export", f"layer {s.index} has no head but an o_proj bias",
-                              "bias compensation only on layers that keep a head",
-                              hint="llama.cpp's deci skips a head-less layer's attention, bias included")
+        refusal = _layer_refusal(s, last=s.index == len(structures) - 1)
+        if refusal:
+            problem, hint = refusal
+            raise ConfigError("GGUF export", f"layer {s.index} {problem}", "a layer llama.cpp's deci computes as "
+                              "transformers does", hint=f"{hint}; use load_pruned for this plan")
+
+
+def _layer_refusal(s: Any, *, last: bool) -> tuple[str, str] | None:
+    """(what is wrong, why deci differs) for one layer, or None when deci computes it as the model does."""
+    if s.intermediate == 0 and s.num_heads > 0:
+        return (f"keeps {s.num_heads} heads and no MLP channel", "deci treats a layer without MLP as a no-op and "
+                "would drop its attention; keep an MLP channel wherever attention is kept (block_removal does)")
+    if s.intermediate == 0 and last:
+        return ("is the last layer and keeps no MLP channel", "deci selects the output rows in the last layer's "
+                "MLP path and would return the wrong rows; keep the last layer's MLP")
+    if s.intermediate == 0 and getattr(s.down, "bias", None) is not None:
+        return ("has no MLP channel but a down_proj bias", "deci skips a layer without MLP, bias included")
+    if s.num_heads == 0 and getattr(s.o, "bias", None) is not None:
+        return ("has no head but an o_proj bias", "deci skips a head-less layer's attention, bias included")
+    return None
 
 
 def _family(model: nn.Module) -> ArchitectureSpec:

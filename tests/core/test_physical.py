@@ -16,7 +16,7 @@ from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.session import PruningSession
 from adapruner_lightning.api import prune
 from conftest import make_tiny_model
-from helpers_core import FAMILIES, SEQ, VOCAB, tiny, tokens
+from helpers_core import FAMILIES, SEQ, VOCAB, check_generation, tiny, tokens
 
 # per family, what its config needs so that the tiny model exercises its special paths (sliding windows,
 # alternating layer types, q/k biases, per-head norms)
@@ -53,16 +53,6 @@ def assert_same_logits(physical: torch.Tensor, masked_logits: torch.Tensor) -> N
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _check_generation(model, x: torch.Tensor) -> None:
-    """Greedy generation with a KV cache works, and its per-step logits match a full cache-free forward."""
-    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False, use_cache=True,
-                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    assert out.sequences.shape == (x.shape[0], x.shape[1] + 5)
-    full = _logits(model, out.sequences[:, :-1])[:, x.shape[1] - 1:]
-    stepped = torch.stack([s.float() for s in out.logits], dim=1)
-    assert (full - stepped).abs().max() < 1e-4
 
 
 def _attention_unit_cases():
@@ -103,7 +93,7 @@ def test_pruned_equals_masked(base_models, family, unit, scope):
         assert layer.intermediate == lp.intermediate_size and lp.num_heads % lp.num_kv_heads == 0
         if unit == "query_head":
             assert lp.num_kv_heads == 2 and not lp.kv_heads_removed
-    _check_generation(model, x)
+    check_generation(model, x)
 
 
 def test_single_kv_head_gemma3_loses_only_query_heads():
@@ -124,7 +114,7 @@ def test_single_kv_head_gemma3_loses_only_query_heads():
     assert all(lp.num_kv_heads == 1 and not lp.kv_heads_removed for lp in plan.layers)
     assert any(lp.num_heads < 4 for lp in plan.layers)
     assert abs(plan.achieved_ratio - 0.25) < 0.005
-    _check_generation(model, x)
+    check_generation(model, x)
 
 
 def test_masks_restore_on_error():
@@ -160,7 +150,7 @@ def test_prune_one_call_with_gradient_metric_and_keep_layers():
     assert abs(plan.achieved_ratio - 0.2) < 0.005 and total_params(model) == plan.params_after
     assert plan.provenance["metric"] == "taylor" and len(plan.provenance["sample_ids"]) == 3
     assert not plan.is_uniform
-    _check_generation(model, x)
+    check_generation(model, x)
 
 
 def test_plan_round_trips_as_json(tmp_path):
@@ -337,7 +327,7 @@ def test_phi3_fused_projections_prune_uniformly(tmp_path, metric):
     attn = model.model.layers[0].self_attn
     assert attn.qkv_proj.out_features == 16 * (lp.num_heads + 2 * lp.num_kv_heads)
     assert model.model.layers[0].mlp.gate_up_proj.out_features == 2 * lp.intermediate_size
-    _check_generation(model, x)
+    check_generation(model, x)
     save_pruned(model, None, tmp_path / "phi3", plan)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "phi3").eval()
     assert torch.equal(_logits(reloaded, x), _logits(model, x))

@@ -14,7 +14,8 @@ from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.outputs.export import load_pruned, save_pruned
 from adapruner_lightning.core.plan import PLAN_FILE, PruningPlan
 from adapruner_lightning.api import prune
-from helpers_core import tiny, tokens
+from adapruner_lightning.core.physical import apply_plan, make_plan
+from helpers_core import block_selection, check_generation, tiny, tokens
 
 
 def _logits(model, x):
@@ -45,6 +46,22 @@ def test_non_uniform_plan_round_trips(tmp_path, family, unit):
     assert tokenizer is None and plan2.to_dict() == plan.to_dict()
     assert torch.equal(_logits(reloaded, x), _logits(model, x))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_a_plan_removing_whole_blocks_round_trips(tmp_path, family):
+    """Head-less and MLP-less layers (Linear(d, 0), a KV cache without KV heads) save, reload by replaying the plan on
+    the meta device, and give identical logits and generations."""
+    model = tiny(family, layers=4)
+    plan = make_plan(model, block_selection(model))
+    apply_plan(model, plan)
+    out = save_pruned(model, None, tmp_path / "pruned", plan)
+    reloaded, _, again = load_pruned(out)
+    assert again.removed_blocks == plan.removed_blocks == {"attention": [0, 1], "mlp": [1]}
+    assert reloaded.model.layers[1].self_attn.o_proj.weight.shape == (96, 0)
+    x = tokens(2, 12, seed=3)
+    assert torch.equal(_logits(reloaded, x), _logits(model, x))
+    check_generation(reloaded, x)
 
 
 @pytest.mark.parametrize(("family", "unit"), [("llama", "kv_group"), ("qwen2", "query_head"),

@@ -12,7 +12,10 @@ from adapruner_lightning.outputs import gguf as gguf_export
 from adapruner_lightning.outputs.export import load_pruned, save_pruned
 from adapruner_lightning.outputs.gguf import export_gguf, export_gguf_dir, gguf_layout, pre_tokenizer_name
 from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.core.masking import add_bias
+from adapruner_lightning.core.physical import apply_plan, make_plan
 from conftest import _tiny_tokenizer, make_tiny_model
+from helpers_core import block_selection
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,48 @@ def test_a_layer_with_heads_but_no_mlp_is_refused_as_deci_would_drop_it(tok):
     mlp.down_proj = torch.nn.Linear(0, 96, bias=False)
     with pytest.raises(ConfigError, match=r"layer 1 keeps \d+ heads and no MLP channel"):
         gguf_layout(model)
+
+
+def _without_blocks(family: str, tok, counts=None):
+    """A tiny 4-layer model whose layer 0 lost its attention, layer 1 both blocks, layer 2 part of each."""
+    model = make_tiny_model(family, vocab_size=len(tok), layers=4)
+    selection = block_selection(model) if counts is None else counts(model)
+    apply_plan(model, make_plan(model, selection))
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_removed_blocks_are_written_as_deci_zero_counts_without_their_tensors(tmp_path, tok, family):
+    """deci builds no attention for a layer with 0 heads and no MLP for n_ff 0; the file holds no tensor of a
+    removed block (nor its norm) and the kept ones exactly."""
+    model = _without_blocks(family, tok)
+    result = export_gguf(model, tok, tmp_path / "b.gguf", outtype="f32", progress=False)
+    fields, tensors = _read(result.path)
+    assert result.layout.arch == "deci"
+    assert fields["deci.attention.head_count"] == [0, 0, 3, 6]
+    assert fields["deci.attention.head_count_kv"] == [0, 0, 1, 2]
+    assert fields["deci.feed_forward_length"] == [96, 0, 64, 128]
+    assert not [n for n in tensors if n.startswith(("blk.0.attn", "blk.1."))]  # norms, q/k/v/o and their biases
+    assert {"blk.0.ffn_norm.weight", "blk.2.attn_norm.weight", "blk.2.attn_q.weight"} <= set(tensors)
+    np.testing.assert_array_equal(_values(tensors["blk.0.ffn_down.weight"]),
+                                  model.state_dict()["model.layers.0.mlp.down_proj.weight"].numpy())
+
+
+def test_what_deci_computes_differently_for_removed_blocks_is_refused(tmp_path, tok):
+    """A last layer without MLP (deci picks the output rows inside the last layer's MLP path) and a down_proj bias
+    on a layer without MLP (deci skips that layer's MLP, bias included)."""
+    def last_without_mlp(model):
+        selection = block_selection(model)
+        selection[3] = selection[1]
+        return selection
+
+    with pytest.raises(ConfigError, match=r"layer 3 is the last layer and keeps no MLP channel"):
+        gguf_layout(_without_blocks("llama", tok, last_without_mlp))
+    model = _without_blocks("llama", tok)
+    add_bias(model.model.layers[1].mlp.down_proj, [0.5] * 96, trainable=False)
+    with pytest.raises(ConfigError, match=r"layer 1 has no MLP channel but a down_proj bias"):
+        export_gguf(model, tok, tmp_path / "x.gguf", progress=False)
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_pre_tokenizers_are_recognised_by_their_regex(tok):

@@ -18,7 +18,9 @@ import torch
 
 from adapruner_lightning.api import prune
 from adapruner_lightning.outputs.gguf import export_gguf
+from adapruner_lightning.core.physical import apply_plan, make_plan
 from conftest import _tiny_tokenizer, make_tiny_model
+from helpers_core import block_selection
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="bash scripts/build_llamacpp.sh builds and installs it")
 pytestmark = pytest.mark.llamacpp
@@ -78,6 +80,21 @@ def test_llamacpp_logits_equal_transformers_in_f32(tmp_path, tok, family, unifor
     model = _model(family, tok, uniform=uniform, bias=bias, attention=attention)
     result = export_gguf(model, tok, tmp_path / "m.gguf", outtype="f32", progress=False)
     assert result.layout.arch == arch
+    assert_close(llamacpp_logits(result.path, IDS), hf_logits(model, IDS), "f32")
+
+
+def test_llamacpp_runs_removed_blocks_as_transformers(tmp_path, tok):
+    """A head-less layer, a layer with neither attention nor MLP and a partly pruned one: deci's logits equal
+    transformers' in f32."""
+    model = make_tiny_model("llama", vocab_size=len(tok), layers=4, hidden_size=128, num_attention_heads=8,
+                            intermediate_size=256)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    plan = make_plan(model, block_selection(model))
+    apply_plan(model, plan)
+    assert plan.removed_blocks == {"attention": [0, 1], "mlp": [1]}
+    result = export_gguf(model, tok, tmp_path / "b.gguf", outtype="f32", progress=False)
+    assert result.layout.arch == "deci"
     assert_close(llamacpp_logits(result.path, IDS), hf_logits(model, IDS), "f32")
 
 
