@@ -39,13 +39,13 @@ SMALL = dict(trials=6, init_points=3, pool_size=12, max_keep_first=1, max_keep_l
              metrics=["taylor_vector", "wanda_sp", "magnitude_l2"])
 
 
-def small_session(seed: int = 0, pool_seed: int = 123, **cfg) -> PruningSession:
+def small_session(seed: int = 0, pool_seed: int = 123, target_ratio: float = 0.2, **cfg) -> PruningSession:
     """A session on a tiny 4-layer Llama with a 12 x 16 pool and 3 x 32 objective windows."""
     model = make_tiny_model("llama", vocab_size=128, layers=4)
     gen = torch.Generator().manual_seed(pool_seed)
     pool = torch.randint(0, 128, (12, 16), generator=gen)
     objective = torch.randint(0, 128, (3, 32), generator=gen)
-    return PruningSession(model, PruningConfig(target_ratio=0.2, seed=seed, **cfg), pool, objective_windows=objective,
+    return PruningSession(model, PruningConfig(target_ratio=target_ratio, seed=seed, **cfg), pool, objective_windows=objective,
                           progress=False)
 
 

@@ -47,6 +47,7 @@ ALIASES: dict[str, list[str]] = {
     "--fixed-num-samples": ["--search.space.vary_num_samples", "false"],
     "--generations": ["--search.allocation.generations", "{}"],
     "--offspring": ["--search.allocation.offspring", "{}"],
+    "--block-removal": ["--search.allocation.block_removal", "true"],
     "--no-progress": ["--progress", "false"],
 }
 #: deprecated short spelling -> the one it stands for (a warning on stderr names it)

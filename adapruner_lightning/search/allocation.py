@@ -13,6 +13,14 @@ selection is multi-fidelity: every offspring is scored on ``low_windows`` window
 them, and the parent is replaced only by an offspring that beats it there. The first parent is the better of the
 search's best selection and FLAP's allocation (its per-layer counts, filled with this candidate's ranking).
 
+With ``block_removal`` a layer may lose a whole block, as EvoPress, DarwinLM and Minitron allow: a *block* switch
+removes one layer's whole attention (every query and KV head), or the whole MLP of a layer without attention, or
+gives one attention unit back (the fill then trims that layer's MLP back to a width it may keep), and the unit
+switches may go down to zero. Only layers llama.cpp's ``deci`` runs as transformers does are proposed: an MLP goes
+whole only where the attention is gone (deci skips a layer without MLP, attention included), never in the last
+layer (deci selects the output rows inside its MLP path), and at least one layer keeps its attention. A removed
+block gets no reconstruction (:meth:`~adapruner_lightning.core.selection.LayerSelection.removes_block_of`).
+
 On several ranks every rank scores its share of each stage's offspring; the scores are gathered, so every rank
 draws the same next generation and ends with the same counts (the unit ranking is rank 0's, broadcast once). A
 collective waits for one stage's share of evaluations: at most ``offspring / world_size`` low-fidelity scores.
@@ -37,6 +45,7 @@ from adapruner_lightning.core.reconstruction import Fits, LayerFit
 from adapruner_lightning.core.selection import (
     LayerCounts,
     LayerSelection,
+    attention_units,
     counts_cost,
     layer_counts,
     max_counts,
@@ -63,6 +72,9 @@ class AllocationConfig:
         low_windows: objective windows of the cheap first fidelity.
         mlp_step: MLP channels one level switch moves, as a fraction of a layer's width (rounded to ``round_to``).
         max_switches: an offspring is its parent after 1 to ``max_switches`` level switches.
+        block_removal: a layer may lose its whole attention, and a layer without attention its whole MLP (see the
+            module docstring: never a layer llama.cpp's ``deci`` computes differently); needs per-layer shapes and
+            ``prune_attention``.
     """
 
     generations: int = 0
@@ -71,6 +83,7 @@ class AllocationConfig:
     low_windows: int = 2
     mlp_step: float = 1 / 32
     max_switches: int = 3
+    block_removal: bool = False
 
     def __post_init__(self) -> None:
         if self.generations < 0:
@@ -96,29 +109,49 @@ class Budget:
     """Per-layer counts that remove the session's budget: bounds, costs, level switches and the MLP fill."""
 
     def __init__(self, layers: list[LayerStructure], budget: int, attention_unit: str, round_to: int,
-                 prune_attention: bool, mlp_step: float) -> None:
+                 prune_attention: bool, mlp_step: float, *, block_removal: bool = False) -> None:
         self.layers, self.budget, self.unit, self.round_to = layers, budget, attention_unit, round_to
         self.maxima = {i: max_counts(layer, attention_unit, round_to) for i, layer in enumerate(layers)}
         if not prune_attention:
             self.maxima = {i: LayerCounts(0, m.channels) for i, m in self.maxima.items()}
+        self.whole = block_removal and prune_attention
+        self.units = {i: attention_units(layer, attention_unit) for i, layer in enumerate(layers)}
         self.steps = {i: max(round_to, round(mlp_step * layer.intermediate / round_to) * round_to)
                       for i, layer in enumerate(layers)}
         self.block = {i: round_to * layer.channel_cost() for i, layer in enumerate(layers)}
+
+    def attention_max(self, i: int) -> int:
+        """The most attention units layer ``i`` may lose (all of them with ``block_removal``)."""
+        return self.units[i] if self.whole else self.maxima[i].attention
+
+    def headless(self, i: int, c: LayerCounts) -> bool:
+        """Whether ``c`` removes layer ``i``'s whole attention."""
+        return self.whole and c.attention == self.units[i]
+
+    def channel_max(self, i: int, c: LayerCounts) -> int:
+        """The most MLP channels layer ``i`` may lose beside ``c.attention``: all of them only in a layer without
+        attention that is not the last one (where llama.cpp's ``deci`` runs a layer without MLP as transformers does)."""
+        if self.headless(i, c) and i != len(self.layers) - 1:
+            return self.layers[i].intermediate
+        return self.maxima[i].channels
 
     def slack(self, counts: Counts) -> int:
         """Parameters still to remove (negative: too many removed)."""
         return self.budget - counts_cost(self.layers, counts, self.unit)
 
     def feasible(self, counts: Counts) -> bool:
-        """Within the bounds, and the budget met within one MLP block without overshooting."""
-        inside = all(0 <= c.attention <= self.maxima[i].attention and 0 <= c.channels <= self.maxima[i].channels
+        """Within the bounds, some layer keeping its attention, and the budget met within one MLP block without
+        overshooting."""
+        inside = all(0 <= c.attention <= self.attention_max(i) and 0 <= c.channels <= self.channel_max(i, c)
                      for i, c in counts.items())
-        return inside and 0 <= self.slack(counts) < max(self.block.values())
+        attended = not self.whole or not all(self.headless(i, c) for i, c in counts.items())
+        return inside and attended and 0 <= self.slack(counts) < max(self.block.values())
 
     def mutate(self, counts: Counts, rng: np.random.RandomState, switches: int, tries: int = 8) -> Counts | None:
         """``counts`` after ``switches`` random level switches and the MLP fill; a draw that changes nothing or
         cannot be filled is drawn again, ``tries`` times at most (None: no feasible change found)."""
-        kinds = ["mlp", "attention", "trade"] if any(m.attention for m in self.maxima.values()) else ["mlp"]
+        kinds = ["mlp", "attention", "trade"] if any(self.attention_max(i) for i in self.maxima) else ["mlp"]
+        kinds += ["block"] if self.whole else []
         for _ in range(tries):
             out = dict(counts)
             for _ in range(switches):
@@ -138,7 +171,7 @@ class Budget:
         if j is None:
             return
         step = self.steps[j]
-        k = self._pick(rng, lambda i: counts[i].channels + step <= self.maxima[i].channels
+        k = self._pick(rng, lambda i: counts[i].channels + step <= self.channel_max(i, counts[i])
                        and self.layers[i].channel_cost() == self.layers[j].channel_cost(), avoid=j)
         if k is not None:
             counts[j] = replace(counts[j], channels=counts[j].channels - step)
@@ -150,7 +183,7 @@ class Budget:
         if j is None:
             return
         cost = self.layers[j].unit_cost(self.unit)
-        k = self._pick(rng, lambda i: counts[i].attention < self.maxima[i].attention
+        k = self._pick(rng, lambda i: counts[i].attention < self.attention_max(i)
                        and self.layers[i].unit_cost(self.unit) == cost, avoid=j)
         if k is not None:
             counts[j] = replace(counts[j], attention=counts[j].attention - 1)
@@ -158,17 +191,33 @@ class Budget:
 
     def _switch_trade(self, counts: Counts, rng: np.random.RandomState) -> None:
         """One attention unit more or less in a layer; the MLP fill then restores the budget."""
-        j = self._pick(rng, lambda i: self.maxima[i].attention > 0)
+        j = self._pick(rng, lambda i: self.attention_max(i) > 0)
         if j is None:
             return
         step = 1 if rng.rand() < 0.5 else -1
-        attention = min(max(counts[j].attention + step, 0), self.maxima[j].attention)
+        attention = min(max(counts[j].attention + step, 0), self.attention_max(j))
         counts[j] = replace(counts[j], attention=attention)
+
+    def _switch_block(self, counts: Counts, rng: np.random.RandomState) -> None:
+        """Remove a layer's whole attention, or the whole MLP of a layer without attention, or give one attention
+        unit back to a layer without attention; the fill then restores the budget (and trims an MLP the layer may
+        no longer lose whole)."""
+        j = self._pick(rng, lambda i: self.units[i] > 0)
+        if j is None:
+            return
+        c = counts[j]
+        if not self.headless(j, c):
+            counts[j] = replace(c, attention=self.units[j])
+        elif c.channels < self.channel_max(j, c) and rng.rand() < 0.5:
+            counts[j] = replace(c, channels=self.channel_max(j, c))
+        else:
+            counts[j] = replace(c, attention=self.units[j] - 1)
 
     def fill(self, counts: Counts, rng: np.random.RandomState) -> Counts | None:
         """Add or remove MLP channels (multiples of ``round_to``, random layers) until the budget is met within one
-        block without overshooting; None when the bounds leave no way to."""
-        out = dict(counts)
+        block without overshooting, first trimming any MLP removal a layer may not have beside its attention (a
+        whole MLP where attention came back); None when the bounds leave no way to."""
+        out = {i: replace(c, channels=min(c.channels, self.channel_max(i, c))) for i, c in counts.items()}
         for _ in range(4 * len(self.layers) + 4):
             slack = self.slack(out)
             if slack < 0:
@@ -179,11 +228,11 @@ class Budget:
                 have = out[i].channels // self.round_to * self.round_to
                 out[i] = replace(out[i], channels=out[i].channels - min(need, have))
             elif slack >= max(self.block.values()):
-                i = self._pick(rng, lambda i: out[i].channels + self.round_to <= self.maxima[i].channels
+                i = self._pick(rng, lambda i: out[i].channels + self.round_to <= self.channel_max(i, out[i])
                                and self.block[i] <= slack)
                 if i is None:
                     return None
-                room = self.maxima[i].channels - out[i].channels
+                room = self.channel_max(i, out[i]) - out[i].channels
                 add = min(slack // self.block[i] * self.round_to, room // self.round_to * self.round_to)
                 out[i] = replace(out[i], channels=out[i].channels + add)
             else:
@@ -263,12 +312,13 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
                       config: AllocationConfig, *, seed: int = 0, collective: Collective = LOCAL) -> AllocationResult:
     """Evolve the per-layer counts of ``selection`` (the search's best, for ``candidate``) as the module docstring
     describes; returns the best selection found (``selection`` itself when nothing beats it)."""
+    check_block_removal(session, config)
     start = time.perf_counter()
     layers = session.layers
     scoring = replace(candidate, keep_first=0, keep_last=0)  # every layer may lose units in the stage
     scores = collective.run_on(0, lambda: session.unit_scores(scoring))
     budget = Budget(layers, session.budget, session.attention_unit, session.config.round_to,
-                    session.config.prune_attention, config.mlp_step)
+                    session.config.prune_attention, config.mlp_step, block_removal=config.block_removal)
     fitness = Fitness(session, candidate, scores, config.low_windows)
     seeds = {"search": _counts(layers, selection, session.attention_unit)}
     flap = collective.run_on(0, lambda: _flap_counts(session))
@@ -297,9 +347,31 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
             "evaluations": {k: sum(e[k] for e in evaluations) for k in fitness.evaluations},
             "seconds": time.perf_counter() - start,
             "counts": [[parent[i].attention, parent[i].channels] for i in range(len(layers))]}
+    if config.block_removal:
+        info["removed_blocks"] = _removed_blocks(budget, parent)
     log.info("allocation stage: KL %.4f (%s) -> %.4f after %d generations", -seed_scores[name], name, -parent_score,
              config.generations)
     return AllocationResult(selection=fitness.selection(parent), info=info)
+
+
+def check_block_removal(session: PruningSession, config: AllocationConfig) -> None:
+    """Refuse ``block_removal`` where the stage cannot use it, before any work: a session pruned uniformly (the
+    stage does not run) or without attention pruning (a layer's MLP goes whole only where its attention is gone)."""
+    if not config.block_removal or not config.generations:
+        return
+    if session.uniform:
+        raise ConfigError("search.allocation.block_removal", True, "per-layer shapes (the allocation stage does not "
+                          "run when every layer is pruned alike)", hint="leave per_layer='uniform' out (a family "
+                          "whose attention reads the shared config, such as phi3, cannot remove blocks)")
+    if not session.config.prune_attention:
+        raise ConfigError("search.allocation.block_removal", True, "prune_attention=True", hint="a layer's MLP goes "
+                          "whole only where its attention is gone too; set prune_attention or leave block_removal off")
+
+
+def _removed_blocks(budget: Budget, counts: Counts) -> dict[str, list[int]]:
+    """The layers whose attention / MLP ``counts`` remove whole (plan provenance)."""
+    return {"attention": [i for i, c in sorted(counts.items()) if budget.headless(i, c)],
+            "mlp": [i for i, c in sorted(counts.items()) if c.channels and c.channels == budget.layers[i].intermediate]}
 
 
 def _counts(layers: list[LayerStructure], selection: dict[int, LayerSelection], unit: str) -> Counts:

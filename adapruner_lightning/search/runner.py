@@ -26,7 +26,7 @@ from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
-from adapruner_lightning.search.allocation import refine_allocation
+from adapruner_lightning.search.allocation import check_block_removal, refine_allocation
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.stop import raise_if_stopped, stop_reason
@@ -174,6 +174,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     proposals are scored never depends on the rank count.
     """
     seed = session.config.seed if seed is None else seed
+    check_block_removal(session, config.allocation)  # before the first trial
     if session.uniform and (config.space.keep_layers or config.space.layer_ramp or config.space.scope):
         log.info("uniform pruning (per_layer='uniform' or the model family requires it): the layer schedule is not searched")
         config = replace(config, space=replace(config.space, keep_layers=False, layer_ramp=False, scope=False))

@@ -90,6 +90,15 @@ def test_the_short_spellings_set_the_config_fields(tmp_path):
         ("flap", 2, 0, 32)
 
 
+def test_block_removal_is_an_allocation_flag_with_a_short_spelling():
+    from adapruner_lightning.cli.prune import parse
+
+    assert not parse(["--out", "x"]).search.allocation.block_removal
+    args = parse(["--out", "x", "--generations", "2", "--block-removal"])
+    assert args.search.allocation.block_removal and args.search.allocation.generations == 2
+    assert parse(["--out", "x", "--search.allocation.block_removal", "true"]).search.allocation.block_removal
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--scope", "nope"], "pruning.scope"),
     (["--search.engine.name", "annealing"], "search.engine.name"),

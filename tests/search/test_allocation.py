@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapruner_lightning.core.selection import LayerCounts, counts_cost, layer_counts
+from adapruner_lightning.core.selection import LayerCounts, counts_cost, layer_counts, max_counts
 from adapruner_lightning.core.session import Candidate
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.search.allocation import AllocationConfig, Budget, Fitness, refine_allocation
@@ -22,8 +22,9 @@ from helpers_dist import launch_ranks
 SCRIPT = Path(__file__).parent / "scripts" / "allocation_ranks.py"
 
 
-def _budget(session, round_to: int = 1) -> Budget:
-    return Budget(session.layers, session.budget, session.attention_unit, round_to, True, 1 / 32)
+def _budget(session, round_to: int = 1, block_removal: bool = False) -> Budget:
+    return Budget(session.layers, session.budget, session.attention_unit, round_to, True, 1 / 32,
+                  block_removal=block_removal)
 
 
 def _counts(session, selection):
@@ -49,6 +50,71 @@ def test_level_switches_keep_the_budget_and_the_bounds():
         counts = child
     assert len(seen) > 50  # the walk moves: attention and MLP counts both change
     assert len({c.attention for key in seen for _, c in key}) > 1
+    whole = {i: max_counts(layer, session.attention_unit, 1, whole_blocks=True) for i, layer in enumerate(session.layers)}
+    assert all(c.attention < whole[i].attention and c.channels < whole[i].channels for key in seen for i, c in key)
+
+
+def _blocks(session, counts) -> tuple[set[int], set[int]]:
+    """The layers whose attention / MLP ``counts`` remove whole."""
+    whole = {i: max_counts(layer, session.attention_unit, 1, whole_blocks=True) for i, layer in enumerate(session.layers)}
+    return ({i for i, c in counts.items() if c.attention == whole[i].attention},
+            {i for i, c in counts.items() if c.channels == whole[i].channels})
+
+
+@pytest.mark.parametrize("unit", ["kv_group", "query_head"])
+def test_block_removal_switches_remove_whole_blocks_on_the_budget_and_only_where_deci_runs_them(unit):
+    session = small_session(target_ratio=0.4, attention_unit=unit)
+    budget = _budget(session, block_removal=True)
+    counts = _counts(session, session.select(session.default_candidate()))
+    assert budget.feasible(counts) and _blocks(session, counts) == (set(), set())
+    rng = np.random.RandomState(0)
+    headless, both = set(), set()
+    for _ in range(400):
+        child = budget.mutate(counts, rng, 1 + rng.randint(3))
+        if child is None:
+            continue
+        assert budget.feasible(child), child
+        assert 0 <= session.budget - counts_cost(session.layers, child, unit) < max(budget.block.values())
+        attention, mlp = _blocks(session, child)
+        assert mlp <= attention, child  # never an MLP removed where attention is kept (deci would drop the layer)
+        assert 3 not in mlp and len(attention) < 4, child  # the last layer keeps its MLP; some layer its attention
+        headless |= attention
+        both |= mlp
+        counts = child
+    assert len(headless) >= 2 and both  # the walk reaches whole attention blocks and layers with neither block
+
+
+def test_an_infeasible_allocation_is_never_proposed_and_a_block_removal_the_session_cannot_run_is_refused():
+    session = small_session(target_ratio=0.4)
+    budget = _budget(session, block_removal=True)
+    whole = {i: max_counts(layer, "kv_group", 1, whole_blocks=True) for i, layer in enumerate(session.layers)}
+    every = {i: LayerCounts(whole[i].attention, 0) for i in whole}  # every layer without attention
+    assert not budget.feasible(every) and not budget.feasible({**every, 0: LayerCounts(0, 128)})
+    assert budget.fill(every, np.random.RandomState(0)) is None
+    budget.budget = 10 * counts_cost(session.layers, whole, "kv_group")  # beyond removing every block
+    assert budget.fill({i: LayerCounts() for i in whole}, np.random.RandomState(0)) is None
+    candidate = Candidate("wanda_sp", "sum", list(range(6)))
+    with pytest.raises(ConfigError, match=r"block_removal=True.*prune_attention=True.*a layer's MLP goes whole only"):
+        refine_allocation(small_session(prune_attention=False), candidate, {}, AllocationConfig(generations=1,
+                                                                                                  block_removal=True))
+    config = SearchConfig.of(**{**SMALL, "trials": 3, "generations": 1, "block_removal": True})
+    with pytest.raises(ConfigError, match=r"block_removal=True.*per-layer shapes.*per_layer='uniform'"):
+        run_search(small_session(per_layer="uniform"), config, progress=False)
+
+
+def test_the_stage_with_block_removal_meets_the_budget_and_the_plan_records_the_removed_blocks():
+    session = small_session(target_ratio=0.4)
+    candidate = Candidate("wanda_sp", "sum", list(range(6)))
+    config = AllocationConfig(generations=4, offspring=6, block_removal=True)
+    result = refine_allocation(session, candidate, session.select(candidate), config, seed=3)
+    counts = {i: LayerCounts(*c) for i, c in enumerate(result.info["counts"])}
+    assert result.info["block_removal"] and counts == _counts(session, result.selection)
+    attention, mlp = _blocks(session, counts)
+    assert result.info["removed_blocks"] == {"attention": sorted(attention), "mlp": sorted(mlp)}
+    removed = sum(sel.removed_params(session.layers[i]) for i, sel in result.selection.items())
+    assert 0 <= session.budget - removed < max(_budget(session).block.values())
+    plan = session.plan(candidate, result.selection, allocation=result.info)
+    assert plan.removed_blocks == result.info["removed_blocks"]
 
 
 def test_the_fill_refuses_a_budget_the_bounds_cannot_reach():
