@@ -382,9 +382,17 @@ def reconstruction_search(root: Path) -> str:
                         f"{statistics.mean(ppl) / ref['flap_lstsq']:.3f}", ", ".join(chose)])
     return _md(["ratio", "method", "seeds", "dev ppl", "x FLAP+bias", "x FLAP+lstsq", "best plans"], out, right=2)
 
+def selection(root: Path) -> str:
+    """FLAP's selection against the ``obs`` metric, every plan repaired by least squares, on development windows
+    (``selection.json``; the table ``benchmarks/selection.py`` writes)."""
+    import selection as bench  # the benchmark's own table (it imports the library: only this renderer pays for it)
+
+    return bench.table(_json(root, "selection.json"))
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
         quality_protocol, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
-        metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search)
+        metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection)
 }

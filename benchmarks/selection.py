@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -89,29 +90,39 @@ class Bench:
         seconds = time.perf_counter() - start
         with masked(session.layers, selection, compensation):
             ppl = evaluate_perplexity(self.model, self.splits.dev, batch_size=8, progress=False)
-        return {"dev_ppl": ppl, "select_seconds": seconds}
+        return {"dev_ppl": ppl, "objective_ppl": math.exp(-session.score(selection, compensation)),
+                "select_seconds": seconds}
 
 
-def render(data: dict) -> str:
-    """The table: dev perplexity per variant and ratio, and its ratio to FLAP + lstsq's."""
-    m, rows = data["machine"], data["rows"]
-    get = {(r["ratio"], r["variant"]): r["dev_ppl"] for r in rows}
-    dense = get.get((0.0, "dense"), float("nan"))
-    ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
-    lines = ["# Which units to remove once the kept weights are repaired — development data only", "",
-             f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Command: `{m['command']}`. Embedded "
-             f"SmolLM2-135M (float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = their {DEV} "
-             f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
-             "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair.",
-             "", "| variant | " + " | ".join(f"{r:.0%}: dev ppl | x lstsq" for r in ratios) + " |",
-             "|---" + "|---:|---:" * len(ratios) + "|"]
+def table(data: dict) -> str:
+    """Dev perplexity per variant and ratio, its ratio to FLAP + lstsq's, and that ratio on the objective windows."""
+    get = {(r["ratio"], r["variant"]): r["dev_ppl"] for r in data["rows"]}
+    objective = {(r["ratio"], r["variant"]): r.get("objective_ppl") for r in data["rows"]}
+    ratios = sorted({r["ratio"] for r in data["rows"] if r["ratio"] > 0})
+    lines = ["| variant | " + " | ".join(f"{r:.0%}: dev ppl | x lstsq | objective x lstsq" for r in ratios) + " |",
+             "|---" + "|---:|---:|---:" * len(ratios) + "|"]
     for variant in VARIANTS:
         cells = []
         for r in ratios:
             ppl, base = get.get((r, variant)), get.get((r, "flap + lstsq"))
-            cells.append(f"{ppl:.2f} | {ppl / base:.3f}" if ppl and base else "- | -")
+            obj, obj_base = objective.get((r, variant)), objective.get((r, "flap + lstsq"))
+            cells.append((f"{ppl:.2f} | {ppl / base:.3f}" if ppl and base else "- | -")
+                         + (f" | {obj / obj_base:.3f}" if obj and obj_base else " | -"))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def render(data: dict) -> str:
+    """The results file: what was measured, how, and :func:`table`."""
+    m = data["machine"]
+    dense = next((r["dev_ppl"] for r in data["rows"] if r["variant"] == "dense"), float("nan"))
+    return ("# Which units to remove once the kept weights are repaired — development data only\n\n"
+            f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Command: `{m['command']}`. Embedded "
+            f"SmolLM2-135M (float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = their {DEV} "
+            f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
+            "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair; "
+            "objective x lstsq: the same ratio on the search's 8 objective windows (what a search ranks by).\n\n"
+            + table(data) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     path = Path(args.out).with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    done = {(r["ratio"], r["variant"]) for r in data["rows"]}
+    done = {(r["ratio"], r["variant"]) for r in data["rows"] if "objective_ppl" in r or r["variant"] == "dense"}
+    data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) in done]  # rows of an older run: again
     bench = None
     cells = [(0.0, "dense")] + [(r, v) for r in args.ratios for v in VARIANTS]
     for ratio, variant in cells:

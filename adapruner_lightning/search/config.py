@@ -35,17 +35,22 @@ from adapruner_lightning.search.engines import SearchEngine
 __all__ = ["AllocationConfig", "BASELINE_POINTS", "DEFAULT_METRICS", "SCOPES", "SearchConfig", "SearchData",
            "SearchEngine", "SearchSpaceConfig"]
 
-DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "magnitude_l2")
+DEFAULT_METRICS = ("taylor", "taylor_vector", "wanda_sp", "flap", "flap_reference", "obs", "magnitude_l2")
 #: the published baselines as points of the space, evaluated first by default (``space.warm_start: null``):
 #: FLAP as its reference code runs it (``main.py``: 2,048 calibration samples) and LLM-Pruner's default (taylor,
 #: layerwise, layers [4, N-2) kept whole, 10 samples), then FLAP's selection with the least-squares reconstruction
-#: (the floor the reconstruction sets); ``num_samples`` is clipped to the pool
+#: (the floor the reconstruction sets) and the structured-OBS selection (``obs``, SlimGPT/ZipLM's column score) in
+#: FLAP's adaptive structure with the same repair: on development windows it is 0.95x FLAP + least squares at 30%
+#: and 40% and 1.05x at 20% (``benchmarks/results/selection.md``), so the search's objective decides between
+#: them; ``num_samples`` is clipped to the pool (``obs`` and ``lstsq`` read the whole pool whatever it is)
 BASELINE_POINTS: tuple[dict[str, Any], ...] = (
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "bias",
      "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048},
     {"metric": "taylor", "reducer": "sum", "scope": "layerwise", "reconstruction": "none",
      "keep_first": 4, "keep_last": 2, "layer_ramp": 0.0, "num_samples": 10},
     {"metric": "flap_reference", "reducer": "sum", "scope": "standardized", "reconstruction": "lstsq",
+     "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048},
+    {"metric": "obs", "reducer": "sum", "scope": "standardized", "reconstruction": "lstsq",
      "keep_first": 0, "keep_last": 0, "layer_ramp": 0.0, "num_samples": 2048},
 )
 #: the choices of the searched ``scope`` dimension
@@ -126,7 +131,8 @@ class SearchSpaceConfig:
             ``reconstruction: bias`` and ``num_samples``); keys of dimensions not searched are left out, the
             calibration subset stays random; a ``num_samples`` above the pool's size takes the whole pool). None (default): the published
             baselines' settings (:data:`BASELINE_POINTS`: FLAP's reference configuration, LLM-Pruner's default,
-            each with its own sample count) that lie in this space, so the search starts where the baselines
+            each with its own sample count, then FLAP's and the structured-OBS selection with least squares) that
+            lie in this space, so the search starts where the baselines
             end; ``[]``: none (the paper's AdaPruner, random initial points only).
         vary_subset_size: deprecated name of ``vary_num_samples`` (a :class:`DeprecationWarning`).
     """
