@@ -476,7 +476,7 @@ def describe(rows: list[dict], args: argparse.Namespace) -> str:
     test = (f"Evaluation (reports only): perplexity of the first {args.eval_tokens} tokens of each evaluation novel (seq "
             f"256); items (standard tasks: a seeded random sample of the split lm-eval scores less the development "
             f"hold-back): {tables.item_sizes(dense, 'test')}; chance {dense['chance']:.3f}. SE at dense's accuracy."
-            ) if tables.has_role(dense, "test") else ""
+            ) if tables.has_role(dense, "test") and not args.choose else ""  # --choose reads no evaluation data
     return " ".join(x for x in (dev, test) if x)
 
 

@@ -41,8 +41,8 @@ def test_overlays_merge_into_the_callback_section():
     full = _parse(["gpu_deepspeed_8x.yaml", "models/llama31_8b.yaml", "overlays/full_finetune.yaml"])
     assert full.adapruner.recovery.mode == "full" and base.adapruner.recovery.mode == "lora"
     assert full.adapruner.eval.texts == base.adapruner.eval.texts  # the rest of the section survives
-    demo = _parse(["smollm2_default.yaml"])  # the benchmark's choice at the demo's budget: full, half distillation
-    assert demo.adapruner.recovery.mode == "full" and demo.adapruner.distillation.weight == 0.5
+    demo = _parse(["smollm2_default.yaml"])  # the development data's choice at the demo's budget: full, LM loss
+    assert demo.adapruner.recovery.mode == "full" and demo.adapruner.distillation is None
     llm = _parse(["smollm2_default.yaml", "overlays/llm_pruner_baseline.yaml"])
     assert (llm.adapruner.pruning.keep_first, llm.adapruner.pruning.keep_last, llm.adapruner.search.trials) == (4, 2, 0)
 
