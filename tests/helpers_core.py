@@ -94,3 +94,15 @@ def block_selection(model, unit: str = "kv_group", seed: int = 0) -> dict:
                             kv_groups=torch.rand(layer.num_kv_heads, generator=gen),
                             channels=torch.rand(layer.intermediate, generator=gen)) for i, layer in enumerate(layers)}
     return select_counts(layers, scores, block_counts(layers, unit), unit)
+
+
+def module_inputs(model, pool: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """Every token's input of ``module`` over ``pool`` (``[tokens, d]``, float64), from one forward of ``model``."""
+    rows = []
+    handle = module.register_forward_pre_hook(lambda m, a: rows.append(a[0].detach().reshape(-1, a[0].shape[-1]).double()))
+    try:
+        with torch.no_grad():
+            model(input_ids=pool, use_cache=False)
+    finally:
+        handle.remove()
+    return torch.cat(rows)

@@ -13,20 +13,9 @@ from adapruner_lightning.core.reconstruction import LeastSquares, collect_grams
 from adapruner_lightning.core.selection import LayerSelection
 from adapruner_lightning.core.session import Candidate, PruningSession
 from conftest import make_tiny_model
-from helpers_core import VOCAB, tokens
+from helpers_core import VOCAB, module_inputs, tokens
 
 DAMPING = 1e-6  # the identity below is exact without a ridge
-
-
-def _inputs(model, pool: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
-    rows = []
-    handle = module.register_forward_pre_hook(lambda m, a: rows.append(a[0].detach().reshape(-1, a[0].shape[-1]).double()))
-    try:
-        with torch.no_grad():
-            model(input_ids=pool, use_cache=False)
-    finally:
-        handle.remove()
-    return torch.cat(rows)
 
 
 def _setup():
@@ -41,7 +30,7 @@ def _setup():
 def _repaired_error(model, pool, layers, grams, member: str, sel: LayerSelection) -> float:
     """Mean over the pool's tokens of ``||W x - (W' x_S + b)||^2`` after the repair of removing ``sel`` alone."""
     module = getattr(layers[1], member)
-    x = _inputs(model, pool, module)
+    x = module_inputs(model, pool, module)
     fit = LeastSquares(grams, damping=DAMPING).layer_fits(layers[1], sel)[member]
     w = module.weight.detach().double()
     dense = x @ w.T

@@ -26,7 +26,7 @@ from adapruner_lightning.core.selection import LayerSelection
 from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.errors import ConfigError
 from conftest import make_tiny_model
-from helpers_core import VOCAB, tiny, tokens
+from helpers_core import VOCAB, module_inputs, tiny, tokens
 
 
 def _logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -39,19 +39,6 @@ def _session(model, **cfg) -> PruningSession:
     return PruningSession(model, PruningConfig(**options), tokens(6, 16), progress=False)
 
 
-def _inputs(model, pool: torch.Tensor, name: str) -> torch.Tensor:
-    """Every token's input of the module ``name`` over ``pool`` ([tokens, d], float64)."""
-    rows = []
-    handle = model.get_submodule(name).register_forward_pre_hook(
-        lambda m, a: rows.append(a[0].detach().reshape(-1, a[0].shape[-1]).double()))
-    try:
-        with torch.no_grad():
-            model(input_ids=pool, use_cache=False)
-    finally:
-        handle.remove()
-    return torch.cat(rows)
-
-
 def test_the_fit_is_the_ridge_regression_towards_the_original_columns():
     """W' = W_S + W_R M and b = W_R c minimise ||W x - W' x_S - b||^2 + lam ||W' - W_S||^2 over the pool's tokens
     (checked against numpy's solve of the normal equations in float64, with an explicit intercept column)."""
@@ -59,7 +46,7 @@ def test_the_fit_is_the_ridge_regression_towards_the_original_columns():
     pool = tokens(6, 16)
     layers = layer_structures(model)
     grams = collect_grams(model, layers, pool, batch_size=4)
-    x = _inputs(model, pool, "model.layers.1.mlp.down_proj")
+    x = module_inputs(model, pool, model.get_submodule("model.layers.1.mlp.down_proj"))
     removed = [3, 17, 40, 41, 90, 127]
     fit = LeastSquares(grams, damping=0.05).layer_fits(layers[1], LayerSelection(channels=removed))["down"]
     w = layers[1].down.weight.detach().double()
@@ -83,7 +70,7 @@ def test_lstsq_fits_the_dense_output_better_than_the_bias_and_nothing():
     layers = layer_structures(model)
     fit = LeastSquares(collect_grams(model, layers, pool), damping=1e-4).layer_fits(
         layers[0], LayerSelection(channels=list(range(0, 128, 3))))["down"]
-    x = _inputs(model, pool, "model.layers.0.mlp.down_proj")
+    x = module_inputs(model, pool, model.get_submodule("model.layers.0.mlp.down_proj"))
     w = layers[0].down.weight.detach().double()
     dense = x @ w.T
     keep = fit.kept.tolist()
