@@ -70,20 +70,22 @@ def check_generation(model, x: torch.Tensor) -> None:
     assert (full - stepped).abs().max() < 1e-4
 
 
-def block_counts(layers, unit: str = "kv_group") -> dict:
+def block_counts(layers, unit: str = "kv_group", *, first_keeps_attention: bool = False) -> dict:
     """Per-layer counts removing whole blocks: layer 0 loses its attention and a quarter of its MLP, layer 1 both
-    blocks, layer 2 one attention unit and half its MLP, the other layers nothing."""
+    blocks, layer 2 one attention unit and half its MLP, the other layers nothing; ``first_keeps_attention`` swaps
+    the roles of layers 0 and 2 (llama.cpp reads the head size only where layer 0 keeps a head)."""
     from adapruner_lightning.core.selection import LayerCounts, max_counts
 
     whole = [max_counts(layer, unit, 1, whole_blocks=True) for layer in layers]
+    headless, partial = (2, 0) if first_keeps_attention else (0, 2)
     counts = {i: LayerCounts() for i in range(len(layers))}
-    counts.update({0: LayerCounts(whole[0].attention, layers[0].intermediate // 4), 1: whole[1],
-                   2: LayerCounts(1, layers[2].intermediate // 2)})
+    counts.update({headless: LayerCounts(whole[headless].attention, layers[headless].intermediate // 4), 1: whole[1],
+                   partial: LayerCounts(1, layers[partial].intermediate // 2)})
     return counts
 
 
-def block_selection(model, unit: str = "kv_group", seed: int = 0) -> dict:
-    """:func:`block_counts` on ``model`` as a selection, each layer losing random-scored units."""
+def block_selection(model, unit: str = "kv_group", seed: int = 0, **layout) -> dict:
+    """:func:`block_counts` (with ``layout``) on ``model`` as a selection, each layer losing random-scored units."""
     from adapruner_lightning.core.groups import layer_structures
     from adapruner_lightning.core.importance import UnitScores
     from adapruner_lightning.core.selection import select_counts
@@ -93,7 +95,7 @@ def block_selection(model, unit: str = "kv_group", seed: int = 0) -> dict:
     scores = {i: UnitScores(heads=torch.rand(layer.num_heads, generator=gen),
                             kv_groups=torch.rand(layer.num_kv_heads, generator=gen),
                             channels=torch.rand(layer.intermediate, generator=gen)) for i, layer in enumerate(layers)}
-    return select_counts(layers, scores, block_counts(layers, unit), unit)
+    return select_counts(layers, scores, block_counts(layers, unit, **layout), unit)
 
 
 def module_inputs(model, pool: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:

@@ -112,6 +112,9 @@ def _layer_refusal(s: Any, *, last: bool) -> tuple[str, str] | None:
         return ("has no MLP channel but a down_proj bias", "deci skips a layer without MLP, bias included")
     if s.num_heads == 0 and getattr(s.o, "bias", None) is not None:
         return ("has no head but an o_proj bias", "deci skips a head-less layer's attention, bias included")
+    if s.num_heads == 0 and s.index == 0:
+        return ("keeps no head", "llama.cpp reads the head size (key_length) only when layer 0 keeps a head and "
+                "would expect every layer's q/k/v to be empty; keep layer 0's attention (block_removal does)")
     return None
 
 

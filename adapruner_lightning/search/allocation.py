@@ -18,7 +18,8 @@ removes one layer's whole attention (every query and KV head), or the whole MLP 
 gives one attention unit back (the fill then trims that layer's MLP back to a width it may keep), and the unit
 switches may go down to zero. Only layers llama.cpp's ``deci`` runs as transformers does are proposed: an MLP goes
 whole only where the attention is gone (deci skips a layer without MLP, attention included), never in the last
-layer (deci selects the output rows inside its MLP path), and at least one layer keeps its attention. A removed
+layer (deci selects the output rows inside its MLP path), and layer 0 keeps its attention (llama.cpp reads the
+head size only from a first layer with heads; so some layer always keeps attention). A removed
 block gets no reconstruction (:meth:`~adapruner_lightning.core.selection.LayerSelection.removes_block_of`).
 
 On several ranks every rank scores its share of each stage's offspring; the scores are gathered, so every rank
@@ -121,8 +122,9 @@ class Budget:
         self.block = {i: round_to * layer.channel_cost() for i, layer in enumerate(layers)}
 
     def attention_max(self, i: int) -> int:
-        """The most attention units layer ``i`` may lose (all of them with ``block_removal``)."""
-        return self.units[i] if self.whole else self.maxima[i].attention
+        """The most attention units layer ``i`` may lose (with ``block_removal`` all of them, except in layer 0:
+        llama.cpp reads the head size only where layer 0 keeps a head)."""
+        return self.units[i] if self.whole and i > 0 else self.maxima[i].attention
 
     def headless(self, i: int, c: LayerCounts) -> bool:
         """Whether ``c`` removes layer ``i``'s whole attention."""
@@ -202,7 +204,7 @@ class Budget:
         """Remove a layer's whole attention, or the whole MLP of a layer without attention, or give one attention
         unit back to a layer without attention; the fill then restores the budget (and trims an MLP the layer may
         no longer lose whole)."""
-        j = self._pick(rng, lambda i: self.units[i] > 0)
+        j = self._pick(rng, lambda i: self.attention_max(i) == self.units[i] > 0)
         if j is None:
             return
         c = counts[j]

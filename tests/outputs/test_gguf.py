@@ -161,9 +161,9 @@ def test_a_layer_with_heads_but_no_mlp_is_refused_as_deci_would_drop_it(tok):
 
 
 def _without_blocks(family: str, tok, counts=None):
-    """A tiny 4-layer model whose layer 0 lost its attention, layer 1 both blocks, layer 2 part of each."""
+    """A tiny 4-layer model whose layer 0 lost part of each block, layer 1 both blocks, layer 2 its attention."""
     model = make_tiny_model(family, vocab_size=len(tok), layers=4)
-    selection = block_selection(model) if counts is None else counts(model)
+    selection = block_selection(model, first_keeps_attention=True) if counts is None else counts(model)
     apply_plan(model, make_plan(model, selection))
     return model
 
@@ -176,25 +176,27 @@ def test_removed_blocks_are_written_as_deci_zero_counts_without_their_tensors(tm
     result = export_gguf(model, tok, tmp_path / "b.gguf", outtype="f32", progress=False)
     fields, tensors = _read(result.path)
     assert result.layout.arch == "deci"
-    assert fields["deci.attention.head_count"] == [0, 0, 3, 6]
-    assert fields["deci.attention.head_count_kv"] == [0, 0, 1, 2]
-    assert fields["deci.feed_forward_length"] == [96, 0, 64, 128]
-    assert not [n for n in tensors if n.startswith(("blk.0.attn", "blk.1."))]  # norms, q/k/v/o and their biases
-    assert {"blk.0.ffn_norm.weight", "blk.2.attn_norm.weight", "blk.2.attn_q.weight"} <= set(tensors)
-    np.testing.assert_array_equal(_values(tensors["blk.0.ffn_down.weight"]),
-                                  model.state_dict()["model.layers.0.mlp.down_proj.weight"].numpy())
+    assert fields["deci.attention.head_count"] == [3, 0, 0, 6]
+    assert fields["deci.attention.head_count_kv"] == [1, 0, 0, 2]
+    assert fields["deci.feed_forward_length"] == [64, 0, 96, 128]
+    assert not [n for n in tensors if n.startswith(("blk.2.attn", "blk.1."))]  # norms, q/k/v/o and their biases
+    assert {"blk.2.ffn_norm.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight"} <= set(tensors)
+    np.testing.assert_array_equal(_values(tensors["blk.2.ffn_down.weight"]),
+                                  model.state_dict()["model.layers.2.mlp.down_proj.weight"].numpy())
 
 
 def test_what_deci_computes_differently_for_removed_blocks_is_refused(tmp_path, tok):
     """A last layer without MLP (deci picks the output rows inside the last layer's MLP path) and a down_proj bias
     on a layer without MLP (deci skips that layer's MLP, bias included)."""
     def last_without_mlp(model):
-        selection = block_selection(model)
+        selection = block_selection(model, first_keeps_attention=True)
         selection[3] = selection[1]
         return selection
 
     with pytest.raises(ConfigError, match=r"layer 3 is the last layer and keeps no MLP channel"):
         gguf_layout(_without_blocks("llama", tok, last_without_mlp))
+    with pytest.raises(ConfigError, match=r"layer 0 keeps no head.*head size"):  # llama.cpp reads it from layer 0
+        gguf_layout(_without_blocks("llama", tok, block_selection))
     model = _without_blocks("llama", tok)
     add_bias(model.model.layers[1].mlp.down_proj, [0.5] * 96, trainable=False)
     with pytest.raises(ConfigError, match=r"layer 1 has no MLP channel but a down_proj bias"):

@@ -90,9 +90,9 @@ def test_llamacpp_runs_removed_blocks_as_transformers(tmp_path, tok):
                             intermediate_size=256)
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
-    plan = make_plan(model, block_selection(model))
+    plan = make_plan(model, block_selection(model, first_keeps_attention=True))
     apply_plan(model, plan)
-    assert plan.removed_blocks == {"attention": [0, 1], "mlp": [1]}
+    assert plan.removed_blocks == {"attention": [1, 2], "mlp": [1]}
     result = export_gguf(model, tok, tmp_path / "b.gguf", outtype="f32", progress=False)
     assert result.layout.arch == "deci"
     assert_close(llamacpp_logits(result.path, IDS), hf_logits(model, IDS), "f32")
