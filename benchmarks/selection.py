@@ -15,7 +15,10 @@ Variants at each ratio of total parameters, scored under masks with the plan's r
 * ``flap counts, obs ranking + lstsq``: FLAP's per-layer counts, each layer's units ranked by ``obs``.
 
     python benchmarks/selection.py            # 20, 30, 40 % (about 15 min on one shared core)
-    python benchmarks/selection.py --ratios 0.2
+    python benchmarks/selection.py --search-seeds 3   # and the default search (16 trials) at each ratio and seed
+
+The default search (``--search-seeds``) runs from a fresh copy of the dense weights, its plan applied physically
+with its least-squares statistics (what is exported), and is scored on the same development windows.
 
 Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished cells).
 """
@@ -23,6 +26,7 @@ Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -33,12 +37,15 @@ import torch
 
 from adapruner_lightning.core.config import PruningConfig
 from adapruner_lightning.core.masking import masked
+from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.selection import layer_counts, select_counts
 from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.data.calibration import make_splits
 from adapruner_lightning.data.models import load_model
 from adapruner_lightning.data.text import texts_for, write_text_atomic
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.runner import run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine_info  # noqa: E402
@@ -55,6 +62,8 @@ VARIANTS = {
     "obs global + lstsq": (dict(metric="obs", reducer="sum", scope="global"), "lstsq", False),
     "flap counts, obs ranking + lstsq": (dict(metric="obs", reducer="sum", scope="layerwise"), "lstsq", True),
 }
+#: the library's default search (``SearchConfig()``: 16 trials, warm-started), applied physically as exported
+SEARCH = "default search (seed {})"
 
 
 class Bench:
@@ -74,6 +83,18 @@ class Bench:
                                  grams=self.shared.grams if self.shared else None)
         self.shared = self.shared or session
         return session
+
+    def search(self, ratio: float, seed: int) -> dict:
+        """The default search's plan on a copy of the dense weights (statistics shared), applied as exported."""
+        model = copy.deepcopy(self.model)
+        session = PruningSession(model, PruningConfig(target_ratio=ratio, seed=seed), self.splits.pool,
+                                 objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
+                                 progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams)
+        result = run_search(session, SearchConfig(), seed=seed, progress=False)
+        apply_plan(model, result.plan, refit=result.refit)
+        chose = "/".join(str(result.plan.provenance.get(k)) for k in ("metric", "scope", "reconstruction"))
+        return {"dev_ppl": evaluate_perplexity(model, self.splits.dev, batch_size=8, progress=False),
+                "objective_ppl": math.exp(-result.best.score), "search_seconds": result.seconds, "chose": chose}
 
     def cell(self, ratio: float, variant: str) -> dict:
         options, reconstruction, flap_counts = VARIANTS[variant]
@@ -101,14 +122,16 @@ def table(data: dict) -> str:
     ratios = sorted({r["ratio"] for r in data["rows"] if r["ratio"] > 0})
     lines = ["| variant | " + " | ".join(f"{r:.0%}: dev ppl | x lstsq | objective x lstsq" for r in ratios) + " |",
              "|---" + "|---:|---:|---:" * len(ratios) + "|"]
-    for variant in VARIANTS:
+    searched = sorted({r["variant"] for r in data["rows"] if r["variant"].startswith("default search")})
+    for variant in [*VARIANTS, *searched]:
         cells = []
         for r in ratios:
             ppl, base = get.get((r, variant)), get.get((r, "flap + lstsq"))
             obj, obj_base = objective.get((r, variant)), objective.get((r, "flap + lstsq"))
             cells.append((f"{ppl:.2f} | {ppl / base:.3f}" if ppl and base else "- | -")
                          + (f" | {obj / obj_base:.3f}" if obj and obj_base else " | -"))
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        chose = sorted({r["chose"] for r in data["rows"] if r["variant"] == variant and "chose" in r})
+        lines.append(f"| {variant}{' → ' + ', '.join(chose) if chose else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -128,6 +151,8 @@ def render(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4])
+    p.add_argument("--search-seeds", type=int, default=0, help="also run the default search with this many seeds")
+    p.add_argument("--search-ratios", type=float, nargs="+", default=None, help="ratios of the searches (default: --ratios)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -137,12 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) in done]  # rows of an older run: again
     bench = None
     cells = [(0.0, "dense")] + [(r, v) for r in args.ratios for v in VARIANTS]
+    cells += [(r, SEARCH.format(seed)) for r in args.search_ratios or args.ratios for seed in range(args.search_seeds)]
     for ratio, variant in cells:
         if (ratio, variant) in done:
             continue
         bench = bench or Bench()
         if variant == "dense":
             row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
+        elif variant.startswith("default search"):
+            row = bench.search(ratio, int(variant.split()[-1].rstrip(")")))
         else:
             row = bench.cell(ratio, variant)
         data["rows"].append({"ratio": ratio, "variant": variant, **row})
