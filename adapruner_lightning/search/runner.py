@@ -218,7 +218,8 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     seconds = time.perf_counter() - t0
     return SearchResult(trials=done, best=best, plan=plan, signature=signature, seconds=seconds,
                         stats_seconds=stats_seconds, extra=extra, exhausted=exhausted,
-                        flap_seconds=flap_prune_seconds(session, activation_seconds))
+                        flap_seconds=flap_prune_seconds(session, activation_seconds),
+                        refit=session.least_squares if plan.refits_weights else None)
 
 
 def flap_prune_seconds(session: PruningSession, statistics_seconds: float) -> float | None:

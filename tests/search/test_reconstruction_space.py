@@ -20,12 +20,13 @@ def _space(config: SearchConfig, session) -> SearchSpace:
 def test_the_default_space_searches_every_reconstruction_and_flap_starts_with_its_bias_then_lstsq():
     space = SearchSpaceConfig()
     assert space.dimensions()["reconstruction"].bound == ["none", "bias", "lstsq"]
-    flap, llm_pruner, flap_lstsq = space.warm_points()
+    flap, llm_pruner, flap_lstsq, obs_lstsq = space.warm_points()
     assert (flap["metric"], flap["reconstruction"]) == ("flap_reference", "bias")
     assert (llm_pruner["metric"], llm_pruner["reconstruction"]) == ("taylor", "none")
     assert {**flap, "reconstruction": "lstsq"} == flap_lstsq  # FLAP's selection with the least-squares floor
-    assert len(SearchSpaceConfig(reconstructions=["none", "bias"]).warm_points()) == 2
-    assert len(SearchSpaceConfig(reconstruction=False).warm_points()) == 2  # the two FLAP points merge
+    assert {**flap_lstsq, "metric": "obs"} == obs_lstsq  # the repair-aware selection, in FLAP's structure
+    assert len(SearchSpaceConfig(reconstructions=["none", "bias"]).warm_points()) == 2  # obs's point needs lstsq
+    assert len(SearchSpaceConfig(reconstruction=False).warm_points()) == 3  # the two FLAP points merge
     session = small_session()
     decoded = _space(SearchConfig(space=space), session).candidate({"u0": 0.5, "u1": 0.5, "reconstruction": "lstsq"})
     assert decoded.reconstruction == "lstsq" and decoded.describe()["reconstruction"] == "lstsq"
@@ -72,6 +73,7 @@ def test_a_search_that_may_score_lstsq_fits_its_statistics_first_and_its_plan_re
     assert session._grams is not None
     assert all(t.candidate["reconstruction"] == "lstsq" for t in result.trials)
     assert result.plan.refits_weights and result.plan.provenance["reconstruction_fit"]["damping"] > 0
+    assert result.refit is not None  # what apply_plan needs, as find_plan's result carries it
     without = small_session()
     run_search(without, SearchConfig.of(**{**SMALL, "trials": 2, "reconstructions": ["none", "bias"]}), progress=False)
     assert without._grams is None  # no Gram pass when lstsq cannot be scored
