@@ -29,6 +29,7 @@ from adapruner_lightning.core.groups import (
     total_params,
 )
 from adapruner_lightning.core.importance import (
+    MemberScores,
     MetricSpec,
     ScoreInputs,
     UnitScores,
@@ -169,6 +170,7 @@ class PruningSession:
                               "layers", hint="share grams only between sessions on the same dense weights and pool")
         self._grams: GramCache | None = grams
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
+        self._pool_scores: dict[tuple[str, int], MemberScores] = {}  # (metric, layer) -> scores of a `grams` metric
         self.objective_kind, self.kl_top_k = "perplexity", 64
         self._reference: DenseReference | None = None
 
@@ -219,11 +221,19 @@ class PruningSession:
                                  generator=torch.Generator().manual_seed(self.config.seed * 1000 + i),
                                  grams=grams.layers[i] if grams else {}, gram_tokens=grams.tokens if grams else 0,
                                  damping=self.config.reconstruction_damping)
-            members = score_members(spec, inputs)
+            members = self._pool_member_scores(spec, inputs) if grams else score_members(spec, inputs)
             scores = (standardized_unit_scores(self.layers[i], members) if candidate.scope == "standardized"
                       else unit_scores(self.layers[i], members, candidate.reducer))
             out[i] = scores.cpu()
         return out
+
+    def _pool_member_scores(self, spec: MetricSpec, inputs: ScoreInputs) -> MemberScores:
+        """The member scores of a metric that reads the pool's Grams (``obs``): they depend on neither the samples
+        nor the schedule of a candidate, so each layer's are computed once per session."""
+        key = (spec.name, inputs.layer.index)
+        if key not in self._pool_scores:
+            self._pool_scores[key] = score_members(spec, inputs)
+        return self._pool_scores[key]
 
     def _check_uniform(self, candidate: Candidate) -> None:
         if candidate.keep_first or candidate.keep_last or candidate.layer_ramp or candidate.scope != "layerwise":
@@ -398,7 +408,7 @@ class PruningSession:
     def release(self) -> None:
         """Drop cached statistics and the dense reference (frees memory before fine-tuning; a
         :attr:`least_squares` taken before keeps its statistics)."""
-        self._stats, self._grad_cache, self._reference, self._grams = None, {}, None, None
+        self._stats, self._grad_cache, self._reference, self._grams, self._pool_scores = None, {}, None, None, {}
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:

@@ -93,3 +93,18 @@ def test_the_session_scores_with_the_pools_grams_whatever_the_samples():
     b = session.unit_scores(Candidate(subset=[5, 6, 7], metric="obs", reducer="sum", scope="standardized"))
     assert all(torch.equal(a[i].channels, b[i].channels) and torch.equal(a[i].heads, b[i].heads) for i in a)
     assert session._grams is not None  # noqa: SLF001 -- the pool's Gram pass ran, once, for the metric
+
+
+def test_the_session_computes_a_layers_obs_scores_once_per_search():
+    """The scores depend on the pool alone, so a second candidate reuses them instead of inverting every layer's
+    covariance again (at 8B a 14336^2 factorisation per layer and trial): later changes to the Grams are not read."""
+    model = make_tiny_model("llama", vocab_size=VOCAB, layers=3)
+    session = PruningSession(model, PruningConfig(target_ratio=0.2, metric="obs", reconstruction="lstsq"),
+                             tokens(8, 16), progress=False)
+    first = session.unit_scores(Candidate(subset=[0], metric="obs", reducer="sum", scope="layerwise"))
+    for layer in session.grams.layers:
+        for value in layer.values():
+            value.mul_(3.0).add_(1.0)  # a Gram a recomputation would read differently
+    again = session.unit_scores(Candidate(subset=[1], metric="obs", reducer="sum", scope="layerwise"))
+    assert all(torch.equal(first[i].channels, again[i].channels) and torch.equal(first[i].heads, again[i].heads)
+               for i in first)
