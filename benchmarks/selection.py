@@ -91,7 +91,7 @@ class Bench:
                                  objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
                                  progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams)
         result = run_search(session, SearchConfig(), seed=seed, progress=False)
-        apply_plan(model, result.plan, refit=session.least_squares if result.plan.refits_weights else None)
+        apply_plan(model, result.plan, refit=result.refit)
         chose = "/".join(str(result.plan.provenance.get(k)) for k in ("metric", "scope", "reconstruction"))
         return {"dev_ppl": evaluate_perplexity(model, self.splits.dev, batch_size=8, progress=False),
                 "objective_ppl": math.exp(-result.best.score), "search_seconds": result.seconds, "chose": chose}

@@ -142,12 +142,11 @@ class Budget:
         return self.budget - counts_cost(self.layers, counts, self.unit)
 
     def feasible(self, counts: Counts) -> bool:
-        """Within the bounds, some layer keeping its attention, and the budget met within one MLP block without
-        overshooting."""
+        """Within the bounds (which keep layer 0's attention, so some layer always keeps attention), and the budget
+        met within one MLP block without overshooting."""
         inside = all(0 <= c.attention <= self.attention_max(i) and 0 <= c.channels <= self.channel_max(i, c)
                      for i, c in counts.items())
-        attended = not self.whole or not all(self.headless(i, c) for i, c in counts.items())
-        return inside and attended and 0 <= self.slack(counts) < max(self.block.values())
+        return inside and 0 <= self.slack(counts) < max(self.block.values())
 
     def mutate(self, counts: Counts, rng: np.random.RandomState, switches: int, tries: int = 8) -> Counts | None:
         """``counts`` after ``switches`` random level switches and the MLP fill; a draw that changes nothing or

@@ -46,8 +46,8 @@ def find_plan(session: PruningSession, search: SearchConfig, *, trace_path: str 
                                        collective=collective, provenance={"bos": bos})
         else:
             plan = collective.broadcast(collective.together(lambda: session.plan(session.default_candidate(), bos=bos)))
-            result = SearchResult(trials=[], best=None, plan=plan, signature="", seconds=time.perf_counter() - start)
-        result.refit = session.least_squares if result.plan.refits_weights else None  # outlives the session's cache
-        return result
+            result = SearchResult(trials=[], best=None, plan=plan, signature="", seconds=time.perf_counter() - start,
+                                  refit=session.least_squares if plan.refits_weights else None)
+        return result  # result.refit holds its statistics: they outlive the release below
     finally:
         session.release()
