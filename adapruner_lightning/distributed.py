@@ -110,5 +110,17 @@ def attempt(fn: Callable[[], T], rank: int) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def spread(items: list[Any], fn: Callable[[Any], T], collective: Collective) -> list[T]:
+    """``fn`` of every item, rank ``r`` computing items ``r, r + world_size, ...``; every rank gets them all, in
+    order (one all-gather; a failure on any rank raises :class:`SearchFailed` on every rank)."""
+    if collective.world_size == 1:
+        return [fn(item) for item in items]
+    mine = range(collective.rank, len(items), collective.world_size)
+    envelope = attempt(lambda: {i: fn(items[i]) for i in mine}, collective.rank)
+    gathered = collective.all_gather(envelope)
+    collective.raise_if_failed(gathered)
+    return [next(e["value"][i] for e in gathered if i in e["value"]) for i in range(len(items))]
+
+
 #: The single-process collective.
 LOCAL = Collective()

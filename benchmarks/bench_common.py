@@ -200,3 +200,36 @@ def write_results(out_dir: Path, name: str, result: dict[str, Any], text: str) -
     json_path.write_text(json.dumps(result, indent=1, default=str))
     print(text)
     return md_path, json_path
+
+
+#: recovery variants of the quality benchmarks: name -> (mode, distillation weight, learning rate)
+RECOVERIES = {
+    "lora-lm": ("lora", 0.0, 3e-4), "lora-kl": ("lora", 1.0, 3e-4), "lora-mix": ("lora", 0.5, 3e-4),
+    "full-lm": ("full", 0.0, 1e-4), "full-kl": ("full", 1.0, 1e-4), "full-mix": ("full", 0.5, 1e-4),
+}
+
+
+def recover(model: torch.nn.Module, finetune: torch.Tensor, steps: int, seed: int, variant: str = "full-lm", *,
+            dense: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The short recovery ``variant`` (:data:`RECOVERIES`) through the library's Lightning path: ``steps`` steps of
+    4 windows, the first ``steps x 4`` of ``finetune`` (the calibration split's fine-tune windows: a seeded order
+    spread over the four novels in proportion) in a ``seed``-ed shuffle; distilling variants take ``dense`` as the
+    frozen teacher. Returns the recovered model (LoRA merged), in eval mode."""
+    from lightning.pytorch import Trainer, seed_everything
+    from torch.utils.data import DataLoader
+
+    from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher, attach_teacher
+    from adapruner_lightning.lightning.module import CausalLMModule
+    from adapruner_lightning.lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
+
+    mode, weight, lr = RECOVERIES[variant]
+    teacher = Teacher(dense, DistillationConfig(weight=weight)) if weight else None
+    seed_everything(seed, verbose=False)
+    module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig(mode=mode)), lr=lr, warmup_steps=2)
+    attach_teacher(module, teacher)  # recovery_loss distils from it
+    rows = [{"input_ids": w} for w in finetune[: steps * 4]]
+    loader = DataLoader(rows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    trainer = Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    return unwrap(module.model, merge=True).eval()  # Lightning's teardown may leave it on the CPU

@@ -68,7 +68,7 @@ from adapruner_lightning.evaluation.protocol import role_items
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.pipeline import find_plan
 from quality_tables import OFFLINE, SEVEN
-from bench_common import machine_info
+from bench_common import RECOVERIES, machine_info, recover
 
 TASKS = (*OFFLINE, *SEVEN)
 #: development windows held back from the calibration novels (24 a novel: the tail of each)
@@ -115,11 +115,6 @@ SEARCH_OPTIONS = {
 
 
 #: recovery variant -> (RecoveryConfig mode, distillation weight (0: LM loss only), learning rate)
-RECOVERIES = {
-    "lora-lm": ("lora", 0.0, 3e-4), "lora-kl": ("lora", 1.0, 3e-4), "lora-mix": ("lora", 0.5, 3e-4),
-    "full-lm": ("full", 0.0, 1e-4), "full-kl": ("full", 1.0, 1e-4), "full-mix": ("full", 0.5, 1e-4),
-}
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -308,27 +303,9 @@ class Bench:
         return plan, info
 
     def recover(self, model: torch.nn.Module, seed: int, variant: str = "lora-lm") -> torch.nn.Module:
-        """The same short recovery ``variant`` (:data:`RECOVERIES`) for every method (finetune windows only, seeded
-        order); distilling variants take the dense model as the frozen teacher."""
-        from lightning.pytorch import Trainer, seed_everything
-        from torch.utils.data import DataLoader
-
-        from adapruner_lightning.lightning.distillation import DistillationConfig, Teacher, attach_teacher
-        from adapruner_lightning.lightning.module import CausalLMModule
-        from adapruner_lightning.lightning.recovery import RecoveryConfig, unwrap, wrap_for_recovery
-
-        mode, weight, lr = RECOVERIES[variant]
-        teacher = Teacher(self.model, DistillationConfig(weight=weight)) if weight else None
-        seed_everything(seed, verbose=False)
-        module = CausalLMModule(model=wrap_for_recovery(model, RecoveryConfig(mode=mode)), lr=lr, warmup_steps=2)
-        attach_teacher(module, teacher)  # recovery_loss distils from it
-        # the first steps x 4 fine-tune windows: a seeded order spread over the four novels in proportion
-        rows = [{"input_ids": w} for w in self.splits.finetune[: self.args.recovery_steps * 4]]
-        loader = DataLoader(rows, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(seed))
-        trainer = Trainer(max_steps=self.args.recovery_steps, accelerator="auto", devices=1, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(module, train_dataloaders=loader)
-        return unwrap(module.model, merge=True).eval().to(self.device)  # Lightning's teardown left it on the CPU
+        """The same short recovery ``variant`` (:data:`RECOVERIES`) for every method (:func:`recover`)."""
+        return recover(model, self.splits.finetune, self.args.recovery_steps, seed, variant,
+                       dense=self.model).to(self.device)
 
 
 def _cells(args) -> list[tuple[str, float, int, bool | str]]:

@@ -16,9 +16,13 @@ Variants at each ratio of total parameters, scored under masks with the plan's r
 
     python benchmarks/selection.py            # 20, 30, 40 % (about 15 min on one shared core)
     python benchmarks/selection.py --search-seeds 3   # and the default search (16 trials) at each ratio and seed
+    python benchmarks/selection.py --search-seeds 3 --generations 16   # and the search + the allocation stage
 
 The default search (``--search-seeds``) runs from a fresh copy of the dense weights, its plan applied physically
-with its least-squares statistics (what is exported), and is scored on the same development windows.
+with its least-squares statistics (what is exported), and is scored on the same development windows. With
+``--generations`` the same search is followed by the per-layer allocation stage (``search.allocation``, KL
+fitness on the objective windows), without and with whole-block removal: these cells resume the search's trace
+(``--traces``), so they pay only for the stage, and the three rows of a seed differ only by it.
 
 Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished cells).
 """
@@ -32,6 +36,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,7 +53,7 @@ from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.runner import run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_info  # noqa: E402
+from bench_common import machine_info, recover  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "selection"
 POOL, DEV = 64, 96
@@ -64,6 +69,19 @@ VARIANTS = {
 }
 #: the library's default search (``SearchConfig()``: 16 trials, warm-started), applied physically as exported
 SEARCH = "default search (seed {})"
+#: the same search followed by a stage: variant -> (its SearchConfig options from the arguments; whether it runs)
+STAGES = {
+    "default search + allocation (seed {})": (
+        lambda a: {"generations": a.generations, "offspring": a.offspring}, lambda a: a.generations > 0),
+    "default search + allocation, blocks (seed {})": (
+        lambda a: {"generations": a.generations, "offspring": a.offspring, "block_removal": True},
+        lambda a: a.generations > 0),
+    "default search + training-aware (seed {})": (
+        lambda a: {"train_candidates": a.train_candidates, "train_steps": a.train_steps},
+        lambda a: a.train_candidates > 0),
+}
+#: the recovery the training-aware cells compare plans after (the recipe's: full fine-tuning, LM loss, 30 steps)
+RECOVERY, RECOVERY_STEPS = "full-lm", 30
 
 
 class Bench:
@@ -84,17 +102,43 @@ class Bench:
         self.shared = self.shared or session
         return session
 
-    def search(self, ratio: float, seed: int) -> dict:
-        """The default search's plan on a copy of the dense weights (statistics shared), applied as exported."""
+    def _searched(self, ratio: float, seed: int, trace: Path, stage: dict | None) -> tuple[torch.nn.Module, Any]:
+        """A copy of the dense weights pruned by the default search (+ ``stage``'s options; the search itself
+        resumed from ``trace``) as exported, and the search's result."""
         model = copy.deepcopy(self.model)
         session = PruningSession(model, PruningConfig(target_ratio=ratio, seed=seed), self.splits.pool,
                                  objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
                                  progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams)
-        result = run_search(session, SearchConfig(), seed=seed, progress=False)
-        apply_plan(model, result.plan, refit=result.refit)
+        result = run_search(session, SearchConfig.of(**(stage or {})), seed=seed, progress=False, trace_path=trace)
+        return apply_plan(model, result.plan, refit=result.refit), result
+
+    def dev_ppl(self, model: torch.nn.Module) -> float:
+        """Perplexity of the development windows."""
+        return evaluate_perplexity(model, self.splits.dev, batch_size=8, progress=False)
+
+    def recovered_ppl(self, model: torch.nn.Module, seed: int) -> float:
+        """Dev perplexity after the default recovery (:data:`RECOVERY`, the fine-tune windows, ``seed``)."""
+        return self.dev_ppl(recover(model, self.splits.finetune, RECOVERY_STEPS, seed, RECOVERY))
+
+    def search(self, ratio: float, seed: int, trace: Path, stage: dict | None = None) -> dict:
+        """The default search's plan (+ ``stage``) scored on the development windows; a training-aware cell also
+        scores its plan and the search's own best after the default recovery."""
+        model, result = self._searched(ratio, seed, trace, stage)
         chose = "/".join(str(result.plan.provenance.get(k)) for k in ("metric", "scope", "reconstruction"))
-        return {"dev_ppl": evaluate_perplexity(model, self.splits.dev, batch_size=8, progress=False),
-                "objective_ppl": math.exp(-result.best.score), "search_seconds": result.seconds, "chose": chose}
+        row = {"dev_ppl": self.dev_ppl(model), "objective_ppl": math.exp(-result.best.score),
+               "search_seconds": result.seconds, "chose": chose}
+        if "training_aware" in result.extra:
+            info = row["training_aware"] = {k: v for k, v in result.extra["training_aware"].items()}
+            row["recovered_dev_ppl"] = self.recovered_ppl(model, seed)
+            row["search_recovered_dev_ppl"] = (row["recovered_dev_ppl"] if info["chose"] == info["trials"][0] else
+                                               self.recovered_ppl(self._searched(ratio, seed, trace, None)[0], seed))
+            row["objective_ppl"] = None  # the stage ranks after training, reported in "training_aware"
+        if "allocation" in result.extra:
+            info = result.extra["allocation"]
+            row["allocation"] = {k: info[k] for k in ("start", "kl_seeds", "kl", "improvements", "evaluations",
+                                                      "seconds", "removed_blocks") if k in info}
+            row["objective_ppl"] = None  # the stage ranks by KL, reported in "allocation"
+        return row
 
     def cell(self, ratio: float, variant: str) -> dict:
         options, reconstruction, flap_counts = VARIANTS[variant]
@@ -135,6 +179,35 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def stage_table(data: dict) -> str:
+    """Per ratio and seed: the search alone against the search followed by each stage (dev ppl; the allocation
+    stage's KL on the objective windows from its start to its end; the training-aware stage's pick and both plans
+    after the default recovery)."""
+    rows = {(r["ratio"], r["variant"]): r for r in data["rows"]}
+    lines = ["| ratio | seed | stage | dev ppl: search | with stage | ratio | stage detail | stage s |",
+             "|---:|---:|---|---:|---:|---:|---|---:|"]
+    for (ratio, variant), row in sorted(rows.items()):
+        if not variant.startswith("default search +"):
+            continue
+        seed = int(variant.split()[-1].rstrip(")"))
+        base = rows.get((ratio, SEARCH.format(seed)), {}).get("dev_ppl")
+        stage = variant.split("(")[0].replace("default search + ", "").strip()
+        if "allocation" in row:
+            a = row["allocation"]
+            detail = (f"KL {a['kl_seeds'][a['start']]:.4f} ({a['start']}) → {a['kl']:.4f}, {a['improvements']} steps up"
+                      + (f", blocks removed {a['removed_blocks']}" if a.get("removed_blocks") else ""))
+            seconds = a["seconds"]
+        else:
+            t = row["training_aware"]
+            detail = (f"trials {t['trials']} → {t['chose']}; after {RECOVERY_STEPS} recovery steps: search "
+                      f"{row['search_recovered_dev_ppl']:.2f}, stage {row['recovered_dev_ppl']:.2f}")
+            seconds = t["seconds"]
+        ratio_text = f"{row['dev_ppl'] / base:.3f}" if base else "-"
+        lines.append(f"| {ratio:.0%} | {seed} | {stage} | {base or float('nan'):.2f} | {row['dev_ppl']:.2f} | "
+                     f"{ratio_text} | {detail} | {seconds:.0f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def render(data: dict) -> str:
     """The results file: what was measured, how, and :func:`table`."""
     m = data["machine"]
@@ -145,7 +218,8 @@ def render(data: dict) -> str:
             f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
             "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair; "
             "objective x lstsq: the same ratio on the search's 8 objective windows (what a search ranks by).\n\n"
-            + table(data) + "\n")
+            + table(data) + "\n" + (f"\n## The stages after the search (paired by seed)\n\n{stages}\n"
+                                     if (stages := stage_table(data)) else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4])
     p.add_argument("--search-seeds", type=int, default=0, help="also run the default search with this many seeds")
     p.add_argument("--search-ratios", type=float, nargs="+", default=None, help="ratios of the searches (default: --ratios)")
+    p.add_argument("--generations", type=int, default=0,
+                   help="also run each search followed by the allocation stage of this many generations")
+    p.add_argument("--offspring", type=int, default=8, help="the allocation stage's offspring per generation")
+    p.add_argument("--train-candidates", type=int, default=0,
+                   help="also run each search followed by the training-aware stage over this many plans")
+    p.add_argument("--train-steps", type=int, default=10, help="the training-aware stage's steps per plan")
+    p.add_argument("--traces", default=str(RESULTS.parent / "selection_traces"),
+                   help="directory of the searches' traces (the allocation cells resume them)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -162,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) in done]  # rows of an older run: again
     bench = None
     cells = [(0.0, "dense")] + [(r, v) for r in args.ratios for v in VARIANTS]
-    cells += [(r, SEARCH.format(seed)) for r in args.search_ratios or args.ratios for seed in range(args.search_seeds)]
+    for r in args.search_ratios or args.ratios:
+        for seed in range(args.search_seeds):
+            cells += [(r, SEARCH.format(seed))] + [(r, v.format(seed)) for v, (_, on) in STAGES.items() if on(args)]
     for ratio, variant in cells:
         if (ratio, variant) in done:
             continue
@@ -170,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         if variant == "dense":
             row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
         elif variant.startswith("default search"):
-            row = bench.search(ratio, int(variant.split()[-1].rstrip(")")))
+            seed = int(variant.split()[-1].rstrip(")"))
+            options = next((opts(args) for v, (opts, _) in STAGES.items() if v.format(seed) == variant), None)
+            row = bench.search(ratio, seed, Path(args.traces) / f"r{ratio}_s{seed}.jsonl", options)
         else:
             row = bench.cell(ratio, variant)
         data["rows"].append({"ratio": ratio, "variant": variant, **row})

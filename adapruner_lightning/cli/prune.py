@@ -48,6 +48,8 @@ ALIASES: dict[str, list[str]] = {
     "--generations": ["--search.allocation.generations", "{}"],
     "--offspring": ["--search.allocation.offspring", "{}"],
     "--block-removal": ["--search.allocation.block_removal", "true"],
+    "--train-candidates": ["--search.training_aware.candidates", "{}"],
+    "--train-steps": ["--search.training_aware.steps", "{}"],
     "--no-progress": ["--progress", "false"],
 }
 #: deprecated short spelling -> the one it stands for (a warning on stderr names it)

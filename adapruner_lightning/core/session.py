@@ -332,21 +332,32 @@ class PruningSession:
         """The masked model's score (with :meth:`compensation` ``compensation``) on the objective windows, higher is
         better: negative log perplexity, or with :meth:`set_objective` ``("kl")`` the negative mean KL divergence
         from the dense model."""
+        self._reference_ready()
+        with masked(self.layers, selection, compensation):
+            return self.score_model(self.model)
+
+    @torch.no_grad()
+    def score_model(self, model: nn.Module) -> float:
+        """``model``'s score on the objective windows as :meth:`score` computes it (``model``: this session's model
+        under masks, or a physically pruned copy of it, e.g. after a few training steps)."""
         from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 
+        self._reference_ready()
+        if self.objective_kind == "kl":
+            kl = kl_from_reference(model, self.objective_windows, self._reference, batch_size=self.batch_size)
+            return -kl if math.isfinite(kl) else float("nan")
+        ppl = evaluate_perplexity(model, self.objective_windows, batch_size=self.batch_size, progress=False)
+        return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
+
+    def _reference_ready(self) -> None:
+        """Check the objective windows exist; for the KL objective, compute the dense distributions once, before
+        any mask (the session's model is dense between candidates)."""
         if self.objective_windows is None:
             raise ConfigError("objective windows", None, "held-apart token windows to score candidates",
                               hint="pass objective_windows=... (disjoint from calibration and evaluation text)")
-        if self.objective_kind == "kl":
-            if self._reference is None:  # the dense distributions, once, before any mask
-                self._reference = dense_reference(self.model, self.objective_windows, top_k=self.kl_top_k,
-                                                  batch_size=self.batch_size)
-            with masked(self.layers, selection, compensation):
-                kl = kl_from_reference(self.model, self.objective_windows, self._reference, batch_size=self.batch_size)
-            return -kl if math.isfinite(kl) else float("nan")
-        with masked(self.layers, selection, compensation):
-            ppl = evaluate_perplexity(self.model, self.objective_windows, batch_size=self.batch_size, progress=False)
-        return -math.log(ppl) if math.isfinite(ppl) and ppl > 0 else float("nan")
+        if self.objective_kind == "kl" and self._reference is None:
+            self._reference = dense_reference(self.model, self.objective_windows, top_k=self.kl_top_k,
+                                              batch_size=self.batch_size)
 
     def set_objective(self, kind: str = "perplexity", top_k: int = 64) -> None:
         """Score candidates by ``kind``: ``"perplexity"`` (negative log perplexity of the objective windows) or

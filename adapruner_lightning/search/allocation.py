@@ -53,7 +53,7 @@ from adapruner_lightning.core.selection import (
     select_counts,
 )
 from adapruner_lightning.core.session import Candidate, PruningSession
-from adapruner_lightning.distributed import LOCAL, Collective, attempt
+from adapruner_lightning.distributed import LOCAL, Collective, spread
 from adapruner_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -294,17 +294,6 @@ class Fitness:
         self.fits = {key: fit for key, fit in self.fits.items() if counts.get(key[0]) == key[1]}
 
 
-def _spread(items: list[Counts], score: Callable[[Counts], float], collective: Collective) -> list[float]:
-    """``score`` of every item, each rank scoring items ``rank, rank + world_size, ...``; every rank gets all."""
-    if collective.world_size == 1:
-        return [score(c) for c in items]
-    mine = range(collective.rank, len(items), collective.world_size)
-    envelope = attempt(lambda: {i: score(items[i]) for i in mine}, collective.rank)
-    gathered = collective.all_gather(envelope)
-    collective.raise_if_failed(gathered)
-    return [next(e["value"][i] for e in gathered if i in e["value"]) for i in range(len(items))]
-
-
 def _rng(seed: int, generation: int) -> np.random.RandomState:
     return np.random.RandomState((seed * 1_000_003 + generation * 104_729 + 31) % (2**32 - 1))
 
@@ -325,7 +314,7 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
     flap = collective.run_on(0, lambda: _flap_counts(session))
     if flap is not None and budget.feasible(flap):
         seeds["flap"] = flap
-    seed_scores = dict(zip(seeds, _spread(list(seeds.values()), lambda c: fitness(c, "full"), collective)))
+    seed_scores = dict(zip(seeds, spread(list(seeds.values()), lambda c: fitness(c, "full"), collective)))
     name = max(seed_scores, key=lambda k: (seed_scores[k], k == "search"))
     parent, parent_score = seeds[name], seed_scores[name]
     improved = 0
@@ -335,9 +324,9 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
                             for _ in range(config.offspring)) if k is not None]
         if not kids:
             continue
-        low = _spread(kids, lambda c: fitness(c, "low"), collective)
+        low = spread(kids, lambda c: fitness(c, "low"), collective)
         top = [kids[i] for i in np.argsort(low, kind="stable")[::-1][:config.survivors]]
-        full = _spread(top, lambda c: fitness(c, "full"), collective)
+        full = spread(top, lambda c: fitness(c, "full"), collective)
         best = int(np.argmax(full))
         if full[best] > parent_score:
             parent, parent_score, improved = top[best], full[best], improved + 1

@@ -29,6 +29,7 @@ from adapruner_lightning.core.objective import ObjectiveKind
 from adapruner_lightning.core.reconstruction import RECONSTRUCTIONS
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.search.allocation import AllocationConfig
+from adapruner_lightning.search.training_aware import TrainingAwareConfig
 from adapruner_lightning.search.dimensions import Below, Dimension, where
 from adapruner_lightning.search.engines import SearchEngine
 
@@ -288,6 +289,9 @@ class SearchConfig:
         space: which dimensions are searched (:class:`SearchSpaceConfig`).
         allocation: the per-layer allocation stage after the search
             (:class:`~adapruner_lightning.search.allocation.AllocationConfig`; off while ``generations`` is 0).
+        training_aware: the training-aware selection stage between the two: the best few plans trained a few
+            steps and ranked again (:class:`~adapruner_lightning.search.training_aware.TrainingAwareConfig`; off
+            while ``candidates`` is 0).
 
     Example::
 
@@ -302,13 +306,13 @@ class SearchConfig:
     engine: SearchEngine = field(default_factory=SearchEngine)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    training_aware: TrainingAwareConfig = field(default_factory=TrainingAwareConfig)
 
     def __post_init__(self) -> None:
         check_non_negative("search.trials", self.trials)
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError("search.time_budget_s", self.time_budget_s, "a positive number of seconds or None")
-        for name, kind in (("data", SearchData), ("engine", SearchEngine), ("space", SearchSpaceConfig),
-                           ("allocation", AllocationConfig)):
+        for name, kind in _SECTIONS.items():
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"search.{name}", getattr(self, name), f"a {kind.__name__}",
                                   hint=f"pass {kind.__name__}(...) or use SearchConfig.of(...) with flat names")
@@ -319,24 +323,27 @@ class SearchConfig:
         ``init_points``, ``metrics`` ...), ``engine`` for ``engine.name``, and 0.1's ``search_<dim>`` names for
         the space's switches (``search_layer_ramp`` = ``space.layer_ramp``, ``search_subset_size`` =
         ``space.vary_num_samples``)."""
-        sections: dict[str, dict[str, Any]] = {"data": {}, "engine": {}, "space": {}, "allocation": {}}
+        sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
         for name, value in options.items():
             section, key = _FLAT.get(name, (None, name))
             if section is None and name not in _TOP:
                 raise ConfigError("SearchConfig option", name, f"one of {sorted([*_TOP, *_FLAT])}")
             (sections[section] if section else top)[key] = value
-        return cls(**top, data=SearchData(**sections["data"]), engine=SearchEngine(**sections["engine"]),
-                   space=SearchSpaceConfig(**sections["space"]), allocation=AllocationConfig(**sections["allocation"]))
+        return cls(**top, **{name: kind(**sections[name]) for name, kind in _SECTIONS.items()})
 
 
 _TOP = ("trials", "time_budget_s", "trace_path")
+#: SearchConfig's sections and their types
+_SECTIONS: dict[str, type] = {"data": SearchData, "engine": SearchEngine, "space": SearchSpaceConfig,
+                              "allocation": AllocationConfig, "training_aware": TrainingAwareConfig}
 _FLAT: dict[str, tuple[str, str]] = {
     **{f.name: ("data", f.name) for f in fields(SearchData)},
     **{f.name: ("engine", f.name) for f in fields(SearchEngine) if f.name != "name"},
     "engine": ("engine", "name"),
     **{f.name: ("space", f.name) for f in fields(SearchSpaceConfig)},
     **{f.name: ("allocation", f.name) for f in fields(AllocationConfig)},
+    **{f"train_{f.name}": ("training_aware", f.name) for f in fields(TrainingAwareConfig)},
     **{f"search_{n}": ("space", n) for n in ("keep_layers", "layer_ramp", "attn_share", "scope", "reconstruction",
                                              "bias_compensation")},
     "search_subset_size": ("space", "vary_num_samples"),

@@ -27,6 +27,7 @@ from adapruner_lightning.distributed import LOCAL, Collective, attempt
 from adapruner_lightning.errors import ConfigError, SearchFailed
 from adapruner_lightning.progress import make_progress, progress_enabled
 from adapruner_lightning.search.allocation import check_block_removal, refine_allocation
+from adapruner_lightning.search.training_aware import select_after_training, top_plans
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.space import SearchSpace
 from adapruner_lightning.search.stop import raise_if_stopped, stop_reason
@@ -81,6 +82,8 @@ class SearchResult:
         chosen["samples"] = len(self.plan.provenance.get("subset", []))
         if "allocation" in self.extra:
             chosen["allocation"] = {k: self.extra["allocation"].get(k) for k in ("generations", "offspring")}
+        if "training_aware" in self.extra:
+            chosen["training_aware"] = {k: self.extra["training_aware"].get(k) for k in ("candidates", "steps")}
         return {"trials": len(self.trials), "failed": sum(t.status != "ok" for t in self.trials),
                 "plans_scored": self.plans_scored, "trials_saved": self.trials_saved, "exhausted": self.exhausted,
                 "best_trial": None if self.best is None else self.best.trial,
@@ -197,7 +200,10 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     ok = [t for t in done if t.status == "ok"]
     if not ok:
         raise SearchFailed(f"all {len(done)} trials failed; last error: {done[-1].error if done else 'no trial ran'}")
-    best = max(ok, key=lambda t: (t.score, -t.trial))
+    best, extra = max(ok, key=lambda t: (t.score, -t.trial)), {}
+    if config.training_aware.candidates and len(top_plans(done, 2)) > 1:  # the best few, ranked after training
+        best, extra["training_aware"] = select_after_training(session, space.candidate, done, config.training_aware,
+                                                              seed=seed, collective=collective)
     signature = trace_signature(problem)
     saved = sum(t.repeat_of is not None for t in done)
     found = {"engine": config.engine.name, "trial": best.trial, "score": best.score, "trials": len(done),
@@ -207,7 +213,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
         log.info("search: %d distinct plans scored in %d proposals, %d repeated plans registered at no cost%s",
                  distinct_plans(done), len(done), saved, " (the space is exhausted)" if exhausted else "")
     owner = best.rank if best.trial in fresh else 0  # the scored selection lives on the rank that scored it
-    candidate, chosen, extra = space.candidate(best.params), best.selection, {}
+    candidate, chosen = space.candidate(best.params), best.selection
     if config.allocation.generations and not session.uniform:  # then where to cut, with the best's scoring
         seed_selection = collective.run_on(owner, lambda: chosen if chosen is not None else session.select(candidate))
         refined = refine_allocation(session, candidate, seed_selection, config.allocation, seed=seed,
