@@ -17,6 +17,7 @@ Variants at each ratio of total parameters, scored under masks with the plan's r
     python benchmarks/selection.py            # 20, 30, 40 % (about 15 min on one shared core)
     python benchmarks/selection.py --search-seeds 3   # and the default search (16 trials) at each ratio and seed
     python benchmarks/selection.py --search-seeds 3 --generations 16   # and the search + the allocation stage
+    python benchmarks/selection.py --search-seeds 1 --train-candidates 4 --defaults cold kl fixed-scope
 
 The default search (``--search-seeds``) runs from a fresh copy of the dense weights, its plan applied physically
 with its least-squares statistics (what is exported), and is scored on the same development windows. With
@@ -31,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -75,10 +78,17 @@ STAGES = {
         lambda a: {"generations": a.generations, "offspring": a.offspring}, lambda a: a.generations > 0),
     "default search + allocation, blocks (seed {})": (
         lambda a: {"generations": a.generations, "offspring": a.offspring, "block_removal": True},
-        lambda a: a.generations > 0),
+        lambda a: a.generations > 0 and a.block_removal),
     "default search + training-aware (seed {})": (
         lambda a: {"train_candidates": a.train_candidates, "train_steps": a.train_steps},
         lambda a: a.train_candidates > 0),
+}
+#: the search with one default changed (``--defaults``): variant -> (name, SearchConfig options); each keeps its
+#: own trace (a different search problem)
+DEFAULTS = {
+    "cold": ("search, cold start (seed {})", {"warm_start": []}),
+    "kl": ("search, KL objective (seed {})", {"objective": "kl"}),
+    "fixed-scope": ("search, scope not searched (seed {})", {"scope": False}),
 }
 #: the recovery the training-aware cells compare plans after (the recipe's: full fine-tuning, LM loss, 30 steps)
 RECOVERY, RECOVERY_STEPS = "full-lm", 30
@@ -127,6 +137,8 @@ class Bench:
         chose = "/".join(str(result.plan.provenance.get(k)) for k in ("metric", "scope", "reconstruction"))
         row = {"dev_ppl": self.dev_ppl(model), "objective_ppl": math.exp(-result.best.score),
                "search_seconds": result.seconds, "chose": chose}
+        if (stage or {}).get("objective") == "kl":
+            row["objective_ppl"] = None  # its score is the KL, not a perplexity
         if "training_aware" in result.extra:
             info = row["training_aware"] = {k: v for k, v in result.extra["training_aware"].items()}
             row["recovered_dev_ppl"] = self.recovered_ppl(model, seed)
@@ -159,23 +171,37 @@ class Bench:
                 "select_seconds": seconds}
 
 
+def _family(variant: str) -> str:
+    """A searched variant's name without its seed."""
+    return variant.rsplit(" (seed", 1)[0]
+
+
 def table(data: dict) -> str:
-    """Dev perplexity per variant and ratio, its ratio to FLAP + lstsq's, and that ratio on the objective windows."""
-    get = {(r["ratio"], r["variant"]): r["dev_ppl"] for r in data["rows"]}
-    objective = {(r["ratio"], r["variant"]): r.get("objective_ppl") for r in data["rows"]}
+    """Dev perplexity per variant and ratio, its ratio to FLAP + lstsq's, and that ratio on the objective windows;
+    a searched variant's row is its mean over seeds (± the spread across seeds when there are several)."""
     ratios = sorted({r["ratio"] for r in data["rows"] if r["ratio"] > 0})
+    base = {r["ratio"]: r for r in data["rows"] if r["variant"] == "flap + lstsq"}
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for r in data["rows"]:
+        if r["ratio"] > 0:
+            groups.setdefault((r["ratio"], _family(r["variant"])), []).append(r)
     lines = ["| variant | " + " | ".join(f"{r:.0%}: dev ppl | x lstsq | objective x lstsq" for r in ratios) + " |",
              "|---" + "|---:|---:|---:" * len(ratios) + "|"]
-    searched = sorted({r["variant"] for r in data["rows"] if r["variant"].startswith("default search")})
-    for variant in [*VARIANTS, *searched]:
+    families = [*VARIANTS, *sorted({_family(r["variant"]) for r in data["rows"] if " (seed " in r["variant"]})]
+    for family in families:
         cells = []
-        for r in ratios:
-            ppl, base = get.get((r, variant)), get.get((r, "flap + lstsq"))
-            obj, obj_base = objective.get((r, variant)), objective.get((r, "flap + lstsq"))
-            cells.append((f"{ppl:.2f} | {ppl / base:.3f}" if ppl and base else "- | -")
-                         + (f" | {obj / obj_base:.3f}" if obj and obj_base else " | -"))
-        chose = sorted({r["chose"] for r in data["rows"] if r["variant"] == variant and "chose" in r})
-        lines.append(f"| {variant}{' → ' + ', '.join(chose) if chose else ''} | " + " | ".join(cells) + " |")
+        for ratio in ratios:
+            rows, b = groups.get((ratio, family), []), base.get(ratio)
+            if not rows or not b:
+                cells.append("- | - | -")
+                continue
+            ppl = [r["dev_ppl"] for r in rows]
+            spread = f" ± {statistics.stdev(ppl):.2f} (n={len(ppl)})" if len(ppl) > 1 else ""
+            obj = [r["objective_ppl"] for r in rows if r.get("objective_ppl")]
+            cells.append(f"{statistics.mean(ppl):.2f}{spread} | {statistics.mean(ppl) / b['dev_ppl']:.3f} | "
+                         + (f"{statistics.mean(obj) / b['objective_ppl']:.3f}" if len(obj) == len(rows) else "-"))
+        chose = sorted({r["chose"] for r in data["rows"] if _family(r["variant"]) == family and "chose" in r})
+        lines.append(f"| {family}{' → ' + ', '.join(chose) if chose else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -213,13 +239,36 @@ def render(data: dict) -> str:
     m = data["machine"]
     dense = next((r["dev_ppl"] for r in data["rows"] if r["variant"] == "dense"), float("nan"))
     return ("# Which units to remove once the kept weights are repaired — development data only\n\n"
-            f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Command: `{m['command']}`. Embedded "
+            f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Commands: "
+            f"{', '.join(f'`{c}`' for c in data.get('commands', [m['command']]))}. Embedded "
             f"SmolLM2-135M (float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = their {DEV} "
             f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
             "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair; "
             "objective x lstsq: the same ratio on the search's 8 objective windows (what a search ranks by).\n\n"
             + table(data) + "\n" + (f"\n## The stages after the search (paired by seed)\n\n{stages}\n"
                                      if (stages := stage_table(data)) else ""))
+
+
+def _finished(path: Path, ratio: float, variant: str) -> bool:
+    """Whether the results file on disk holds the cell (another run may have written it since this one began)."""
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    return any((r["ratio"], r["variant"]) == (ratio, variant) and ("objective_ppl" in r or variant == "dense")
+               for r in rows)
+
+
+def _save(path: Path, row: dict, machine: dict) -> dict:
+    """Add ``row`` to the results file as it is on disk now (other runs may write beside this one, each holding
+    the lock while it reads and writes), record this run's command, rewrite the .md; return the data."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+        data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) != (row["ratio"], row["variant"])]
+        data["rows"].append({**row, "date": machine["date"]})
+        data["commands"] = sorted({*data.get("commands", []), machine["command"]})
+        data["machine"] = machine
+        write_text_atomic(path, json.dumps(data, indent=1))
+        write_text_atomic(path.with_suffix(".md"), render(data))
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, default=0,
                    help="also run each search followed by the allocation stage of this many generations")
     p.add_argument("--offspring", type=int, default=8, help="the allocation stage's offspring per generation")
+    p.add_argument("--block-removal", action="store_true", help="and the stage with whole-block removal too")
     p.add_argument("--train-candidates", type=int, default=0,
                    help="also run each search followed by the training-aware stage over this many plans")
     p.add_argument("--train-steps", type=int, default=10, help="the training-aware stage's steps per plan")
+    p.add_argument("--defaults", nargs="*", default=[], choices=list(DEFAULTS),
+                   help="also run the search with one default changed, at each search ratio and seed: the warm start "
+                        "off, the KL objective, the scope not searched")
     p.add_argument("--traces", default=str(RESULTS.parent / "selection_traces"),
                    help="directory of the searches' traces (the allocation cells resume them)")
     p.add_argument("--out", default=str(RESULTS))
@@ -247,24 +300,24 @@ def main(argv: list[str] | None = None) -> int:
     for r in args.search_ratios or args.ratios:
         for seed in range(args.search_seeds):
             cells += [(r, SEARCH.format(seed))] + [(r, v.format(seed)) for v, (_, on) in STAGES.items() if on(args)]
+            cells += [(r, DEFAULTS[d][0].format(seed)) for d in args.defaults]
     for ratio, variant in cells:
-        if (ratio, variant) in done:
+        if (ratio, variant) in done or _finished(path, ratio, variant):  # here, or by a run beside this one
             continue
         bench = bench or Bench()
         if variant == "dense":
             row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
-        elif variant.startswith("default search"):
+        elif variant.startswith(("default search", "search, ")):
             seed = int(variant.split()[-1].rstrip(")"))
             options = next((opts(args) for v, (opts, _) in STAGES.items() if v.format(seed) == variant), None)
-            row = bench.search(ratio, seed, Path(args.traces) / f"r{ratio}_s{seed}.jsonl", options)
+            changed = next((d for d, (v, _) in DEFAULTS.items() if v.format(seed) == variant), None)
+            trace = Path(args.traces) / f"r{ratio}_s{seed}{'_' + changed if changed else ''}.jsonl"
+            row = bench.search(ratio, seed, trace, DEFAULTS[changed][1] if changed else options)
         else:
             row = bench.cell(ratio, variant)
-        data["rows"].append({"ratio": ratio, "variant": variant, **row})
-        data["machine"] = machine_info(torch.device("cpu"))
+        data = _save(path, {"ratio": ratio, "variant": variant, **row}, machine_info(torch.device("cpu")))
         print(json.dumps(data["rows"][-1]), flush=True)
-        write_text_atomic(path, json.dumps(data, indent=1))
-        write_text_atomic(path.with_suffix(".md"), render(data))
-    print(render(data))
+    print(render(json.loads(path.read_text())))
     return 0
 
 
