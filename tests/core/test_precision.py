@@ -18,16 +18,19 @@ def test_check_model_never_changes_a_half_precision_model(dtype):
     assert {p.dtype for p in model.parameters()} == {dtype}
 
 
-def test_bf16_model_stays_bf16_through_statistics_and_pruning_and_matches_float32():
-    """Gradient and activation statistics of a bf16 model on the CPU, in float32 accumulators: the model keeps its
-    dtype, and the selected groups agree with the float32 model's on most units."""
+@pytest.mark.parametrize(("metric", "reconstruction"), [("taylor", "none"), ("obs", "lstsq")])
+def test_bf16_model_stays_bf16_through_statistics_and_pruning_and_matches_float32(metric, reconstruction):
+    """Gradient, activation and Gram statistics of a bf16 model on the CPU, in float32 accumulators: the model keeps
+    its dtype, and the selected groups agree with the float32 model's on most units (``obs``: the pool's
+    covariance inverted in float32 from a bf16 model's activations)."""
     reference = tiny("llama", layers=4)
     half = tiny("llama", layers=4).to(torch.bfloat16)
     half.load_state_dict({k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()})
     pool = tokens(6, 16)
     plans = {}
     for name, model in (("f32", reference), ("bf16", half)):
-        plans[name] = prune(model, metric="taylor", calibration=pool, target_ratio=0.25, num_samples=6, progress=False)
+        plans[name] = prune(model, metric=metric, reconstruction=reconstruction, calibration=pool, target_ratio=0.25,
+                            num_samples=6, progress=False)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     kept = lambda plan: {(lp.index, c) for lp in plan.layers for c in lp.channels_removed}  # noqa: E731
     overlap = len(kept(plans["f32"]) & kept(plans["bf16"])) / max(1, len(kept(plans["f32"])))
