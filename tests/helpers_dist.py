@@ -53,3 +53,33 @@ def launch_ranks(script: Path, *args: object, world_size: int, timeout: float) -
         pytest.fail(f"{script.name} {args} did not finish within {timeout}s; outputs:\n" +
                     "\n".join(f"--- rank {r}\n{res.stdout[-3000:]}" for r, res in enumerate(results)))
     return results
+
+
+def rank_results(script: Path, tmp_path: Path, marker: str, *args: object, timeout: float = 240) -> dict[int, list]:
+    """Run ``script OUT *args`` on one rank and on two; each rank must print ``[rank r] <marker>`` and write
+    ``OUT/rank{r}.json``. Returns ``{world_size: [each rank's JSON]}``."""
+    import json
+
+    results = {}
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        for rank, run in enumerate(launch_ranks(script, out, *args, world_size=world, timeout=timeout)):
+            assert run.returncode == 0 and f"[rank {rank}] {marker}" in run.stdout, run.stdout[-3000:]
+        results[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    return results
+
+
+def join_ranks(timeout_s: int = 120):
+    """In a rank script: one torch thread, the gloo group of env ``RANK``/``WORLD_SIZE`` (none on one rank), and
+    its :class:`~adapruner_lightning.distributed.Collective`."""
+    from datetime import timedelta
+
+    import torch
+
+    from adapruner_lightning.distributed import Collective
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    return Collective.current()

@@ -4,7 +4,6 @@ split its evaluations and end with the counts of one process."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from adapruner_lightning.search.allocation import AllocationConfig, Budget, Fitn
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.runner import run_search
 from helpers_core import SMALL, small_session
-from helpers_dist import launch_ranks
+from helpers_dist import rank_results
 
 SCRIPT = Path(__file__).parent / "scripts" / "allocation_ranks.py"
 
@@ -164,13 +163,7 @@ def test_bad_allocation_options_are_refused(options, match):
 
 
 def test_two_ranks_split_the_evaluations_and_end_with_one_process_counts(tmp_path):
-    results = {}
-    for world in (1, 2):
-        out = tmp_path / f"w{world}"
-        runs = launch_ranks(SCRIPT, out, 2, world_size=world, timeout=240)
-        for rank, run in enumerate(runs):
-            assert run.returncode == 0 and f"[rank {rank}] ALLOCATION_OK" in run.stdout, run.stdout[-3000:]
-        results[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    results = rank_results(SCRIPT, tmp_path, "ALLOCATION_OK", 2)
     (one,), (r0, r1) = results[1], results[2]
     assert r0 == r1  # every rank holds the same result
     for result in (r0, one):  # the work done differs (each rank memoises what it scored), the outcome does not

@@ -5,7 +5,6 @@ records what it did in the plan, and two gloo ranks split the plans and end with
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from adapruner_lightning.search.training_aware import (
     top_plans,
 )
 from helpers_core import SMALL, make_tiny_model, small_session
-from helpers_dist import launch_ranks
+from helpers_dist import rank_results
 
 SCRIPT = Path(__file__).parent / "scripts" / "training_aware_ranks.py"
 
@@ -113,13 +112,7 @@ def test_bad_training_aware_options_are_refused(options, match):
 
 
 def test_two_ranks_split_the_plans_and_end_with_one_process_choice(tmp_path):
-    results = {}
-    for world in (1, 2):
-        out = tmp_path / f"w{world}"
-        runs = launch_ranks(SCRIPT, out, world_size=world, timeout=240)
-        for rank, run in enumerate(runs):
-            assert run.returncode == 0 and f"[rank {rank}] TRAINING_AWARE_OK" in run.stdout, run.stdout[-3000:]
-        results[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    results = rank_results(SCRIPT, tmp_path, "TRAINING_AWARE_OK")
     (one,), (r0, r1) = results[1], results[2]
     assert r0 == r1 and r0["stage"]["trials"] == one["stage"]["trials"] and r0["layers"] == one["layers"]
     assert r0["stage"]["after"] == pytest.approx(one["stage"]["after"], abs=1e-5)

@@ -8,30 +8,24 @@ Usage: python allocation_ranks.py OUT GENERATIONS
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
-from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
 
 from adapruner_lightning.core.session import Candidate  # noqa: E402
-from adapruner_lightning.distributed import Collective  # noqa: E402
 from adapruner_lightning.search.allocation import AllocationConfig, refine_allocation  # noqa: E402
+from helpers_dist import join_ranks  # noqa: E402
 from helpers_core import small_session  # noqa: E402
 
 
 def main() -> None:
     out, generations = Path(sys.argv[1]), int(sys.argv[2])
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    if world > 1:
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
-    collective = Collective.current()
+    collective = join_ranks()
+    rank = collective.rank
     session = small_session()
     session.collective = collective
     candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="lstsq")

@@ -8,29 +8,23 @@ Usage: python training_aware_ranks.py OUT
 from __future__ import annotations
 
 import json
-import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
 
-from adapruner_lightning.distributed import Collective  # noqa: E402
 from adapruner_lightning.search.config import SearchConfig  # noqa: E402
 from adapruner_lightning.search.runner import run_search  # noqa: E402
+from helpers_dist import join_ranks  # noqa: E402
 from helpers_core import SMALL, small_session  # noqa: E402
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
-    if world > 1:
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
-    collective = Collective.current()
+    collective = join_ranks()
+    rank = collective.rank
     session = small_session()
     session.collective = collective
     config = SearchConfig.of(**{**SMALL, "trials": 4, "train_candidates": 3, "train_steps": 2})
