@@ -25,6 +25,26 @@ _RECONSTRUCTION = {"none": "none", "bias": "FLAP's bias compensation (the remove
                             "on the calibration pool, with a bias)"}
 
 
+def _stages(plan: PruningPlan) -> list[str]:
+    """What the search did after its trials (the training-aware selection, the allocation stage) and the whole
+    blocks the plan removes."""
+    provenance, lines = plan.provenance or {}, []
+    trained = provenance.get("training_aware")
+    if trained:
+        lines.append(f"- training-aware selection: the search's {len(trained['trials'])} best plans trained "
+                     f"{trained['steps']} steps each on the calibration pool, trial {trained['chose']} kept")
+    allocation = provenance.get("allocation")
+    if allocation:
+        lines.append(f"- per-layer allocation: {allocation['generations']} generations of "
+                     f"{allocation['offspring']} offspring, KL from the dense model {allocation['kl']:.4f}")
+    blocks = plan.removed_blocks
+    for kind in ("attention", "mlp"):
+        if blocks[kind]:
+            lines.append(f"- whole {'attention' if kind == 'attention' else 'MLP'} blocks removed: layers "
+                         f"{', '.join(map(str, blocks[kind]))}")
+    return lines
+
+
 def _quality(report: dict[str, Any]) -> list[str]:
     rows = quality_table(report.get("quality") or {})
     if not rows:
@@ -60,7 +80,7 @@ def model_card(plan: PruningPlan, *, base_model: str | None = None, report: dict
              f"- parameters: {plan.params_before:,} before, {plan.params_after:,} after "
              f"({plan.achieved_ratio:.1%} removed, target {plan.target_ratio:.0%} of the {plan.ratio_basis} count)",
              f"- plan: {'uniform' if plan.is_uniform else 'non-uniform (layers differ in width)'}"
-             + (f"; {method}" if method else ""), "", "## What was removed", "", *_removed(plan), "",
+             + (f"; {method}" if method else ""), "", "## What was removed", "", *_removed(plan), *_stages(plan), "",
              "## Per-layer widths", "", *widths_table(plan, grouped=False), "", "## Measured quality", "",
              *_quality(report or {}), "", "## How to load", "", *_loading(plan, name), ""]
     return "\n".join(lines)

@@ -148,3 +148,16 @@ def test_the_allocation_stage_runs_after_the_search_when_asked(tmp_path, tiny_lm
                           "--generations", "1", "--offspring", "2")) == 0
     allocation = json.loads((out / "pruning_plan.json").read_text())["provenance"]["allocation"]
     assert allocation["generations"] == 1 and allocation["offspring"] == 2 and allocation["counts"]
+
+
+def test_the_training_aware_stage_runs_after_the_search_when_asked(tmp_path, tiny_lm_dir, text_dir):
+    from adapruner_lightning.cli.prune import parse
+
+    assert parse(["--out", "x"]).search.training_aware.candidates == 0  # off by default
+    assert parse(["--out", "x", "--train-candidates", "3", "--train-steps", "2"]).search.training_aware.steps == 2
+    out = tmp_path / "trained"
+    assert cli.main(_tiny(tiny_lm_dir, text_dir, out, "--trials", "3", "--objective-seq-len", "32",
+                          "--train-candidates", "2", "--train-steps", "1")) == 0
+    stage = json.loads((out / "pruning_plan.json").read_text())["provenance"]["training_aware"]
+    assert stage["candidates"] == 2 and stage["steps"] == 1 and stage["chose"] in stage["trials"]
+    assert cli.main(["prune", "--train-candidates", "1", "--out", str(tmp_path / "x")]) == 2  # one line, no traceback
