@@ -89,6 +89,7 @@ DEFAULTS = {
     "cold": ("search, cold start (seed {})", {"warm_start": []}),
     "kl": ("search, KL objective (seed {})", {"objective": "kl"}),
     "fixed-scope": ("search, scope not searched (seed {})", {"scope": False}),
+    "no-lstsq": ("search, no least squares (seed {})", {"reconstructions": ["none", "bias"]}),
 }
 #: the recovery the training-aware cells compare plans after (the recipe's: full fine-tuning, LM loss, 30 steps)
 RECOVERY, RECOVERY_STEPS = "full-lm", 30
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=10, help="the training-aware stage's steps per plan")
     p.add_argument("--defaults", nargs="*", default=[], choices=list(DEFAULTS),
                    help="also run the search with one default changed, at each search ratio and seed: the warm start "
-                        "off, the KL objective, the scope not searched")
+                        "off, the KL objective, the scope not searched, no least-squares repair in the space")
     p.add_argument("--traces", default=str(RESULTS.parent / "selection_traces"),
                    help="directory of the searches' traces (the allocation cells resume them)")
     p.add_argument("--out", default=str(RESULTS))
