@@ -36,7 +36,7 @@ def tokens(n: int = 4, length: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 SMALL = dict(trials=6, init_points=3, pool_size=12, max_keep_first=1, max_keep_last=1,
-             metrics=["taylor_vector", "wanda_sp", "magnitude_l2"])
+             metrics=["taylor_vector", "wanda_sp", "magnitude_l2"], generations=0)
 
 
 def small_session(seed: int = 0, pool_seed: int = 123, target_ratio: float = 0.2, **cfg) -> PruningSession:
@@ -50,7 +50,7 @@ def small_session(seed: int = 0, pool_seed: int = 123, target_ratio: float = 0.2
 
 
 SMALL_SEARCH = dict(trials=3, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,
-                    max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "wanda_sp"])
+                    max_keep_first=1, max_keep_last=1, metrics=["taylor_vector", "wanda_sp"], generations=0)
 
 
 

@@ -64,7 +64,7 @@ FLAP_POINT = dict(metric="flap_reference", reducer="sum", scope="standardized")
 
 @dataclass
 class AllocationConfig:
-    """The per-layer allocation stage (off while ``generations`` is 0).
+    """The per-layer allocation stage (on by default: 16 generations; off while ``generations`` is 0).
 
     Args:
         generations: rounds of the (1 + lambda) evolution after the Bayesian search (0: no stage).
@@ -78,7 +78,7 @@ class AllocationConfig:
             ``prune_attention``.
     """
 
-    generations: int = 0
+    generations: int = 16
     offspring: int = 8
     survivors: int = 2
     low_windows: int = 2
