@@ -390,9 +390,18 @@ def selection(root: Path) -> str:
     return bench.table(_json(root, "selection.json"))
 
 
+def selection_stages(root: Path) -> str:
+    """The search alone against the search followed by each stage, paired by ratio and seed, on development windows
+    (``selection.json``; the stage table ``benchmarks/selection.py`` writes)."""
+    import selection as bench
+
+    return bench.stage_table(_json(root, "selection.json"))
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
         quality_protocol, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
-        metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection)
+        metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
+        selection_stages)
 }

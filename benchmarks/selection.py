@@ -17,13 +17,16 @@ Variants at each ratio of total parameters, scored under masks with the plan's r
     python benchmarks/selection.py            # 20, 30, 40 % (about 15 min on one shared core)
     python benchmarks/selection.py --search-seeds 3   # and the default search (16 trials) at each ratio and seed
     python benchmarks/selection.py --search-seeds 3 --generations 16   # and the search + the allocation stage
-    python benchmarks/selection.py --search-seeds 1 --train-candidates 4 --defaults cold kl fixed-scope
+    python benchmarks/selection.py --search-seeds 1 --train-candidates 4 --defaults cold kl fixed-scope no-lstsq
 
-The default search (``--search-seeds``) runs from a fresh copy of the dense weights, its plan applied physically
-with its least-squares statistics (what is exported), and is scored on the same development windows. With
-``--generations`` the same search is followed by the per-layer allocation stage (``search.allocation``, KL
-fitness on the objective windows), without and with whole-block removal: these cells resume the search's trace
-(``--traces``), so they pay only for the stage, and the three rows of a seed differ only by it.
+The "default search" rows (``--search-seeds``) are the library's default Bayesian search alone (its stages off:
+``generations=0``), run from a fresh copy of the dense weights, the plan applied physically with its least-squares
+statistics (what is exported) and scored on the same development windows. With ``--generations`` the same search
+is followed by the per-layer allocation stage (``search.allocation``, KL fitness on the objective windows; on by
+default since these rows chose it), with ``--block-removal`` also with whole-block removal, with
+``--train-candidates`` by the training-aware stage: these cells resume the search's trace (``--traces``), so they
+pay only for the stage, and the rows of a seed differ only by it. ``--defaults`` runs the search alone with one
+default changed (warm start off, KL objective, scope not searched, no least squares), each on its own trace.
 
 Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished cells).
 """
@@ -70,7 +73,8 @@ VARIANTS = {
     "obs global + lstsq": (dict(metric="obs", reducer="sum", scope="global"), "lstsq", False),
     "flap counts, obs ranking + lstsq": (dict(metric="obs", reducer="sum", scope="layerwise"), "lstsq", True),
 }
-#: the library's default search (``SearchConfig()``: 16 trials, warm-started), applied physically as exported
+#: the library's default Bayesian search (``SearchConfig(allocation=AllocationConfig(generations=0))``: 16 trials,
+#: warm-started, without the stages that follow it), applied physically as exported
 SEARCH = "default search (seed {})"
 #: the same search followed by a stage: variant -> (its SearchConfig options from the arguments; whether it runs)
 STAGES = {
@@ -120,7 +124,8 @@ class Bench:
         session = PruningSession(model, PruningConfig(target_ratio=ratio, seed=seed), self.splits.pool,
                                  objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
                                  progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams)
-        result = run_search(session, SearchConfig.of(**(stage or {})), seed=seed, progress=False, trace_path=trace)
+        options = {"generations": 0, **(stage or {})}  # the Bayesian search alone unless a stage is asked for
+        result = run_search(session, SearchConfig.of(**options), seed=seed, progress=False, trace_path=trace)
         return apply_plan(model, result.plan, refit=result.refit), result
 
     def dev_ppl(self, model: torch.nn.Module) -> float:
@@ -221,8 +226,12 @@ def stage_table(data: dict) -> str:
         stage = variant.split("(")[0].replace("default search + ", "").strip()
         if "allocation" in row:
             a = row["allocation"]
-            detail = (f"KL {a['kl_seeds'][a['start']]:.4f} ({a['start']}) → {a['kl']:.4f}, {a['improvements']} steps up"
-                      + (f", blocks removed {a['removed_blocks']}" if a.get("removed_blocks") else ""))
+            blocks = a.get("removed_blocks")
+            removed = "" if blocks is None else (", whole blocks: " + "; ".join(
+                f"{kind} of layers {', '.join(map(str, layers))}" for kind, layers in blocks.items() if layers)
+                if any(blocks.values()) else ", no whole block removed")
+            detail = (f"KL {a['kl_seeds'][a['start']]:.4f} ({a['start']}) → {a['kl']:.4f}, "
+                      f"{a['improvements']} steps up{removed}")
             seconds = a["seconds"]
         else:
             t = row["training_aware"]
