@@ -109,6 +109,12 @@ def quality_protocol(root: Path) -> str:
     return qt.side_by_side(complete, "flap")
 
 
+def quality_gemma(root: Path) -> str:
+    """Gemma-3-270M (a second family, BOS): the same development / evaluation table (``quality_gemma/``)."""
+    rows = _cells(root, "quality_gemma")
+    return qt.side_by_side([r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")], "flap")
+
+
 def quality_protocol_tasks(root: Path) -> str:
     """Per task, evaluation role, paired with FLAP."""
     rows = [r for r in _cells(root, "quality_protocol") if qt.has_role(r, "test")]
@@ -400,7 +406,7 @@ def selection_stages(root: Path) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
-        quality_protocol, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
+        quality_protocol, quality_gemma, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
         selection_stages)
