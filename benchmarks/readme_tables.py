@@ -404,10 +404,17 @@ def selection_stages(root: Path) -> str:
     return bench.stage_table(_json(root, "selection.json"))
 
 
+def selection_ablation(root: Path) -> str:
+    """Each new part of the search switched off in turn, on development windows (``selection.json``)."""
+    import selection as bench
+
+    return bench.ablation_table(_json(root, "selection.json"))
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
         quality_protocol, quality_gemma, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
-        selection_stages)
+        selection_stages, selection_ablation)
 }

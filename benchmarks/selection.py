@@ -211,6 +211,47 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+#: the ablation: row label -> the searched variant family it reads
+ABLATION = {
+    "default: search + allocation stage": "default search + allocation",
+    "allocation stage off (the search alone)": "default search",
+    "allocation stage and least squares off": "search, no least squares",
+    "allocation stage off, training-aware stage on": "default search + training-aware",
+    "FLAP's selection + least squares (no search)": "flap + lstsq",
+    "FLAP's reference procedure (bias)": "flap + bias",
+}
+
+
+def _seed(variant: str) -> int | None:
+    """The seed in a searched variant's name (None: a fixed selection)."""
+    return int(variant.rsplit(" ", 1)[-1].rstrip(")")) if " (seed " in variant else None
+
+
+def ablation_table(data: dict) -> str:
+    """Each new part switched off in turn: mean dev ppl over the seeds the default was run with (n; a fixed
+    selection has one value) and its ratio to the default's mean over the same seeds."""
+    ratios = sorted({r["ratio"] for r in data["rows"] if r["ratio"] > 0})
+    ppl: dict[tuple[float, str], dict[int | None, float]] = {}
+    for r in data["rows"]:
+        ppl.setdefault((r["ratio"], _family(r["variant"])), {})[_seed(r["variant"])] = r["dev_ppl"]
+    lines = ["| variant | " + " | ".join(f"{r:.0%}: dev ppl (n) | x default" for r in ratios) + " |",
+             "|---" + "|---:|---:" * len(ratios) + "|"]
+    first = next(iter(ABLATION.values()))
+    for label, family in ABLATION.items():
+        cells = []
+        for ratio in ratios:
+            default, mine = ppl.get((ratio, first), {}), ppl.get((ratio, family), {})
+            seeds = [s for s in default if s in mine] if None not in mine else list(default)
+            if not seeds:
+                cells.append("- | -")
+                continue
+            values = [mine[s] for s in seeds] if None not in mine else [mine[None]]
+            ratio_text = statistics.mean(values) / statistics.mean(default[s] for s in seeds)
+            cells.append(f"{statistics.mean(values):.2f} ({len(values)}) | {ratio_text:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def stage_table(data: dict) -> str:
     """Per ratio and seed: the search alone against the search followed by each stage (dev ppl; the allocation
     stage's KL on the objective windows from its start to its end; the training-aware stage's pick and both plans
