@@ -289,9 +289,10 @@ class Fitness:
                 self.fits[(i, c)] = refit.layer_fits(self.session.layers[i], selection[i], scoring=True)
         return Fits({i: self.fits[(i, c)] for i, c in counts.items() if self.fits[(i, c)]})
 
-    def keep_fits(self, counts: Counts) -> None:
-        """Drop the cached fits that ``counts`` (the parent) does not use (bounds the cache to one model's fits)."""
-        self.fits = {key: fit for key, fit in self.fits.items() if counts.get(key[0]) == key[1]}
+    def keep_fits(self, *kept: Counts) -> None:
+        """Drop the cached fits that none of ``kept`` (the parent, and the survivors about to be scored again) uses:
+        the cache holds the parent's fits plus a few layers of each survivor, not every offspring's."""
+        self.fits = {key: fit for key, fit in self.fits.items() if any(c.get(key[0]) == key[1] for c in kept)}
 
 
 def _rng(seed: int, generation: int) -> np.random.RandomState:
@@ -326,6 +327,7 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
             continue
         low = spread(kids, lambda c: fitness(c, "low"), collective)
         top = [kids[i] for i in np.argsort(low, kind="stable")[::-1][:config.survivors]]
+        fitness.keep_fits(parent, *top)  # the other offspring's fits are not read again
         full = spread(top, lambda c: fitness(c, "full"), collective)
         best = int(np.argmax(full))
         if full[best] > parent_score:
