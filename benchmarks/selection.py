@@ -310,7 +310,7 @@ def _finished(path: Path, ratio: float, variant: str) -> bool:
 def _save(path: Path, row: dict, machine: dict) -> dict:
     """Add ``row`` to the results file as it is on disk now (other runs may write beside this one, each holding
     the lock while it reads and writes), record this run's command, rewrite the .md; return the data."""
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(path.with_suffix(".lock"), "a") as lock:  # never truncates a file of that name
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.exists() else {"rows": []}
         data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) != (row["ratio"], row["variant"])]
