@@ -7,6 +7,7 @@ so no script imports another through it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as _dt
 import gc
@@ -200,6 +201,58 @@ def write_results(out_dir: Path, name: str, result: dict[str, Any], text: str) -
     json_path.write_text(json.dumps(result, indent=1, default=str))
     print(text)
     return md_path, json_path
+
+
+@contextlib.contextmanager
+def claimed(directory: Path, key: str):
+    """Yield whether this process may run the work named ``key``: ``True`` once it created ``<directory>/<key>.claim``
+    (holding its pid; a claim whose process is gone is taken over), ``False`` while another live process holds it.
+    The claim is removed on exit, so sittings of one benchmark started side by side share its cells."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (key.replace("|", "_").replace("/", "_") + ".claim")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            if _alive(path):
+                yield False
+                return
+            path.unlink(missing_ok=True)  # its process died: take the work over
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _alive(claim: Path) -> bool:
+    """Whether the process whose pid ``claim`` holds still runs (a claim not yet written counts as alive, one
+    already removed as not)."""
+    try:
+        os.kill(int(claim.read_text()), 0)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` in one write of an ``O_APPEND`` descriptor, so lines that
+    processes side by side append are never interleaved."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 #: recovery variants of the quality benchmarks: name -> (mode, distillation weight, learning rate)

@@ -68,7 +68,7 @@ from adapruner_lightning.evaluation.protocol import role_items
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.pipeline import find_plan
 from quality_tables import OFFLINE, SEVEN
-from bench_common import RECOVERIES, machine_info, recover
+from bench_common import RECOVERIES, append_line, claimed, machine_info, recover
 
 TASKS = (*OFFLINE, *SEVEN)
 #: development windows held back from the calibration novels (24 a novel: the tail of each)
@@ -246,6 +246,20 @@ class Bench:
         """The dense model pruned by ``method``; the plan is kept under ``<out>/plans`` so the recovered cell
         of the same method, ratio and seed applies it instead of searching or scoring again."""
         path = Path(self.args.out) / "plans" / f"{method}_{ratio}_{seed}.json"
+        while True:  # a sitting beside this one planning the same cell: wait for its plan instead of searching too
+            with claimed(path.parent, path.stem) as mine:
+                if mine:
+                    saved = self._saved_plan(path, method, ratio, seed)
+                    break
+            time.sleep(30)
+        plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
+        model = self.fresh()
+        apply_plan(model, plan, refit=self._refit(plan))
+        digest = hashlib.sha256(json.dumps(saved["plan"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
+        return model, {**info, "plan_digest": digest}
+
+    def _saved_plan(self, path: Path, method: str, ratio: float, seed: int) -> dict:
+        """The plan saved at ``path`` if it was made with this run's options, else a new one, saved there."""
         saved = json.loads(path.read_text()) if path.is_file() else None
         wanted = recipe(method, ratio, seed, self.args.trials)
         if saved is not None and saved.get("recipe") != wanted:
@@ -256,11 +270,7 @@ class Bench:
             plan, info = self._plan(method, ratio, seed)
             saved = {"plan": plan.to_dict(), "info": info, "recipe": wanted}
             write_text_atomic(path, json.dumps(saved))
-        plan, info = PruningPlan.from_dict(saved["plan"]), saved["info"]
-        model = self.fresh()
-        apply_plan(model, plan, refit=self._refit(plan))
-        digest = hashlib.sha256(json.dumps(saved["plan"]["layers"], sort_keys=True).encode()).hexdigest()[:16]
-        return model, {**info, "plan_digest": digest}
+        return saved
 
     def _refit(self, plan: PruningPlan) -> LeastSquares | None:
         """The least-squares statistics a ``reconstruction='lstsq'`` plan is applied with (the pool's, shared by every
@@ -332,9 +342,10 @@ def _key(cell) -> str:
     return f"{method}|{ratio}|{seed}|{ {'': '0', 'lora-lm': '1'}.get(variant, variant) }"
 
 
-def _load_cells(path: Path) -> dict[str, dict]:
+def _load_cells(path: Path, repair: bool = True) -> dict[str, dict]:
     """The finished cells of an earlier (possibly killed) run, by key; a torn last line is dropped, since
-    that cell did not finish writing and is simply run again."""
+    that cell did not finish writing and is simply run again (``repair=False``: skipped, the file left as it is,
+    for a re-read while a sitting beside this one may be writing)."""
     lines = path.read_text().splitlines() if path.exists() else []
     done = {}
     for number, line in enumerate(lines, 1):
@@ -343,6 +354,8 @@ def _load_cells(path: Path) -> dict[str, dict]:
         except json.JSONDecodeError:
             if number < len(lines):
                 raise ValueError(f"{path}:{number} is not a JSON line; only the last line may be torn") from None
+            if not repair:
+                continue
             print(f"{path}: dropping a torn last line (that cell runs again)", flush=True)
             write_text_atomic(path, "".join(line + "\n" for line in lines[:-1]))  # later cells append whole lines
             continue
@@ -375,6 +388,28 @@ def _roles(args) -> list[str]:
     return ["dev"] if args.choose else ["dev", "test"]
 
 
+def _finished(done: dict, cell, args) -> bool:
+    """Whether ``cell`` has a row scored in every role this run needs."""
+    return _key(cell) in done and all(tables.has_role(done[_key(cell)], role) for role in _roles(args))
+
+
+def _run_cell(bench: "Bench", cell, done: dict, args) -> dict:
+    """Prune (or load), recover and score one cell; its row."""
+    method, ratio, seed, recovered = cell
+    start = time.perf_counter()
+    if method == "dense":
+        model, info = bench.fresh(), {"removed": 0.0}
+    else:
+        model, info = bench.prune(method, ratio, seed)
+    if recovered:
+        model = bench.recover(model, seed, tables.recovery(recovered))
+    same = _same_plan(done.values(), method, ratio, recovered, info, _roles(args))
+    scores = _scores_of(same) if same else bench.evaluate(model)
+    return {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed,
+            "recovered": tables.recovery(recovered) or False, **scores, **info,
+            "seconds": time.perf_counter() - start}
+
+
 def run(args) -> tuple[list[dict], int]:
     """Run every cell of ``args`` not yet in ``<out>/cells.jsonl`` in every role the run needs (a cell scored in
     fewer roles, e.g. before development data existed, runs again); return all finished rows and how many cells
@@ -385,25 +420,17 @@ def run(args) -> tuple[list[dict], int]:
     done = _load_cells(path)
     bench, ran = None, 0  # the model is loaded only when a cell is missing: re-rendering costs no load
     for cell in _cells(args):
-        if _key(cell) in done and all(tables.has_role(done[_key(cell)], role) for role in _roles(args)):
+        if _finished(done, cell, args):
             continue
-        bench = bench or Bench(args)
-        method, ratio, seed, recovered = cell
-        start = time.perf_counter()
-        if method == "dense":
-            model, info = bench.fresh(), {"removed": 0.0}
-        else:
-            model, info = bench.prune(method, ratio, seed)
-        if recovered:
-            model = bench.recover(model, seed, tables.recovery(recovered))
-        same = _same_plan(done.values(), method, ratio, recovered, info, _roles(args))
-        scores = _scores_of(same) if same else bench.evaluate(model)
-        row = {"key": _key(cell), "method": method, "ratio": ratio, "seed": seed,
-               "recovered": tables.recovery(recovered) or False, **scores, **info,
-               "seconds": time.perf_counter() - start}
-        done[row["key"]], ran = row, ran + 1
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        with claimed(out / "claims", _key(cell)) as mine:
+            done.update(_load_cells(path, repair=False))  # a sitting beside this one may have finished it
+            if not mine or _finished(done, cell, args):
+                print(f"{_key(cell)}: {'run' if not mine else 'finished'} by another sitting; skipped", flush=True)
+                continue
+            bench = bench or Bench(args)
+            row = _run_cell(bench, cell, done, args)
+            done[row["key"]], ran = row, ran + 1
+            append_line(path, json.dumps(row))
         summary = "; ".join(f"{role} ppl {tables.mean_ppl(row, role):.2f} acc {tables.get(row, 'acc', role):.3f}"
                             for role in row["roles"])
         print(f"{row['key']:<30} {summary} ({row['seconds']:.0f}s)", flush=True)
@@ -439,8 +466,7 @@ def _log_sitting(path: Path, cells: int, seconds: float, machine: dict) -> list[
     if cells:
         entry = {"date": machine["date"], "cpu_model": machine["cpu_model"], "command": machine["command"],
                  "cells": cells, "seconds": seconds}
-        with path.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        append_line(path, json.dumps(entry))
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

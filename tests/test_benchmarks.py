@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -362,3 +364,52 @@ def test_lm_evals_items_are_found_among_ours_whatever_the_sample() -> None:
     ours, theirs = sample_records(list(range(1000)), 300), sample_records(list(range(1000)), 60)
     assert [ours[k] for k in positions] == theirs and positions != list(range(60))
     assert standard_tasks.shared_positions(50, None, None) == list(range(50))
+
+
+def test_a_claimed_cell_is_skipped_by_a_sitting_beside_it_and_a_dead_claim_is_taken_over(tmp_path) -> None:
+    from bench_common import append_line, claimed
+
+    with claimed(tmp_path, "adapruner|0.2|0|0") as first:
+        assert first and (tmp_path / "adapruner_0.2_0_0.claim").read_text() == str(os.getpid())
+        with claimed(tmp_path, "adapruner|0.2|0|0") as second:
+            assert not second  # held by a live process
+        with claimed(tmp_path, "adapruner|0.2|1|0") as other:
+            assert other  # another cell is free
+    assert not list(tmp_path.glob("*.claim"))  # released on exit
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "flap_0.2_0_0.claim").write_text(dead.stdout.strip())
+    with claimed(tmp_path, "flap|0.2|0|0") as taken:
+        assert taken  # its process is gone
+    append_line(tmp_path / "cells.jsonl", '{"key": "a"}')
+    append_line(tmp_path / "cells.jsonl", '{"key": "b"}')
+    assert list(quality._load_cells(tmp_path / "cells.jsonl")) == ["a", "b"]
+
+
+def _cell_row(method: str, ratio: float, seed: int, recovered) -> dict:
+    """A finished row of ``cell`` in both roles (what ``quality.run`` reads and prints)."""
+    return {"key": quality._key((method, ratio, seed, recovered)), "method": method, "ratio": ratio, "seed": seed,
+            "recovered": recovered, "roles": ["dev", "test"], "dev/ppl/held_back": 9.0, "ppl/A": 9.0,
+            "dev/acc": 0.5, "acc": 0.5, "seconds": 1.0}
+
+
+def test_a_cell_finished_by_a_sitting_beside_this_one_is_not_run_again(tmp_path, monkeypatch) -> None:
+    from bench_common import append_line
+
+    args = _args("--quick", "--out", str(tmp_path))
+    cells = quality._cells(args)
+    calls = []
+
+    class Beside:  # stands for the model load; meanwhile another sitting finishes every cell but the first
+        def __init__(self, args):
+            for cell in cells[1:]:
+                append_line(tmp_path / "cells.jsonl", json.dumps(_cell_row(*cell)))
+
+    def run_cell(bench, cell, done, args):
+        calls.append(cell)
+        return _cell_row(*cell)
+
+    monkeypatch.setattr(quality, "Bench", Beside)
+    monkeypatch.setattr(quality, "_run_cell", run_cell)
+    rows, ran = quality.run(args)
+    assert ran == 1 and calls == [cells[0]]  # the others were read back, not run again
+    assert len(rows) == len(cells) and not list((tmp_path / "claims").glob("*.claim"))
