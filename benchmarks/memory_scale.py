@@ -301,9 +301,14 @@ def load_before(path: Path) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ the least-squares reconstruction (issue 34)
 
+#: offspring of the allocation stage's measured generation (2 survivors, the stage's default)
+ALLOCATION_OFFSPRING = 4
+
 RECONSTRUCTION_ROWS = [
     ("lstsq_grams", "least-squares statistics pass (Gram matrices of every o/down input, 8 x 128 tokens)"),
     ("lstsq_trial", "`lstsq` trial (selection + fits of every layer + masked objective)"),
+    ("allocation", "allocation stage on the `lstsq` plan (the FLAP and search seeds, one generation of "
+                   f"{ALLOCATION_OFFSPRING} offspring, KL fitness; the fits of the parent and the survivors kept)"),
     ("lstsq_apply", "`apply_plan` with the re-fit (kept columns written layer by layer, then removed)"),
 ]
 
@@ -317,6 +322,7 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
     from adapruner_lightning.core.config import PruningConfig
     from adapruner_lightning.core.physical import apply_plan
     from adapruner_lightning.core.session import Candidate, PruningSession
+    from adapruner_lightning.search.allocation import AllocationConfig, refine_allocation
 
     config = {**SCALE_CONFIG, **({"num_hidden_layers": layers} if layers else {})}
     model = random_bf16_llama(config, seed, device)
@@ -347,6 +353,8 @@ def measure_reconstruction(peak_memory: Any, free: Any, log: Any, seed: int = 0,
 
         selection = step("lstsq_trial", trial, weights)
         out["fit_bytes"] = _fit_bytes(session.layers, selection, next(model.parameters()).element_size())
+        stage = AllocationConfig(generations=1, offspring=ALLOCATION_OFFSPRING, low_windows=1)
+        step("allocation", lambda: refine_allocation(session, candidate, selection, stage, seed=seed), weights)
         plan = session.plan(candidate, selection)
         refit = session.least_squares
         step("lstsq_apply", lambda: apply_plan(model, plan, refit=refit), weights)
@@ -372,7 +380,9 @@ def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
     matrices on the device (groups of at most a quarter of the weights' bytes, so 4 layers of 0.89 GB at 8B) plus its
     working memory (one layer's activations: as measured); a trial holds every layer's prediction matrices
     (``fit_bytes`` x 32 / layers) plus one layer's solve and the objective's activations (as measured, the rest of
-    its peak); ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
+    its peak); the allocation stage holds the fits of its parent and survivors (``fit_bytes`` x 32 / layers each,
+    at most 1 + survivors sets) plus the changed layers' fits of one generation's offspring and the dense logits of
+    the objective windows (as measured); ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
     layers = result["layers"]
     gram_layer = (4096**2 + 14336**2) * 4
     weights_8b = LLAMA_8B["params"] * 2
@@ -383,6 +393,8 @@ def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
     trial = result["lstsq_trial"]["peak_mib"] * 2**20
     return {"lstsq_grams": group * gram_layer + max(working, 0.0),
             "lstsq_trial": trial + result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1),
+            **({"allocation": result["allocation"]["peak_mib"] * 2**20
+                + 3 * result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1)} if "allocation" in result else {}),
             "lstsq_apply": result["lstsq_apply"]["peak_mib"] * 2**20}
 
 
@@ -403,6 +415,8 @@ def render_reconstruction(result: dict[str, Any]) -> str:
              "| step | peak (MiB) | ratio to the weights | (s) | Llama-3.1-8B estimate: GB above its 16.1 GB | ratio |",
              "|---|---:|---:|---:|---:|---:|"]
     for key, label in RECONSTRUCTION_ROWS:
+        if key not in result:  # measured before the row existed
+            continue
         row = result[key]
         ratio = row.get("working_ratio", row["ratio"])
         note = " (without the Gram store, which is host memory on a GPU machine)" if "working_ratio" in row else ""
