@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in COMPARISONS], choices=list(METHODS),
                    help=f"methods to run (default: all but the comparison variants {', '.join(COMPARISONS)}, which run "
                         "only when named)")
-    p.add_argument("--trials", type=int, default=12, help="AdaPruner search trials")
+    p.add_argument("--trials", type=int, default=SearchConfig.trials,
+                   help="AdaPruner search trials (default: the library's, %(default)s; the allocation stage after them "
+                        "as the library's default too)")
     p.add_argument("--eval-tokens", type=int, default=None, help="perplexity tokens per evaluation novel")
     p.add_argument("--items", type=int, default=None, help="zero-shot items per offline (Austen) task (evaluation)")
     p.add_argument("--std-items", type=int, default=None,

@@ -116,3 +116,18 @@ def test_two_ranks_split_the_plans_and_end_with_one_process_choice(tmp_path):
     (one,), (r0, r1) = results[1], results[2]
     assert r0 == r1 and r0["stage"]["trials"] == one["stage"]["trials"] and r0["layers"] == one["layers"]
     assert r0["stage"]["after"] == pytest.approx(one["stage"]["after"], abs=1e-5)
+
+
+def test_a_bf16_model_trains_in_bf16_and_stays_untouched():
+    """The stage on a bf16 model (how 7-8B models are searched): the trained copy lowers the objective, the
+    user's model keeps its dtype and its weights bit for bit."""
+    session = _patterned_session()
+    session.model.to(torch.bfloat16)
+    candidate = session.default_candidate()
+    plan = session.plan(candidate)
+    dense = _weights(session.model)
+    trained = score_after_training(session, plan, TrainingAwareConfig(candidates=2, steps=3, lr=1e-2), seed=0)
+    assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}
+    assert all(torch.equal(dense[k], v) for k, v in session.model.state_dict().items())
+    untrained = session.score(session.select(candidate), session.compensation(candidate, session.select(candidate)))
+    assert torch.isfinite(torch.tensor(trained)) and trained > untrained + 0.5
