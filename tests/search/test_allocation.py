@@ -190,3 +190,26 @@ def test_least_squares_fits_are_reused_per_layer_and_score_as_fresh_ones():
     assert fitness(child, "full") == pytest.approx(fresh(child, "full"), rel=1e-6)
     fitness.keep_fits(child)
     assert set(fitness.fits) == set(child.items())
+
+
+def test_the_fit_cache_holds_one_version_of_a_layer_while_offspring_are_scored(monkeypatch):
+    """Memory at 8B: when an offspring is scored, the cache holds at most one least-squares fit per layer (the
+    parent's); each offspring's own layers are dropped once it is scored, and the seeds are scored one at a time."""
+    import collections
+
+    from adapruner_lightning.search import allocation
+
+    held = []
+    call = allocation.Fitness.__call__
+
+    def checked(self, counts, fidelity):
+        held.append(max(collections.Counter(i for i, _ in self.fits).values(), default=0))
+        return call(self, counts, fidelity)
+
+    monkeypatch.setattr(allocation.Fitness, "__call__", checked)
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="lstsq")
+    result = refine_allocation(session, candidate, session.select(candidate),
+                               AllocationConfig(generations=3, offspring=4), seed=1)
+    assert len(held) > 6 and max(held) <= 1
+    assert result.info["evaluations"]["low"] > 0
