@@ -308,7 +308,7 @@ RECONSTRUCTION_ROWS = [
     ("lstsq_grams", "least-squares statistics pass (Gram matrices of every o/down input, 8 x 128 tokens)"),
     ("lstsq_trial", "`lstsq` trial (selection + fits of every layer + masked objective)"),
     ("allocation", "allocation stage on the `lstsq` plan (the FLAP and search seeds, one generation of "
-                   f"{ALLOCATION_OFFSPRING} offspring, KL fitness; the fits of the parent and the survivors kept)"),
+                   f"{ALLOCATION_OFFSPRING} offspring, KL fitness; the parent's fits kept)"),
     ("lstsq_apply", "`apply_plan` with the re-fit (kept columns written layer by layer, then removed)"),
 ]
 
@@ -380,9 +380,9 @@ def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
     matrices on the device (groups of at most a quarter of the weights' bytes, so 4 layers of 0.89 GB at 8B) plus its
     working memory (one layer's activations: as measured); a trial holds every layer's prediction matrices
     (``fit_bytes`` x 32 / layers) plus one layer's solve and the objective's activations (as measured, the rest of
-    its peak); the allocation stage holds the fits of its parent and survivors (``fit_bytes`` x 32 / layers each,
-    at most 1 + survivors sets) plus the changed layers' fits of one generation's offspring and the dense logits of
-    the objective windows (as measured); ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
+    its peak); the allocation stage holds its parent's fits (``fit_bytes`` x 32 / layers) plus the changed layers of
+    the plan being scored, one layer's solve and the dense logits of the objective windows (as measured);
+    ``apply_plan`` re-fits and writes one layer at a time (as measured)."""
     layers = result["layers"]
     gram_layer = (4096**2 + 14336**2) * 4
     weights_8b = LLAMA_8B["params"] * 2
@@ -394,7 +394,7 @@ def estimate_8b_reconstruction(result: dict[str, Any]) -> dict[str, float]:
     return {"lstsq_grams": group * gram_layer + max(working, 0.0),
             "lstsq_trial": trial + result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1),
             **({"allocation": result["allocation"]["peak_mib"] * 2**20
-                + 3 * result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1)} if "allocation" in result else {}),
+                + result["fit_bytes"] * (LLAMA_8B["layers"] / layers - 1)} if "allocation" in result else {}),
             "lstsq_apply": result["lstsq_apply"]["peak_mib"] * 2**20}
 
 

@@ -15,7 +15,7 @@
 # subset, a cached-metric trial (ratios to the weights), and load_pruned of the 20 % plan (host memory), then the same
 # on the 4-layer model the CPU benchmark uses (the transfer check of its ratios). Then (#34) the least-squares
 # reconstruction's peaks at the 8B shape (benchmarks/memory_scale.py --reconstruction: Gram pass, an lstsq trial,
-# apply_plan with the re-fit; the Gram store stays in host memory). Results come back under $OUT.
+# a generation of the allocation stage on its plan, apply_plan with the re-fit; the Gram store stays in host memory). Results come back under $OUT.
 set -euo pipefail
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
