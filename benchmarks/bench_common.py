@@ -234,13 +234,9 @@ def _alive(claim: Path) -> bool:
     already removed as not)."""
     try:
         os.kill(int(claim.read_text()), 0)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except ValueError:
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except (ValueError, PermissionError):  # being written; or another user's live process
         return True
     return True
 
