@@ -230,10 +230,13 @@ def claimed(directory: Path, key: str):
 
 
 def _alive(claim: Path) -> bool:
-    """Whether the process whose pid ``claim`` holds still runs (a claim not yet written counts as alive, one
-    already removed as not)."""
+    """Whether the process whose pid ``claim`` holds still runs (one already removed: no; an empty one is being
+    written, unless it has stayed empty for a minute: its process died between creating and writing it)."""
     try:
-        os.kill(int(claim.read_text()), 0)
+        text = claim.read_text()
+        if not text:
+            return time.time() - claim.stat().st_mtime < 60
+        os.kill(int(text), 0)
     except (FileNotFoundError, ProcessLookupError):
         return False
     except (ValueError, PermissionError):  # being written; or another user's live process

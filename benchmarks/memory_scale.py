@@ -415,8 +415,6 @@ def render_reconstruction(result: dict[str, Any]) -> str:
              "| step | peak (MiB) | ratio to the weights | (s) | Llama-3.1-8B estimate: GB above its 16.1 GB | ratio |",
              "|---|---:|---:|---:|---:|---:|"]
     for key, label in RECONSTRUCTION_ROWS:
-        if key not in result:  # measured before the row existed
-            continue
         row = result[key]
         ratio = row.get("working_ratio", row["ratio"])
         note = " (without the Gram store, which is host memory on a GPU machine)" if "working_ratio" in row else ""

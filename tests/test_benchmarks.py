@@ -380,6 +380,13 @@ def test_a_claimed_cell_is_skipped_by_a_sitting_beside_it_and_a_dead_claim_is_ta
     (tmp_path / "flap_0.2_0_0.claim").write_text(dead.stdout.strip())
     with claimed(tmp_path, "flap|0.2|0|0") as taken:
         assert taken  # its process is gone
+    empty = tmp_path / "flap_0.2_1_0.claim"
+    empty.write_text("")
+    with claimed(tmp_path, "flap|0.2|1|0") as fresh:
+        assert not fresh  # being written
+    os.utime(empty, (0, 0))
+    with claimed(tmp_path, "flap|0.2|1|0") as stale:
+        assert stale  # left empty for over a minute: its process died before writing it
     append_line(tmp_path / "cells.jsonl", '{"key": "a"}')
     append_line(tmp_path / "cells.jsonl", '{"key": "b"}')
     assert list(quality._load_cells(tmp_path / "cells.jsonl")) == ["a", "b"]
