@@ -54,7 +54,9 @@ from adapruner_lightning.core.selection import (
 )
 from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, spread
-from adapruner_lightning.errors import ConfigError
+from adapruner_lightning.errors import ConfigError, SearchInterrupted
+from adapruner_lightning.progress import make_progress, progress_enabled
+from adapruner_lightning.search.stop import stop_reason
 
 log = logging.getLogger(__name__)
 Counts = dict[int, LayerCounts]
@@ -308,9 +310,15 @@ def _rng(seed: int, generation: int) -> np.random.RandomState:
 
 
 def refine_allocation(session: PruningSession, candidate: Candidate, selection: dict[int, LayerSelection],
-                      config: AllocationConfig, *, seed: int = 0, collective: Collective = LOCAL) -> AllocationResult:
+                      config: AllocationConfig, *, seed: int = 0, collective: Collective = LOCAL,
+                      time_budget_s: float | None = None, progress: bool = False) -> AllocationResult:
     """Evolve the per-layer counts of ``selection`` (the search's best, for ``candidate``) as the module docstring
-    describes; returns the best selection found (``selection`` itself when nothing beats it)."""
+    describes; returns the best selection found (``selection`` itself when nothing beats it).
+
+    ``time_budget_s``: no generation starts after this many seconds of the stage (rank 0's clock decides, for
+    every rank; the seeds are always scored; None: every generation runs). A stop request (a requeue signal) on
+    any rank ends the stage before its next generation with :class:`SearchInterrupted` on every rank.
+    ``progress``: a bar of the generations on rank 0."""
     check_block_removal(session, config)
     start = time.perf_counter()
     layers = session.layers
@@ -326,30 +334,63 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
     seed_scores = dict(zip(seeds, spread(list(seeds.values()), lambda c: fitness.once(c, "full"), collective)))
     name = max(seed_scores, key=lambda k: (seed_scores[k], k == "search"))
     parent, parent_score = seeds[name], seed_scores[name]
-    improved = 0
-    for generation in range(config.generations):
-        rng = _rng(seed, generation)
-        kids = [k for k in (budget.mutate(parent, rng, 1 + rng.randint(config.max_switches))
-                            for _ in range(config.offspring)) if k is not None]
-        if not kids:
-            continue
-        low = spread(kids, lambda c, p=parent: fitness.once(c, "low", keep=p), collective)
-        top = [kids[i] for i in np.argsort(low, kind="stable")[::-1][:config.survivors]]
-        full = spread(top, lambda c, p=parent: fitness.once(c, "full", keep=p), collective)
-        best = int(np.argmax(full))
-        if full[best] > parent_score:
-            parent, parent_score, improved = top[best], full[best], improved + 1
+    improved, generation, stopped = 0, 0, {}
+    with make_progress() as bar:
+        task = bar.add_task("allocation", total=config.generations, info=f"KL {-parent_score:.4f}",
+                            visible=progress_enabled(progress) and collective.is_zero)
+        for generation in range(config.generations):
+            if _spent(start, time_budget_s, generation, collective):
+                stopped = {"stopped": "time budget"}
+                log.info("allocation stage: time budget reached after %d generations", generation)
+                break
+            child, score = _generation(budget, fitness, parent, parent_score, config, _rng(seed, generation),
+                                       collective)
+            if score > parent_score:
+                parent, parent_score, improved = child, score, improved + 1
+            bar.update(task, completed=generation + 1, info=f"KL {-parent_score:.4f}")
+        else:
+            generation = config.generations
     evaluations = collective.all_gather(fitness.evaluations)  # every rank's share
     info = {**asdict(config), "fitness": "kl", "start": name, "kl_seeds": {k: -v for k, v in seed_scores.items()},
-            "kl": -parent_score, "improvements": improved,
+            "kl": -parent_score, "improvements": improved, "generations_run": generation, **stopped,
             "evaluations": {k: sum(e[k] for e in evaluations) for k in fitness.evaluations},
             "seconds": time.perf_counter() - start,
             "counts": [[parent[i].attention, parent[i].channels] for i in range(len(layers))]}
     if config.block_removal:
         info["removed_blocks"] = _removed_blocks(budget, parent)
     log.info("allocation stage: KL %.4f (%s) -> %.4f after %d generations", -seed_scores[name], name, -parent_score,
-             config.generations)
+             generation)
     return AllocationResult(selection=fitness.selection(parent), info=info)
+
+
+def _generation(budget: Budget, fitness: Fitness, parent: Counts, parent_score: float, config: AllocationConfig,
+                rng: np.random.RandomState, collective: Collective) -> tuple[Counts, float]:
+    """One generation: ``config.offspring`` mutants of ``parent`` scored on the low fidelity, the best
+    ``survivors`` on every window; returns the best survivor and its score (``parent`` itself when no mutant could
+    be drawn)."""
+    kids = [k for k in (budget.mutate(parent, rng, 1 + rng.randint(config.max_switches))
+                        for _ in range(config.offspring)) if k is not None]
+    if not kids:
+        return parent, parent_score
+    low = spread(kids, lambda c: fitness.once(c, "low", keep=parent), collective)
+    top = [kids[i] for i in np.argsort(low, kind="stable")[::-1][:config.survivors]]
+    full = spread(top, lambda c: fitness.once(c, "full", keep=parent), collective)
+    best = int(np.argmax(full))
+    return top[best], full[best]
+
+
+def _spent(start: float, budget_s: float | None, generation: int, collective: Collective) -> bool:
+    """Before a generation: raise :class:`SearchInterrupted` on every rank when any rank was asked to stop (a
+    requeue signal, :mod:`~adapruner_lightning.search.stop`), else whether ``budget_s`` seconds have passed since
+    ``start`` on rank 0's clock (the same answer on every rank; one small all-gather)."""
+    gathered = collective.all_gather({"elapsed": time.perf_counter() - start, "stop": stop_reason()})
+    asked = [(rank, g["stop"]) for rank, g in enumerate(gathered) if g["stop"]]
+    if asked:
+        rank, reason = asked[0]
+        raise SearchInterrupted(f"the search stopped on {reason} (rank {rank}) in the allocation stage after "
+                                f"{generation} generations; its trials are in the trace: a rerun resumes after them "
+                                "and runs the stage again")
+    return budget_s is not None and gathered[0]["elapsed"] > budget_s
 
 
 def check_block_removal(session: PruningSession, config: AllocationConfig) -> None:

@@ -282,7 +282,8 @@ class SearchConfig:
 
     Args:
         trials: candidates evaluated (0: no search, the PruningConfig is used as it is).
-        time_budget_s: stop starting new trials after this many seconds (None: no limit).
+        time_budget_s: stop starting new trials, then generations of the allocation stage, after this many
+            seconds from the first trial (None: no limit; the stage's two seeds are always scored).
         trace_path: JSONL file each finished trial is appended to; an existing file resumes the search.
         data: the calibration pool and objective windows (:class:`SearchData`).
         engine: how points are proposed (:class:`SearchEngine`).

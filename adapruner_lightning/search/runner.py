@@ -196,6 +196,7 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     path = Path(trace_path or config.trace_path) if (trace_path or config.trace_path) else None
     with trace_writer(path, enabled=collective.is_zero):  # rank 0 writes the trace, holding its lock
         done = collective.run_on(0, lambda: _open_trace(path, problem))
+        trials_start = time.perf_counter()
         fresh, exhausted = _run_trials(session, space, config, done, seed, path, progress, collective)
     ok = [t for t in done if t.status == "ok"]
     if not ok:
@@ -216,8 +217,9 @@ def run_search(session: PruningSession, config: SearchConfig, *, seed: int | Non
     candidate, chosen = space.candidate(best.params), best.selection
     if config.allocation.generations and not session.uniform:  # then where to cut, with the best's scoring
         seed_selection = collective.run_on(owner, lambda: chosen if chosen is not None else session.select(candidate))
+        left = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - trials_start)
         refined = refine_allocation(session, candidate, seed_selection, config.allocation, seed=seed,
-                                    collective=collective)
+                                    collective=collective, time_budget_s=left, progress=progress)
         chosen, owner, extra["allocation"] = refined.selection, 0, refined.info
     plan = collective.run_on(owner, lambda: session.plan(candidate, chosen, search=found, **extra,
                                                          **(provenance or {})))

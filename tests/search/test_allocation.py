@@ -4,6 +4,7 @@ split its evaluations and end with the counts of one process."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,67 @@ def test_the_fit_cache_holds_one_version_of_a_layer_while_offspring_are_scored(m
                                AllocationConfig(generations=3, offspring=4), seed=1)
     assert len(held) > 6 and max(held) <= 1
     assert result.info["evaluations"]["low"] > 0
+
+
+def test_the_search_time_budget_also_stops_the_stage_from_starting_generations():
+    """``search.time_budget_s`` bounds the whole search: once spent, neither a trial nor a generation of the stage
+    starts (the stage's seeds are still scored, so the plan is the better of them); without it every generation runs."""
+    spent = run_search(small_session(), SearchConfig.of(**{**SMALL, "trials": 3, "generations": 50, "offspring": 3,
+                                                             "time_budget_s": 1e-9}), progress=False)
+    stage = spent.plan.provenance["allocation"]
+    assert len(spent.trials) == 1 and stage["generations_run"] == 0 and stage["stopped"] == "time budget"
+    assert stage["evaluations"] == {"low": 0, "full": 2} and stage["improvements"] == 0
+    full = run_search(small_session(), SearchConfig.of(**{**SMALL, "trials": 1, "generations": 3, "offspring": 3}),
+                      progress=False)
+    assert full.plan.provenance["allocation"]["generations_run"] == 3
+    assert "stopped" not in full.plan.provenance["allocation"]
+
+
+def test_two_ranks_stop_the_stage_at_the_same_generation_on_a_time_budget(tmp_path):
+    """Rank 0's clock decides when the budget is spent, so both ranks stop after the same generation (a rank
+    deciding alone would wait in a collective the other never joins) and end with the same counts."""
+    from helpers_dist import launch_ranks
+
+    runs = launch_ranks(SCRIPT, tmp_path, 200, 1.0, world_size=2, timeout=240)
+    for rank, run in enumerate(runs):
+        assert run.returncode == 0 and f"[rank {rank}] ALLOCATION_OK" in run.stdout, run.stdout[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["info"].pop("evaluations") is not None and r1["info"].pop("evaluations") is not None
+    assert r0 == r1 and r0["info"]["generations_run"] < 200 and r0["info"]["stopped"] == "time budget"
+
+
+def test_the_stage_shows_a_progress_bar_of_its_generations(capsys, monkeypatch):
+    monkeypatch.setenv("ADAPRUNER_PROGRESS", "1")
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="bias")
+    refine_allocation(session, candidate, session.select(candidate), AllocationConfig(generations=2, offspring=3),
+                      seed=1, progress=True)
+    shown = capsys.readouterr()
+    assert "allocation" in shown.out + shown.err and "2/2" in shown.out + shown.err and "KL" in shown.out + shown.err
+
+
+def test_a_stop_request_ends_the_stage_at_a_generation_boundary():
+    """A requeue signal during the stage (it runs as long as the search) stops it after the current generation,
+    as it stops the search after a round: :class:`SearchInterrupted`, the trace keeping every trial."""
+    from adapruner_lightning.errors import SearchInterrupted
+    from adapruner_lightning.search.stop import clear_stop, request_stop
+
+    session = small_session()
+    candidate = Candidate("wanda_sp", "sum", list(range(6)), reconstruction="bias")
+    request_stop("SIGUSR1")
+    try:
+        with pytest.raises(SearchInterrupted, match=r"SIGUSR1 \(rank 0\) in the allocation stage after 0 generations"):
+            refine_allocation(session, candidate, session.select(candidate), AllocationConfig(generations=5), seed=1)
+    finally:
+        clear_stop()
+
+
+def test_a_stop_request_on_one_rank_ends_the_stage_on_every_rank(tmp_path):
+    from helpers_dist import launch_ranks
+
+    runs = launch_ranks(SCRIPT, tmp_path, 5, "none", 1, world_size=2, timeout=240)
+    for rank, run in enumerate(runs):
+        assert run.returncode == 0 and f"[rank {rank}] ALLOCATION_INTERRUPTED" in run.stdout, run.stdout[-3000:]
+    for r in range(2):
+        message = json.loads((tmp_path / f"rank{r}.json").read_text())["interrupted"]
+        assert "SIGUSR1 (rank 1) in the allocation stage after 0 generations" in message
