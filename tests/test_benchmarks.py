@@ -420,3 +420,25 @@ def test_a_cell_finished_by_a_sitting_beside_this_one_is_not_run_again(tmp_path,
     rows, ran = quality.run(args)
     assert ran == 1 and calls == [cells[0]]  # the others were read back, not run again
     assert len(rows) == len(cells) and not list((tmp_path / "claims").glob("*.claim"))
+
+
+def test_a_sitting_runs_on_the_threads_it_is_given_one_by_default(monkeypatch):
+    """Sittings run side by side, one a core: torch's default (every core) in each made OpenMP's idle workers spin
+    and a cell ran ~4x slower (2026-12-07); the count is set before any cell runs."""
+    import torch
+
+    seen = []
+
+    def stop(args):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "run", stop)
+    before = torch.get_num_threads()
+    try:
+        for argv, threads in (([], 1), (["--threads", "2"], 2)):
+            with pytest.raises(KeyboardInterrupt):
+                quality.main(["--quick", "--out", "unused", *argv])
+            assert seen[-1] == threads
+    finally:
+        torch.set_num_threads(before)
