@@ -56,7 +56,7 @@ from adapruner_lightning.core.session import Candidate, PruningSession
 from adapruner_lightning.distributed import LOCAL, Collective, spread
 from adapruner_lightning.errors import ConfigError, SearchInterrupted
 from adapruner_lightning.progress import make_progress, progress_enabled
-from adapruner_lightning.search.stop import stop_reason
+from adapruner_lightning.search.stop import first_stop, stop_reason
 
 log = logging.getLogger(__name__)
 Counts = dict[int, LayerCounts]
@@ -334,12 +334,12 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
     seed_scores = dict(zip(seeds, spread(list(seeds.values()), lambda c: fitness.once(c, "full"), collective)))
     name = max(seed_scores, key=lambda k: (seed_scores[k], k == "search"))
     parent, parent_score = seeds[name], seed_scores[name]
-    improved, generation, stopped = 0, 0, {}
+    improved, ran, stopped = 0, 0, {}
     with make_progress() as bar:
         task = bar.add_task("allocation", total=config.generations, info=f"KL {-parent_score:.4f}",
                             visible=progress_enabled(progress) and collective.is_zero)
         for generation in range(config.generations):
-            if _spent(start, time_budget_s, generation, collective):
+            if _budget_spent(start, time_budget_s, generation, collective):
                 stopped = {"stopped": "time budget"}
                 log.info("allocation stage: time budget reached after %d generations", generation)
                 break
@@ -347,19 +347,18 @@ def refine_allocation(session: PruningSession, candidate: Candidate, selection: 
                                        collective)
             if score > parent_score:
                 parent, parent_score, improved = child, score, improved + 1
-            bar.update(task, completed=generation + 1, info=f"KL {-parent_score:.4f}")
-        else:
-            generation = config.generations
+            ran = generation + 1
+            bar.update(task, completed=ran, info=f"KL {-parent_score:.4f}")
     evaluations = collective.all_gather(fitness.evaluations)  # every rank's share
     info = {**asdict(config), "fitness": "kl", "start": name, "kl_seeds": {k: -v for k, v in seed_scores.items()},
-            "kl": -parent_score, "improvements": improved, "generations_run": generation, **stopped,
+            "kl": -parent_score, "improvements": improved, "generations_run": ran, **stopped,
             "evaluations": {k: sum(e[k] for e in evaluations) for k in fitness.evaluations},
             "seconds": time.perf_counter() - start,
             "counts": [[parent[i].attention, parent[i].channels] for i in range(len(layers))]}
     if config.block_removal:
         info["removed_blocks"] = _removed_blocks(budget, parent)
     log.info("allocation stage: KL %.4f (%s) -> %.4f after %d generations", -seed_scores[name], name, -parent_score,
-             generation)
+             ran)
     return AllocationResult(selection=fitness.selection(parent), info=info)
 
 
@@ -379,14 +378,14 @@ def _generation(budget: Budget, fitness: Fitness, parent: Counts, parent_score: 
     return top[best], full[best]
 
 
-def _spent(start: float, budget_s: float | None, generation: int, collective: Collective) -> bool:
+def _budget_spent(start: float, budget_s: float | None, generation: int, collective: Collective) -> bool:
     """Before a generation: raise :class:`SearchInterrupted` on every rank when any rank was asked to stop (a
     requeue signal, :mod:`~adapruner_lightning.search.stop`), else whether ``budget_s`` seconds have passed since
     ``start`` on rank 0's clock (the same answer on every rank; one small all-gather)."""
     gathered = collective.all_gather({"elapsed": time.perf_counter() - start, "stop": stop_reason()})
-    asked = [(rank, g["stop"]) for rank, g in enumerate(gathered) if g["stop"]]
-    if asked:
-        rank, reason = asked[0]
+    asked = first_stop(gathered)
+    if asked is not None:
+        rank, reason = asked
         raise SearchInterrupted(f"the search stopped on {reason} (rank {rank}) in the allocation stage after "
                                 f"{generation} generations; its trials are in the trace: a rerun resumes after them "
                                 "and runs the stage again")

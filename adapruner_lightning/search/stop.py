@@ -33,6 +33,11 @@ def clear_stop() -> None:
     _REQUESTS.clear()
 
 
+def first_stop(gathered: list[dict[str, Any] | None]) -> tuple[int, str] | None:
+    """The first rank whose envelope of a round asked to stop (``"stop"``: a reason), with its reason; None."""
+    return next(((rank, e["stop"]) for rank, e in enumerate(gathered) if e is not None and e.get("stop")), None)
+
+
 def raise_if_stopped(gathered: list[dict[str, Any]], finished: int, trace: Path | None) -> None:
     """Raise :class:`SearchInterrupted` on every rank when any rank's envelope of this round asked to stop.
 
@@ -41,9 +46,9 @@ def raise_if_stopped(gathered: list[dict[str, Any]], finished: int, trace: Path 
         finished: trials finished so far (all in the trace).
         trace: the trace path, named in the message.
     """
-    reasons = [(rank, e.get("stop")) for rank, e in enumerate(gathered) if e is not None and e.get("stop")]
-    if not reasons:
+    asked = first_stop(gathered)
+    if asked is None:
         return
-    rank, reason = reasons[0]
+    rank, reason = asked
     where = f"the trace {trace} keeps them and a rerun on it resumes there" if trace else "no trace was kept"
     raise SearchInterrupted(f"the search stopped on {reason} (rank {rank}) after {finished} finished trials; {where}")
