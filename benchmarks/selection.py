@@ -55,6 +55,7 @@ from adapruner_lightning.data.calibration import make_splits
 from adapruner_lightning.data.models import load_model
 from adapruner_lightning.data.text import texts_for, write_text_atomic
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity
+from adapruner_lightning.search.allocation import AllocationConfig
 from adapruner_lightning.search.config import SearchConfig
 from adapruner_lightning.search.runner import run_search
 
@@ -175,6 +176,14 @@ class Bench:
             ppl = evaluate_perplexity(self.model, self.splits.dev, batch_size=8, progress=False)
         return {"dev_ppl": ppl, "objective_ppl": math.exp(-session.score(selection, compensation)),
                 "select_seconds": seconds}
+
+
+def _stage_variant(template: str, args: argparse.Namespace) -> str:
+    """A stage's variant name template; an allocation stage of another length than the library's default names its
+    generations (a longer stage is a variant of its own, its rows beside the default's)."""
+    if "allocation" in template and args.generations != AllocationConfig.generations:
+        return template.replace(" (seed", f", {args.generations} generations (seed")
+    return template
 
 
 def _family(variant: str) -> str:
@@ -350,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = [(0.0, "dense")] + [(r, v) for r in args.ratios for v in VARIANTS]
     for r in args.search_ratios or args.ratios:
         for seed in range(args.search_seeds):
-            cells += [(r, SEARCH.format(seed))] + [(r, v.format(seed)) for v, (_, on) in STAGES.items() if on(args)]
+            cells += [(r, SEARCH.format(seed))] + [(r, _stage_variant(v, args).format(seed))
+                                                    for v, (_, on) in STAGES.items() if on(args)]
             cells += [(r, DEFAULTS[d][0].format(seed)) for d in args.defaults]
     for ratio, variant in cells:
         if (ratio, variant) in done or _finished(path, ratio, variant):  # here, or by a run beside this one
@@ -360,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
         elif variant.startswith(("default search", "search, ")):
             seed = int(variant.split()[-1].rstrip(")"))
-            options = next((opts(args) for v, (opts, _) in STAGES.items() if v.format(seed) == variant), None)
+            options = next((opts(args) for v, (opts, _) in STAGES.items()
+                            if _stage_variant(v, args).format(seed) == variant), None)
             changed = next((d for d, (v, _) in DEFAULTS.items() if v.format(seed) == variant), None)
             trace = Path(args.traces) / f"r{ratio}_s{seed}{'_' + changed if changed else ''}.jsonl"
             row = bench.search(ratio, seed, trace, DEFAULTS[changed][1] if changed else options)

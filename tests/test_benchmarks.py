@@ -442,3 +442,18 @@ def test_a_sitting_runs_on_the_threads_it_is_given_one_by_default(monkeypatch):
             assert seen[-1] == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_allocation_stage_of_another_length_is_a_variant_of_its_own() -> None:
+    import argparse
+
+    import selection
+
+    template = "default search + allocation (seed {})"
+    default, longer = (argparse.Namespace(generations=g) for g in (16, 48))
+    assert selection._stage_variant(template, default).format(0) == "default search + allocation (seed 0)"
+    name = selection._stage_variant(template, longer).format(1)
+    assert name == "default search + allocation, 48 generations (seed 1)"  # never overwrites the default's row
+    assert selection._family(name) == "default search + allocation, 48 generations" and selection._seed(name) == 1
+    training = "default search + training-aware (seed {})"
+    assert selection._stage_variant(training, longer) == training
