@@ -96,4 +96,20 @@ def search_lines(search: dict[str, Any]) -> list[str]:
                 if search.get("plans_scored") is not None else "")
     return [f"- trials: {search['trials']} ({search.get('failed', 0)} failed{distinct}){seconds}",
             f"- best trial: {search.get('best_trial')} ({best}, on the held-apart objective windows, under masks)",
-            f"- chose: {chose}"]
+            f"- chose: {chose}", *_stage_lines(search.get("stages") or {})]
+
+
+def _stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """A line for each stage after the search (:meth:`SearchResult.summary`'s ``stages``): what it did."""
+    lines = []
+    if "allocation" in stages:
+        a = stages["allocation"]
+        stopped = f", stopped by the {a['stopped']}" if a.get("stopped") else ""
+        lines.append(f"- allocation stage: {a['generations_run']} of {a['generations']} generations in "
+                     f"{a['seconds']:.0f} s{stopped}; KL from the dense model {a['kl_seeds'][a['start']]:.4g} "
+                     f"({a['start']}) -> {a['kl']:.4g}, {a['improvements']} improvements")
+    if "training_aware" in stages:
+        t = stages["training_aware"]
+        lines.append(f"- training-aware stage: the {t['candidates']} best plans trained {t['steps']} steps each; "
+                     f"kept trial {t['chose']}")
+    return lines

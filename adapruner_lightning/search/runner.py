@@ -75,16 +75,15 @@ class SearchResult:
 
     def summary(self) -> dict[str, Any]:
         """What a person reads of the search: trials (failed ones), the best trial and its score, what it chose
-        (metric, reducer, samples, schedule, reconstruction, the allocation stage) and the wall time."""
+        (metric, reducer, samples, schedule, reconstruction), what the stages after it did (``stages``: the
+        allocation stage's generations and KL, the training-aware stage's pick) and the wall time."""
         chosen = {k: v for k, v in self.plan.provenance.items()
                   if k in ("metric", "reducer", "scope", "keep_first", "keep_last", "layer_ramp", "attn_share",
                            "reconstruction")}
         chosen["samples"] = len(self.plan.provenance.get("subset", []))
-        if "allocation" in self.extra:
-            chosen["allocation"] = {k: self.extra["allocation"].get(k) for k in ("generations", "offspring")}
-        if "training_aware" in self.extra:
-            chosen["training_aware"] = {k: self.extra["training_aware"].get(k) for k in ("candidates", "steps")}
-        return {"trials": len(self.trials), "failed": sum(t.status != "ok" for t in self.trials),
+        stages = {name: {k: v for k, v in info.items() if k != "counts"} for name, info in self.extra.items()
+                  if name in ("allocation", "training_aware")}
+        return {"stages": stages, "trials": len(self.trials), "failed": sum(t.status != "ok" for t in self.trials),
                 "plans_scored": self.plans_scored, "trials_saved": self.trials_saved, "exhausted": self.exhausted,
                 "best_trial": None if self.best is None else self.best.trial,
                 "best_score": None if self.best is None else self.best.score,

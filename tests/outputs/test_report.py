@@ -59,3 +59,16 @@ def test_equal_neighbouring_layers_share_a_row_and_a_run_without_search_says_so(
     assert "| 1-3 |" in text  # the pruned layers, equal under the layerwise scope: one row
     assert "- no search (`trials=0`): the configured candidate" in text and "metric=magnitude_l2" in text
     assert "## Quality" not in text  # nothing measured: no empty table
+
+
+def test_the_report_says_what_the_allocation_stage_did_in_words_not_a_dict():
+    config = SearchConfig.of(**{**SMALL, "trials": 3, "generations": 2, "offspring": 3})
+    result = find_plan(small_session(), config, progress=False, bos=False)
+    stage = result.plan.provenance["allocation"]
+    text = to_markdown({"search": result.summary(), "params": {"before": 10, "after": 8, "removed_ratio": 0.2}},
+                       result.plan)
+    assert "{" not in text  # the stage's options are not printed as a Python dict
+    line = next(line for line in text.splitlines() if line.startswith("- allocation stage:"))
+    assert f"{stage['generations_run']} of 2 generations" in line
+    assert f"KL from the dense model {stage['kl_seeds'][stage['start']]:.4g} ({stage['start']}) -> {stage['kl']:.4g}" in line
+    assert f"{stage['improvements']} improvements" in line
