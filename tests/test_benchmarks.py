@@ -448,9 +448,10 @@ def test_an_allocation_stage_of_another_length_is_a_variant_of_its_own() -> None
     import argparse
 
     import selection
+    from adapruner_lightning.search.allocation import AllocationConfig
 
     template = "default search + allocation (seed {})"
-    default, longer = (argparse.Namespace(generations=g) for g in (16, 48))
+    default, longer = (argparse.Namespace(generations=g) for g in (AllocationConfig.generations, 48))
     assert selection._stage_variant(template, default).format(0) == "default search + allocation (seed 0)"
     name = selection._stage_variant(template, longer).format(1)
     assert name == "default search + allocation, 48 generations (seed 1)"  # never overwrites the default's row

@@ -110,6 +110,6 @@ def _stage_lines(stages: dict[str, dict[str, Any]]) -> list[str]:
                      f"({a['start']}) -> {a['kl']:.4g}, {a['improvements']} improvements")
     if "training_aware" in stages:
         t = stages["training_aware"]
-        lines.append(f"- training-aware stage: the {t['candidates']} best plans trained {t['steps']} steps each; "
-                     f"kept trial {t['chose']}")
+        lines.append(f"- training-aware stage: the {len(t['trials'])} best plans trained {t['steps']} steps each; "
+                     f"kept trial {t['chose']}")  # fewer than `candidates` when the search made fewer distinct plans
     return lines
