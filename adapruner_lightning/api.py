@@ -14,7 +14,7 @@ from adapruner_lightning.core.importance import get_metric
 from adapruner_lightning.core.physical import apply_plan
 from adapruner_lightning.core.plan import PruningPlan
 from adapruner_lightning.core.session import PruningSession, check_model
-from adapruner_lightning.data.calibration import as_token_batch
+from adapruner_lightning.data.calibration import as_token_batch, pool_and_rest
 from adapruner_lightning.data.text import uses_bos
 from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.search.config import SearchConfig
@@ -32,7 +32,9 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: Optional[flo
         tokenizer: its tokenizer (needed when ``calibration``/``objective_data`` are strings).
         target_ratio: fraction of parameters to remove (None: ``PruningConfig``'s default).
         metric: importance metric when not searching (None: ``PruningConfig``'s default).
-        calibration: list of strings, a ``datasets.Dataset`` or a LongTensor ``[n, T]``.
+        calibration: list of strings, a ``datasets.Dataset`` or a LongTensor ``[n, T]``: the pool (a seeded choice
+            of ``search.data.pool_size`` samples, or ``num_samples`` without a search) and, for the least-squares
+            reconstruction, up to ``search.data.reconstruction_windows`` of the samples left over.
         objective_data: held-apart text or windows scoring candidates (required with ``search``; the search's
             ``data.objective`` says how they score them).
         search: a :class:`~adapruner_lightning.search.config.SearchConfig` to search the solution space first
@@ -58,13 +60,15 @@ def prune(model: nn.Module, tokenizer: Any = None, *, target_ratio: Optional[flo
     if searching and objective_data is None:
         raise ConfigError("objective_data", None, "held-apart text or windows for the search to score candidates")
     n = search.data.pool_size if searching else config.num_samples
-    pool = (as_token_batch(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed)
-            if calibration is not None else torch.zeros(1, 2, dtype=torch.long))
+    pool, rest = (pool_and_rest(calibration, tokenizer, num_samples=n, sample_len=config.sample_len, seed=config.seed,
+                                rest=search.data.reconstruction_windows)
+                  if calibration is not None else (torch.zeros(1, 2, dtype=torch.long), None))
     windows = as_token_batch(objective_data, tokenizer, num_samples=search.data.objective_windows,
                              sample_len=search.data.objective_seq_len)[: search.data.objective_windows] \
         if searching else None
-    session = PruningSession(model, config, pool.to(next(model.parameters()).device), objective_windows=windows,
-                             progress=progress)
+    device = next(model.parameters()).device
+    session = PruningSession(model, config, pool.to(device), objective_windows=windows, progress=progress,
+                             reconstruction_windows=rest.to(device) if rest is not None else None)
     found = find_plan(session, search, progress=progress, bos=uses_bos(tokenizer) if tokenizer is not None else None)
     apply_plan(model, found.plan, refit=found.refit)
     return found.plan

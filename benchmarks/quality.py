@@ -169,14 +169,21 @@ def _reads_grams(method: str, config: PruningConfig, trials: int) -> bool:
     return space is not None and space.reconstruction and "lstsq" in space.reconstructions
 
 
+#: the calibration windows beyond the pool that every least-squares repair fits on (the library's default: the
+#: first fine-tune windows, as ``adapruner prune`` and the callback take them)
+RECONSTRUCTION_WINDOWS = SearchConfig().data.reconstruction_windows
+
+
 def recipe(method: str, ratio: float, seed: int, trials: int) -> dict:
     """Every option a method's plan depends on, resolved against the library's current defaults (memory knobs
     left out, as in a search trace's problem key): a kept plan is reused only while its recipe is unchanged, so
     a plan searched before a default changed is not passed off as today's method."""
     overrides, searches, _ = METHODS[method]
-    pruning = plan_options(PruningConfig(target_ratio=ratio, seed=seed, **overrides))
+    config = PruningConfig(target_ratio=ratio, seed=seed, **overrides)
+    pruning = plan_options(config)
     search = dataclasses.asdict(_search_config(method, trials)) if searches else None
-    return json.loads(json.dumps({"pruning": pruning, "search": search}, default=str))
+    data = {"reconstruction_windows": RECONSTRUCTION_WINDOWS} if _reads_grams(method, config, trials) else {}
+    return json.loads(json.dumps({"pruning": pruning, "search": search, **data}, default=str))
 
 
 def _recipe_difference(old: dict | None, new: dict) -> str:
@@ -285,7 +292,8 @@ class Bench:
 
     def _grams(self) -> GramCache:
         if self._pool_grams is None:
-            self._pool_grams = collect_grams(self.model, layer_structures(self.model), self.splits.pool)
+            self._pool_grams = collect_grams(self.model, layer_structures(self.model), self.splits.pool,
+                                             extra=self.splits.reconstruction(RECONSTRUCTION_WINDOWS))
         return self._pool_grams
 
     def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
@@ -299,6 +307,7 @@ class Bench:
                                               progress=False).stats
         return PruningSession(self.fresh(), config, self.splits.pool, objective_windows=self.splits.objective,
                               pool_ids=self.splits.pool_ids, progress=False,
+                              reconstruction_windows=self.splits.reconstruction(RECONSTRUCTION_WINDOWS),
                               stats=self._pool_stats if needs_stats else None,
                               grams=self._grams() if _reads_grams(method, config, self.args.trials) else None)
 

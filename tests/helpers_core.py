@@ -40,13 +40,15 @@ SMALL = dict(trials=6, init_points=3, pool_size=12, max_keep_first=1, max_keep_l
 
 
 def small_session(seed: int = 0, pool_seed: int = 123, target_ratio: float = 0.2, **cfg) -> PruningSession:
-    """A session on a tiny 4-layer Llama with a 12 x 16 pool and 3 x 32 objective windows."""
+    """A session on a tiny 4-layer Llama with a 12 x 16 pool, 3 x 32 objective windows and 5 x 24 reconstruction
+    windows."""
     model = make_tiny_model("llama", vocab_size=128, layers=4)
     gen = torch.Generator().manual_seed(pool_seed)
     pool = torch.randint(0, 128, (12, 16), generator=gen)
     objective = torch.randint(0, 128, (3, 32), generator=gen)
+    windows = torch.randint(0, 128, (5, 24), generator=gen)
     return PruningSession(model, PruningConfig(target_ratio=target_ratio, seed=seed, **cfg), pool, objective_windows=objective,
-                          progress=False)
+                          progress=False, reconstruction_windows=windows)
 
 
 SMALL_SEARCH = dict(trials=3, init_points=2, pool_size=8, objective_windows=2, objective_seq_len=32,

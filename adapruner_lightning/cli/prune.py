@@ -43,6 +43,7 @@ ALIASES: dict[str, list[str]] = {
     "--num-samples": ["--pruning.num_samples", "{}"],
     "--objective-windows": ["--search.data.objective_windows", "{}"],
     "--objective-seq-len": ["--search.data.objective_seq_len", "{}"],
+    "--reconstruction-windows": ["--search.data.reconstruction_windows", "{}"],
     "--metrics": ["--search.space.metrics", "[{}]"],
     "--fixed-num-samples": ["--search.space.vary_num_samples", "false"],
     "--generations": ["--search.allocation.generations", "{}"],
@@ -209,7 +210,8 @@ def _prune(args: Any, out: Path) -> int:
                          n_objective=search.data.objective_windows, objective_seq_len=search.data.objective_seq_len,
                          seed=pruning.seed)
     session = PruningSession(model, pruning, splits.pool, objective_windows=splits.objective, pool_ids=splits.pool_ids,
-                             progress=args.progress)
+                             progress=args.progress,
+                             reconstruction_windows=splits.reconstruction(search.data.reconstruction_windows))
     result = find_plan(session, search, trace_path=trace_path, progress=args.progress, bos=splits.bos)
     seconds["search"] = result.seconds
     t = time.perf_counter()

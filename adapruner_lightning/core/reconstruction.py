@@ -17,8 +17,10 @@ Scored under masks exactly as exported: :func:`substituted` replaces the removed
 forward pre-hooks (no weight is touched, so nothing weight-sized is saved), and :meth:`LeastSquares.write` writes
 ``W'`` into the dense weights layer by layer right before the columns are removed (``core.physical.apply_plan``).
 
-Statistics: the inputs' second moments ``sum_t x x^T`` of every layer over the *whole pool*
-(:func:`collect_grams`), in float32 on the host. They cannot be kept per sample (14336^2 floats per layer at
+Statistics: the inputs' second moments ``sum_t x x^T`` of every layer over the *whole pool* and the
+*reconstruction windows* (``search.data.reconstruction_windows`` more calibration windows, which no candidate's
+scoring reads: a Gram of 8k tokens under-determines a 14336-wide ``down_proj``; :func:`collect_grams`), in float32
+on the host. They cannot be kept per sample (14336^2 floats per layer at
 Llama-3.1-8B's shape), so every candidate's fit reads the same pool-wide Gram whatever its samples; the fit then
 depends on the selection, the damping and the pool only. The pass is forward-only and holds at most
 ``buffer_bytes`` of Gram matrices on the device at once (layers in groups, one pass per group, each pass stopped
@@ -67,7 +69,8 @@ def removed_columns(layer: LayerStructure, sel: LayerSelection, member: str) -> 
 
 @dataclass
 class GramCache:
-    """Per layer, float32 sums over the pool's tokens of the inputs of ``o_proj`` and ``down_proj``.
+    """Per layer, float32 sums over the tokens of the pool (and the reconstruction windows) of the inputs of
+    ``o_proj`` and ``down_proj``.
 
     Attributes:
         layers: one dict per decoder layer: ``"o"``/``"down"`` the ``[d, d]`` sums of ``x x^T``, ``"sum:o"``/
@@ -86,8 +89,10 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Tensor, *, batch_size: int = 8,
-                  buffer_bytes: int | None = None, progress: bool = False, collective: Collective = LOCAL) -> GramCache:
-    """Forward passes over ``pool`` ([N, T] token ids) summing ``x x^T`` and ``x`` of every o/down input.
+                  buffer_bytes: int | None = None, progress: bool = False, collective: Collective = LOCAL,
+                  extra: torch.Tensor | None = None) -> GramCache:
+    """Forward passes over ``pool`` ([N, T] token ids) summing ``x x^T`` and ``x`` of every o/down input; with
+    ``extra`` ([K, T'] token ids, any length: more calibration windows) over those too, in the same sums.
 
     With a ``collective`` of several ranks, rank ``r`` runs the batches ``r, r + world_size, ...`` and the sums are
     added over the ranks (every rank ends with the complete statistics). The model is not changed; its dtype is
@@ -98,7 +103,9 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
     widths = [4 * (layer.o.in_features ** 2 + layer.down.in_features ** 2) for layer in layers]
     budget = buffer_bytes or default_buffer_bytes(list(model.parameters()))
     groups = budget_groups(list(range(len(layers))), widths, budget)
-    starts = list(range(0, pool.shape[0], batch_size))[collective.rank::collective.world_size]
+    data = [pool] + ([extra] if extra is not None and extra.numel() else [])
+    batches = [rows[start:start + batch_size] for rows in data for start in range(0, rows.shape[0], batch_size)]
+    batches = batches[collective.rank::collective.world_size]
     store: list[dict[str, torch.Tensor]] = [{} for _ in layers]
     was_training = model.training
     model.eval()
@@ -109,9 +116,9 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
             handles = [getattr(layers[i], m).register_forward_pre_hook(_gram_hook(sums[i], m, (i, m) == last))
                        for i in group for m in MEMBERS]
             try:
-                for start in starts:
+                for batch in batches:
                     with contextlib.suppress(_StopForward):
-                        model(input_ids=pool[start:start + batch_size].to(device), use_cache=False)
+                        model(input_ids=batch.to(device), use_cache=False)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -120,7 +127,7 @@ def collect_grams(model: nn.Module, layers: list[LayerStructure], pool: torch.Te
                 del sums[i]
     finally:
         model.train(was_training)
-    return GramCache(layers=store, tokens=int(pool.shape[0] * pool.shape[1]))
+    return GramCache(layers=store, tokens=sum(int(rows.numel()) for rows in data))
 
 
 def _zero_sums(layer: LayerStructure, device: torch.device) -> dict[str, torch.Tensor]:

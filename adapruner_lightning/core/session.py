@@ -139,7 +139,11 @@ class PruningSession:
             neither the metric, the seed nor the target), so several configurations pay for one pass.
         collective: the ranks of a distributed job, each holding this model and pool: the statistics pass is
             split between them (every rank ends with the complete statistics).
-        grams: the pool's least-squares statistics from another session on the same weights and pool, as ``stats``.
+        grams: the least-squares statistics from another session on the same weights, pool and
+            ``reconstruction_windows``, as ``stats``.
+        reconstruction_windows: more calibration windows ``[K, T'']`` (disjoint from the objective windows) that
+            the least-squares statistics sum over beside the pool; no candidate's unit scores read them (None: the
+            pool alone).
         objective: deprecated name of ``objective_windows`` (a :class:`DeprecationWarning`).
     """
 
@@ -147,9 +151,11 @@ class PruningSession:
                  objective_windows: torch.Tensor | None = None, pool_ids: Sequence[str] | None = None,
                  batch_size: int = 8, progress: bool = True, stats: StatsCache | None = None,
                  collective: Collective = LOCAL, grams: GramCache | None = None,
-                 objective: torch.Tensor | None = None) -> None:
+                 reconstruction_windows: torch.Tensor | None = None, objective: torch.Tensor | None = None) -> None:
         self.model, self.config, self.collective = model, config, collective
         self.pool = pool
+        self.reconstruction_windows = reconstruction_windows if reconstruction_windows is not None and \
+            reconstruction_windows.numel() else None
         self.objective_windows = renamed("PruningSession(objective=...)", objective, "objective_windows=...",
                                          objective_windows)
         self.pool_ids = list(pool_ids or [str(i) for i in range(pool.shape[0])])
@@ -164,10 +170,12 @@ class PruningSession:
         basis = self.params_total if config.ratio_basis == "total" else prunable_params(self.layers)
         self.budget = int(round(config.target_ratio * basis))
         self._stats = self._check_stats(stats)
-        if grams is not None and (len(grams.layers) != len(self.layers) or grams.tokens != pool.numel()):
+        tokens = pool.numel() + (self.reconstruction_windows.numel() if self.reconstruction_windows is not None else 0)
+        if grams is not None and (len(grams.layers) != len(self.layers) or grams.tokens != tokens):
             raise ConfigError("grams", f"{grams.tokens} tokens x {len(grams.layers)} layers",
-                              f"the Gram matrices of this pool ({pool.numel()} tokens) and these {len(self.layers)} "
-                              "layers", hint="share grams only between sessions on the same dense weights and pool")
+                              f"the Gram matrices of this pool and these reconstruction windows ({tokens} tokens) and "
+                              f"these {len(self.layers)} layers", hint="share grams only between sessions on the same "
+                              "dense weights, pool and reconstruction windows")
         self._grams: GramCache | None = grams
         self._grad_cache: dict[tuple, list[dict[str, torch.Tensor]]] = {}
         self._pool_scores: dict[tuple[str, int], MemberScores] = {}  # (metric, layer) -> scores of a `grams` metric
@@ -287,9 +295,11 @@ class PruningSession:
 
     @property
     def grams(self) -> GramCache:
-        """The pool's least-squares statistics (``sum x x^T`` of every o/down input; computed on first use)."""
+        """The least-squares statistics of the pool and the reconstruction windows (``sum x x^T`` of every o/down
+        input; computed on first use)."""
         if self._grams is None:
-            self._grams = collect_grams(self.model, self.layers, self.pool, batch_size=self.batch_size,
+            self._grams = collect_grams(self.model, self.layers, self.pool, extra=self.reconstruction_windows,
+                                        batch_size=self.batch_size,
                                         progress=self.progress, collective=self.collective)
         return self._grams
 
@@ -388,7 +398,8 @@ class PruningSession:
         compensation = self.compensation(candidate, selection)
         biases = compensation.biases(self.layers) if isinstance(compensation, Fits) else compensation
         if isinstance(compensation, Fits):  # what a replay needs to fit the same weights again
-            info["reconstruction_fit"] = {**self.least_squares.describe(), "pool": tensor_digest(self.pool)}
+            info["reconstruction_fit"] = {**self.least_squares.describe(), "pool": tensor_digest(self.pool),
+                                          **self._windows_digest()}
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
                          ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 
@@ -405,8 +416,16 @@ class PruningSession:
             "objective_windows": None if self.objective_windows is None else
             {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
             "pruning": plan_options(self.config),
-            "attention_unit": self.attention_unit, "uniform": self.uniform,
+            "attention_unit": self.attention_unit, "uniform": self.uniform, **self._windows_digest(),
         }
+
+    def _windows_digest(self) -> dict[str, Any]:
+        """The reconstruction windows' shape and tokens as ``{"reconstruction_windows": ...}`` (empty without
+        them, so a problem or plan made before they existed reads the same)."""
+        if self.reconstruction_windows is None:
+            return {}
+        return {"reconstruction_windows": {"shape": list(self.reconstruction_windows.shape),
+                                           "tokens": tensor_digest(self.reconstruction_windows)}}
 
     def free_memory(self) -> None:
         """Drop what a failed trial may have left: weight gradients, then unreferenced (CUDA-cached) memory."""

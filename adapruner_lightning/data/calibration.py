@@ -61,6 +61,11 @@ class DataSplits:
     dev: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.long))
     dev_ids: list[str] = field(default_factory=list)
 
+    def reconstruction(self, count: int) -> torch.Tensor:
+        """At most ``count`` windows the least-squares reconstruction fits on beyond the pool: the first fine-tune
+        windows (a seeded spread over the texts; never an objective or development window)."""
+        return self.finetune[:count]
+
 
 def _validate(texts: dict[str, str], n_pool: int, pool_seq_len: int, n_objective: int, objective_seq_len: int,
               n_dev: int) -> None:
@@ -231,6 +236,13 @@ def dev_texts(splits: DataSplits, tokenizer: Any) -> dict[str, str]:
 
 def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample_len: int, seed: int = 0) -> torch.Tensor:
     """Turn strings, a ``datasets.Dataset`` (``text`` or ``input_ids`` column) or token tensors into ``[n, T]``."""
+    return pool_and_rest(calibration, tokenizer, num_samples=num_samples, sample_len=sample_len, seed=seed)[0]
+
+
+def pool_and_rest(calibration: Any, tokenizer: Any, *, num_samples: int, sample_len: int, seed: int = 0,
+                  rest: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`as_token_batch`'s ``[n, T]`` samples (a seeded choice of ``num_samples`` where there are more), and
+    at most ``rest`` of the samples it left out, in the same seeded order (empty ``[0, T]`` when none are left)."""
     if isinstance(calibration, torch.Tensor):
         batch = calibration
     else:
@@ -248,7 +260,7 @@ def as_token_batch(calibration: Any, tokenizer: Any, *, num_samples: int, sample
     if batch.ndim != 2 or batch.shape[0] == 0:
         raise ConfigError("calibration", tuple(batch.shape), f"at least one sample of {sample_len} tokens",
                           hint="provide more calibration text or lower sample_len")
-    if batch.shape[0] > num_samples:  # a seeded choice of samples, not always the first ones
-        pick = torch.randperm(batch.shape[0], generator=torch.Generator().manual_seed(seed))[:num_samples]
-        batch = batch[pick.sort().values]
-    return batch
+    if batch.shape[0] <= num_samples:
+        return batch, batch[:0]
+    order = torch.randperm(batch.shape[0], generator=torch.Generator().manual_seed(seed))  # not always the first ones
+    return batch[order[:num_samples].sort().values], batch[order[num_samples:num_samples + rest]]

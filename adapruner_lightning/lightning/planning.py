@@ -124,30 +124,31 @@ def pruning_data(trainer: Trainer, search: SearchConfig, pruning: PruningConfig)
         return dm.pruning_data(pool_size=data.pool_size, pool_seq_len=pruning.sample_len,
                                objective_windows=data.objective_windows, objective_seq_len=data.objective_seq_len,
                                seed=pruning.seed), True
-    rows = train_rows(trainer, data.pool_size + data.objective_windows)
+    rows = train_rows(trainer, data.pool_size + data.objective_windows, extra=data.reconstruction_windows)
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(pruning.seed))
-    held = data.objective_windows
+    held, pool = order[:data.objective_windows], order[data.objective_windows:]
+    pool, rest = pool[:data.pool_size], pool[data.pool_size:]
     log.warning("adapruner: the objective windows come from the train dataloader and may reach fine-tuning; "
                 "give your datamodule a pruning_data() method to keep them out")
-    splits = DataSplits(pool=rows[order[held:]][:, : pruning.sample_len],
-                        pool_ids=[f"train:{int(i)}" for i in order[held:]], objective=rows[order[:held]],
-                        objective_ids=[f"train:{int(i)}" for i in order[:held]], finetune_ids=[])
+    splits = DataSplits(pool=rows[pool][:, : pruning.sample_len], pool_ids=[f"train:{int(i)}" for i in pool],
+                        objective=rows[held], objective_ids=[f"train:{int(i)}" for i in held],
+                        finetune_ids=[f"train:{int(i)}" for i in rest], finetune=rows[rest])
     return splits, False
 
 
-def train_rows(trainer: Trainer, needed: int) -> torch.Tensor:
+def train_rows(trainer: Trainer, needed: int, *, extra: int = 0) -> torch.Tensor:
     """The first ``needed`` ``input_ids`` rows of the loader ``fit`` trains on (passed to ``fit``, the
-    datamodule's or the module's ``train_dataloader``)."""
+    datamodule's or the module's ``train_dataloader``), and up to ``extra`` more where the loader has them."""
     rows: list[torch.Tensor] = []
     for batch in _compat.train_dataloader(trainer):
         ids = batch["input_ids"] if isinstance(batch, dict) else batch[0]
         rows += list(ids)
-        if len(rows) >= needed:
+        if len(rows) >= needed + extra:
             break
     if len(rows) < max(needed, 2):
         raise ConfigError("train dataloader", f"{len(rows)} samples", f"at least {needed} (pool + objective)",
                           hint="lower search.data.pool_size / objective_windows or provide more data")
-    return torch.stack(rows[:needed])
+    return torch.stack(rows[:needed + extra])
 
 
 def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, search: SearchConfig, *,
@@ -156,8 +157,10 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
     """:func:`~adapruner_lightning.search.pipeline.find_plan` on the pruning data of a fit, inside the precision
     plugin's ``forward_context``: every rank of ``collective`` calls this with the same model and splits and
     returns the same plan and trace."""
+    windows = splits.reconstruction(search.data.reconstruction_windows).to(device)
     session = PruningSession(model, pruning, splits.pool.to(device), objective_windows=splits.objective.to(device),
-                             pool_ids=splits.pool_ids, progress=progress, collective=collective)
+                             pool_ids=splits.pool_ids, progress=progress, collective=collective,
+                             reconstruction_windows=windows)
     with forward_context():
         return find_plan(session, search, trace_path=trace_path, collective=collective, progress=progress,
                          bos=splits.bos)
@@ -165,17 +168,20 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
 
 def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, device: torch.device,
                    collective: Collective = LOCAL) -> LeastSquares:
-    """The least-squares statistics a replayed ``reconstruction='lstsq'`` plan needs, from ``splits``' pool, which
-    must be the pool the plan was fitted on (same tokens); another pool is refused with a clear error, since its
-    weights would differ from the ones the plan was scored with."""
+    """The least-squares statistics a replayed ``reconstruction='lstsq'`` plan needs, from ``splits``' pool and
+    reconstruction windows, which must be the ones the plan was fitted on (same tokens); other data is refused with
+    a clear error, since its weights would differ from the ones the plan was scored with."""
     fit = plan.provenance.get("reconstruction_fit") or {}
-    if fit.get("pool") != tensor_digest(splits.pool):
+    made = fit.get("reconstruction_windows")
+    windows = splits.reconstruction(made["shape"][0] if made else 0)
+    if fit.get("pool") != tensor_digest(splits.pool) or (made and made["tokens"] != tensor_digest(windows)):
         raise ConfigError("plan", "re-fitted (reconstruction='lstsq') on another calibration pool",
                           "the calibration pool the plan was made on (same tokens)",
                           hint="use the same data, seed, search.data.pool_size and pruning.sample_len as the run that "
                                "made the plan, load its export with load_pruned, or make the plan with "
                                "reconstruction='bias'")
-    grams = collect_grams(model, layer_structures(model), splits.pool.to(device), collective=collective)
+    grams = collect_grams(model, layer_structures(model), splits.pool.to(device), extra=windows.to(device),
+                          collective=collective)
     return LeastSquares.described(grams, fit)
 
 

@@ -74,6 +74,11 @@ class SearchData:
             ``"kl"`` (negative mean KL divergence from the dense model's next-token distributions, computed once
             and kept as its ``kl_top_k`` most likely tokens per position plus the rest's mass).
         kl_top_k: tokens per position the ``"kl"`` objective keeps of the dense distribution.
+        reconstruction_windows: at most this many more calibration windows (beyond the pool: the first fine-tune
+            windows of the calibration texts, or of the train loader) that the least-squares reconstruction's
+            statistics sum over; no candidate's unit scores read them, and they never overlap the objective
+            windows. 96 windows of 256 tokens give the repair 4x the pool's 8k tokens (0: the pool alone; chosen on
+            development data, ``benchmarks/results/reconstruction_data.md``).
         subset_size: deprecated: the samples a candidate reads while ``space.vary_num_samples`` is off are
             ``pruning.num_samples``; given (a :class:`DeprecationWarning`), it still takes their place.
     """
@@ -83,6 +88,7 @@ class SearchData:
     objective_seq_len: int = 256
     objective: ObjectiveKind = "perplexity"
     kl_top_k: int = 64
+    reconstruction_windows: int = 96
     subset_size: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -98,6 +104,7 @@ class SearchData:
             raise ConfigError("search.data.objective_seq_len", self.objective_seq_len, "at least 8 tokens")
         check_literal("search.data.objective", self.objective, ObjectiveKind)
         check_positive("search.data.kl_top_k", self.kl_top_k)
+        check_non_negative("search.data.reconstruction_windows", self.reconstruction_windows)
 
 
 @dataclass

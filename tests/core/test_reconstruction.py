@@ -195,3 +195,35 @@ def test_configs_refuse_bad_reconstructions_and_map_the_deprecated_flag():
     assert candidate.reconstruction == "bias" and candidate.describe()["bias_compensation"]
     with pytest.raises(ConfigError, match="reconstruction"):
         Candidate("flap", "sum", [0], reconstruction="obs")
+
+
+def test_reconstruction_windows_add_to_the_pool_gram_and_are_recorded():
+    """``reconstruction_windows`` (more calibration windows, of any length) are summed into the least-squares
+    statistics with the pool, exactly as one pass over both; the fit reads them, the candidates' unit scores do not;
+    the plan and the problem record them; Grams of the pool alone are refused for such a session."""
+    model = make_tiny_model("llama", vocab_size=VOCAB, layers=2)
+    layers = layer_structures(model)
+    pool, same_len, longer = tokens(6, 16), tokens(3, 16, seed=1), tokens(3, 24, seed=2)
+    both = collect_grams(model, layers, pool, extra=same_len, batch_size=4)
+    one = collect_grams(model, layers, torch.cat([pool, same_len]), batch_size=4)
+    apart = [collect_grams(model, layers, x) for x in (pool, longer)]
+    mixed = collect_grams(model, layers, pool, extra=longer, batch_size=4)
+    assert both.tokens == 144 and mixed.tokens == 6 * 16 + 3 * 24
+    for a, b, p, w, m in zip(both.layers, one.layers, apart[0].layers, apart[1].layers, mixed.layers):
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-4) for k in a)
+        assert all(torch.allclose(m[k], p[k] + w[k], rtol=1e-5, atol=1e-4) for k in m)
+
+    config = PruningConfig(target_ratio=0.25, metric="wanda_sp", num_samples=4, reconstruction="lstsq")
+    plain = PruningSession(model, config, pool, progress=False)
+    wide = PruningSession(model, config, pool, progress=False, reconstruction_windows=longer)
+    candidate = plain.default_candidate()
+    selection = plain.select(candidate)
+    assert wide.select(candidate) == selection  # the unit scores read the pool only
+    assert wide.grams.tokens == mixed.tokens
+    plain_fit, wide_fit = (s.least_squares.fit(layers, selection) for s in (plain, wide))
+    assert not torch.allclose(plain_fit.fits[1]["down"].matrix, wide_fit.fits[1]["down"].matrix)
+    recorded = wide.plan(candidate, selection).provenance["reconstruction_fit"]["reconstruction_windows"]
+    assert recorded["shape"] == [3, 24] and recorded == wide.problem()["reconstruction_windows"]
+    assert "reconstruction_windows" not in plain.plan(candidate, selection).provenance["reconstruction_fit"]
+    with pytest.raises(ConfigError, match="reconstruction windows"):
+        PruningSession(model, config, pool, progress=False, reconstruction_windows=longer, grams=plain.grams)

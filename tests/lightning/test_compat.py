@@ -267,3 +267,38 @@ def test_the_requeue_command_is_lightnings(tmp_path, monkeypatch):
 
     source = inspect.getsource(_SignalConnector._slurm_sigusr_handler_fn)
     assert '["scontrol", "requeue", job_id]' in source and 'f"{array_job_id}_{array_task_id}"' in source
+
+
+class _SplitProbe(Callback):
+    """Calls ``planning.pruning_data`` in ``setup`` as the callback does, for a train loader without a datamodule."""
+
+    def __init__(self, **data) -> None:
+        self.data, self.splits = data, None
+
+    def setup(self, trainer, pl_module, stage):
+        from adapruner_lightning.core.config import PruningConfig
+        from adapruner_lightning.lightning import planning
+        from adapruner_lightning.search.config import SearchConfig
+
+        self.splits, _ = planning.pruning_data(trainer, SearchConfig.of(**self.data), PruningConfig(sample_len=8))
+
+
+class _Wide(_NoLoader):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+
+
+@pytest.mark.parametrize("windows, expected", [(3, 3), (20, 6), (0, 0)])
+def test_the_train_loader_gives_reconstruction_windows_apart_from_the_pool_and_objective(tmp_path, windows, expected):
+    """Without a datamodule's ``pruning_data`` the pool and objective windows are train rows; the reconstruction
+    windows are up to ``reconstruction_windows`` more rows (as many as the loader has), disjoint from both."""
+    rows = torch.arange(96.0).view(12, 8)  # 12 distinct rows of 8 "tokens"
+    probe = _SplitProbe(pool_size=4, objective_windows=2, reconstruction_windows=windows)
+    _trainer(tmp_path, probe).fit(_Wide(), train_dataloaders=DataLoader(TensorDataset(rows), batch_size=3))
+    splits = probe.splits
+    assert splits.pool.shape == (4, 8) and splits.objective.shape == (2, 8)
+    extra = splits.reconstruction(windows)
+    assert extra.shape[0] == expected
+    seen = [tuple(r.tolist()) for part in (splits.pool, splits.objective, extra) for r in part]
+    assert len(set(seen)) == len(seen) == 6 + expected

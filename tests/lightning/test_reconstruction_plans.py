@@ -42,7 +42,12 @@ def _fit(tmp_path: Path, name: str, tiny_lm_dir: Path, text_dir: Path, **callbac
 def test_a_least_squares_plan_file_is_refitted_from_the_runs_own_pool(tmp_path, tiny_lm_dir, text_dir):
     pruning = PruningConfig(metric="wanda_sp", reconstruction="lstsq", sample_len=32, num_samples=4)
     first, pruned = _fit(tmp_path, "a", tiny_lm_dir, text_dir, target_ratio=0.25, pruning=pruning)
-    assert first.plan.refits_weights and first.plan.provenance["reconstruction_fit"]["pool"]
+    fit = first.plan.provenance["reconstruction_fit"]
+    assert first.plan.refits_weights and fit["pool"]
+    windows = fit["reconstruction_windows"]["shape"][0]  # the first fine-tune windows, up to the default 96
+    assert 0 < windows <= SearchConfig().data.reconstruction_windows
+    pool_tokens = SearchConfig().data.pool_size * 32  # the pool: pool_size x sample_len
+    assert fit["tokens"] == pool_tokens + windows * fit["reconstruction_windows"]["shape"][1]
     export = tmp_path / "a" / "adapruner" / "pruned_model"
     reloaded, _, plan = load_pruned(export)  # the export carries the re-fitted (and trained) weights
     assert plan.refits_weights
@@ -65,6 +70,11 @@ def test_a_least_squares_plan_file_from_another_pool_is_refused(tmp_path, tiny_l
     other = PruningConfig(metric="wanda_sp", reconstruction="lstsq", sample_len=32, num_samples=4, seed=7)
     with pytest.raises(ConfigError, match="another calibration pool.*load_pruned"):
         _fit(tmp_path, "b", tiny_lm_dir, text_dir, target_ratio=None, plan=str(plan_file), pruning=other)
+    data = first.plan.to_dict()
+    data["provenance"]["reconstruction_fit"]["reconstruction_windows"]["tokens"] = "0" * 16  # other windows
+    other_windows = PruningPlan.from_dict(data).save(tmp_path / "other_windows.json")
+    with pytest.raises(ConfigError, match="another calibration pool"):
+        _fit(tmp_path, "c", tiny_lm_dir, text_dir, target_ratio=None, plan=str(other_windows), pruning=pruning)
     bias = PruningPlan.from_dict({**first.plan.to_dict(), "provenance": {"reconstruction": "bias"}})
     assert not bias.refits_weights  # a bias plan replays from the file alone
 

@@ -211,3 +211,19 @@ def test_load_pruned_never_builds_the_dense_model(tmp_path, family, monkeypatch)
     assert not [n for n, p in reloaded.named_parameters() if p.device.type == "meta"]
     x = tokens(2, 12, seed=3)
     assert torch.equal(_logits(reloaded, x), _logits(model, x))
+
+
+def test_prune_fits_the_reconstruction_on_the_calibration_samples_the_pool_left_over():
+    """``prune(calibration=...)`` with more samples than the pool: the least-squares repair also reads up to
+    ``search.data.reconstruction_windows`` of the samples left over (recorded in the plan), not the pool's twice."""
+    from adapruner_lightning.search.config import SearchConfig
+
+    calibration = tokens(10, 16)
+    plans = {n: prune(tiny("llama"), metric="wanda_sp", calibration=calibration, num_samples=4, target_ratio=0.25,
+                      reconstruction="lstsq", search=SearchConfig.of(trials=0, reconstruction_windows=n),
+                      progress=False) for n in (0, 3, 50)}
+    fits = {n: plan.provenance["reconstruction_fit"] for n, plan in plans.items()}
+    assert "reconstruction_windows" not in fits[0] and fits[0]["tokens"] == 4 * 16
+    assert fits[3]["reconstruction_windows"]["shape"] == [3, 16] and fits[3]["tokens"] == 7 * 16
+    assert fits[50]["reconstruction_windows"]["shape"] == [6, 16]  # all that is left over
+    assert plans[3].layers != plans[0].layers  # the same selection, other fitted biases
