@@ -115,6 +115,13 @@ def quality_gemma(root: Path) -> str:
     return qt.side_by_side([r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")], "flap")
 
 
+def quality_reconstruction_windows(root: Path) -> str:
+    """The default search and FLAP + least squares with the reconstruction windows (``quality_reconstruction_windows/``),
+    the same development / evaluation table, FLAP the baseline."""
+    rows = _cells(root, "quality_reconstruction_windows")
+    return qt.side_by_side([r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")], "flap")
+
+
 def quality_protocol_tasks(root: Path) -> str:
     """Per task, evaluation role, paired with FLAP."""
     rows = [r for r in _cells(root, "quality_protocol") if qt.has_role(r, "test")]
@@ -411,10 +418,18 @@ def selection_ablation(root: Path) -> str:
     return bench.ablation_table(_json(root, "selection.json"))
 
 
+def reconstruction_data(root: Path) -> str:
+    """The least-squares repair on the pool alone against the pool and more calibration windows, on development
+    windows (``reconstruction_data.json``; the table ``benchmarks/reconstruction_data.py`` writes)."""
+    import reconstruction_data as bench
+
+    return bench.table(_json(root, "reconstruction_data.json"))
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
-        quality_protocol, quality_gemma, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
+        quality_protocol, quality_gemma, quality_reconstruction_windows, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
-        selection_stages, selection_ablation)
+        selection_stages, selection_ablation, reconstruction_data)
 }

@@ -58,6 +58,8 @@ CASES = {
     "round_to not positive": (lambda: PruningConfig(round_to=0), r"round_to"),
     "layer ramp out of range": (lambda: PruningConfig(layer_ramp=5.0), r"layer_ramp"),
     "unknown search engine": (lambda: SearchConfig.of(engine="annealing"), r"engine"),
+    "negative reconstruction windows": (lambda: SearchConfig.of(reconstruction_windows=-1),
+                                        r"search.data.reconstruction_windows=-1.*non-negative"),
 }
 
 

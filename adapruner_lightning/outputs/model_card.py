@@ -17,12 +17,22 @@ def _removed(plan: PruningPlan) -> list[str]:
     return [f"- query heads: {heads} of {n * plan.original_num_heads}",
             f"- key/value heads: {kv} of {n * plan.original_num_kv_heads}",
             f"- MLP channels: {channels} of {n * plan.original_intermediate_size}",
-            f"- reconstruction: {_RECONSTRUCTION[plan.reconstruction]}"]
+            f"- reconstruction: {_RECONSTRUCTION[plan.reconstruction]}{_fit_data(plan)}"]
 
 
 _RECONSTRUCTION = {"none": "none", "bias": "FLAP's bias compensation (the removed inputs' mean as o_proj/down_proj biases)",
                    "lstsq": "least squares (the kept o_proj/down_proj columns re-fitted to the dense layer's output "
-                            "on the calibration pool, with a bias)"}
+                            "on calibration data, with a bias)"}
+
+
+def _fit_data(plan: PruningPlan) -> str:
+    """What a least-squares repair fitted on: the calibration tokens, the pool's and the reconstruction windows'."""
+    fit = (plan.provenance or {}).get("reconstruction_fit")
+    if plan.reconstruction != "lstsq" or not fit or "tokens" not in fit:
+        return ""
+    windows = fit.get("reconstruction_windows")
+    extra = f", the pool and {windows['shape'][0]} more windows" if windows else ", the pool"
+    return f", fitted on {fit['tokens']:,} calibration tokens{extra}"
 
 
 def _stages(plan: PruningPlan) -> list[str]:

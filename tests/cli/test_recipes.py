@@ -45,6 +45,8 @@ def test_overlays_merge_into_the_callback_section():
     assert demo.adapruner.recovery.mode == "full" and demo.adapruner.distillation is None
     # the allocation stage runs in the demo, at the budget that keeps its search under 5 minutes on 2 cores (README)
     assert (demo.adapruner.search.trials, demo.adapruner.search.allocation.generations) == (8, 8)
+    # the budget was measured with the repair on the pool alone: the reconstruction windows stay off in the demo
+    assert demo.adapruner.search.data.reconstruction_windows == 0 < base.adapruner.search.data.reconstruction_windows
     llm = _parse(["smollm2_default.yaml", "overlays/llm_pruner_baseline.yaml"])
     assert (llm.adapruner.pruning.keep_first, llm.adapruner.pruning.keep_last, llm.adapruner.search.trials) == (4, 2, 0)
 

@@ -17,3 +17,13 @@ def test_the_card_names_the_stages_and_the_whole_blocks_removed():
     assert "whole attention blocks removed: layers 0, 1" in card and "whole MLP blocks removed: layers 1" in card
     plain = model_card(make_plan(model, {}, provenance={"metric": "obs"}))
     assert "training-aware" not in plain and "allocation" not in plain and "blocks removed" not in plain
+
+
+def test_the_card_says_what_the_least_squares_repair_fitted_on():
+    model = tiny("llama", layers=4)
+    fit = {"damping": 0.01, "tokens": 32768, "reconstruction_windows": {"shape": [96, 256], "tokens": "ab"}}
+    card = model_card(make_plan(model, {}, provenance={"reconstruction": "lstsq", "reconstruction_fit": fit}))
+    assert "fitted on 32,768 calibration tokens, the pool and 96 more windows" in card
+    pool_only = {"damping": 0.01, "tokens": 8192}
+    card = model_card(make_plan(model, {}, provenance={"reconstruction": "lstsq", "reconstruction_fit": pool_only}))
+    assert "fitted on 8,192 calibration tokens, the pool" in card and "more windows" not in card
