@@ -182,7 +182,7 @@ def recipe(method: str, ratio: float, seed: int, trials: int) -> dict:
     config = PruningConfig(target_ratio=ratio, seed=seed, **overrides)
     pruning = plan_options(config)
     search = dataclasses.asdict(_search_config(method, trials)) if searches else None
-    data = {"reconstruction_windows": RECONSTRUCTION_WINDOWS} if _reads_grams(method, config, trials) else {}
+    data = {"data": {"reconstruction_windows": RECONSTRUCTION_WINDOWS}} if _reads_grams(method, config, trials) else {}
     return json.loads(json.dumps({"pruning": pruning, "search": search, **data}, default=str))
 
 
