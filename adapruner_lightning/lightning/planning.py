@@ -177,8 +177,9 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
     if fit.get("pool") != tensor_digest(splits.pool) or (made and made["tokens"] != tensor_digest(windows)):
         raise ConfigError("plan", "re-fitted (reconstruction='lstsq') on another calibration pool",
                           "the calibration pool the plan was made on (same tokens)",
-                          hint="use the same data, seed, search.data.pool_size and pruning.sample_len as the run that "
-                               "made the plan, load its export with load_pruned, or make the plan with "
+                          hint="use the same data, seed, search.data.pool_size, search.data.reconstruction_windows and "
+                               "pruning.sample_len as the run that made the plan, load its export with load_pruned, "
+                               "or make the plan with "
                                "reconstruction='bias'")
     grams = collect_grams(model, layer_structures(model), splits.pool.to(device), extra=windows.to(device),
                           collective=collective)
