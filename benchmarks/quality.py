@@ -209,6 +209,7 @@ class Bench:
         self.roles = {"dev": self._dev()} if args.choose else {"dev": self._dev(), "test": self._test()}
         self._pool_stats: StatsCache | None = None
         self._pool_grams: GramCache | None = None
+        self.reconstruction = self.splits.reconstruction(RECONSTRUCTION_WINDOWS)  # what every lstsq repair fits on
 
     def _dev(self) -> dict:
         """Development data: the held-back calibration windows, Austen items from their text, standard dev items."""
@@ -293,7 +294,7 @@ class Bench:
     def _grams(self) -> GramCache:
         if self._pool_grams is None:
             self._pool_grams = collect_grams(self.model, layer_structures(self.model), self.splits.pool,
-                                             extra=self.splits.reconstruction(RECONSTRUCTION_WINDOWS))
+                                             extra=self.reconstruction)
         return self._pool_grams
 
     def _session(self, method: str, ratio: float, seed: int) -> PruningSession:
@@ -307,7 +308,7 @@ class Bench:
                                               progress=False).stats
         return PruningSession(self.fresh(), config, self.splits.pool, objective_windows=self.splits.objective,
                               pool_ids=self.splits.pool_ids, progress=False,
-                              reconstruction_windows=self.splits.reconstruction(RECONSTRUCTION_WINDOWS),
+                              reconstruction_windows=self.reconstruction,
                               stats=self._pool_stats if needs_stats else None,
                               grams=self._grams() if _reads_grams(method, config, self.args.trials) else None)
 

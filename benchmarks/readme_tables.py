@@ -104,21 +104,23 @@ def quality_rows(root: Path, specs: list[tuple[str, str, str, str, str | None]],
 
 def quality_protocol(root: Path) -> str:
     """The development / evaluation table of the current protocol (``quality_protocol/``), FLAP the baseline."""
-    rows = _cells(root, "quality_protocol")
-    complete = [r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")]
-    return qt.side_by_side(complete, "flap")
+    return _dev_and_test(root, "quality_protocol")
 
 
 def quality_gemma(root: Path) -> str:
     """Gemma-3-270M (a second family, BOS): the same development / evaluation table (``quality_gemma/``)."""
-    rows = _cells(root, "quality_gemma")
-    return qt.side_by_side([r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")], "flap")
+    return _dev_and_test(root, "quality_gemma")
 
 
 def quality_reconstruction_windows(root: Path) -> str:
     """The default search and FLAP + least squares with the reconstruction windows (``quality_reconstruction_windows/``),
     the same development / evaluation table, FLAP the baseline."""
-    rows = _cells(root, "quality_reconstruction_windows")
+    return _dev_and_test(root, "quality_reconstruction_windows")
+
+
+def _dev_and_test(root: Path, folder: str) -> str:
+    """``folder``'s cells scored in both roles, development and evaluation side by side, FLAP the baseline."""
+    rows = _cells(root, folder)
     return qt.side_by_side([r for r in rows if qt.has_role(r, "dev") and qt.has_role(r, "test")], "flap")
 
 

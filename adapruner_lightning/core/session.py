@@ -412,9 +412,8 @@ class PruningSession:
             "model": {"type": self.model.config.model_type, "layers": layout.num_layers, "hidden": layout.hidden_size,
                       "heads": layout.num_heads, "kv_heads": layout.num_kv_heads, "mlp": layout.intermediate_size,
                       "params": self.params_total, "fingerprint": weight_fingerprint(self.layers, self.model)},
-            "pool": {"shape": list(self.pool.shape), "tokens": tensor_digest(self.pool), "ids": self.pool_ids},
-            "objective_windows": None if self.objective_windows is None else
-            {"shape": list(self.objective_windows.shape), "tokens": tensor_digest(self.objective_windows)},
+            "pool": {**_tokens_record(self.pool), "ids": self.pool_ids},
+            "objective_windows": None if self.objective_windows is None else _tokens_record(self.objective_windows),
             "pruning": plan_options(self.config),
             "attention_unit": self.attention_unit, "uniform": self.uniform, **self._windows_digest(),
         }
@@ -424,8 +423,7 @@ class PruningSession:
         them, so a problem or plan made before they existed reads the same)."""
         if self.reconstruction_windows is None:
             return {}
-        return {"reconstruction_windows": {"shape": list(self.reconstruction_windows.shape),
-                                           "tokens": tensor_digest(self.reconstruction_windows)}}
+        return {"reconstruction_windows": _tokens_record(self.reconstruction_windows)}
 
     def free_memory(self) -> None:
         """Drop what a failed trial may have left: weight gradients, then unreferenced (CUDA-cached) memory."""
@@ -445,6 +443,11 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     """A short hash of a tensor's values (token ids: exact)."""
     data = tensor.detach().cpu().contiguous()
     return hashlib.sha256(f"{data.dtype}{list(data.shape)}".encode() + data.numpy().tobytes()).hexdigest()[:16]
+
+
+def _tokens_record(tensor: torch.Tensor) -> dict[str, Any]:
+    """A batch of token windows as plain data: its shape and :func:`tensor_digest`."""
+    return {"shape": list(tensor.shape), "tokens": tensor_digest(tensor)}
 
 
 def weight_fingerprint(layers: list[LayerStructure], model: nn.Module, per_tensor: int = 256) -> str:
