@@ -174,9 +174,11 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
     fit = plan.provenance.get("reconstruction_fit") or {}
     made = fit.get("reconstruction_windows")
     windows = splits.reconstruction(made["shape"][0] if made else 0)
-    if fit.get("pool") != tensor_digest(splits.pool) or (made and made["tokens"] != tensor_digest(windows)):
-        raise ConfigError("plan", "re-fitted (reconstruction='lstsq') on another calibration pool",
-                          "the calibration pool the plan was made on (same tokens)",
+    differs = ("calibration pool" if fit.get("pool") != tensor_digest(splits.pool) else
+               "reconstruction windows" if made and made["tokens"] != tensor_digest(windows) else None)
+    if differs:
+        raise ConfigError("plan", f"re-fitted (reconstruction='lstsq') on {'another' if 'pool' in differs else 'other'} "
+                          f"{differs}", f"the {differs} the plan was made on (same tokens)",
                           hint="use the same data, seed, search.data.pool_size, search.data.reconstruction_windows and "
                                "pruning.sample_len as the run that made the plan, load its export with load_pruned, "
                                "or make the plan with "
