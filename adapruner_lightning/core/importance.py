@@ -279,7 +279,7 @@ def _inverse_covariance(inputs: ScoreInputs, member: str) -> torch.Tensor:
 def _obs(inputs: ScoreInputs) -> MemberScores:
     """What removing a unit costs once the least-squares repair has re-fitted the kept inputs (structured OBS, as
     SlimGPT and ZipLM score columns): per MLP channel ``j`` of ``down_proj``, ``||W_:j||^2 / [A]_jj`` with
-    ``A = (C + lambda I)^-1`` of the inputs' covariance ``C`` on the pool; per attention head ``h`` (its ``o_proj``
+    ``A = (C + lambda I)^-1`` of the inputs' covariance ``C`` (the repair's: the pool and the reconstruction windows); per attention head ``h`` (its ``o_proj``
     columns ``H``), ``tr(W_:H ([A]_HH)^-1 W_:H^T)``, shared evenly by the head's columns. It is the increase of
     the projection's mean squared output error when that unit alone goes and the rest are re-fitted with an
     intercept (``reconstruction="lstsq"``); with a diagonal ``C`` and no damping it is FLAP's fluctuation

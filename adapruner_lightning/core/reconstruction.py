@@ -19,10 +19,10 @@ forward pre-hooks (no weight is touched, so nothing weight-sized is saved), and 
 
 Statistics: the inputs' second moments ``sum_t x x^T`` of every layer over the *whole pool* and the
 *reconstruction windows* (``search.data.reconstruction_windows`` more calibration windows, which no candidate's
-scoring reads: a Gram of 8k tokens under-determines a 14336-wide ``down_proj``; :func:`collect_grams`), in float32
+sample subset reads: a Gram of 8k tokens under-determines a 14336-wide ``down_proj``; :func:`collect_grams`), in float32
 on the host. They cannot be kept per sample (14336^2 floats per layer at
 Llama-3.1-8B's shape), so every candidate's fit reads the same pool-wide Gram whatever its samples; the fit then
-depends on the selection, the damping and the pool only. The pass is forward-only and holds at most
+depends on the selection, the damping, the pool and the reconstruction windows only. The pass is forward-only and holds at most
 ``buffer_bytes`` of Gram matrices on the device at once (layers in groups, one pass per group, each pass stopped
 after its group's last layer); 8B in bf16: 28 GB of host memory, 4 GB on the device.
 """

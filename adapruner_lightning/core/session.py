@@ -142,8 +142,8 @@ class PruningSession:
         grams: the least-squares statistics from another session on the same weights, pool and
             ``reconstruction_windows``, as ``stats``.
         reconstruction_windows: more calibration windows ``[K, T'']`` (disjoint from the objective windows) that
-            the least-squares statistics sum over beside the pool; no candidate's unit scores read them (None: the
-            pool alone).
+            the least-squares statistics sum over beside the pool (the ``obs`` metric reads those statistics; no
+            other unit score reads the windows; None: the pool alone).
         objective: deprecated name of ``objective_windows`` (a :class:`DeprecationWarning`).
     """
 

@@ -48,6 +48,8 @@ class DataSplits:
         dev: ``LongTensor [D, window_len]``, development windows that no search, fine-tune or evaluation reads:
             the tail of each text, for choosing defaults (empty unless ``n_dev``).
         dev_ids: one id per development row, by text and position.
+        validation: how many of the last fine-tune windows a fit validates on (a datamodule's ``val_windows``):
+            never reconstruction windows.
     """
 
     pool: torch.Tensor
@@ -60,11 +62,12 @@ class DataSplits:
     bos: bool = False
     dev: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0, dtype=torch.long))
     dev_ids: list[str] = field(default_factory=list)
+    validation: int = 0
 
     def reconstruction(self, count: int) -> torch.Tensor:
         """At most ``count`` windows the least-squares reconstruction fits on beyond the pool: the first fine-tune
-        windows (a seeded spread over the texts; never an objective or development window)."""
-        return self.finetune[:count]
+        windows (a seeded spread over the texts; never an objective, development or validation window)."""
+        return self.finetune[:max(0, min(count, self.finetune.shape[0] - self.validation))]
 
 
 def _validate(texts: dict[str, str], n_pool: int, pool_seq_len: int, n_objective: int, objective_seq_len: int,

@@ -207,7 +207,8 @@ class AdaPrunerCallback(Callback):
 
     def _refit_from_data(self, trainer: Trainer, pl_module: LightningModule, model: nn.Module,
                          plan: PruningPlan) -> LeastSquares:
-        """A plan file's least-squares re-fit, from this run's calibration pool (which must be the plan's)."""
+        """A plan file's least-squares re-fit, from this run's calibration pool and reconstruction windows (which
+        must be the plan's)."""
         collective = _compat.collective(trainer)
         splits = collective.run_on(0, lambda: self.pruning_data(trainer, pl_module, getattr(pl_module, "tokenizer", None)))
         model.to(trainer.strategy.root_device)

@@ -43,7 +43,8 @@ class TextDataModule(LightningDataModule):
         instructions: optional alpaca-format JSON/JSONL files (instruction, input, output) added to training.
         seq_len: tokens per training window.
         batch_size: training batch size.
-        val_windows: windows held out of training for validation reporting (never used by the search).
+        val_windows: the last windows of the order, held out of training for validation reporting (never used by the
+            search or the least-squares repair).
         max_train_windows: cap on training windows (a short recovery fine-tune: the first windows of a seeded
             order spread over the texts in proportion, so every text contributes).
         seed: seed of the splits.
@@ -90,6 +91,7 @@ class TextDataModule(LightningDataModule):
         if splits.window_len < self.seq_len:
             raise ConfigError("seq_len", self.seq_len, f"at most the pruning window length {splits.window_len}",
                               hint="raise objective_seq_len or lower seq_len")
+        splits.validation = min(self.val_windows, int(splits.finetune.shape[0]))
         self._splits = splits
         self.train_set = None  # rebuilt from the remaining windows
         return splits
@@ -110,13 +112,15 @@ class TextDataModule(LightningDataModule):
         return torch.stack([per_text[name][index] for name, index in order])
 
     def setup(self, stage: str | None = None) -> None:
-        """Tokenise the texts into windows: the first ``val_windows`` of the spread order validate, the rest train."""
+        """Tokenise the texts into windows: the last ``val_windows`` of the spread order validate (the first ones
+        may be the least-squares repair's reconstruction windows), the rest train."""
         if self.train_set is not None:
             return
         from datasets import Dataset
 
         windows = self._windows()
-        val, train = windows[: self.val_windows], windows[self.val_windows :]
+        cut = windows.shape[0] - min(self.val_windows, windows.shape[0])
+        train, val = windows[:cut], windows[cut:]
         if self.max_train_windows is not None:
             train = train[: self.max_train_windows]
         if not len(train):

@@ -2,10 +2,11 @@
 
 * :func:`stored_checkpoint` / :func:`find_state` / :func:`restore_shape`: the plan stored in the checkpoint being
   resumed or evaluated, replayed (LoRA adapters included) before its weights load; :func:`plan_from_file`.
-* :func:`pruning_data`: the calibration pool and objective windows, from the datamodule's ``pruning_data()``
-  when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of the train loader.
+* :func:`pruning_data`: the calibration pool, objective and reconstruction windows, from the datamodule's
+  ``pruning_data()`` when it has one (the objective then stays out of fine-tuning), else seeded disjoint slices of
+  the train loader.
 * :func:`search_plan`: the search (or the configured candidate), every rank taking part: a ``SearchResult``.
-* :func:`refit_for_plan`: a replayed least-squares plan's statistics, from the pool it was made on.
+* :func:`refit_for_plan`: a replayed least-squares plan's statistics, from the pool and windows it was made on.
 """
 
 from __future__ import annotations
@@ -124,10 +125,11 @@ def pruning_data(trainer: Trainer, search: SearchConfig, pruning: PruningConfig)
         return dm.pruning_data(pool_size=data.pool_size, pool_seq_len=pruning.sample_len,
                                objective_windows=data.objective_windows, objective_seq_len=data.objective_seq_len,
                                seed=pruning.seed), True
-    rows = train_rows(trainer, data.pool_size + data.objective_windows, extra=data.reconstruction_windows)
-    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(pruning.seed))
-    held, pool = order[:data.objective_windows], order[data.objective_windows:]
-    pool, rest = pool[:data.pool_size], pool[data.pool_size:]
+    needed = data.pool_size + data.objective_windows
+    rows = train_rows(trainer, needed, extra=data.reconstruction_windows)
+    order = torch.randperm(min(needed, rows.shape[0]), generator=torch.Generator().manual_seed(pruning.seed))
+    held, pool = order[:data.objective_windows], order[data.objective_windows:]  # as without reconstruction rows
+    rest = torch.arange(order.shape[0], rows.shape[0])  # the loader's next rows
     log.warning("adapruner: the objective windows come from the train dataloader and may reach fine-tuning; "
                 "give your datamodule a pruning_data() method to keep them out")
     splits = DataSplits(pool=rows[pool][:, : pruning.sample_len], pool_ids=[f"train:{int(i)}" for i in pool],
@@ -158,6 +160,10 @@ def search_plan(model: nn.Module, splits: DataSplits, pruning: PruningConfig, se
     plugin's ``forward_context``: every rank of ``collective`` calls this with the same model and splits and
     returns the same plan and trace."""
     windows = splits.reconstruction(search.data.reconstruction_windows).to(device)
+    if windows.shape[0] < search.data.reconstruction_windows:
+        log.info("adapruner: the least-squares repair fits on the pool and %d of the %d reconstruction windows asked "
+                 "for (search.data.reconstruction_windows): the calibration data has no more", windows.shape[0],
+                 search.data.reconstruction_windows)
     session = PruningSession(model, pruning, splits.pool.to(device), objective_windows=splits.objective.to(device),
                              pool_ids=splits.pool_ids, progress=progress, collective=collective,
                              reconstruction_windows=windows)
@@ -174,8 +180,10 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
     fit = plan.provenance.get("reconstruction_fit") or {}
     made = fit.get("reconstruction_windows")
     windows = splits.reconstruction(made["shape"][0] if made else 0)
+    tokens = splits.pool.numel() + windows.numel()  # what the plan's Gram summed over, if this is its data
     differs = ("calibration pool" if fit.get("pool") != tensor_digest(splits.pool) else
-               "reconstruction windows" if made and made["tokens"] != tensor_digest(windows) else None)
+               "reconstruction windows" if (made and made["tokens"] != tensor_digest(windows))
+               or fit.get("tokens", tokens) != tokens else None)
     if differs:
         raise ConfigError("plan", f"re-fitted (reconstruction='lstsq') on {'another' if 'pool' in differs else 'other'} "
                           f"{differs}", f"the {differs} the plan was made on (same tokens)",

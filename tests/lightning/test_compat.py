@@ -302,3 +302,15 @@ def test_the_train_loader_gives_reconstruction_windows_apart_from_the_pool_and_o
     assert extra.shape[0] == expected
     seen = [tuple(r.tolist()) for part in (splits.pool, splits.objective, extra) for r in part]
     assert len(set(seen)) == len(seen) == 6 + expected
+
+
+def test_the_reconstruction_windows_leave_the_pool_and_objective_of_the_train_loader_as_they_were(tmp_path):
+    """Asking for reconstruction windows must not reshuffle the pool and objective rows: a search with
+    ``reconstruction='bias'`` (which reads no windows) and a replayed plan's pool do not depend on their number."""
+    rows = torch.arange(96.0).view(12, 8)
+    seen = []
+    for windows in (0, 20):
+        probe = _SplitProbe(pool_size=4, objective_windows=2, reconstruction_windows=windows)
+        _trainer(tmp_path, probe).fit(_Wide(), train_dataloaders=DataLoader(TensorDataset(rows), batch_size=3))
+        seen.append((probe.splits.pool.tolist(), probe.splits.pool_ids, probe.splits.objective.tolist()))
+    assert seen[0] == seen[1]

@@ -40,8 +40,8 @@ def test_a_capped_fine_tune_and_the_validation_windows_draw_from_every_text_in_p
     train = Counter(origin[tuple(row["input_ids"].tolist())] for row in data.train_set)
     val = Counter(origin[tuple(row["input_ids"].tolist())] for row in data.val_set)
     for name in sizes:
-        assert abs(val[name] - 8 * sizes[name] / total) <= 1, val
-        assert abs(val[name] + train[name] - 48 * sizes[name] / total) <= 1, train  # the first 48 of the order
+        assert abs(val[name] - 8 * sizes[name] / total) <= 1, val  # the last 8 of the order
+        assert abs(train[name] - 40 * sizes[name] / total) <= 1, train  # the first 40
     assert sum(train.values()) == 40 and len(data.val_set) == 8
     again = TextDataModule(model=str(tiny_lm_dir), texts=[str(books)], seq_len=SEQ, val_windows=8, max_train_windows=40)
     again.setup("fit")
@@ -55,3 +55,15 @@ def test_after_pruning_data_training_reads_only_the_fine_tune_windows(tiny_lm_di
     held = {tuple(w.tolist()) for w in (*splits.pool, *splits.objective)}
     seen = [tuple(r["input_ids"].tolist()) for r in (*data.train_set, *data.val_set)]
     assert not held & set(seen) and len(seen) == len(splits.finetune_ids)
+
+
+def test_the_validation_windows_are_never_reconstruction_windows(tiny_lm_dir, books):
+    """The least-squares repair fits on the first fine-tune windows (``DataSplits.reconstruction``); the windows a
+    fit validates on must not be among them, however many the repair asks for."""
+    data = TextDataModule(model=str(tiny_lm_dir), texts=[str(books)], seq_len=SEQ, val_windows=4)
+    splits = data.pruning_data(pool_size=6, pool_seq_len=SEQ, objective_windows=3, objective_seq_len=SEQ, seed=0)
+    data.setup("fit")
+    val = {tuple(r["input_ids"].tolist()) for r in data.val_set}
+    for count in (8, len(splits.finetune_ids)):
+        fitted = {tuple(w.tolist()) for w in splits.reconstruction(count)}
+        assert len(val) == 4 and fitted and not val & fitted

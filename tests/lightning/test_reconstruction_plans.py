@@ -75,6 +75,10 @@ def test_a_least_squares_plan_file_from_another_pool_is_refused(tmp_path, tiny_l
     other_windows = PruningPlan.from_dict(data).save(tmp_path / "other_windows.json")
     with pytest.raises(ConfigError, match="other reconstruction windows.*reconstruction_windows"):
         _fit(tmp_path, "c", tiny_lm_dir, text_dir, target_ratio=None, plan=str(other_windows), pruning=pruning)
+    del data["provenance"]["reconstruction_fit"]["reconstruction_windows"]  # a hand-edited plan: the pool alone
+    no_windows = PruningPlan.from_dict(data).save(tmp_path / "no_windows.json")
+    with pytest.raises(ConfigError, match="other reconstruction windows"):
+        _fit(tmp_path, "d", tiny_lm_dir, text_dir, target_ratio=None, plan=str(no_windows), pruning=pruning)
     bias = PruningPlan.from_dict({**first.plan.to_dict(), "provenance": {"reconstruction": "bias"}})
     assert not bias.refits_weights  # a bias plan replays from the file alone
 
