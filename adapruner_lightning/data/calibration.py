@@ -49,7 +49,8 @@ class DataSplits:
             the tail of each text, for choosing defaults (empty unless ``n_dev``).
         dev_ids: one id per development row, by text and position.
         validation: how many of the last fine-tune windows a fit validates on (a datamodule's ``val_windows``):
-            never reconstruction windows.
+            never reconstruction windows. A datamodule's own ``pruning_data()`` that validates on fine-tune
+            windows sets it and validates on the last ones, as ``TextDataModule`` does.
     """
 
     pool: torch.Tensor

@@ -58,6 +58,8 @@ class TextDataModule(LightningDataModule):
             raise ConfigError("seq_len", seq_len, "at least 8 tokens")
         if batch_size < 1:
             raise ConfigError("batch_size", batch_size, "a positive integer")
+        if val_windows < 0:
+            raise ConfigError("val_windows", val_windows, "0 or more windows (0: no validation)")
         check_training_data(texts, instructions)
         self.model_spec, self.text_specs, self.instruction_files = model, list(texts), list(instructions)
         self.seq_len, self.batch_size, self.val_windows = seq_len, batch_size, val_windows
@@ -91,7 +93,10 @@ class TextDataModule(LightningDataModule):
         if splits.window_len < self.seq_len:
             raise ConfigError("seq_len", self.seq_len, f"at most the pruning window length {splits.window_len}",
                               hint="raise objective_seq_len or lower seq_len")
-        splits.validation = min(self.val_windows, int(splits.finetune.shape[0]))
+        if self.val_windows >= splits.finetune.shape[0]:
+            raise ConfigError("val_windows", self.val_windows, f"fewer than the {splits.finetune.shape[0]} windows "
+                              "left after the pruning data, so that some train", hint="lower val_windows or add text")
+        splits.validation = self.val_windows
         self._splits = splits
         self.train_set = None  # rebuilt from the remaining windows
         return splits

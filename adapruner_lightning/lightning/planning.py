@@ -185,11 +185,13 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
                "reconstruction windows" if (made and made["tokens"] != tensor_digest(windows))
                or fit.get("tokens", tokens) != tokens else None)
     if differs:
+        counts = (f"the plan's repair fitted on {made['shape'][0] if made else 0} reconstruction windows, this run's "
+                  f"data gives {windows.shape[0]}")
         raise ConfigError("plan", f"re-fitted (reconstruction='lstsq') on {'another' if 'pool' in differs else 'other'} "
-                          f"{differs}", f"the {differs} the plan was made on (same tokens)",
-                          hint="use the same data, seed, search.data.pool_size, search.data.reconstruction_windows and "
-                               "pruning.sample_len as the run that made the plan, load its export with load_pruned, "
-                               "or make the plan with "
+                          f"{differs}", f"the {differs} the plan was made on (same tokens; {counts})",
+                          hint="use the same data, seed, search.data (pool_size, objective_windows, objective_seq_len, "
+                               "reconstruction_windows), pruning.sample_len and the datamodule's val_windows as the "
+                               "run that made the plan, load its export with load_pruned, or make the plan with "
                                "reconstruction='bias'")
     grams = collect_grams(model, layer_structures(model), splits.pool.to(device), extra=windows.to(device),
                           collective=collective)

@@ -77,10 +77,11 @@ class SearchData:
         reconstruction_windows: at most this many more calibration windows (beyond the pool: the first fine-tune
             windows of the calibration texts, or of the train loader) that the least-squares reconstruction's
             statistics sum over (and so the ``obs`` metric's covariance, which is the repair's; no other unit score
-            reads them); they never overlap the objective, development or validation windows. 96 windows of 256
-            tokens (the length of the CLI's and ``TextDataModule``'s windows; a train loader's rows are as long as
-            they are) give the repair 4x the pool's 8k tokens (0: the pool alone; chosen on development data,
-            ``benchmarks/results/reconstruction_data.md``).
+            reads them); they never overlap the objective or development windows, nor ``TextDataModule``'s
+            validation windows (a datamodule of your own marks its own with ``DataSplits.validation``). 96 windows
+            of ``max(pruning.sample_len, objective_seq_len)`` tokens (256 by default; a train loader's rows are as
+            long as they are) give the repair 4x the pool's 8k tokens (0: the pool alone; chosen on development
+            data, ``benchmarks/results/reconstruction_data.md``).
         subset_size: deprecated: the samples a candidate reads while ``space.vary_num_samples`` is off are
             ``pruning.num_samples``; given (a :class:`DeprecationWarning`), it still takes their place.
     """

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapruner_lightning.data.text import tokenize_windows
+from adapruner_lightning.errors import ConfigError
 from adapruner_lightning.lightning.datamodule import TextDataModule
 from conftest import random_text
 
@@ -67,3 +68,13 @@ def test_the_validation_windows_are_never_reconstruction_windows(tiny_lm_dir, bo
     for count in (8, len(splits.finetune_ids)):
         fitted = {tuple(w.tolist()) for w in splits.reconstruction(count)}
         assert len(val) == 4 and fitted and not val & fitted
+
+
+def test_validation_windows_that_leave_nothing_to_train_on_are_refused_before_the_search(tiny_lm_dir, books):
+    """``pruning_data`` runs before the search: a ``val_windows`` that takes every fine-tune window must fail there,
+    not in ``setup`` after the search has run; a negative count is refused at construction."""
+    with pytest.raises(ConfigError, match="val_windows"):
+        TextDataModule(model=str(tiny_lm_dir), texts=[str(books)], seq_len=SEQ, val_windows=-1)
+    data = TextDataModule(model=str(tiny_lm_dir), texts=[str(books)], seq_len=SEQ, val_windows=10_000)
+    with pytest.raises(ConfigError, match="val_windows=10000.*lower val_windows"):
+        data.pruning_data(pool_size=6, pool_seq_len=SEQ, objective_windows=3, objective_seq_len=SEQ, seed=0)
