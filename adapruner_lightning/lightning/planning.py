@@ -127,9 +127,9 @@ def pruning_data(trainer: Trainer, search: SearchConfig, pruning: PruningConfig)
                                seed=pruning.seed), True
     needed = data.pool_size + data.objective_windows
     rows = train_rows(trainer, needed, extra=data.reconstruction_windows)
-    order = torch.randperm(min(needed, rows.shape[0]), generator=torch.Generator().manual_seed(pruning.seed))
+    order = torch.randperm(needed, generator=torch.Generator().manual_seed(pruning.seed))  # train_rows gave >= needed
     held, pool = order[:data.objective_windows], order[data.objective_windows:]  # as without reconstruction rows
-    rest = torch.arange(order.shape[0], rows.shape[0])  # the loader's next rows
+    rest = torch.arange(needed, rows.shape[0])  # the loader's next rows
     log.warning("adapruner: the objective windows come from the train dataloader and may reach fine-tuning; "
                 "give your datamodule a pruning_data() method to keep them out")
     splits = DataSplits(pool=rows[pool][:, : pruning.sample_len], pool_ids=[f"train:{int(i)}" for i in pool],
@@ -181,13 +181,12 @@ def refit_for_plan(model: nn.Module, plan: PruningPlan, splits: DataSplits, *, d
     made = fit.get("reconstruction_windows")
     windows = splits.reconstruction(made["shape"][0] if made else 0)
     tokens = splits.pool.numel() + windows.numel()  # what the plan's Gram summed over, if this is its data
-    differs = ("calibration pool" if fit.get("pool") != tensor_digest(splits.pool) else
-               "reconstruction windows" if (made and made["tokens"] != tensor_digest(windows))
-               or fit.get("tokens", tokens) != tokens else None)
-    if differs:
+    other_pool = fit.get("pool") != tensor_digest(splits.pool)
+    if other_pool or (made and made["tokens"] != tensor_digest(windows)) or fit.get("tokens", tokens) != tokens:
+        differs = "calibration pool" if other_pool else "reconstruction windows"
         counts = (f"the plan's repair fitted on {made['shape'][0] if made else 0} reconstruction windows, this run's "
                   f"data gives {windows.shape[0]}")
-        raise ConfigError("plan", f"re-fitted (reconstruction='lstsq') on {'another' if 'pool' in differs else 'other'} "
+        raise ConfigError("plan", f"re-fitted (reconstruction='lstsq') on {'another' if other_pool else 'other'} "
                           f"{differs}", f"the {differs} the plan was made on (same tokens; {counts})",
                           hint="use the same data, seed, search.data (pool_size, objective_windows, objective_seq_len, "
                                "reconstruction_windows), pruning.sample_len and the datamodule's val_windows as the "
