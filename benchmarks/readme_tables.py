@@ -118,6 +118,36 @@ def quality_reconstruction_windows(root: Path) -> str:
     return _dev_and_test(root, "quality_reconstruction_windows")
 
 
+#: the README's summary: the default search and FLAP (+ the same repair) from the default's own run, the baselines
+#: that never read the repair's windows from the protocol run (the same model, items and evaluation text)
+SUMMARY = ("quality_reconstruction_windows", "quality_protocol")
+
+
+def baselines(root: Path) -> str:
+    """The README's summary against the baselines, evaluation data: per ratio and recovery, the default search's
+    perplexity (x dense), its ratio to FLAP and to FLAP + least squares on each seed, LLM-Pruner's and Wanda-sp's
+    perplexity, and the item-paired accuracy difference to FLAP."""
+    ours, protocol = (_cells(root, folder) for folder in SUMMARY)
+    dense = _dense(ours)
+    if qt.mean_ppl(_dense(protocol)) != qt.mean_ppl(dense):
+        raise ValueError(f"{SUMMARY[0]} and {SUMMARY[1]} scored another dense model: their cells do not compare")
+    out = []
+    for ratio, recovery in sorted({(r["ratio"], qt.recovery(r)) for r in ours if r["method"] == "adapruner"},
+                                  key=lambda k: (qt.VARIANTS.index(k[1]), k[0])):
+        rs, flap = _pick(ours, "adapruner", recovery, ratio), _pick(ours, "flap", recovery, ratio)
+        x_dense = lambda cells: "" if not cells else f"{statistics.mean(map(qt.mean_ppl, cells)) / qt.mean_ppl(dense):,.2f}x" + (  # noqa: E731
+            f" ({len(cells)} seed{'s' * (len(cells) > 1)})" if len(cells) != len(rs) else "")
+        per_seed = lambda base: " / ".join(f"{qt.mean_ppl(r) / qt.mean_ppl(b):.3f}"  # noqa: E731
+                                           for r, b in _pairs(rs, base))
+        out.append([f"{ratio:.0%}", qt.label(recovery), str(len(rs)), x_dense(rs), per_seed(flap),
+                    per_seed(_pick(ours, "flap_lstsq", recovery, ratio)), x_dense(flap),
+                    *(x_dense(_pick(protocol, m, recovery, ratio)) for m in ("llm_pruner", "wanda_sp")),
+                    qt.item_difference([(r["correct"], b["correct"]) for r, b in _pairs(rs, flap)])])
+    return _md(["ratio", "recovery", "seeds", "AdaPruner ppl (x dense)", "x FLAP, per seed", "x FLAP + lstsq, per seed",
+                "FLAP ppl (x dense)", "LLM-Pruner ppl (x dense)", "Wanda-sp ppl (x dense)",
+                "Δacc vs FLAP ± item SE"], out, right=2)
+
+
 def _dev_and_test(root: Path, folder: str) -> str:
     """``folder``'s cells scored in both roles, development and evaluation side by side, FLAP the baseline."""
     rows = _cells(root, folder)
@@ -430,7 +460,7 @@ def reconstruction_data(root: Path) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
-        quality_protocol, quality_gemma, quality_reconstruction_windows, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
+        baselines, quality_protocol, quality_gemma, quality_reconstruction_windows, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
         selection_stages, selection_ablation, reconstruction_data)
