@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import readme_tables  # noqa: E402
 import render  # noqa: E402
 from readme_tables import RENDERERS  # noqa: E402
 
@@ -43,3 +47,21 @@ def test_an_empty_block_is_filled_and_docs_are_found(tmp_path) -> None:
     page.write_text("<!-- render: t -->\n<!-- /render -->\n")
     assert render.documents(tmp_path) == [page]
     assert render.render_text(page.read_text(), {"t": lambda root: TABLE}) == f"<!-- render: t -->\n{TABLE}<!-- /render -->\n"
+
+
+def test_the_summary_refuses_two_runs_that_scored_another_dense_model(tmp_path) -> None:
+    """The README's summary mixes two quality runs; their cells compare only when both scored the same dense model."""
+    results = render.ROOT / "benchmarks" / "results"
+    for folder in readme_tables.SUMMARY:
+        (tmp_path / "benchmarks" / "results" / folder).mkdir(parents=True)
+        (tmp_path / "benchmarks" / "results" / folder / "cells.jsonl").write_text(
+            (results / folder / "cells.jsonl").read_text())
+    assert readme_tables.baselines(tmp_path) == readme_tables.baselines(render.ROOT)
+    other = tmp_path / "benchmarks" / "results" / readme_tables.SUMMARY[1] / "cells.jsonl"
+    rows = [json.loads(line) for line in other.read_text().splitlines()]
+    for row in rows:
+        if row["method"] == "dense" and not row["recovered"]:
+            row["ppl/Persuasion"] *= 1.01  # another dense model's perplexity
+    other.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match="another dense model"):
+        readme_tables.baselines(tmp_path)
