@@ -123,6 +123,19 @@ def quality_reconstruction_windows(root: Path) -> str:
 SUMMARY = ("quality_reconstruction_windows", "quality_protocol")
 
 
+def _times_dense(cells: list[dict], dense: dict, seeds: int) -> str:
+    """The mean perplexity of ``cells`` over ``dense``'s, with their seed count where it is not ``seeds``."""
+    if not cells:
+        return ""
+    note = f" ({len(cells)} seed{'s' * (len(cells) > 1)})" if len(cells) != seeds else ""
+    return f"{statistics.mean(map(qt.mean_ppl, cells)) / qt.mean_ppl(dense):,.2f}x{note}"
+
+
+def _per_seed_ratio(rs: list[dict], base: list[dict]) -> str:
+    """Each seed's perplexity of ``rs`` over the same seed's of ``base``."""
+    return " / ".join(f"{qt.mean_ppl(r) / qt.mean_ppl(b):.3f}" for r, b in _pairs(rs, base))
+
+
 def baselines(root: Path) -> str:
     """The README's summary against the baselines, evaluation data: per ratio and recovery, the default search's
     perplexity (x dense), its ratio to FLAP and to FLAP + least squares on each seed, LLM-Pruner's and Wanda-sp's
@@ -135,14 +148,11 @@ def baselines(root: Path) -> str:
     for ratio, recovery in sorted({(r["ratio"], qt.recovery(r)) for r in ours if r["method"] == "adapruner"},
                                   key=lambda k: (qt.VARIANTS.index(k[1]), k[0])):
         rs, flap = _pick(ours, "adapruner", recovery, ratio), _pick(ours, "flap", recovery, ratio)
-        x_dense = lambda cells: "" if not cells else f"{statistics.mean(map(qt.mean_ppl, cells)) / qt.mean_ppl(dense):,.2f}x" + (  # noqa: E731
-            f" ({len(cells)} seed{'s' * (len(cells) > 1)})" if len(cells) != len(rs) else "")
-        per_seed = lambda base: " / ".join(f"{qt.mean_ppl(r) / qt.mean_ppl(b):.3f}"  # noqa: E731
-                                           for r, b in _pairs(rs, base))
-        out.append([f"{ratio:.0%}", qt.label(recovery), str(len(rs)), x_dense(rs), per_seed(flap),
-                    per_seed(_pick(ours, "flap_lstsq", recovery, ratio)), x_dense(flap),
-                    *(x_dense(_pick(protocol, m, recovery, ratio)) for m in ("llm_pruner", "wanda_sp")),
-                    qt.item_difference([(r["correct"], b["correct"]) for r, b in _pairs(rs, flap)])])
+        out.append([f"{ratio:.0%}", qt.label(recovery), str(len(rs)), _times_dense(rs, dense, len(rs)),
+                    _per_seed_ratio(rs, flap), _per_seed_ratio(rs, _pick(ours, "flap_lstsq", recovery, ratio)),
+                    *(_times_dense(cells, dense, len(rs)) for cells in
+                      (flap, _pick(protocol, "llm_pruner", recovery, ratio), _pick(protocol, "wanda_sp", recovery, ratio))),
+                    _column("Δ acc ± item SE", rs, dense, flap)])
     return _md(["ratio", "recovery", "seeds", "AdaPruner ppl (x dense)", "x FLAP, per seed", "x FLAP + lstsq, per seed",
                 "FLAP ppl (x dense)", "LLM-Pruner ppl (x dense)", "Wanda-sp ppl (x dense)",
                 "Δacc vs FLAP ± item SE"], out, right=2)
