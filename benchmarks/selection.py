@@ -28,7 +28,12 @@ default since these rows chose it), with ``--block-removal`` also with whole-blo
 pay only for the stage, and the rows of a seed differ only by it. ``--defaults`` runs the search alone with one
 default changed (warm start off, KL objective, scope not searched, no least squares), each on its own trace.
 
-Results: ``benchmarks/results/selection.{json,md}`` (a rerun skips the finished cells).
+Every least-squares repair fits on the pool and ``--reconstruction-windows`` more calibration windows (the library's
+default, 96); ``--reconstruction-windows 0`` repairs on the pool alone, as the library did before those windows.
+
+Results: ``benchmarks/results/selection_windows.{json,md}`` (a rerun skips the finished cells; a results file refuses
+cells of another ``--reconstruction-windows``); ``benchmarks/results/selection.{json,md}``: the same with
+``--reconstruction-windows 0 --out benchmarks/results/selection``.
 """
 
 from __future__ import annotations
@@ -56,13 +61,13 @@ from adapruner_lightning.data.models import load_model
 from adapruner_lightning.data.text import texts_for, write_text_atomic
 from adapruner_lightning.evaluation.metrics import evaluate_perplexity
 from adapruner_lightning.search.allocation import AllocationConfig
-from adapruner_lightning.search.config import SearchConfig
+from adapruner_lightning.search.config import SearchConfig, SearchData
 from adapruner_lightning.search.runner import run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine_info, recover  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "selection"
+RESULTS = Path(__file__).resolve().parent / "results" / "selection_windows"
 POOL, DEV = 64, 96
 FLAP = dict(metric="flap_reference", reducer="sum", scope="standardized")
 #: variant -> (candidate options, reconstruction, FLAP's counts?)
@@ -101,12 +106,15 @@ RECOVERY, RECOVERY_STEPS = "full-lm", 30
 
 
 class Bench:
-    """The dense model, the pool, the development windows and one session's statistics and Grams, shared."""
+    """The dense model, the pool, the development windows and one session's statistics and Grams, shared;
+    ``windows``: the reconstruction windows every repair fits on beside the pool (the first ``windows`` fine-tune
+    windows, as ``search.data.reconstruction_windows`` in the library; 0: the pool alone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, windows: int = 0) -> None:
         self.model, tokenizer = load_model(None)
         self.splits = make_splits(tokenizer, texts_for("austen:calibration"), n_pool=POOL, pool_seq_len=128,
                                   n_objective=8, objective_seq_len=256, seed=0, n_dev=DEV)
+        self.windows = self.splits.reconstruction(windows) if windows else None
         self.shared: PruningSession | None = None
 
     def session(self, ratio: float, reconstruction: str) -> PruningSession:
@@ -114,7 +122,8 @@ class Bench:
                                  self.splits.pool, objective_windows=self.splits.objective,
                                  pool_ids=self.splits.pool_ids, progress=False,
                                  stats=self.shared.stats if self.shared else None,
-                                 grams=self.shared.grams if self.shared else None)
+                                 grams=self.shared.grams if self.shared else None,
+                                 reconstruction_windows=self.windows)
         self.shared = self.shared or session
         return session
 
@@ -124,7 +133,8 @@ class Bench:
         model = copy.deepcopy(self.model)
         session = PruningSession(model, PruningConfig(target_ratio=ratio, seed=seed), self.splits.pool,
                                  objective_windows=self.splits.objective, pool_ids=self.splits.pool_ids,
-                                 progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams)
+                                 progress=False, stats=self.session(ratio, "lstsq").stats, grams=self.shared.grams,
+                                 reconstruction_windows=self.windows)
         options = {"generations": 0, **(stage or {})}  # the Bayesian search alone unless a stage is asked for
         result = run_search(session, SearchConfig.of(**options), seed=seed, progress=False, trace_path=trace)
         return apply_plan(model, result.plan, refit=result.refit), result
@@ -302,7 +312,10 @@ def render(data: dict) -> str:
             f"{m['date']} — {m['cpu_model']}, torch {m['torch']}, 1 thread. Commands: "
             f"{', '.join(f'`{c}`' for c in data.get('commands', [m['command']]))}. Embedded "
             f"SmolLM2-135M (float32); pool 64 x 128 tokens of the calibration novels (seed 0); dev = their {DEV} "
-            f"held-back windows of 256 tokens (quality.py's development split). Dense dev ppl **{dense:.2f}**. "
+            f"held-back windows of 256 tokens (quality.py's development split). Every least-squares repair fits on "
+            + (f"the pool and {windows} reconstruction windows of 256 tokens (the first fine-tune windows, the "
+               "library's default). " if (windows := data.get("reconstruction_windows", 0)) else "the pool alone. ")
+            + f"Dense dev ppl **{dense:.2f}**. "
             "Evaluation novels and task splits: not read. x lstsq: the ratio to FLAP's selection with the same repair; "
             "objective x lstsq: the same ratio on the search's 8 objective windows (what a search ranks by).\n\n"
             + table(data) + "\n" + (f"\n## The stages after the search (paired by seed)\n\n{stages}\n"
@@ -316,12 +329,12 @@ def _finished(path: Path, ratio: float, variant: str) -> bool:
                for r in rows)
 
 
-def _save(path: Path, row: dict, machine: dict) -> dict:
+def _save(path: Path, row: dict, machine: dict, windows: int) -> dict:
     """Add ``row`` to the results file as it is on disk now (other runs may write beside this one, each holding
     the lock while it reads and writes), record this run's command, rewrite the .md; return the data."""
     with open(path.with_suffix(".lock"), "a") as lock:  # never truncates a file of that name
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+        data = json.loads(path.read_text()) if path.exists() else {"rows": [], "reconstruction_windows": windows}
         data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) != (row["ratio"], row["variant"])]
         data["rows"].append({**row, "date": machine["date"]})
         data["commands"] = sorted({*data.get("commands", []), machine["command"]})
@@ -346,13 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--defaults", nargs="*", default=[], choices=list(DEFAULTS),
                    help="also run the search with one default changed, at each search ratio and seed: the warm start "
                         "off, the KL objective, the scope not searched, no least-squares repair in the space")
-    p.add_argument("--traces", default=str(RESULTS.parent / "selection_traces"),
-                   help="directory of the searches' traces (the allocation cells resume them)")
+    p.add_argument("--reconstruction-windows", type=int, default=SearchData.reconstruction_windows,
+                   help="calibration windows every least-squares repair fits on beside the pool (default: the "
+                        "library's search.data.reconstruction_windows; 0: the pool alone, as results/selection)")
+    p.add_argument("--traces", default=None,
+                   help="directory of the searches' traces (the allocation cells resume them; default: --out "
+                        "followed by _traces)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     path = Path(args.out).with_suffix(".json")
-    data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    args.traces = args.traces or str(path.with_suffix("")) + "_traces"
+    data = json.loads(path.read_text()) if path.exists() else {"rows": [], "reconstruction_windows": args.reconstruction_windows}
+    if data.get("reconstruction_windows", 0) != args.reconstruction_windows:
+        raise SystemExit(f"selection.py: {path} holds cells repaired with {data.get('reconstruction_windows', 0)} reconstruction windows, "
+                f"not {args.reconstruction_windows}: pass --reconstruction-windows "
+                f"{data.get('reconstruction_windows', 0)} or another --out")
     done = {(r["ratio"], r["variant"]) for r in data["rows"] if "objective_ppl" in r or r["variant"] == "dense"}
     data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) in done]  # rows of an older run: again
     bench = None
@@ -365,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     for ratio, variant in cells:
         if (ratio, variant) in done or _finished(path, ratio, variant):  # here, or by a run beside this one
             continue
-        bench = bench or Bench()
+        bench = bench or Bench(args.reconstruction_windows)
         if variant == "dense":
             row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
         elif variant.startswith(("default search", "search, ")):
@@ -377,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             row = bench.search(ratio, seed, trace, DEFAULTS[changed][1] if changed else options)
         else:
             row = bench.cell(ratio, variant)
-        data = _save(path, {"ratio": ratio, "variant": variant, **row}, machine_info(torch.device("cpu")))
+        data = _save(path, {"ratio": ratio, "variant": variant, **row}, machine_info(torch.device("cpu")), args.reconstruction_windows)
         print(json.dumps(data["rows"][-1]), flush=True)
     print(render(json.loads(path.read_text())))
     return 0

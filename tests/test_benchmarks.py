@@ -458,3 +458,19 @@ def test_an_allocation_stage_of_another_length_is_a_variant_of_its_own() -> None
     assert selection._family(name) == "default search + allocation, 48 generations" and selection._seed(name) == 1
     training = "default search + training-aware (seed {})"
     assert selection._stage_variant(training, longer) == training
+
+
+def test_a_selection_results_file_refuses_cells_repaired_on_other_reconstruction_windows(tmp_path, monkeypatch) -> None:
+    import selection
+
+    out = tmp_path / "selection"
+    out.with_suffix(".json").write_text(json.dumps({"rows": [{"ratio": 0.0, "variant": "dense", "dev_ppl": 47.0}]}))
+    monkeypatch.setattr(selection, "Bench", lambda *a: pytest.fail("no model before the refusal"))
+    with pytest.raises(SystemExit, match="0 reconstruction windows, not 96: pass --reconstruction-windows 0"):
+        selection.main(["--ratios", "0.2", "--out", str(out)])  # a file from before the windows: the pool alone
+    data = {"rows": [], "reconstruction_windows": 32}
+    out.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="32 reconstruction windows, not 0"):
+        selection.main(["--ratios", "0.2", "--reconstruction-windows", "0", "--out", str(out)])
+    assert "the pool and 32 reconstruction windows" in selection.render({**data, "machine": {
+        "date": "d", "cpu_model": "c", "torch": "t", "command": "x"}})
