@@ -261,8 +261,7 @@ class LeastSquares:
 
     def describe(self) -> dict[str, object]:
         """Plain-data options of this fit (plan provenance)."""
-        return {"damping": self.damping, "intercept": self.intercept, "inputs": "dense", "gram": "pool",
-                "tokens": self.grams.tokens}
+        return {"damping": self.damping, "intercept": self.intercept, "inputs": "dense", "tokens": self.grams.tokens}
 
     @classmethod
     def described(cls, grams: GramCache, description: dict[str, object]) -> "LeastSquares":

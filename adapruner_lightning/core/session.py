@@ -398,8 +398,9 @@ class PruningSession:
         compensation = self.compensation(candidate, selection)
         biases = compensation.biases(self.layers) if isinstance(compensation, Fits) else compensation
         if isinstance(compensation, Fits):  # what a replay needs to fit the same weights again
-            info["reconstruction_fit"] = {**self.least_squares.describe(), "pool": tensor_digest(self.pool),
-                                          **self._windows_digest()}
+            gram = "pool" if self.reconstruction_windows is None else "pool + reconstruction windows"
+            info["reconstruction_fit"] = {**self.least_squares.describe(), "gram": gram,
+                                          "pool": tensor_digest(self.pool), **self._windows_digest()}
         return make_plan(self.model, selection, target_ratio=self.config.target_ratio,
                          ratio_basis=self.config.ratio_basis, provenance=info, biases=biases)
 

@@ -222,8 +222,10 @@ def test_reconstruction_windows_add_to_the_pool_gram_and_are_recorded():
     assert wide.grams.tokens == mixed.tokens
     plain_fit, wide_fit = (s.least_squares.fit(layers, selection) for s in (plain, wide))
     assert not torch.allclose(plain_fit.fits[1]["down"].matrix, wide_fit.fits[1]["down"].matrix)
-    recorded = wide.plan(candidate, selection).provenance["reconstruction_fit"]["reconstruction_windows"]
+    wide_info, plain_info = (s.plan(candidate, selection).provenance["reconstruction_fit"] for s in (wide, plain))
+    recorded = wide_info["reconstruction_windows"]
     assert recorded["shape"] == [3, 24] and recorded == wide.problem()["reconstruction_windows"]
-    assert "reconstruction_windows" not in plain.plan(candidate, selection).provenance["reconstruction_fit"]
+    assert wide_info["gram"] == "pool + reconstruction windows" and wide_info["tokens"] == mixed.tokens
+    assert "reconstruction_windows" not in plain_info and plain_info["gram"] == "pool"
     with pytest.raises(ConfigError, match="reconstruction windows"):
         PruningSession(model, config, pool, progress=False, reconstruction_windows=longer, grams=plain.grams)
