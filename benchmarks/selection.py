@@ -65,7 +65,7 @@ from adapruner_lightning.search.config import SearchConfig, SearchData
 from adapruner_lightning.search.runner import run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_info, recover  # noqa: E402
+from bench_common import claimed, machine_info, recover  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "selection_windows"
 POOL, DEV = 64, 96
@@ -344,6 +344,32 @@ def _save(path: Path, row: dict, machine: dict, windows: int) -> dict:
     return data
 
 
+def _is_search(variant: str) -> bool:
+    """Whether ``variant`` is a searched cell (it runs or resumes a search trace)."""
+    return variant.startswith(("default search", "search, "))
+
+
+def _searched_trace(args: argparse.Namespace, ratio: float, variant: str) -> tuple[Path, dict | None]:
+    """A searched cell's trace (the search's, which its stage cells resume; a changed default's own) and the
+    options of its stage or changed default (None: the search alone)."""
+    seed = _seed(variant)
+    options = next((opts(args) for v, (opts, _) in STAGES.items() if _stage_variant(v, args).format(seed) == variant),
+                   None)
+    changed = next((d for d, (v, _) in DEFAULTS.items() if v.format(seed) == variant), None)
+    trace = Path(args.traces) / f"r{ratio}_s{seed}{'_' + changed if changed else ''}.jsonl"
+    return trace, DEFAULTS[changed][1] if changed else options
+
+
+def _run_cell(bench: Bench, args: argparse.Namespace, ratio: float, variant: str) -> dict:
+    """One cell's row: the dense model's dev perplexity, a searched cell or a fixed selection."""
+    if variant == "dense":
+        return {"dev_ppl": bench.dev_ppl(bench.model)}
+    if _is_search(variant):
+        trace, options = _searched_trace(args, ratio, variant)
+        return bench.search(ratio, _seed(variant), trace, options)
+    return bench.cell(ratio, variant)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.3, 0.4])
@@ -384,22 +410,19 @@ def main(argv: list[str] | None = None) -> int:
             cells += [(r, SEARCH.format(seed))] + [(r, _stage_variant(v, args).format(seed))
                                                     for v, (_, on) in STAGES.items() if on(args)]
             cells += [(r, DEFAULTS[d][0].format(seed)) for d in args.defaults]
+    claims = path.parent / (path.stem + "_claims")
     for ratio, variant in cells:
         if (ratio, variant) in done or _finished(path, ratio, variant):  # here, or by a run beside this one
             continue
-        bench = bench or Bench(args.reconstruction_windows)
-        if variant == "dense":
-            row = {"dev_ppl": evaluate_perplexity(bench.model, bench.splits.dev, batch_size=8, progress=False)}
-        elif variant.startswith(("default search", "search, ")):
-            seed = int(variant.split()[-1].rstrip(")"))
-            options = next((opts(args) for v, (opts, _) in STAGES.items()
-                            if _stage_variant(v, args).format(seed) == variant), None)
-            changed = next((d for d, (v, _) in DEFAULTS.items() if v.format(seed) == variant), None)
-            trace = Path(args.traces) / f"r{ratio}_s{seed}{'_' + changed if changed else ''}.jsonl"
-            row = bench.search(ratio, seed, trace, DEFAULTS[changed][1] if changed else options)
-        else:
-            row = bench.cell(ratio, variant)
-        data = _save(path, {"ratio": ratio, "variant": variant, **row}, machine_info(torch.device("cpu")), args.reconstruction_windows)
+        with claimed(claims, _searched_trace(args, ratio, variant)[0].stem if _is_search(variant) else
+                     f"{ratio}|{variant}") as mine:
+            if not mine or _finished(path, ratio, variant):  # a sitting beside this one runs it (or its trace)
+                print(f"{ratio} {variant}: run by another sitting; skipped", flush=True)
+                continue
+            bench = bench or Bench(args.reconstruction_windows)
+            row = _run_cell(bench, args, ratio, variant)
+        data = _save(path, {"ratio": ratio, "variant": variant, **row}, machine_info(torch.device("cpu")),
+                     args.reconstruction_windows)
         print(json.dumps(data["rows"][-1]), flush=True)
     print(render(json.loads(path.read_text())))
     return 0

@@ -474,3 +474,20 @@ def test_a_selection_results_file_refuses_cells_repaired_on_other_reconstruction
         selection.main(["--ratios", "0.2", "--reconstruction-windows", "0", "--out", str(out)])
     assert "the pool and 32 reconstruction windows" in selection.render({**data, "machine": {
         "date": "d", "cpu_model": "c", "torch": "t", "command": "x"}})
+
+
+def test_a_selection_cell_or_search_trace_claimed_by_a_live_sitting_is_skipped(tmp_path, monkeypatch, capsys) -> None:
+    import selection
+
+    out = tmp_path / "selection"
+    machine = {"date": "d", "cpu_model": "c", "torch": "t", "command": "x"}
+    out.with_suffix(".json").write_text(json.dumps({"rows": [], "reconstruction_windows": 96, "machine": machine}))
+    claims = tmp_path / "selection_claims"
+    claims.mkdir()
+    keys = ["0.0_dense", *(f"0.2_{v}" for v in selection.VARIANTS), "r0.2_s0"]  # the search's trace: both its cells
+    for key in keys:
+        (claims / f"{key.replace('/', '_')}.claim").write_text(str(os.getpid()))  # this live process holds them
+    monkeypatch.setattr(selection, "Bench", lambda *a: pytest.fail("a claimed cell ran"))
+    selection.main(["--ratios", "0.2", "--search-seeds", "1", "--generations", "16", "--out", str(out)])
+    skipped = capsys.readouterr().out.count("run by another sitting; skipped")
+    assert skipped == len(selection.VARIANTS) + 3  # dense, the fixed selections, the search and its stage
