@@ -112,6 +112,12 @@ def quality_gemma(root: Path) -> str:
     return _dev_and_test(root, "quality_gemma")
 
 
+def quality_gemma_windows(root: Path) -> str:
+    """Gemma-3-270M with the default search's repair on the reconstruction windows (``quality_gemma_windows/``), the
+    same development / evaluation table."""
+    return _dev_and_test(root, "quality_gemma_windows")
+
+
 def quality_reconstruction_windows(root: Path) -> str:
     """The default search and FLAP + least squares with the reconstruction windows (``quality_reconstruction_windows/``),
     the same development / evaluation table, FLAP the baseline."""
@@ -460,6 +466,14 @@ def selection_ablation(root: Path) -> str:
     return bench.ablation_table(_json(root, "selection.json"))
 
 
+def selection_ablation_windows(root: Path) -> str:
+    """The same ablation with every repair on the pool and the reconstruction windows, the library's default
+    (``selection_windows.json``)."""
+    import selection as bench
+
+    return bench.ablation_table(_json(root, "selection_windows.json"))
+
+
 def reconstruction_data(root: Path) -> str:
     """The least-squares repair on the pool alone against the pool and more calibration windows, on development
     windows (``reconstruction_data.json``; the table ``benchmarks/reconstruction_data.py`` writes)."""
@@ -470,8 +484,8 @@ def reconstruction_data(root: Path) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     fn.__name__: fn for fn in (
-        baselines, quality_protocol, quality_gemma, quality_reconstruction_windows, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
+        baselines, quality_protocol, quality_gemma, quality_gemma_windows, quality_reconstruction_windows, quality_protocol_tasks, dense_protocol, quality_standard, recovery_30, recovery_150,
         across_ratios, llamacpp_fidelity, llamacpp_speed, standard_tasks, standard_tasks_same_items, bos, subsets, search_vs_random, main_job,
         metrics, memory_bf16, fit_memory, speed, standard_splits, reconstruction, reconstruction_search, selection,
-        selection_stages, selection_ablation, reconstruction_data)
+        selection_stages, selection_ablation, selection_ablation_windows, reconstruction_data)
 }
