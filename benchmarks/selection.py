@@ -397,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out).with_suffix(".json")
     args.traces = args.traces or str(path.with_suffix("")) + "_traces"
     data = json.loads(path.read_text()) if path.exists() else {"rows": [], "reconstruction_windows": args.reconstruction_windows}
-    if data.get("reconstruction_windows", 0) != args.reconstruction_windows:
-        raise SystemExit(f"selection.py: {path} holds cells repaired with {data.get('reconstruction_windows', 0)} reconstruction windows, "
-                f"not {args.reconstruction_windows}: pass --reconstruction-windows "
-                f"{data.get('reconstruction_windows', 0)} or another --out")
+    held = data.get("reconstruction_windows", 0)  # a file from before the windows: the pool alone
+    if held != args.reconstruction_windows:
+        raise SystemExit(f"selection.py: {path} holds cells repaired with {held} reconstruction windows, not "
+                         f"{args.reconstruction_windows}: pass --reconstruction-windows {held} or another --out")
     done = {(r["ratio"], r["variant"]) for r in data["rows"] if "objective_ppl" in r or r["variant"] == "dense"}
     data["rows"] = [r for r in data["rows"] if (r["ratio"], r["variant"]) in done]  # rows of an older run: again
     bench = None
